@@ -1,0 +1,38 @@
+# One setup path on a fresh machine (no ROS install needed): a virtual environment with pinned
+# PyTorch, ROS 2 (kilted) from PyPI wheels, and this project in editable mode.
+#   make test   set up, then run the whole test suite
+#   make demo   set up, then run the end-to-end demo (synthetic bag -> train -> node -> metrics)
+#   make bench  set up, then run the benchmarks (model table, speed ratios, node latency)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sfnet-installed
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup test demo bench model-stats clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest test
+
+demo: setup
+	$(VENV)/bin/sfnet-demo
+
+model-stats: setup
+	$(PY) bench/model_stats.py
+
+bench: setup
+	$(PY) bench/model_stats.py
+	$(PY) bench/speed.py
+	$(PY) bench/node_latency.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,51 @@
+"""ament_python package `sfnet_ros`: installs sfnet_core (PyTorch library) and sfnet_ros (ROS 2 layer).
+
+PyTorch is deliberately not pinned here: on a vehicle the platform's own CUDA / Jetson build of
+torch is used. The development setup (Makefile) pins exact versions instead.
+"""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "sfnet_ros"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(include=["sfnet_core", "sfnet_core.*", "sfnet_ros", "sfnet_ros.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
+        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/config/classes", glob("config/classes/*.yaml")),
+        ("share/" + package_name + "/training/configs", glob("training/configs/*.yaml")),
+    ],
+    python_requires=">=3.10",
+    install_requires=["setuptools"],
+    extras_require={
+        # what a vehicle or workstation needs besides ROS 2 itself (python3-numpy etc. come
+        # from rosdep): torch/torchvision matching the platform's CUDA, and the tools' extras.
+        "ml": ["torch", "torchvision", "onnx", "onnxruntime", "tensorboard", "cityscapesscripts", "rosbags"],
+    },
+    zip_safe=True,
+    maintainer="sfnet_ros developers",
+    maintainer_email="sfnet-ros@example.com",
+    description="Real-time SFNet semantic segmentation for ROS 2 vehicle cameras",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "sfnet_node = sfnet_ros.node:main",
+            "sfnet-export = sfnet_core.export:main",
+            "sfnet-train = sfnet_core.engine:main",
+            "sfnet-eval = sfnet_core.evaluate:main",
+            "sfnet-bag-eval = sfnet_ros.bag_eval:main",
+            "sfnet-bag-play = sfnet_ros.bag_play:main",
+            "sfnet-bag-record = sfnet_ros.bag_record:main",
+            "sfnet-live-eval = sfnet_ros.live_eval:main",
+            "sfnet-extract = sfnet_ros.extract:main",
+            "sfnet-demo = sfnet_ros.demo:main",
+        ],
+    },
+)
