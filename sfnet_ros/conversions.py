@@ -14,7 +14,7 @@ otherwise, with the dtype of the encoding; ``image_to_rgb`` and ``compressed_to_
 """
 from __future__ import annotations
 
-import array
+import array as _array
 import re
 import sys
 from typing import Any
@@ -246,10 +246,10 @@ def _rosbags_default_header(msg_cls: type) -> Any:
     return header_cls(stamp=time_cls(sec=0, nanosec=0), frame_id="")
 
 
-def _byte_array(data: np.ndarray) -> array.array:
+def _byte_array(data: np.ndarray) -> _array.array:
     # array.array('B') is what rclpy stores and its setter accepts without a per-element check
     # (Humble always checks other sequences element by element); frombytes copies once.
-    out = array.array("B")
+    out = _array.array("B")
     out.frombytes(data)
     return out
 
@@ -257,6 +257,7 @@ def _byte_array(data: np.ndarray) -> array.array:
 def _build_message(msg_cls: type | None, default_path: str, fields: dict[str, Any],
                    data: np.ndarray, header: Any) -> Any:
     """Instantiate an rclpy or rosbags message from plain fields and a contiguous byte array."""
+    data = data.reshape(-1).view(np.uint8)  # C-contiguous by the callers: no copy
     if msg_cls is None:
         import importlib
 
@@ -266,7 +267,7 @@ def _build_message(msg_cls: type | None, default_path: str, fields: dict[str, An
         if header is None:
             header = _rosbags_default_header(msg_cls)
         # rosbags keeps uint8[] as an ndarray; copy so the message never aliases the caller's array.
-        return msg_cls(header=header, data=np.array(data.reshape(-1), dtype=np.uint8), **fields)
+        return msg_cls(header=header, data=data.copy(), **fields)
     msg = msg_cls()
     if header is not None:
         msg.header = header
@@ -284,7 +285,7 @@ def _build_message(msg_cls: type | None, default_path: str, fields: dict[str, An
     return msg
 
 
-def numpy_to_image(array_: np.ndarray, encoding: str, header: Any = None,
+def numpy_to_image(array: np.ndarray, encoding: str, header: Any = None,
                    msg_cls: type | None = None) -> Any:
     """cv_bridge ``cv2_to_imgmsg``: wrap an ``(H, W)`` or ``(H, W, C)`` array in an Image.
 
@@ -294,31 +295,31 @@ def numpy_to_image(array_: np.ndarray, encoding: str, header: Any = None,
     otherwise). ``msg_cls`` defaults to ``sensor_msgs.msg.Image``; rosbags' generated Image
     classes are also accepted. The message owns a copy of the pixels.
     """
-    if not isinstance(array_, np.ndarray):
-        raise ImageConversionError(f"expected a numpy array, got {type(array_).__name__}")
-    if array_.ndim == 2:
+    if not isinstance(array, np.ndarray):
+        raise ImageConversionError(f"expected a numpy array, got {type(array).__name__}")
+    if array.ndim == 2:
         channels = 1
-    elif array_.ndim == 3:
-        channels = array_.shape[2]
+    elif array.ndim == 3:
+        channels = array.shape[2]
     else:
         raise ImageConversionError(
-            f"expected an (H, W) or (H, W, C) array, got shape {array_.shape}")
-    height, width = array_.shape[:2]
+            f"expected an (H, W) or (H, W, C) array, got shape {array.shape}")
+    height, width = array.shape[:2]
     if height == 0 or width == 0 or channels == 0:
-        raise ImageConversionError(f"zero-size image: array shape {array_.shape}")
-    native_dtype = array_.dtype.newbyteorder("=")
+        raise ImageConversionError(f"zero-size image: array shape {array.shape}")
+    native_dtype = array.dtype.newbyteorder("=")
     if encoding == "passthrough":
         depth = _DTYPE_TO_DEPTH.get(native_dtype)
         if depth is None or channels > 4:
             raise ImageConversionError(
-                f"no generic encoding for dtype {array_.dtype} with {channels} channels")
+                f"no generic encoding for dtype {array.dtype} with {channels} channels")
         encoding = f"{depth}C{channels}"
     want_channels, want_dtype = encoding_info(encoding)
     if want_channels != channels or want_dtype != native_dtype:
         raise ImageConversionError(
             f"encoding {encoding!r} expects {want_channels} channel(s) of {want_dtype}, got an "
-            f"array of shape {array_.shape} and dtype {array_.dtype}")
-    data = np.ascontiguousarray(array_)
+            f"array of shape {array.shape} and dtype {array.dtype}")
+    data = np.ascontiguousarray(array)
     if data.dtype.itemsize > 1 and data.dtype.byteorder in "<>":
         is_bigendian = data.dtype.byteorder == ">"
     else:
@@ -382,7 +383,7 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def rgb_to_compressed(array_: np.ndarray, fmt: str = "jpeg", header: Any = None,
+def rgb_to_compressed(array: np.ndarray, fmt: str = "jpeg", header: Any = None,
                       msg_cls: type | None = None, quality: int | None = None) -> Any:
     """Encode ``(H, W, 3)`` uint8 RGB (or ``(H, W)`` uint8 mono) as a CompressedImage.
 
@@ -394,26 +395,26 @@ def rgb_to_compressed(array_: np.ndarray, fmt: str = "jpeg", header: Any = None,
     kind = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png"}.get(str(fmt).lower())
     if kind is None:
         raise ImageConversionError(f"unsupported compressed format {fmt!r}; supported: jpeg, png")
-    if not isinstance(array_, np.ndarray) or array_.dtype != np.uint8:
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
         raise ImageConversionError(
-            f"expected a uint8 numpy array, got {getattr(array_, 'dtype', type(array_).__name__)}")
-    if array_.ndim == 3 and array_.shape[2] == 3:
-        source, target, image = "rgb8", "bgr8", cv2.cvtColor(array_, cv2.COLOR_RGB2BGR)
-    elif array_.ndim == 2 or (array_.ndim == 3 and array_.shape[2] == 1):
+            f"expected a uint8 numpy array, got {getattr(array, 'dtype', type(array).__name__)}")
+    if array.ndim == 3 and array.shape[2] == 3:
+        source, target, image = "rgb8", "bgr8", cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    elif array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 1):
         source = target = "mono8"
-        image = array_.reshape(array_.shape[:2])
+        image = array.reshape(array.shape[:2])
     else:
         raise ImageConversionError(
-            f"expected an (H, W, 3) RGB or (H, W) mono array, got shape {array_.shape}")
+            f"expected an (H, W, 3) RGB or (H, W) mono array, got shape {array.shape}")
     if image.size == 0:
-        raise ImageConversionError(f"zero-size image: array shape {array_.shape}")
+        raise ImageConversionError(f"zero-size image: array shape {array.shape}")
     if kind == "jpeg":
         params = [cv2.IMWRITE_JPEG_QUALITY, _DEFAULT_JPEG_QUALITY if quality is None else int(quality)]
     else:
         params = [cv2.IMWRITE_PNG_COMPRESSION, _DEFAULT_PNG_LEVEL if quality is None else int(quality)]
     ok, encoded = cv2.imencode(".jpg" if kind == "jpeg" else ".png", image, params)
     if not ok:
-        raise ImageConversionError(f"OpenCV failed to encode a {array_.shape} image as {kind}")
+        raise ImageConversionError(f"OpenCV failed to encode a {array.shape} image as {kind}")
     fields = {"format": f"{source}; {kind} compressed {target}"}
     return _build_message(msg_cls, "sensor_msgs.msg.CompressedImage", fields,
                           encoded.reshape(-1), header)

@@ -1,0 +1,263 @@
+"""End-to-end latency of sfnet_node through DDS, against the bare network on the same frames.
+
+    .venv/bin/python bench/node_latency.py [--height 512 --width 1024 --frames 10 --device auto]
+
+1. Writes a random-weight sfnet_resnet18 checkpoint into a temporary folder.
+2. Bare: ``Segmenter.segment`` on the benchmark frames in this process (median of the runs).
+3. Starts the node process (as the launch file does) with the default, sensor-data QoS, and
+   publishes the same frames as sensor_msgs/Image rgb8, one at a time (the next once the
+   previous frame's labels arrived): latency = arrival of ``segmentation/labels`` minus the
+   frame's header stamp. Overhead ratio = median end-to-end / median bare (target <= 1.15).
+4. Overload: publishes at 10x the rate the node achieved for a while; reports the latency of the
+   labels that arrive (p50/p95/max: bounded, because only the newest frame per camera is kept)
+   and the drops the node counted, read from /diagnostics.
+
+Only the labels topic is subscribed, so the node builds no colour/confidence images: the
+comparison is like for like. Numbers depend on the machine; run it on a quiet one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 1.15
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def _frames(count: int, height: int, width: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    frames = []
+    for i in range(count):
+        base = np.stack([(x // 4 + 40 * i) % 256, (y // 3) % 256, ((x + y) // 5) % 256], axis=-1)
+        frames.append(((base + rng.integers(0, 30, size=base.shape)) % 256).astype(np.uint8))
+    return frames
+
+
+def write_checkpoint(path: Path) -> Path:
+    import torch
+
+    from sfnet_core.checkpoint import save_checkpoint
+    from sfnet_core.data.classes import ClassTable
+    from sfnet_core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sfnet_resnet18", 19)
+    save_checkpoint(path, model, "sfnet_resnet18", ClassTable.from_yaml(REPO_ROOT / "config" / "classes" / "cityscapes.yaml"))
+    return path
+
+
+def bare_segment_ms(checkpoint: Path, frames: list[np.ndarray], device: str, repeats: int) -> tuple[float, str]:
+    """Median wall time of Segmenter.segment(frame) over the frames (after warm-up)."""
+    from sfnet_core.inference import Segmenter
+
+    segmenter = Segmenter.from_checkpoint(checkpoint, device=device, input_size=None, warmup=False)
+    segmenter.segment(frames[0])  # warm-up at the benchmark size
+    times = []
+    for _ in range(repeats):
+        for frame in frames:
+            start = time.perf_counter()
+            segmenter.segment(frame)
+            if segmenter.device.type == "cuda":
+                import torch
+
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e3)
+    description = f"{segmenter.device} {segmenter.precision}"
+    del segmenter
+    return float(np.median(times)), description
+
+
+class Client:
+    """Publisher of frames and subscriber of labels and /diagnostics, spun in a thread."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("sfnet_latency_bench", context=self.context)
+        self.clock = self.node.get_clock()
+        self.arrivals: dict[int, int] = {}  # stamp ns -> arrival ns (ROS clock)
+        self.diagnostics: list = []
+        self.lock = threading.Lock()
+        self.publisher = self.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+        self.node.create_subscription(Image, "/bench/segmentation/labels", self._on_labels, qos_profile_sensor_data)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - ends with the context
+            pass
+
+    def _on_labels(self, msg) -> None:
+        now = self.clock.now().nanoseconds
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self.lock:
+            self.arrivals[stamp] = now
+
+    def _on_diagnostics(self, msg) -> None:
+        with self.lock:
+            self.diagnostics.append(msg)
+
+    def publish(self, msg) -> int:
+        stamp = self.clock.now()
+        msg.header.stamp = stamp.to_msg()
+        self.publisher.publish(msg)
+        return stamp.nanoseconds
+
+    def arrival(self, stamp: int) -> int | None:
+        with self.lock:
+            return self.arrivals.get(stamp)
+
+    def camera_values(self) -> dict[str, str] | None:
+        with self.lock:
+            for msg in reversed(self.diagnostics):
+                for status in msg.status:
+                    if status.name.endswith("/camera/image_raw"):
+                        return {kv.key: kv.value for kv in status.values}
+        return None
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--frames", type=int, default=10, help="frames for the bare and end-to-end runs")
+    parser.add_argument("--repeats", type=int, default=1, help="passes over the frames for the bare timing")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--overload", type=float, default=10.0, help="overload factor")
+    parser.add_argument("--overload-seconds", type=float, default=0.0,
+                        help="overload duration (default: 12 frame times, at least 5 s)")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 5))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+    from sfnet_ros.conversions import numpy_to_image
+
+    frames = _frames(args.frames, args.height, args.width)
+    with tempfile.TemporaryDirectory(prefix="sfnet_bench_") as tmp:
+        checkpoint = write_checkpoint(Path(tmp) / "sfnet_resnet18_random.pt")
+        bare_ms, device_text = bare_segment_ms(checkpoint, frames, args.device, args.repeats)
+        print(f"bare Segmenter.segment {args.height}x{args.width} on {device_text}: median {bare_ms:.1f} ms")
+
+        log_path = Path(tmp) / "node.log"
+        command = [sys.executable, "-m", "sfnet_ros.node", "--ros-args",
+                   "--params-file", str(REPO_ROOT / "config" / "sfnet.yaml"),
+                   "-p", f"checkpoint:={checkpoint}", "-p", f"device:={args.device}",
+                   "-p", "diagnostics_period:=1.0", "-r", "image:=/camera/image_raw", "-r", "__ns:=/bench"]
+        with open(log_path, "wb") as log:
+            node = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        client = None
+        try:
+            _wait(lambda: "active:" in log_path.read_text() or node.poll() is not None, 300, "the node to activate")
+            if node.poll() is not None:
+                raise RuntimeError(f"node exited:\n{log_path.read_text()}")
+            client = Client()
+            _wait(lambda: client.publisher.get_subscription_count() > 0, 60, "the node's subscription")
+            messages = [numpy_to_image(f, "rgb8") for f in frames]
+
+            # Steady state: one frame in flight at a time.
+            def served(msg, timeout: float) -> float | None:
+                stamp = client.publish(msg)
+                try:
+                    arrived = _wait(lambda: client.arrival(stamp), timeout, "labels")
+                except TimeoutError:
+                    return None
+                return (arrived - stamp) / 1e6
+            # The first frames also wait for discovery of our labels subscription (best effort:
+            # a frame published before it is simply lost, so retry).
+            _wait(lambda: served(messages[0], 5 + 3 * bare_ms / 1e3) is not None, 120, "the first labels")
+            latencies = [lat for msg in messages if (lat := served(msg, 30 + 10 * bare_ms / 1e3)) is not None]
+            e2e_ms = float(np.median(latencies))
+            ratio = e2e_ms / bare_ms
+            print(f"end-to-end (publish -> labels arrival) over DDS: median {e2e_ms:.1f} ms over "
+                  f"{len(latencies)}/{len(messages)} frames, max {max(latencies):.1f} ms")
+            verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
+            print(f"overhead ratio end-to-end / bare = {ratio:.3f} (target <= {TARGET_RATIO}): {verdict}")
+
+            # Overload: 10x the achieved rate.
+            before = client.camera_values() or {}
+            period = e2e_ms / 1e3 / args.overload
+            duration = args.overload_seconds or max(5.0, 12 * e2e_ms / 1e3)
+            sent: list[int] = []
+            deadline = time.monotonic() + duration
+            next_time = time.monotonic()
+            i = 0
+            while time.monotonic() < deadline:
+                sent.append(client.publish(messages[i % len(messages)]))
+                i += 1
+                next_time += period
+                time.sleep(max(0.0, next_time - time.monotonic()))
+            # Let the last frame come through, then read the counters.
+            _wait(lambda: any(client.arrival(s) for s in sent[-3:]), 30 + 10 * bare_ms / 1e3, "the last labels")
+            lat = [(client.arrival(s) - s) / 1e6 for s in sent if client.arrival(s)]
+            _wait(lambda: (v := client.camera_values()) and int(v["frames_received_total"]) > int(
+                before.get("frames_received_total", 0)), 10, "fresh diagnostics")
+            after = client.camera_values() or {}
+            stale = int(after.get("dropped_stale_total", 0)) - int(before.get("dropped_stale_total", 0))
+            received = int(after.get("frames_received_total", 0)) - int(before.get("frames_received_total", 0))
+            print(f"overload x{args.overload:g}: sent {len(sent)} frames at {1 / period:.1f} Hz for {duration:.1f} s; "
+                  f"node received {received}, dropped stale {stale} (from /diagnostics), "
+                  f"labels for {len(lat)}")
+            bound = 3 * e2e_ms
+            print(f"overload latency: p50 {_percentile(lat, 50):.1f} ms, p95 {_percentile(lat, 95):.1f} ms, "
+                  f"max {max(lat):.1f} ms (bounded if max <= 3 x steady median = {bound:.0f} ms: "
+                  f"{'PASS' if max(lat) <= bound else 'FAIL'})")
+        finally:
+            if client is not None:
+                client.close()
+            if node.poll() is None:
+                node.send_signal(signal.SIGINT)
+                try:
+                    code = node.wait(30)
+                    print(f"node stopped with exit code {code}")
+                except subprocess.TimeoutExpired:
+                    node.kill()
+                    node.wait()
+                    print("node did not stop on SIGINT within 30 s: killed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Segmentation datasets: Cityscapes, a generic folder layout, and on-the-fly synthetic scenes.
+
+Every dataset returns ``transform(image, label)`` where ``image`` is (H, W, 3) uint8 RGB and
+``label`` (H, W) uint8 train ids (``ignore_index`` = unlabelled); without a transform the numpy
+pair itself. Files are listed when the dataset is built (missing labels fail early) and read
+lazily; anything wrong with a file raises ``DataError`` naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from torch.utils.data import Dataset
+
+from sfnet_core.data.classes import ClassTable
+from sfnet_core.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
+Transform = Callable[[np.ndarray, np.ndarray], Any]
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; DataError naming ``path`` when it is missing, truncated or not an image."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read image: {exc.strerror or exc}") from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DataError(f"{path}: cannot decode image (truncated, empty or not an image file)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path: str | os.PathLike, classes: ClassTable, image_shape: tuple[int, int] | None = None,
+               image_path: str | os.PathLike | None = None) -> np.ndarray:
+    """(H, W) uint8 train ids from a single-channel PNG of class ids (raw ids mapped by ``id_map``).
+
+    DataError naming the file when it cannot be decoded, is a colour image, its size differs
+    from ``image_shape``, or holds a value that is neither a train id nor the ignore index.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read label: {exc.strerror or exc}") from None
+    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if raw is None:
+        raise DataError(f"{path}: cannot decode label image (truncated, empty or not an image file)")
+    if raw.ndim == 3:
+        if raw.shape[2] >= 3 and (raw[..., 0] == raw[..., 1]).all() and (raw[..., 0] == raw[..., 2]).all():
+            raw = raw[..., 0]  # a grey image saved as RGB: the ids are in every channel
+        else:
+            raise DataError(f"{path}: label is a colour image with {raw.shape[2]} channels; "
+                            "expected a single-channel PNG of class ids")
+    if raw.dtype not in (np.uint8, np.uint16):
+        raise DataError(f"{path}: label pixels are {raw.dtype}; expected 8- or 16-bit class ids")
+    if image_shape is not None and raw.shape != tuple(image_shape):
+        other = f" of {image_path}" if image_path is not None else ""
+        raise DataError(f"{path}: label size {raw.shape[1]}x{raw.shape[0]} (WxH) differs from the image size "
+                        f"{image_shape[1]}x{image_shape[0]}{other}")
+    lut = classes.label_lut()
+    if lut is not None:
+        return lut[raw]  # unmapped raw values -> ignore, by the class-table contract
+    valid = np.zeros(65536 if raw.dtype == np.uint16 else 256, bool)
+    valid[: classes.num_classes] = True
+    valid[classes.ignore_index] = True
+    if not valid[raw].all():
+        bad = sorted(int(v) for v in np.unique(raw[~valid[raw]]))
+        raise DataError(f"{path}: label value(s) {bad[:10]} are not train ids 0..{classes.num_classes - 1} "
+                        f"nor the ignore index {classes.ignore_index} (add an id_map to the class YAML?)")
+    return raw.astype(np.uint8, copy=False)
+
+
+class _PairDataset(Dataset):
+    """Shared logic: a list of (image, label) file pairs, read and checked lazily."""
+
+    classes: ClassTable
+    samples: list[tuple[Path, Path]]
+    transform: Transform | None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def name(self, index: int) -> str:
+        """A stable name of sample ``index`` (the image's stem), for prediction files."""
+        return self.samples[index][0].stem
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The checked numpy pair of sample ``index``, before any transform."""
+        image_path, label_path = self.samples[index]
+        image = read_image(image_path)
+        label = read_label(label_path, self.classes, image.shape[:2], image_path)
+        return image, label
+
+    def __getitem__(self, index: int):
+        image, label = self.load(index)
+        return (image, label) if self.transform is None else self.transform(image, label)
+
+
+class FolderDataset(_PairDataset):
+    """``root/images/<split>/*.png|jpg`` + ``root/labels/<split>/<stem>.png`` (class-id PNGs).
+
+    ``split=None`` reads ``root/images`` and ``root/labels`` directly (a single split). Images
+    are paired with labels by file stem (also nested sub-folders, by relative path).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str | None, classes: ClassTable,
+                 transform: Transform | None = None) -> None:
+        self.root, self.split, self.classes, self.transform = Path(root), split, classes, transform
+        image_dir = self.root / "images" if split is None else self.root / "images" / split
+        label_dir = self.root / "labels" if split is None else self.root / "labels" / split
+        if not image_dir.is_dir():
+            found = sorted(p.name for p in (self.root / "images").iterdir() if p.is_dir()) \
+                if (self.root / "images").is_dir() else []
+            hint = f" (splits found: {', '.join(found)})" if found else ""
+            raise DataError(f"{image_dir}: image folder not found{hint}")
+        images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if split is None:  # flat layout: sub-folders would be splits, not samples
+            images = [p for p in images if p.parent == image_dir]
+        if not images:
+            raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.samples = []
+        for image in images:
+            label = label_dir / image.relative_to(image_dir).with_suffix(".png")
+            if not label.is_file():
+                raise DataError(f"{image}: no label found (expected {label})")
+            self.samples.append((image, label))
+
+
+class CityscapesDataset(_PairDataset):
+    """``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with ``gtFine/<split>/<city>/*_gtFine_labelIds.png``.
+
+    Label ids are mapped to the 19 train ids with cityscapesscripts' label table (others: 255).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, transform: Transform | None = None) -> None:
+        self.root, self.split, self.transform = Path(root), split, transform
+        self.classes = ClassTable.cityscapes()
+        image_dir = self.root / "leftImg8bit" / split
+        if not image_dir.is_dir():
+            raise DataError(f"{image_dir}: Cityscapes image folder not found (expected leftImg8bit/{split}/<city>/)")
+        images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
+        if not images:
+            raise DataError(f"{image_dir}: no */*_leftImg8bit.png images")
+        self.samples = []
+        for image in images:
+            stem = image.name[: -len("_leftImg8bit.png")]
+            label = self.root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
+            if not label.is_file():
+                raise DataError(f"{image}: no label found (expected {label})")
+            self.samples.append((image, label))
+
+    def name(self, index: int) -> str:
+        return self.samples[index][0].name[: -len("_leftImg8bit.png")]
+
+
+class SyntheticDataset(Dataset):
+    """``num_frames`` procedural scenes rendered on the fly (no disk, deterministic per index).
+
+    Frame ``i`` is ``render_scene(frame_seed(seed, start + i), height, width)``; rendering takes
+    about 10 ms at 128x256, cheaper than decoding a PNG pair of that size plus the disk cache.
+    Use a different ``start`` (or seed) for the validation set so no scene is shared.
+    """
+
+    def __init__(self, num_frames: int, height: int, width: int, seed: int = 0, start: int = 0,
+                 transform: Transform | None = None) -> None:
+        if num_frames <= 0 or height < 8 or width < 8:
+            raise ValueError(f"synthetic dataset needs frames > 0 and size >= 8x8, got {num_frames} of {height}x{width}")
+        self.num_frames, self.height, self.width = int(num_frames), int(height), int(width)
+        self.seed, self.start, self.transform = int(seed), int(start), transform
+        self.classes = dataclasses.replace(ClassTable.cityscapes(), id_map=None)  # labels are train ids
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def name(self, index: int) -> str:
+        return f"synth_{self.start + index:06d}"
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        from sfnet_core.data.synthetic import frame_seed, render_scene
+
+        if not 0 <= index < self.num_frames:
+            raise IndexError(f"index {index} out of range for {self.num_frames} synthetic frames")
+        return render_scene(frame_seed(self.seed, self.start + index), self.height, self.width)
+
+    def __getitem__(self, index: int):
+        image, label = self.load(index)
+        return (image, label) if self.transform is None else self.transform(image, label)

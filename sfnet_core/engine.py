@@ -1,0 +1,499 @@
+"""Training engine: ``sfnet-train --config RECIPE.yaml --out DIR [--max-iters N] [--resume] [k=v ...]``.
+
+One code path for a laptop CPU, one GPU, and many GPUs / nodes under ``torchrun`` (DDP with a
+deterministic per-iteration data order, rank-0 logging and checkpoints). The recipe is the
+paper's: SGD (momentum 0.9, weight decay 5e-4), lr 0.01 with poly decay (power 0.9) after an
+optional linear warm-up, OHEM cross-entropy plus auxiliary deep-supervision losses.
+
+Resuming (``--resume``) restores model, optimiser, scheduler, GradScaler, iteration, best mIoU
+and RNG states from ``DIR/last.pt``; because every batch is a pure function of (seed,
+iteration), an interrupted run continues bit-for-bit like an uninterrupted one (on CPU).
+
+Outputs under ``DIR``: ``config.yaml`` (resolved recipe), ``last.pt`` (with train_state),
+``best.pt`` (best validation mIoU), ``train.log``, ``tensorboard/`` (scalars and images),
+``metrics.json`` (last validation) and, under DDP, ``rank_digests.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from sfnet_core.config import to_dict
+from sfnet_core.distributed import (
+    DistInfo,
+    IterationBatchSampler,
+    SeededDataset,
+    all_gather_object,
+    barrier,
+    broadcast_buffers,
+    cleanup_distributed,
+    derive_seed,
+    get_rng_state,
+    init_distributed,
+    seed_everything,
+    set_rng_state,
+    tensor_digest,
+)
+from sfnet_core.errors import ConfigError, SFNetError
+from sfnet_core.io_utils import atomic_write
+from sfnet_core.train_config import TrainConfig, load_train_config
+
+log = logging.getLogger("sfnet_core.engine")
+
+
+# ----------------------------------------------------------------------------- schedule
+def lr_factor(iteration: int, cfg_schedule) -> float:
+    """Multiplier of the base lr at ``iteration`` (0-based): linear warm-up, then poly decay.
+
+    The poly curve is the paper's ``(1 - iter / total_iter) ** 0.9`` over the whole run, so a
+    warm-up only changes the first ``warmup_iters`` steps.
+    """
+    s = cfg_schedule
+    poly = (1.0 - min(iteration, s.iterations) / s.iterations) ** s.poly_power
+    if iteration < s.warmup_iters:
+        alpha = iteration / s.warmup_iters
+        return poly * (s.warmup_factor * (1 - alpha) + alpha)
+    return poly
+
+
+# ----------------------------------------------------------------------------- precision
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on GPUs that support it, else fp16 on CUDA; fp32 on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"runtime.precision: fp16 training needs CUDA (device is {device}); use fp32 or bf16")
+    return precision
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- logging
+class _TqdmHandler(logging.Handler):
+    """Console log lines that do not break the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never kill training
+            self.handleError(record)
+
+
+def _setup_logging(out_dir: Path | None) -> list[logging.Handler]:
+    """Rank 0: console + ``out_dir/train.log``; other ranks stay quiet except warnings."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [_TqdmHandler()]
+    if out_dir is not None:
+        handlers.append(logging.FileHandler(out_dir / "train.log", encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    log.setLevel(logging.INFO if out_dir is not None else logging.WARNING)
+    log.propagate = False
+    return handlers
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass
+class TrainResult:
+    out_dir: Path
+    iteration: int  # iterations completed
+    miou: float | None  # last validation mIoU (0..1)
+    best_miou: float | None
+    metrics: dict | None  # last validation report (SegmentationMetrics.to_dict())
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _colour_panel(image: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, mean, std,
+                  palette: np.ndarray) -> np.ndarray:
+    """(3,H,W) normalised image, (H,W) prediction and ground truth -> (H, 3W, 3) uint8 strip."""
+    img = image.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    img = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    p = palette[pred.detach().cpu().numpy().astype(np.uint8)]
+    t = palette[target.detach().cpu().numpy().clip(0, 255).astype(np.uint8)]
+    return np.concatenate([img, p, t], axis=1)
+
+
+# ----------------------------------------------------------------------------- engine
+def train(cfg: TrainConfig, out_dir: str | Path, max_iters: int | None = None, resume: bool = False,
+          show_progress: bool | None = None) -> TrainResult:
+    """Run (or continue) the recipe ``cfg`` writing to ``out_dir``; returns the last metrics.
+
+    ``max_iters`` stops after that many iterations in total (counting resumed ones) while keeping
+    the learning-rate schedule of the full ``schedule.iterations`` run, so ``--max-iters k`` then
+    ``--resume`` equals one uninterrupted run.
+    """
+    info = init_distributed(cfg.runtime.device)
+    out = Path(out_dir)
+    handlers: list[logging.Handler] = []
+    try:
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        barrier(info)
+        handlers = _setup_logging(out if info.is_main else None)
+        return _Trainer(cfg, out, info, show_progress).run(max_iters, resume)
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+        cleanup_distributed()
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, out: Path, info: DistInfo, show_progress: bool | None) -> None:
+        from sfnet_core.data.config import build_datasets
+        from sfnet_core.losses import SegmentationLoss
+        from sfnet_core.models import build_model
+
+        self.cfg, self.out, self.info = cfg, out, info
+        self.device = info.device
+        self.precision = resolve_precision(cfg.runtime.precision, self.device)
+        if cfg.schedule.batch_size % info.world_size:
+            raise ConfigError(
+                f"schedule.batch_size: {cfg.schedule.batch_size} is not divisible by the "
+                f"{info.world_size} ranks"
+            )
+        self.batch_per_rank = cfg.schedule.batch_size // info.world_size
+        self.show_progress = (cfg.runtime.progress and sys.stderr.isatty()) if show_progress is None else show_progress
+        mean, std = tuple(cfg.model.mean), tuple(cfg.model.std)
+        self.train_set, self.val_set, self.classes = build_datasets(cfg.data, mean, std)
+
+        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+        seed_everything(cfg.runtime.seed)
+        model = build_model(
+            cfg.model.name, self.classes.num_classes, aux=cfg.model.aux,
+            pretrained_backbone=cfg.model.pretrained_backbone, **cfg.model.options,
+        ).to(self.device)
+        if cfg.runtime.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if info.enabled and cfg.runtime.sync_bn and self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # On CPU (gloo) BatchNorm stays per-rank: SyncBatchNorm's kernels are CUDA-only. Rank 0's
+        # running statistics are what DDP broadcasts and what the checkpoint stores.
+        self.model = model
+        self.ddp = (
+            DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if info.enabled else model
+        )
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(it, cfg.schedule)
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.criterion = SegmentationLoss(cfg.loss, ignore_index=self.classes.ignore_index)
+        self.iteration = 0
+        self.best_miou: float | None = None
+        self.writer = None
+
+    # ------------------------------------------------------------------ state
+    def _train_state(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "best_miou": self.best_miou,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": get_rng_state(),
+            "world_size": self.info.world_size,
+            "config": to_dict(self.cfg),
+        }
+
+    def _save(self, name: str, with_state: bool) -> None:
+        from sfnet_core.checkpoint import save_checkpoint
+
+        if not self.info.is_main:
+            return
+        save_checkpoint(
+            self.out / name, self.model, self.cfg.model.name, self.classes,
+            model_options={"aux": self.cfg.model.aux, **self.cfg.model.options},
+            normalization={"mean": list(self.cfg.model.mean), "std": list(self.cfg.model.std)},
+            train_state=self._train_state() if with_state else None,
+        )
+
+    def _restore(self) -> bool:
+        from sfnet_core.checkpoint import load_checkpoint
+
+        path = self.out / "last.pt"
+        if not path.exists():
+            log.warning("--resume: %s does not exist yet, starting from iteration 0", path)
+            return False
+        ck = load_checkpoint(path, expected_num_classes=self.classes.num_classes, map_location=self.device)
+        if ck.model_name != self.cfg.model.name:
+            raise ConfigError(f"{path}: was trained as {ck.model_name!r} but the recipe says model.name {self.cfg.model.name!r}")
+        state = ck.train_state
+        if not state:
+            raise ConfigError(f"{path}: has no train_state to resume from (is it a best.pt copy?)")
+        if state.get("world_size") != self.info.world_size:
+            # The data order is a function of the world size; changing it continues correctly
+            # but not bit-identically.
+            log.warning("resuming a %s-rank run on %d ranks: the data order changes",
+                        state.get("world_size"), self.info.world_size)
+        self.model.load_state_dict(ck.state_dict)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.best_miou = state.get("best_miou")
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at iteration %d", path, self.iteration)
+        return True
+
+    # ------------------------------------------------------------------ evaluation
+    def _validate(self) -> dict:
+        from sfnet_core.evaluate import _report, evaluate_dataset
+
+        cfg = self.cfg.runtime
+        broadcast_buffers(self.model, self.info)
+        window = None
+        if cfg.eval_mode == "slide":
+            window = tuple(cfg.eval_window) if cfg.eval_window else _crop_hw(self.cfg.data)
+        n = len(self.val_set)
+        indices = list(range(min(n, cfg.eval_max_images) if cfg.eval_max_images else n))
+        self.model.eval()
+        try:
+            with _autocast(self.device, self.precision):
+                cm = evaluate_dataset(
+                    self.model, self.val_set, self.classes.num_classes, self.classes.ignore_index,
+                    self.device, window=window,
+                    indices=indices[self.info.rank::self.info.world_size],
+                )
+        finally:
+            self.model.train()
+        cm.all_reduce()
+        return _report(cm, self.classes)
+
+    # ------------------------------------------------------------------ loop
+    def run(self, max_iters: int | None, resume: bool) -> TrainResult:
+        cfg = self.cfg
+        total = cfg.schedule.iterations
+        stop = total if max_iters is None else min(max_iters, total)
+        if resume:
+            self._restore()
+        elif self.info.is_main and (self.out / "last.pt").exists():
+            raise ConfigError(f"{self.out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
+        if self.info.is_main:
+            with atomic_write(self.out / "config.yaml") as tmp:
+                tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a crashed run logged after the checkpoint we resume from
+            self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.iteration or None)
+            log.info("device %s, precision %s, %d rank(s), batch %d per rank, %d train / %d val samples, "
+                     "iterations %d -> %d of %d", self.device, self.precision, self.info.world_size,
+                     self.batch_per_rank, len(self.train_set), len(self.val_set or ()), self.iteration, stop, total)
+        metrics: dict | None = None
+        try:
+            if self.iteration < stop:
+                metrics = self._loop(stop)
+            self._finish()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return TrainResult(self.out, self.iteration, metrics["miou"] if metrics else None, self.best_miou, metrics)
+
+    def _loader(self, stop: int) -> DataLoader:
+        sampler = IterationBatchSampler(
+            len(self.train_set), self.batch_per_rank, self.info.world_size, self.info.rank,
+            self.cfg.runtime.seed, self.iteration, stop,
+        )
+        workers = self.cfg.data.workers
+        return DataLoader(
+            SeededDataset(self.train_set), batch_sampler=sampler, num_workers=workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )
+
+    def _loop(self, stop: int) -> dict | None:
+        from tqdm import tqdm
+
+        cfg, rt = self.cfg, self.cfg.runtime
+        palette = self.classes.palette()
+        bar = tqdm(total=stop, initial=self.iteration, disable=not (self.info.is_main and self.show_progress),
+                   dynamic_ncols=True, unit="it", desc="train", file=sys.stderr)
+        self.ddp.train()
+        metrics = None
+        window_start, window_iters, loss_sum = time.perf_counter(), 0, 0.0
+        for images, targets in self._loader(stop):
+            it = self.iteration
+            # Model-side randomness (dropout) as a function of the iteration as well, so it
+            # survives a resume without depending on how much RNG the data pipeline consumed.
+            torch.manual_seed(derive_seed(rt.seed, it, self.info.rank, 1))
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            if rt.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(self.device, self.precision):
+                logits, aux_logits = self.ddp(images)
+                loss, parts = self.criterion(logits, aux_logits, targets)
+            if not torch.isfinite(loss):
+                raise SFNetError(f"iteration {it}: the loss is {loss.item()} (diverged); lower optim.lr or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            self.iteration = it + 1
+            loss_value = float(loss.detach())
+            loss_sum += loss_value
+            window_iters += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
+
+            if self.info.is_main and (self.iteration % rt.log_interval == 0 or self.iteration == stop):
+                elapsed = time.perf_counter() - window_start
+                speed = window_iters / elapsed if elapsed > 0 else float("nan")
+                eta = (stop - self.iteration) / speed if speed > 0 else float("nan")
+                log.info("iter %d/%d loss %.4f (main %.4f aux %.4f) lr %.3e %.2f it/s eta %s",
+                         self.iteration, cfg.schedule.iterations, loss_sum / window_iters, parts["main"],
+                         parts["aux"], lr, speed, _fmt_eta(eta))
+                self.writer.add_scalar("train/loss", loss_sum / window_iters, self.iteration)
+                self.writer.add_scalar("train/loss_main", parts["main"], self.iteration)
+                self.writer.add_scalar("train/loss_aux", parts["aux"], self.iteration)
+                self.writer.add_scalar("train/lr", lr, self.iteration)
+                self.writer.add_scalar("train/iters_per_s", speed, self.iteration)
+                window_start, window_iters, loss_sum = time.perf_counter(), 0, 0.0
+            if self.info.is_main and rt.image_interval and self.iteration % rt.image_interval == 0:
+                panel = _colour_panel(images[0], logits[0].argmax(0), targets[0], cfg.model.mean, cfg.model.std, palette)
+                self.writer.add_image("train/input_prediction_groundtruth", panel, self.iteration, dataformats="HWC")
+
+            at_end = self.iteration == stop
+            if self.val_set is not None and (
+                at_end or (rt.eval_interval and self.iteration % rt.eval_interval == 0)
+            ):
+                metrics = self._validate()
+                self._record_validation(metrics)
+            if at_end or self.iteration % rt.checkpoint_interval == 0:
+                self._save("last.pt", with_state=True)
+                barrier(self.info)
+        bar.close()
+        return metrics
+
+    def _record_validation(self, metrics: dict) -> None:
+        miou = float(metrics["miou"])
+        improved = self.best_miou is None or miou > self.best_miou
+        if improved:
+            self.best_miou = miou
+        if not self.info.is_main:
+            return
+        log.info("validation at iter %d: mIoU %.4f pixel acc %.4f (best %.4f)", self.iteration, miou,
+                 metrics["pixel_accuracy"], self.best_miou)
+        self.writer.add_scalar("val/miou", miou, self.iteration)
+        self.writer.add_scalar("val/pixel_accuracy", metrics["pixel_accuracy"], self.iteration)
+        with atomic_write(self.out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps({"iteration": self.iteration, **_jsonable(metrics)}, indent=2))
+        if improved:
+            self._save("best.pt", with_state=False)
+
+    def _finish(self) -> None:
+        """Under DDP: prove that every rank ends with the same weights (rank_digests.json)."""
+        if not self.info.enabled or not self.cfg.runtime.rank_digest:
+            return
+        broadcast_buffers(self.model, self.info)
+        mine = {
+            "rank": self.info.rank,
+            "params": tensor_digest(dict(self.model.named_parameters())),
+            "state": tensor_digest(self.model.state_dict()),
+        }
+        digests = all_gather_object(mine, self.info)
+        if self.info.is_main:
+            with atomic_write(self.out / "rank_digests.json") as tmp:
+                tmp.write_text(json.dumps(digests, indent=2))
+            if len({d["params"] for d in digests}) != 1:  # type: ignore[index]
+                raise SFNetError(f"DDP ranks diverged: parameter digests differ across ranks: {digests}")
+            log.info("all %d ranks hold identical parameters (sha256 %s)", self.info.world_size, mine["params"][:16])
+
+
+def _crop_hw(data_cfg) -> tuple[int, int]:
+    """The training crop (h, w): the natural sliding-window size for evaluation."""
+    return (int(data_cfg.crop_size[0]), int(data_cfg.crop_size[1]))
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (np.floating, np.integer)):
+        return _jsonable(obj.item())
+    return obj
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sfnet-train",
+        description="Train SFNet from a recipe (training/configs/*.yaml). Multi-GPU / multi-node: "
+        "torchrun --nproc_per_node N training/train.py --config ... --out ...",
+    )
+    p.add_argument("--config", required=True, help="recipe YAML (training/configs/*.yaml)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, TensorBoard)")
+    p.add_argument("--max-iters", type=int, default=None,
+                   help="stop after this many iterations in total, keeping the full run's lr schedule")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe overrides, e.g. schedule.iterations=1000 data.workers=0")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.max_iters is not None and args.max_iters < 1:
+            raise ConfigError(f"--max-iters: must be >= 1, got {args.max_iters}")
+        cfg = load_train_config(args.config, args.overrides)
+        if args.no_progress:
+            cfg.runtime.progress = False
+        result = train(cfg, args.out, max_iters=args.max_iters, resume=args.resume)
+    except SFNetError as exc:
+        print(f"sfnet-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sfnet-train: interrupted (continue with --resume)", file=sys.stderr)
+        return 130
+    if result.miou is not None:
+        print(f"sfnet-train: {result.iteration} iterations, mIoU {result.miou:.4f} (best {result.best_miou:.4f})",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

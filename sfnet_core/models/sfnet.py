@@ -1,0 +1,248 @@
+"""SFNet model, its variants and ``build_model``.
+
+Parameter counts against the paper (19 classes), and what the paper counted
+---------------------------------------------------------------------------
+The paper's 12.87M (SFNet-R18, Tables 3-4) and 50.32M (SFNet-R101, Table 4) are reproduced
+exactly (12.869M / 50.317M) by the released code's configuration:
+
+* deep-stem ResNet *including* layer1's 128->64*expansion projection (1x1 conv + BN) that the
+  deep stem's 128 output channels force, and no ``fc``;
+* PPM with bins (1, 2, 3, 6), branch width = fpn_dim, and a **1x1** fusing conv (a 3x3 one
+  would give 13.92M / 56.61M);
+* fpn_dim 128 (R18) / 256 (R50, R101), three FAMs, fuse by bilinear upsampling;
+* **without** the deep-supervision heads (``aux=True`` adds 0.45M on R18, 1.79M on R101:
+  they are training-only and dropped at inference, so the paper counts the inference net).
+  BN parameters (weight, bias) are counted; buffers are not. The lateral 1x1 convs have no
+  bias here (BN follows); the released code's biases would add 384 / 768 parameters.
+
+Other encoders: DF1 (fpn_dim 128, the released code's three levels, see ``dfnet.py``) has
+9.24M (paper 9.03M, +2.3%). DF2 cannot match the paper's 10.53M: the DF2 encoder alone has
+17.47M parameters (its layer table is pinned down by the DF paper's 1.77 GMACs at 224x224,
+which it reproduces), so SFNet-DF2 has 18.70M. The paper gives no count for ShuffleNetV2.
+
+MACs. The paper's "GFLOPs" are multiply-accumulates (2 FLOPs per MAC would make SFNet-R18
+243 G): at 1024x1024 this code gives 121.5 GMACs for SFNet-R18 (paper 123.5), 331.7 / 409.3
+for R50 / R101 (337.1 / 417.5) and 18.5 for DF1 (18.6), counting convolutions and matmuls
+only. ShuffleNetV2 uses fpn_dim 64: with 128 the model would cost 55.8 G, 3x the paper's 18.1;
+with 64 it has 16.1 G and FAMs add 0.32 G (paper: 17.8 -> 18.1). ``bench/model_stats.py``
+prints the whole table.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Callable, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from . import backbones, dfnet
+from .backbones import init_conv_bn
+from .flow_alignment import flow_to_pixels
+from .heads import AlignedFPNDecoder, AuxHead, FCNDecoder
+from .pretrained import load_backbone_weights
+
+__all__ = ["SFNet", "MODEL_VARIANTS", "build_model"]
+
+
+class SFNet(nn.Module):
+    """Encoder + decoder + optional deep-supervision heads.
+
+    ``forward(x, return_flows=False)`` with ``x`` (N, 3, H, W), any H, W:
+
+    * eval: logits (N, K, H, W); with ``return_flows``: ``(logits, flows)``;
+    * train: ``(logits, aux_logits)``, ``aux_logits`` a list of (N, K, H, W), one per decoder
+      level coarse to fine (empty without aux heads); with ``return_flows``:
+      ``(logits, aux_logits, flows)``.
+
+    ``flows``: one (N, 2, h, w) tensor per FAM, coarse to fine (then the fuse FAMs, if any),
+    as pixel displacements (x then y) on the grid each flow was predicted on. Empty for the
+    FPN/FCN baselines. Attribute ``aux_heads`` holds the training-only parameters (state-dict
+    prefix ``aux_heads.``).
+    """
+
+    def __init__(self, backbone: nn.Module, decoder: nn.Module, num_classes: int,
+                 aux_heads: Sequence[nn.Module] = ()) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.aux_heads = nn.ModuleList(aux_heads)
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor, return_flows: bool = False) -> Any:
+        size = x.shape[-2:]
+        logits, sums, flows = self.decoder(self.backbone(x))
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+        outputs: tuple[Any, ...] = (logits,)
+        if self.training:
+            outputs += ([F.interpolate(head(f), size=size, mode="bilinear", align_corners=True)
+                         for head, f in zip(self.aux_heads, sums)],)
+        if return_flows:
+            outputs += ([flow_to_pixels(f) for f in flows],)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+# ---------------------------------------------------------------------------- option checks
+
+def _choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+        allowed = ", ".join(map(repr, choices))
+        raise ConfigError(f"model option {key!r}: expected one of {allowed}, got {value!r}")
+    return value
+
+
+def _int(key: str, value: Any, minimum: int, even: bool = False, odd: bool = False) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if ok and even and value % 2:
+        ok = False
+    if ok and odd and not value % 2:
+        ok = False
+    if not ok:
+        kind = "an even integer" if even else "an odd integer" if odd else "an integer"
+        raise ConfigError(f"model option {key!r}: expected {kind} >= {minimum}, got {value!r}")
+    return value
+
+
+def _sfnet(backbone: nn.Module, num_classes: int, aux: bool, fpn_dim: int, upsample: str,
+           fuse: str, flow_kernel_size: int) -> SFNet:
+    _int("fpn_dim", fpn_dim, 2, even=True)
+    _choice("upsample", upsample, ("fam", "bilinear"))
+    _choice("fuse", fuse, ("bilinear", "fam"))
+    _int("flow_kernel_size", flow_kernel_size, 1, odd=True)
+    channels = backbone.out_channels
+    decoder = AlignedFPNDecoder(channels, fpn_dim, num_classes, upsample, fuse, flow_kernel_size)
+    heads = [AuxHead(fpn_dim, fpn_dim, num_classes) for _ in channels[:-1]] if aux else []
+    model = SFNet(backbone, decoder, num_classes, heads)
+    init_conv_bn(model.decoder)
+    init_conv_bn(model.aux_heads)
+    # FAM convs keep PyTorch's default init, as in the released code: He-normal with fan_out
+    # on the 2-output flow conv would draw weights of std 0.33 and start training with flows
+    # of many pixels; the default keeps initial flows well under a pixel.
+    for fam in (*decoder.align, *decoder.fuse_align):
+        for conv in (fam.down_h, fam.down_l, fam.flow_make):
+            conv.reset_parameters()
+    return model
+
+
+def _resnet(factory: Callable[..., nn.Module], stem: str, dilate_last_stages: bool) -> nn.Module:
+    _choice("stem", stem, ("deep", "torchvision"))
+    _choice("dilate_last_stages", dilate_last_stages, (True, False))
+    return factory(stem=stem, dilate_last_stages=dilate_last_stages)
+
+
+# ---------------------------------------------------------------------------- variants
+# Each builder: (num_classes, aux, *, options) -> SFNet. Keyword-only parameters are the
+# options ``build_model`` accepts for that variant.
+
+def sfnet_resnet18(num_classes: int, aux: bool = False, *, stem: str = "deep",
+                   dilate_last_stages: bool = True, fpn_dim: int = 128, upsample: str = "fam",
+                   fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
+    """SFNet on ResNet-18 (deep stem): 12.87M parameters, the paper's real-time model."""
+    backbone = _resnet(backbones.resnet18, stem, dilate_last_stages)
+    return _sfnet(backbone, num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+
+
+def sfnet_resnet50(num_classes: int, aux: bool = False, *, stem: str = "deep",
+                   dilate_last_stages: bool = True, fpn_dim: int = 256, upsample: str = "fam",
+                   fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
+    """SFNet on ResNet-50 (deep stem), fpn_dim 256 (paper Table 1(d))."""
+    backbone = _resnet(backbones.resnet50, stem, dilate_last_stages)
+    return _sfnet(backbone, num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+
+
+def sfnet_resnet101(num_classes: int, aux: bool = False, *, stem: str = "deep",
+                    dilate_last_stages: bool = True, fpn_dim: int = 256, upsample: str = "fam",
+                    fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
+    """SFNet on ResNet-101 (deep stem): 50.32M parameters (paper Table 4)."""
+    backbone = _resnet(backbones.resnet101, stem, dilate_last_stages)
+    return _sfnet(backbone, num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+
+
+def sfnet_shufflenetv2(num_classes: int, aux: bool = False, *, fpn_dim: int = 64, upsample: str = "fam",
+                       fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
+    """SFNet on torchvision's ShuffleNetV2 1.0x (paper Table 1(d)); fpn_dim 64 (see module doc)."""
+    return _sfnet(backbones.shufflenet_v2(), num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+
+
+def sfnet_df1(num_classes: int, aux: bool = False, *, fpn_dim: int = 128, upsample: str = "fam",
+              fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
+    """SFNet on DF1, three levels at strides 16/32/32 (paper Table 3: 9.03M; here 9.24M)."""
+    return _sfnet(dfnet.df1(), num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+
+
+def sfnet_df2(num_classes: int, aux: bool = False, *, fpn_dim: int = 128, upsample: str = "fam",
+              fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
+    """SFNet on DF2, three levels at strides 8/16/32 (paper Table 3 says 10.53M; the DF2 encoder
+    alone has 17.47M, the model 18.70M)."""
+    return _sfnet(dfnet.df2(), num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+
+
+def fpn_resnet18(num_classes: int, aux: bool = False, *, stem: str = "deep",
+                 dilate_last_stages: bool = True, fpn_dim: int = 128) -> SFNet:
+    """Paper Table 1(a) "FPN + PPM" baseline: SFNet-R18's decoder with bilinear upsampling."""
+    backbone = _resnet(backbones.resnet18, stem, dilate_last_stages)
+    return _sfnet(backbone, num_classes, aux, fpn_dim, "bilinear", "bilinear", 3)
+
+
+def fcn_resnet18(num_classes: int, aux: bool = False, *, stem: str = "deep",
+                 dilate_last_stages: bool = True) -> SFNet:
+    """Paper Table 1(a) naive FCN baseline (stride 32). ``aux`` adds one head on C4."""
+    backbone = _resnet(backbones.resnet18, stem, dilate_last_stages)
+    channels = backbone.out_channels
+    heads = [AuxHead(channels[-2], channels[-2] // 4, num_classes)] if aux else []
+    model = SFNet(backbone, FCNDecoder(channels, num_classes), num_classes, heads)
+    init_conv_bn(model.decoder)
+    init_conv_bn(model.aux_heads)
+    return model
+
+
+MODEL_VARIANTS: dict[str, Callable[..., SFNet]] = {
+    "sfnet_resnet18": sfnet_resnet18,
+    "sfnet_resnet50": sfnet_resnet50,
+    "sfnet_resnet101": sfnet_resnet101,
+    "sfnet_shufflenetv2": sfnet_shufflenetv2,
+    "sfnet_df1": sfnet_df1,
+    "sfnet_df2": sfnet_df2,
+    "fpn_resnet18": fpn_resnet18,
+    "fcn_resnet18": fcn_resnet18,
+}
+
+
+def variant_options(name: str) -> dict[str, Any]:
+    """Option names of a variant with their defaults."""
+    params = inspect.signature(MODEL_VARIANTS[name]).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def build_model(name: str, num_classes: int, aux: bool = False,
+                pretrained_backbone: str | os.PathLike | None = None, **options: Any) -> SFNet:
+    """Build a model of ``MODEL_VARIANTS`` by name.
+
+    Args:
+        name: a key of ``MODEL_VARIANTS``.
+        num_classes: classifier outputs (>= 1).
+        aux: add the deep-supervision heads (used in training mode only).
+        pretrained_backbone: local state-dict file for the encoder (never downloaded).
+        **options: variant options (see ``variant_options(name)``), e.g. ``stem="torchvision"``,
+            ``fuse="fam"``, ``upsample="bilinear"``.
+
+    Raises:
+        ConfigError: unknown name, option or option value.
+        PretrainedWeightsError: the pretrained file is missing or does not fit.
+    """
+    if name not in MODEL_VARIANTS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_VARIANTS)}")
+    _int("num_classes", num_classes, 1)
+    _choice("aux", aux, (True, False))
+    allowed = variant_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"model {name!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                          f"valid options: {', '.join(allowed)}")
+    model = MODEL_VARIANTS[name](num_classes, aux, **options)
+    if pretrained_backbone is not None:
+        load_backbone_weights(model.backbone, pretrained_backbone)
+    model.variant = name
+    model.options = dict(options)
+    return model

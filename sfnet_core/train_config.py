@@ -1,0 +1,152 @@
+"""The training recipe as a typed dataclass tree (``training/configs/*.yaml`` override the defaults).
+
+Defaults are the paper's Cityscapes recipe (Li et al., ECCV 2020, Sec. 4): SGD, momentum 0.9,
+weight decay 5e-4, lr 0.01 with "poly" decay (power 0.9), batch 16, 50K iterations.
+
+YAML shape (every section optional)::
+
+    model:    {name, aux, pretrained_backbone, options, mean, std}
+    data:     DataConfig (sfnet_core.data.config)
+    loss:     LossConfig (sfnet_core.losses)
+    optim:    {lr, momentum, weight_decay, nesterov}
+    schedule: {iterations, batch_size, poly_power, warmup_iters, warmup_factor}
+    runtime:  {seed, device, precision, sync_bn, progress, log_interval, image_interval,
+               checkpoint_interval, eval_interval, eval_mode, eval_window, channels_last}
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sfnet_core.config import from_dict, load_yaml
+from sfnet_core.data.config import DataConfig
+from sfnet_core.errors import ConfigError
+from sfnet_core.losses import LossConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build (``sfnet_core.models.build_model``) and its input normalisation."""
+
+    name: str = "sfnet_resnet18"
+    aux: bool = True  # deep supervision heads (weighted by loss.aux_weight)
+    pretrained_backbone: str | None = None  # ImageNet weights file for the backbone
+    options: dict[str, Any] = field(default_factory=dict)  # extra build_model keyword arguments
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # on 0..1 RGB; stored in the checkpoint
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"model.std: every value must be > 0, got {list(self.std)}")
+
+
+@dataclass
+class OptimConfig:
+    """SGD hyper-parameters."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr: must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum: must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay: must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Length of the run and the learning-rate curve (linear warm-up, then poly decay)."""
+
+    iterations: int = 50000
+    batch_size: int = 16  # total over all ranks (the paper's 16 = 8 GPUs x 2)
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    warmup_factor: float = 0.1  # lr multiplier at iteration 0 of the warm-up
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"schedule.iterations: must be >= 1, got {self.iterations}")
+        if self.batch_size < 1:
+            raise ConfigError(f"schedule.batch_size: must be >= 1, got {self.batch_size}")
+        if self.poly_power < 0:
+            raise ConfigError(f"schedule.poly_power: must be >= 0, got {self.poly_power}")
+        if not 0 <= self.warmup_iters < self.iterations:
+            raise ConfigError(
+                f"schedule.warmup_iters: must be in 0..iterations-1 ({self.iterations - 1}), got {self.warmup_iters}"
+            )
+        if not 0 < self.warmup_factor <= 1:
+            raise ConfigError(f"schedule.warmup_factor: must be in (0, 1], got {self.warmup_factor}")
+
+
+@dataclass
+class RuntimeConfig:
+    """Devices, precision, logging and checkpoint cadence (none of it changes the maths on CPU)."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
+    sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CUDA only)
+    channels_last: bool = False
+    progress: bool = True  # tqdm bar on rank 0 (also disabled when stderr is not a TTY)
+    log_interval: int = 20  # iterations between log lines / TensorBoard scalars
+    image_interval: int = 500  # iterations between TensorBoard images (0 = never)
+    checkpoint_interval: int = 1000  # iterations between last.pt writes
+    eval_interval: int = 5000  # iterations between validations (0 = only at the end)
+    eval_mode: Literal["whole", "slide"] = "whole"
+    eval_window: tuple[int, int] | None = None  # sliding-window size; None = data crop size
+    eval_max_images: int = 0  # validate on the first N images only (0 = all)
+    rank_digest: bool = True  # check at the end that all DDP ranks hold identical weights
+
+    def __post_init__(self) -> None:
+        for name in ("log_interval", "checkpoint_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"runtime.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("image_interval", "eval_interval", "eval_max_images"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"runtime.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"runtime.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass
+class TrainConfig:
+    """The whole recipe; ``to_dict`` of it is saved as ``<out>/config.yaml``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+def load_train_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a recipe YAML, apply ``a.b=value`` overrides, and validate (ConfigError names file + key)."""
+    from sfnet_core.config import apply_overrides
+
+    data = load_yaml(path)
+    source = str(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{path} (with overrides {' '.join(overrides)})"
+    cfg = from_dict(TrainConfig, data, source=source)
+    _resolve_paths(cfg, Path(path).parent)
+    return cfg
+
+
+def _resolve_paths(cfg: TrainConfig, base: Path) -> None:
+    """Relative ``pretrained_backbone`` paths are taken relative to the working directory first,
+    then to the recipe file, so recipes work both from the repository root and from anywhere."""
+    p = cfg.model.pretrained_backbone
+    if p and not Path(p).is_absolute() and not Path(p).exists() and (base / p).exists():
+        cfg.model.pretrained_backbone = str(base / p)

@@ -1,0 +1,300 @@
+"""``sfnet-bag-eval``: run a checkpoint over a recorded bag as fast as the device allows.
+
+    sfnet-bag-eval --bag drive.mcap --image-topic /front/image_raw --label-topic /front/labels \\
+        --checkpoint ck.pt --out drive_seg.mcap --mask-classes road,car
+
+stdout: one JSON object (the report); stderr: progress bar and a human summary.
+Latency is *model* latency per frame: the wall time of one ``Segmenter.segment(batch)`` call
+(upload, normalise, forward, argmax, download) divided by the frames in that batch; bag reading,
+decoding and writing are excluded. ``fps`` is end to end (frames / wall time of the whole loop,
+reading and writing included), ``model_fps`` is frames / total model time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from sfnet_core.errors import SFNetError
+from sfnet_ros.bag_io import (
+    COMPRESSED, IMAGE, BagError, BagReader, BagWriter, decode_image, decode_labels, header_stamp,
+    image_topic_namespace, make_header, ros2_class,
+)
+from sfnet_ros.conversions import ImageConversionError, numpy_to_image
+
+
+def output_namespace(image_topic: str, msgtype: str) -> str:
+    """Namespace of the outputs: ``/front/image_raw[/compressed]`` -> ``/front``."""
+    topic = image_topic.rstrip("/")
+    if msgtype == COMPRESSED and topic.endswith("/compressed"):
+        topic = topic[: -len("/compressed")]  # image_transport naming: <base>/compressed
+    return image_topic_namespace(topic)
+
+
+def percentiles(values_ms: Sequence[float]) -> dict[str, float | None]:
+    if not values_ms:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    arr = np.asarray(values_ms, dtype=np.float64)
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 3),
+        "p90": round(float(np.percentile(arr, 90)), 3),
+        "p99": round(float(np.percentile(arr, 99)), 3),
+        "max": round(float(arr.max()), 3),
+        "mean": round(float(arr.mean()), 3),
+    }
+
+
+def json_float(value: float) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else round(float(value), 6)
+
+
+@dataclass
+class _Frame:
+    timestamp: int
+    stamp: int
+    frame_id: str
+    raw_cdr: bytes
+    rgb: np.ndarray
+
+
+@dataclass
+class LabelMatcher:
+    """Pairs predictions with ground truth by header stamp, in whichever order they arrive.
+
+    Only unmatched items are held, so memory stays small when both topics are recorded in order.
+    """
+
+    metrics: Any
+    preds: dict[int, np.ndarray] = field(default_factory=dict)
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
+    matched: int = 0
+
+    def add_prediction(self, stamp: int, pred: np.ndarray) -> None:
+        label = self.labels.pop(stamp, None)
+        if label is None:
+            self.preds[stamp] = pred
+        else:
+            self._score(stamp, pred, label)
+
+    def add_label(self, stamp: int, label: np.ndarray) -> None:
+        pred = self.preds.pop(stamp, None)
+        if pred is None:
+            self.labels[stamp] = label
+        else:
+            self._score(stamp, pred, label)
+
+    def _score(self, stamp: int, pred: np.ndarray, label: np.ndarray) -> None:
+        if pred.shape != label.shape:
+            raise BagError(f"label at stamp {stamp} is {label.shape[1]}x{label.shape[0]} but its image is "
+                           f"{pred.shape[1]}x{pred.shape[0]}")
+        self.metrics.update(pred, label)
+        self.matched += 1
+
+
+def evaluate_bag(
+    bag: str | Path,
+    image_topic: str,
+    checkpoint: str | Path,
+    label_topic: str | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 4,
+    device: str = "auto",
+    precision: str = "auto",
+    mask_classes: Sequence[str] = (),
+    progress: bool = True,
+    segmenter: Any = None,
+) -> dict[str, Any]:
+    """Evaluate; returns the report dict (see module docstring). Raises SFNetError subclasses."""
+    from sfnet_core.inference import Segmenter
+    from sfnet_core.metrics import ConfusionMatrix
+    from sfnet_core.viz import class_masks, colorize
+
+    with BagReader(bag) as reader:
+        info = reader.check_topic(image_topic)
+        if label_topic:
+            reader.check_topic(label_topic, what="label topic")
+        if segmenter is None:
+            segmenter = Segmenter.from_checkpoint(checkpoint, device=device, precision=precision, warmup=False)
+        classes = segmenter.classes
+        mask_ids = {name: classes.index(name) for name in mask_classes}  # ConfigError on unknown names
+        palette = classes.palette()
+        matcher = LabelMatcher(ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index))
+        ns = output_namespace(image_topic, info.msgtype)
+        seg_ns = f"{ns}/segmentation"
+        Image = ros2_class(IMAGE)
+        writer = BagWriter(out) if out else None
+        latencies: list[float] = []
+        model_time = 0.0
+        frames = 0
+        warmed = False
+        batch: list[_Frame] = []
+
+        def run_batch() -> None:
+            nonlocal model_time, frames, warmed
+            images = [f.rgb for f in batch]
+            if not warmed:
+                # First call pays for allocator/kernel selection; keep it out of the latency numbers.
+                segmenter.segment(images)
+                warmed = True
+            start = time.perf_counter()
+            results = segmenter.segment(images)
+            elapsed = time.perf_counter() - start
+            model_time += elapsed
+            latencies.extend([1000.0 * elapsed / len(batch)] * len(batch))
+            for f, result in zip(batch, results):
+                frames += 1
+                if label_topic:
+                    matcher.add_prediction(f.stamp, result.labels)
+                if writer is not None:
+                    header = make_header(f.stamp, f.frame_id)
+                    writer.write_raw(image_topic, info.msgtype, f.timestamp, f.raw_cdr)
+                    writer.write(f"{seg_ns}/labels", f.timestamp,
+                                 numpy_to_image(result.labels, "mono8", header=header, msg_cls=Image))
+                    writer.write(f"{seg_ns}/color", f.timestamp,
+                                 numpy_to_image(colorize(result.labels, palette), "rgb8", header=header, msg_cls=Image))
+                    for name, mask in class_masks(result.labels, mask_ids).items():
+                        writer.write(f"{seg_ns}/mask/{name}", f.timestamp,
+                                     numpy_to_image(mask, "mono8", header=header, msg_cls=Image))
+            batch.clear()
+
+        topics = [image_topic] + ([label_topic] if label_topic else [])
+        wall_start = time.perf_counter()
+        bar = tqdm(total=info.count, unit="frame", file=sys.stderr, disable=not progress, desc="sfnet-bag-eval")
+        try:
+            if writer is not None:
+                writer.open()
+            for topic, msgtype, timestamp, cdr, msg in reader.decoded_cdr_messages(topics):
+                stamp = header_stamp(msg)
+                try:
+                    if topic == image_topic:
+                        batch.append(_Frame(timestamp, stamp, msg.header.frame_id, cdr, decode_image(msg, msgtype)))
+                        bar.update(1)
+                        if len(batch) >= batch_size:
+                            run_batch()
+                    else:
+                        label = decode_labels(msg, msgtype, topic)
+                        matcher.add_label(stamp, label)
+                        if writer is not None:
+                            writer.write_raw(topic, msgtype, timestamp, cdr)
+                except ImageConversionError as exc:
+                    raise BagError(f"{bag}: {topic} message at {timestamp} ns: {exc}") from None
+            if batch:
+                run_batch()
+            if writer is not None:
+                writer.close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            bar.close()
+        wall = time.perf_counter() - wall_start
+
+    report: dict[str, Any] = {
+        "bag": str(bag),
+        "image_topic": image_topic,
+        "frames": frames,
+        "batch_size": batch_size,
+        "device": str(segmenter.device),
+        "precision": segmenter.precision,
+        "fps": round(frames / wall, 3) if wall > 0 else None,
+        "model_fps": round(frames / model_time, 3) if model_time > 0 else None,
+        "latency_ms": percentiles(latencies),
+        "latency_definition": "model time per frame: Segmenter.segment(batch) wall time / batch size",
+    }
+    if label_topic:
+        metrics = matcher.metrics.compute()
+        report.update({
+            "label_topic": label_topic,
+            "matched": matcher.matched,
+            "unmatched_images": len(matcher.preds),
+            "unmatched_labels": len(matcher.labels),
+            "miou": json_float(metrics.miou) if matcher.matched else None,
+            "pixel_accuracy": json_float(metrics.pixel_accuracy) if matcher.matched else None,
+            "iou": {name: json_float(v) for name, v in zip(classes.names, metrics.iou)},
+        })
+    if out:
+        report["out"] = str(out)
+        report["out_topics"] = dict(sorted(writer.counts.items()))
+    return report
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sfnet-bag-eval",
+        description="Segment every frame of an image topic in a bag (ROS 2 MCAP/sqlite3 or ROS 1); "
+                    "report speed and, with --label-topic, mIoU as JSON on stdout.",
+    )
+    parser.add_argument("--bag", required=True, help="rosbag2 directory, .mcap or .db3 file, or ROS 1 .bag")
+    parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    parser.add_argument("--label-topic", help="mono8 train-id Image topic, matched to images by header stamp")
+    parser.add_argument("--checkpoint", required=True, help="sfnet_ros checkpoint (.pt)")
+    parser.add_argument("--out", help="write an MCAP bag with the inputs and <ns>/segmentation/* topics "
+                                      "(name ending .mcap: one file; otherwise a rosbag2 directory)")
+    parser.add_argument("--mask-classes", default="", help="comma-separated class names for <ns>/segmentation/mask/<class>")
+    parser.add_argument("--batch-size", type=_positive_int, default=4)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    mask_classes = [c.strip() for c in args.mask_classes.split(",") if c.strip()]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        report = evaluate_bag(
+            args.bag, args.image_topic, args.checkpoint, label_topic=args.label_topic, out=args.out,
+            batch_size=args.batch_size, device=args.device, precision=args.precision,
+            mask_classes=mask_classes, progress=not args.no_progress,
+        )
+    except (SFNetError, ImageConversionError) as exc:
+        print(f"sfnet-bag-eval: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sfnet-bag-eval: interrupted; no output written", file=sys.stderr)
+        return 130
+    print(_summary(report), file=sys.stderr)
+    print(json.dumps(report))
+    return 0
+
+
+def _summary(report: dict[str, Any]) -> str:
+    lat = report["latency_ms"]
+    text = (f"{report['frames']} frames, {report['fps']} fps end to end, {report['model_fps']} fps model, "
+            f"latency p50 {lat['p50']} ms p99 {lat['p99']} ms ({report['device']}, {report['precision']})")
+    if "miou" in report:
+        text += (f"; mIoU {report['miou']} over {report['matched']} labelled frames "
+                 f"({report['unmatched_images']} images and {report['unmatched_labels']} labels unmatched)")
+    if "out" in report:
+        text += f"; wrote {report['out']}"
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

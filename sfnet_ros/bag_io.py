@@ -1,0 +1,408 @@
+"""Reading and writing bags with ``rosbags`` (no rosbag2 / ROS installation needed).
+
+``BagReader`` opens any bag a vehicle team hands over: a rosbag2 directory (MCAP or sqlite3),
+a bare ``.mcap`` / ``.db3`` file, or a ROS 1 ``.bag``. Messages come out as ROS 2 CDR bytes
+(ROS 1 messages are converted) or decoded as rosbags dataclasses. ``BagWriter`` writes rosbag2
+MCAP (a directory, or one ``.mcap`` file when the target name ends in ``.mcap``), atomically.
+
+Every problem with the input is raised as ``BagError`` with a message naming the bag and topic,
+so the command-line tools print one line instead of a traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.interfaces import MessageDefinitionFormat
+from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer, WriterError
+from rosbags.rosbag2.storage_mcap import McapReader
+from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader
+from rosbags.serde import SerdeError
+from rosbags.typesys import Stores, TypesysError, get_types_from_idl, get_types_from_msg, get_typestore
+
+from sfnet_core.errors import SFNetError
+from sfnet_ros.conversions import ImageConversionError, compressed_to_rgb, image_to_numpy, image_to_rgb
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE, COMPRESSED)
+# The vehicle runs Humble; Image/CompressedImage/Header are identical in every ROS 2 distro.
+ROS2_STORE = Stores.ROS2_HUMBLE
+
+_ROS1_SUFFIXES = {".bag"}
+_BARE_STORAGE = {".mcap": McapReader, ".db3": Sqlite3Reader}
+
+
+class BagError(SFNetError, ValueError):
+    """A bag is missing, unreadable, or lacks the topic / message type asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    msgtype: str
+    count: int
+
+
+@dataclasses.dataclass
+class BagMessage:
+    """One decoded message: ``timestamp`` is the bag's receive time, ``stamp`` the header's (ns)."""
+
+    topic: str
+    msgtype: str
+    timestamp: int
+    stamp: int | None
+    msg: Any
+
+
+_typestores: dict[Stores, Any] = {}
+
+
+def ros2_typestore() -> Any:
+    """The shared ROS 2 type store used for everything we write (cached: building it is slow)."""
+    if ROS2_STORE not in _typestores:
+        _typestores[ROS2_STORE] = get_typestore(ROS2_STORE)
+    return _typestores[ROS2_STORE]
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def header_stamp(msg: Any) -> int | None:
+    """Header stamp in ns, or None when the message has no ``std_msgs/Header``."""
+    header = getattr(msg, "header", None)
+    stamp = getattr(header, "stamp", None)
+    return None if stamp is None else stamp_to_ns(stamp)
+
+
+def stamp_name(stamp_ns: int) -> str:
+    """``sec_nanosec`` with zero padding so file names sort in time."""
+    return f"{stamp_ns // 1_000_000_000:010d}_{stamp_ns % 1_000_000_000:09d}"
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    # rosbags hands out views of read-only buffers; torch.from_numpy warns on those
+    return array if array.flags.writeable else array.copy()
+
+
+def decode_image(msg: Any, msgtype: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an Image or CompressedImage message (a writable array)."""
+    return _writable(compressed_to_rgb(msg) if msgtype == COMPRESSED else image_to_rgb(msg))
+
+
+def decode_labels(msg: Any, msgtype: str, topic: str = "") -> np.ndarray:
+    """(H, W) uint8 train ids from a mono8 Image (or a lossless PNG CompressedImage)."""
+    if msgtype == COMPRESSED:
+        import cv2
+
+        array = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_UNCHANGED)
+        if array is None or array.ndim != 2 or array.dtype != np.uint8:
+            raise ImageConversionError(f"label topic {topic}: expected a single-channel 8-bit PNG")
+        return array
+    if msg.encoding not in ("mono8", "8UC1"):
+        raise ImageConversionError(f"label topic {topic}: expected mono8 train ids, got encoding {msg.encoding!r}")
+    return _writable(np.ascontiguousarray(image_to_numpy(msg)))
+
+
+def _typestore_from_definitions(connections: list, default: Any) -> Any:
+    """Types embedded in the bag (as AnyReader does); the default store when there are none."""
+    typs: dict = {}
+    for conn in connections:
+        if conn.msgdef.format == MessageDefinitionFormat.MSG:
+            typs.update(get_types_from_msg(conn.msgdef.data, conn.msgtype))
+        elif conn.msgdef.format == MessageDefinitionFormat.IDL:
+            sep = "=" * 80 + "\n"
+            for part in conn.msgdef.data.split(sep)[1:] if conn.msgdef.data.startswith(sep) else [conn.msgdef.data]:
+                typs.update(get_types_from_idl(part.split("\n", 1)[1] if part.startswith("IDL: ") else part))
+    if not typs:
+        return default
+    store = get_typestore(Stores.EMPTY)
+    store.register(typs)
+    return store
+
+
+class BagReader:
+    """Read-only view of one bag; use as a context manager.
+
+    ``topics`` maps topic name -> TopicInfo. Messages are yielded in bag time order.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.is_ros1 = self.path.suffix in _ROS1_SUFFIXES
+        self._reader: Any = None
+        self._storage: Any = None
+        self.typestore: Any = None
+        self.topics: dict[str, TopicInfo] = {}
+        self._connections: list = []
+
+    # -- opening -------------------------------------------------------------------------------
+    def __enter__(self) -> "BagReader":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        path = self.path
+        if not path.exists():
+            raise BagError(f"{path}: no such bag (expected a rosbag2 directory, a .mcap/.db3 file or a ROS 1 .bag)")
+        try:
+            if path.is_file() and path.suffix in _BARE_STORAGE:
+                self._open_bare(path)
+            elif path.is_dir() or path.suffix in _ROS1_SUFFIXES:
+                if path.is_dir() and not (path / "metadata.yaml").exists():
+                    raise BagError(f"{path}: not a rosbag2 directory (no metadata.yaml)")
+                self._reader = AnyReader([path], default_typestore=ros2_typestore())
+                self._reader.open()
+                self.typestore = self._reader.typestore
+                self._connections = list(self._reader.connections)
+            else:
+                raise BagError(f"{path}: unknown bag format (expected a rosbag2 directory, .mcap, .db3 or .bag)")
+        except BagError:
+            raise
+        except (AnyReaderError, ReaderError, TypesysError, SerdeError, OSError, KeyError, ValueError,
+                AssertionError, EOFError) as exc:
+            self.close()
+            detail = str(exc) or type(exc).__name__
+            raise BagError(f"{path}: cannot read bag: {detail}") from None
+        except Exception as exc:  # e.g. apsw errors on a garbage .db3: still a bad input, not a bug
+            self.close()
+            raise BagError(f"{path}: cannot read bag: {type(exc).__name__}: {exc}") from None
+        counts: dict[str, int] = {}
+        msgtypes: dict[str, str] = {}
+        for conn in self._connections:
+            counts[conn.topic] = counts.get(conn.topic, 0) + conn.msgcount
+            msgtypes.setdefault(conn.topic, conn.msgtype)
+        self.topics = {name: TopicInfo(name, msgtypes[name], counts[name]) for name in sorted(counts)}
+
+    def _open_bare(self, path: Path) -> None:
+        # A storage file copied out of its bag directory (Foxglove exports, `--out x.mcap`):
+        # rosbags' Reader wants metadata.yaml, so drive the storage plugin directly.
+        storage = _BARE_STORAGE[path.suffix](path)
+        storage.open()
+        self._storage = storage
+        self._connections = list(storage.connections)
+        self.typestore = _typestore_from_definitions(self._connections, ros2_typestore())
+
+    def close(self) -> None:
+        if self._reader is not None and self._reader.stack is not None:
+            self._reader.close()
+        if self._storage is not None:
+            self._storage.close()
+        self._reader = self._storage = None
+
+    # -- topics --------------------------------------------------------------------------------
+    def topic_list(self) -> str:
+        if not self.topics:
+            return "(the bag has no topics)"
+        return ", ".join(f"{t.name} [{t.msgtype}, {t.count} msgs]" for t in self.topics.values())
+
+    def check_topic(self, topic: str, msgtypes: Iterable[str] = IMAGE_TYPES, what: str = "image topic",
+                    allow_empty: bool = False) -> TopicInfo:
+        """The topic's info, or a BagError naming what is wrong and what the bag holds."""
+        info = self.topics.get(topic)
+        if info is None:
+            raise BagError(f"{self.path}: {what} {topic!r} not in the bag; topics: {self.topic_list()}")
+        allowed = tuple(msgtypes)
+        if allowed and info.msgtype not in allowed:
+            raise BagError(
+                f"{self.path}: {what} {topic!r} has type {info.msgtype}; expected {' or '.join(allowed)}")
+        if info.count == 0 and not allow_empty:
+            raise BagError(f"{self.path}: {what} {topic!r} has no messages")
+        return info
+
+    # -- messages ------------------------------------------------------------------------------
+    def raw_messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, bytes]]:
+        """(topic, msgtype, bag timestamp ns, raw bytes) in bag order; raw is CDR for ROS 2 bags."""
+        wanted = set(topics) if topics is not None else None
+        conns = [c for c in self._connections if wanted is None or c.topic in wanted]
+        if not conns:
+            return
+        try:
+            source = self._reader.messages(connections=conns) if self._reader else self._storage.messages(conns)
+            for conn, timestamp, raw in source:
+                yield conn.topic, conn.msgtype, timestamp, raw
+        except (AnyReaderError, ReaderError, OSError, AssertionError, EOFError) as exc:
+            raise BagError(f"{self.path}: corrupt bag while reading messages: {exc}") from None
+
+    def deserialize(self, raw: bytes, msgtype: str, topic: str = "") -> Any:
+        try:
+            if self.is_ros1:
+                return self.typestore.deserialize_ros1(raw, msgtype)
+            return self.typestore.deserialize_cdr(raw, msgtype)
+        except (SerdeError, TypesysError, KeyError, ValueError, IndexError, AssertionError) as exc:
+            raise BagError(f"{self.path}: cannot decode a {msgtype} message on {topic or '?'}: {exc}") from None
+
+    def messages(self, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
+        """Decoded messages (rosbags dataclasses) with their bag and header stamps."""
+        for topic, msgtype, timestamp, raw in self.raw_messages(topics):
+            msg = self.deserialize(raw, msgtype, topic)
+            yield BagMessage(topic, msgtype, timestamp, header_stamp(msg), msg)
+
+    def cdr_messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, bytes]]:
+        """Like raw_messages, but always ROS 2 CDR (ROS 1 messages converted) for publishing/writing."""
+        for topic, msgtype, timestamp, raw in self.raw_messages(topics):
+            if self.is_ros1:
+                raw = to_ros2_cdr(self.deserialize(raw, msgtype, topic), msgtype)
+            yield topic, msgtype, timestamp, raw
+
+    def decoded_cdr_messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, bytes, Any]]:
+        """(topic, msgtype, timestamp, ROS 2 CDR, decoded ROS 2 message): for tools that both
+        look at a message and copy it to an output bag."""
+        for topic, msgtype, timestamp, raw in self.raw_messages(topics):
+            msg = self.deserialize(raw, msgtype, topic)
+            if self.is_ros1:
+                msg = to_ros2(msg)
+                raw = bytes(ros2_typestore().serialize_cdr(msg, msgtype))
+            yield topic, msgtype, timestamp, raw, msg
+
+
+def to_ros2(msg: Any, store: Any = None) -> Any:
+    """Rebuild a rosbags message (e.g. decoded from a ROS 1 bag) with the ROS 2 type store's classes.
+
+    Fields the ROS 2 type lacks (ROS 1 ``Header.seq``) are dropped; that is why
+    ``typestore.ros1_to_cdr`` cannot be used on Image messages.
+    """
+    store = store or ros2_typestore()
+    msgtype = getattr(msg, "__msgtype__", None)
+    if msgtype is None:
+        if isinstance(msg, list):
+            return [to_ros2(v, store) for v in msg]
+        return msg
+    try:
+        cls = store.types[msgtype]
+    except KeyError:
+        raise BagError(f"message type {msgtype} is not a ROS 2 ({ROS2_STORE.value}) type") from None
+    kwargs = {f.name: to_ros2(getattr(msg, f.name), store) for f in dataclasses.fields(cls)
+              if f.name != "__msgtype__"}
+    return cls(**kwargs)
+
+
+def to_ros2_cdr(msg: Any, msgtype: str) -> bytes:
+    store = ros2_typestore()
+    return bytes(store.serialize_cdr(to_ros2(msg, store), msgtype))
+
+
+def make_header(stamp_ns: int, frame_id: str = "", store: Any = None) -> Any:
+    store = store or ros2_typestore()
+    time = store.types["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000,
+                                                       nanosec=stamp_ns % 1_000_000_000)
+    return store.types["std_msgs/msg/Header"](stamp=time, frame_id=frame_id)
+
+
+def ros2_class(msgtype: str) -> type:
+    return ros2_typestore().types[msgtype]
+
+
+class BagWriter:
+    """Atomic rosbag2 writer (MCAP by default, sqlite3 for tests/compatibility).
+
+    ``path`` ending in ``.mcap`` (with MCAP storage) produces a single MCAP file, what Foxglove
+    opens; any other name produces a rosbag2 directory, what ``ros2 bag play`` opens. Nothing
+    appears at ``path`` until ``close()`` succeeds (an existing output is then replaced); an
+    exception inside the ``with`` block leaves no output at all.
+    """
+
+    def __init__(self, path: str | os.PathLike, storage: str = "mcap") -> None:
+        if storage not in ("mcap", "sqlite3"):
+            raise BagError(f"unknown storage {storage!r}; expected mcap or sqlite3")
+        self.path = Path(path)
+        self.storage = storage
+        self.single_file = storage == "mcap" and self.path.suffix == ".mcap"
+        self.store = ros2_typestore()
+        self._staging: Path | None = None
+        self._writer: Writer | None = None
+        self._connections: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> "BagWriter":
+        self.open()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def open(self) -> None:
+        # rosbags names the storage file after the bag directory, so the bag is written as
+        # <staging>/<final name>/ (right file names) and renamed into place on close: same
+        # folder, so the rename is atomic.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._staging = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        self._staging.mkdir()
+        bag_name = self.path.stem if self.single_file else self.path.name
+        plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
+        self._bag_dir = self._staging / bag_name
+        self._writer = Writer(self._bag_dir, version=9, storage_plugin=plugin)
+        try:
+            self._writer.open()
+        except (WriterError, OSError) as exc:
+            self.abort()
+            raise BagError(f"{self.path}: cannot write bag: {exc}") from None
+
+    def add_topic(self, topic: str, msgtype: str) -> None:
+        """Declare a topic (also used to record a topic that received no messages)."""
+        if topic in self._connections:
+            return
+        assert self._writer is not None, "BagWriter is not open"
+        try:
+            self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=self.store)
+        except (WriterError, TypesysError, KeyError) as exc:
+            raise BagError(f"{self.path}: cannot add topic {topic} of type {msgtype}: {exc}") from None
+        self.counts[topic] = 0
+
+    def write_raw(self, topic: str, msgtype: str, timestamp_ns: int, cdr: bytes) -> None:
+        """Store already serialised ROS 2 CDR (recorded from DDS or copied from another bag)."""
+        self.add_topic(topic, msgtype)
+        assert self._writer is not None
+        self._writer.write(self._connections[topic], int(timestamp_ns), cdr)
+        self.counts[topic] += 1
+
+    def write(self, topic: str, timestamp_ns: int, msg: Any) -> None:
+        """Serialise a rosbags message of the ROS 2 type store and store it."""
+        msgtype = msg.__msgtype__
+        self.write_raw(topic, msgtype, timestamp_ns, bytes(self.store.serialize_cdr(msg, msgtype)))
+
+    def close(self) -> Path:
+        """Finalise the bag and move it into place; returns the final path."""
+        assert self._writer is not None and self._staging is not None, "BagWriter is not open"
+        try:
+            self._writer.close()
+            self._writer = None
+            source = next(self._bag_dir.glob("*.mcap")) if self.single_file else self._bag_dir
+            if self.path.is_dir() and not self.path.is_symlink():
+                shutil.rmtree(self.path)  # os.replace cannot replace a non-empty directory
+            os.replace(source, self.path)
+        finally:
+            self.abort()  # removes the staging folder (and the writer if close failed)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far (no output appears)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            try:
+                writer.abort()
+            except Exception:  # already failing; the staging folder is removed below regardless
+                pass
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+
+def image_topic_namespace(topic: str) -> str:
+    """``/front/image_raw`` -> ``/front``; ``image`` or ``/image`` -> ``""`` (root)."""
+    topic = "/" + topic.lstrip("/")
+    return topic.rsplit("/", 1)[0]

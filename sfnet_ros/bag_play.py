@@ -1,0 +1,347 @@
+"""``sfnet-bag-play``: publish a bag's topics over DDS at their recorded timing, like ``ros2 bag play``.
+
+    sfnet-bag-play --bag drive.mcap --rate 0.5 --topics /front/image_raw --wait-for-subscribers 1
+
+Messages are published as the stored CDR bytes (``Publisher.publish(bytes)``: no decode, no copy
+into Python message objects); ROS 1 bags are converted to ROS 2 CDR first. ``--restamp`` rewrites
+each header stamp to the publish time (all messages sharing an original stamp, e.g. an image and
+its label, get the same new stamp) so stamp-to-arrival latency downstream is meaningful.
+``--lockstep IN:OUT`` publishes the next IN message only once OUT delivered a message for the
+previous one (timeout ``--lockstep-timeout``): nothing is dropped by a slow consumer, so counts are
+exact; timing then follows the consumer instead of the bag.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import json
+import signal
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sfnet_core.errors import SFNetError
+from sfnet_ros.bag_io import BagError, BagReader, ros2_typestore
+
+# CDR encapsulation header: 2 bytes representation id (0x0001 little endian, 0x0000 big endian)
+# + 2 option bytes; a message whose first field is a std_msgs/Header then starts with
+# int32 sec, uint32 nanosec.
+_STAMP = struct.Struct("<iI")
+_STAMP_BE = struct.Struct(">iI")
+
+
+def ros_message_class(msgtype: str) -> type:
+    """rclpy message class for ``pkg/msg/Name`` (BagError if that package is not installed)."""
+    try:
+        package, kind, name = msgtype.split("/")
+        return getattr(importlib.import_module(f"{package}.{kind}"), name)
+    except (ValueError, ImportError, AttributeError):
+        raise BagError(f"message type {msgtype} is not available in this ROS 2 installation") from None
+
+
+def has_header(msgtype: str) -> bool:
+    """True when the message starts with a std_msgs/Header (its stamp is then at a fixed offset)."""
+    try:
+        fields = ros2_typestore().fielddefs[msgtype][1]
+    except KeyError:
+        return False
+    return bool(fields) and fields[0][0] == "header" and fields[0][1][1] == "std_msgs/msg/Header"
+
+
+def _stamp_struct(cdr: bytes) -> struct.Struct:
+    return _STAMP if cdr[1] & 1 else _STAMP_BE
+
+
+def read_stamp(cdr: bytes) -> int:
+    sec, nanosec = _stamp_struct(cdr).unpack_from(cdr, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+def restamp_cdr(cdr: bytes, stamp_ns: int) -> bytes:
+    """Copy of ``cdr`` with its header stamp replaced (the message must start with a Header)."""
+    out = bytearray(cdr)
+    _stamp_struct(cdr).pack_into(out, 4, stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000)
+    return bytes(out)
+
+
+def qos_profile(kind: str) -> Any:
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    if kind == "reliable":
+        # deep queue: a burst (rate > 1, or --loop restart) must not overrun a reliable reader
+        return QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+    if kind == "best_effort":
+        return QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT)
+    raise BagError(f"unknown QoS {kind!r}; expected reliable or best_effort")
+
+
+@dataclass
+class PlayStats:
+    published: dict[str, int] = field(default_factory=dict)
+    loops: int = 0
+    duration_s: float = 0.0
+    lockstep_timeouts: int = 0
+    interrupted: bool = False
+
+
+class BagPlayer:
+    """Publishes a bag through ``node``'s publishers. The caller spins ``node`` (needed for lockstep).
+
+    ``on_publish(topic, original_stamp_ns, published_stamp_ns)`` is called after each message with a
+    header, so callers can map restamped outputs back to the bag's frames.
+    """
+
+    def __init__(self, node: Any, bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0,
+                 qos: str = "reliable", restamp: bool = False, remap: dict[str, str] | None = None,
+                 lockstep: tuple[str, str] | None = None, lockstep_timeout: float = 10.0,
+                 on_publish: Callable[[str, int, int], None] | None = None) -> None:
+        if rate <= 0:
+            raise BagError(f"--rate must be > 0, got {rate}")
+        self.node = node
+        self.bag = Path(bag)
+        self.rate = rate
+        self.restamp = restamp
+        self.on_publish = on_publish
+        self.lockstep_timeout = lockstep_timeout
+        self.stop_event = threading.Event()
+        remap = remap or {}
+        with BagReader(self.bag) as reader:
+            available = reader.topics
+            if topics:
+                for topic in topics:
+                    reader.check_topic(topic, msgtypes=(), what="topic", allow_empty=True)
+                chosen = list(topics)
+            else:
+                chosen = list(available)
+        self.topics = chosen
+        profile = qos_profile(qos)
+        self.publishers: dict[str, Any] = {}
+        self.headers: dict[str, bool] = {}
+        for topic in chosen:
+            msgtype = available[topic].msgtype
+            try:
+                cls = ros_message_class(msgtype)
+            except BagError:
+                if topics:
+                    raise
+                node.get_logger().warning(f"skipping {topic}: {msgtype} is not installed")
+                continue
+            self.publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), profile)
+            self.headers[topic] = has_header(msgtype)
+        self._lockstep_in: str | None = None
+        self._responses = 0
+        self._response_cond = threading.Condition()
+        if lockstep:
+            self._lockstep_in, out_topic = lockstep
+            if self._lockstep_in not in self.publishers:
+                raise BagError(f"--lockstep: {self._lockstep_in!r} is not a played topic")
+            # OUT is a node output (sensor_msgs/Image); best effort matches reliable and best-effort
+            # writers alike, and a lost response only costs one lockstep timeout.
+            self._lockstep_sub = node.create_subscription(
+                ros_message_class("sensor_msgs/msg/Image"), out_topic, self._on_response,
+                qos_profile("best_effort"), raw=True)
+        # original stamp -> new stamp, so an image and its label keep sharing a stamp
+        self._stamp_map: collections.OrderedDict[int, int] = collections.OrderedDict()
+
+    def _on_response(self, _msg: bytes) -> None:
+        with self._response_cond:
+            self._responses += 1
+            self._response_cond.notify_all()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        with self._response_cond:
+            self._response_cond.notify_all()
+
+    def wait_for_subscribers(self, count: int, timeout: float, topics: Sequence[str] | None = None) -> bool:
+        """Block until every played topic (or ``topics``) has ``count`` matched subscribers."""
+        deadline = time.monotonic() + timeout
+        pubs = [self.publishers[t] for t in (topics or self.publishers)]
+        while not all(p.get_subscription_count() >= count for p in pubs):
+            if time.monotonic() > deadline or self.stop_event.wait(0.05):
+                return False
+        return True
+
+    def _new_stamp(self, original: int) -> int:
+        stamp = self._stamp_map.get(original)
+        if stamp is None:
+            stamp = time.time_ns()
+            self._stamp_map[original] = stamp
+            if len(self._stamp_map) > 1000:
+                self._stamp_map.popitem(last=False)
+        return stamp
+
+    def play(self, loop: bool = False) -> PlayStats:
+        stats = PlayStats(published={t: 0 for t in self.publishers})
+        start = time.monotonic()
+        sent_triggers = 0
+        while not self.stop_event.is_set():
+            with BagReader(self.bag) as reader:
+                first: int | None = None
+                t0 = time.monotonic()
+                for topic, _msgtype, timestamp, cdr in reader.cdr_messages(list(self.publishers)):
+                    if first is None:
+                        first = timestamp
+                    # recorded timing, relative to the first message, scaled by the rate
+                    delay = t0 + (timestamp - first) / 1e9 / self.rate - time.monotonic()
+                    if delay > 0 and self.stop_event.wait(delay):
+                        break
+                    if self.stop_event.is_set():
+                        break
+                    data = bytes(cdr)
+                    if self.headers[topic]:
+                        original = read_stamp(data)
+                        published = original
+                        if self.restamp:
+                            published = self._new_stamp(original)
+                            data = restamp_cdr(data, published)
+                    self.publishers[topic].publish(data)
+                    stats.published[topic] += 1
+                    if self.headers[topic] and self.on_publish is not None:
+                        self.on_publish(topic, original, published)
+                    if topic == self._lockstep_in:
+                        sent_triggers += 1
+                        if not self._wait_response(sent_triggers):
+                            stats.lockstep_timeouts += 1
+                            with self._response_cond:
+                                self._responses = sent_triggers  # resynchronise after a lost frame
+            stats.loops += 1
+            if not loop:
+                break
+        stats.interrupted = self.stop_event.is_set()
+        stats.duration_s = round(time.monotonic() - start, 3)
+        return stats
+
+    def _wait_response(self, wanted: int) -> bool:
+        deadline = time.monotonic() + self.lockstep_timeout
+        with self._response_cond:
+            while self._responses < wanted and not self.stop_event.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._response_cond.wait(remaining)
+        return True
+
+
+class SpinThread:
+    """Spins a node in a background thread (subscriptions keep flowing while the main thread works)."""
+
+    def __init__(self, node: Any) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.executor = SingleThreadedExecutor(context=node.context)
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self._running = True
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while self._running:
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # context shut down under us: stop quietly
+                if not self._running:
+                    return
+                raise
+
+    def stop(self) -> None:
+        self._running = False
+        self.thread.join(timeout=5.0)
+        self.executor.shutdown()
+
+
+def parse_remap(items: Sequence[str]) -> dict[str, str]:
+    result = {}
+    for item in items:
+        source, sep, target = item.partition(":=")
+        if not sep or not source or not target:
+            raise BagError(f"--remap {item!r}: expected FROM:=TO")
+        result[source] = target
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sfnet-bag-play", description="Publish a bag's topics at recorded timing.")
+    p.add_argument("--bag", required=True, help="rosbag2 directory, .mcap or .db3 file, or ROS 1 .bag")
+    p.add_argument("--topics", nargs="+", help="topics to play (default: all with an installed type)")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
+    p.add_argument("--loop", action="store_true", help="start over at the end until interrupted")
+    p.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable")
+    p.add_argument("--restamp", action="store_true", help="rewrite header stamps to the publish time")
+    p.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish a bag topic under another name")
+    p.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
+                   help="before playing, wait until every played topic has N subscribers")
+    p.add_argument("--wait-timeout", type=float, default=30.0, metavar="S")
+    p.add_argument("--lockstep", metavar="IN:OUT",
+                   help="after each IN message wait for one OUT message (an Image topic, e.g. "
+                        "/front/image_raw:/front/segmentation/labels)")
+    p.add_argument("--lockstep-timeout", type=float, default=10.0, metavar="S")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    lockstep = None
+    if args.lockstep:
+        source, sep, target = args.lockstep.partition(":")
+        if not sep or not source or not target:
+            print(f"sfnet-bag-play: error: --lockstep {args.lockstep!r}: expected IN:OUT", file=sys.stderr)
+            return 2
+        lockstep = (source, target)
+    stopped = threading.Event()
+    player: BagPlayer | None = None
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stopped.set()
+        if player is not None:
+            player.stop()
+
+    # our own handlers: a signal ends playback cleanly (rclpy's would tear the context down mid-publish)
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    node = rclpy.create_node("sfnet_bag_play")
+    spinner: SpinThread | None = None
+    try:
+        player = BagPlayer(node, args.bag, args.topics, args.rate, args.qos, args.restamp,
+                           parse_remap(args.remap), lockstep, args.lockstep_timeout)
+        if stopped.is_set():
+            player.stop()
+        spinner = SpinThread(node)
+        if args.wait_for_subscribers > 0:
+            print(f"sfnet-bag-play: waiting for {args.wait_for_subscribers} subscriber(s)", file=sys.stderr, flush=True)
+            if not player.wait_for_subscribers(args.wait_for_subscribers, args.wait_timeout):
+                if player.stop_event.is_set():
+                    return 0
+                missing = [t for t, p in player.publishers.items()
+                           if p.get_subscription_count() < args.wait_for_subscribers]
+                print(f"sfnet-bag-play: error: fewer than {args.wait_for_subscribers} subscriber(s) on "
+                      f"{', '.join(missing)} after {args.wait_timeout} s", file=sys.stderr)
+                return 2
+        print(f"sfnet-bag-play: playing {', '.join(player.publishers)} at rate {args.rate}", file=sys.stderr, flush=True)
+        stats = player.play(loop=args.loop)
+        print(json.dumps({"published": stats.published, "loops": stats.loops, "duration_s": stats.duration_s,
+                          "lockstep_timeouts": stats.lockstep_timeouts, "interrupted": stats.interrupted}))
+        return 0
+    except SFNetError as exc:
+        print(f"sfnet-bag-play: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if spinner is not None:
+            spinner.stop()
+        node.destroy_node()
+        rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Run ``sfnet_node`` as its own process and talk to it over real DDS, for tests and tools.
+
+The node is started exactly as ``launch/sfnet.launch.py`` starts it (the launch system cannot be
+installed here): ``python -m sfnet_ros.node --ros-args --params-file config/sfnet.yaml -p
+checkpoint:=... -r image:=/camera/image_raw -r __ns:=/ns``. The test process holds the other
+end: publishers of camera frames, subscribers of the outputs, lifecycle and parameter clients.
+
+Typical use (``ros_domain`` is the fixture of ``test/conftest.py``; pass its env to the node)::
+
+    ckpt = write_test_checkpoint(tmp_path / "model.pt")
+    with NodeProcess(ros_domain, tmp_path, parameters={"checkpoint": str(ckpt)},
+                     remaps={"image": "/camera/image_raw"}, namespace="/veh") as node, \\
+            RosClient() as ros:
+        node.wait_for_log("active:")
+        labels = ros.collect(Image, "/veh/segmentation/labels")
+        pub = ros.publisher(Image, "/camera/image_raw")
+        ros.wait_for_subscribers(pub)
+        pub.publish(make_image(rgb, "rgb8", stamp_ns=1))
+        msg = labels.wait_for_stamp(1)
+
+Everything waits by polling with a deadline (no blind sleeps) and raises ``TimeoutError``
+saying what it waited for; ``NodeProcess`` always stops its process (SIGINT, then SIGKILL).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PARAMS_FILE = REPO_ROOT / "config" / "sfnet.yaml"
+NODE_NAME = "sfnet_node"
+
+#: Generous: DDS discovery and model loading are slow on a loaded 2-core machine.
+DISCOVERY_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 120.0
+
+
+# -- the node process ----------------------------------------------------------------------------
+
+
+def _param_text(value: Any) -> str:
+    # `-p name:=value` parses value as YAML; JSON is YAML and keeps strings strings ("1.0" stays a
+    # string, "traffic light" keeps its space inside a list).
+    return json.dumps(value)
+
+
+def node_command(
+    params_file: str | os.PathLike | None = DEFAULT_PARAMS_FILE,
+    parameters: Mapping[str, Any] | None = None,
+    remaps: Mapping[str, str] | None = None,
+    namespace: str | None = None,
+    node_name: str | None = None,
+) -> list[str]:
+    """The command line launch/sfnet.launch.py amounts to (params file first, then overrides)."""
+    cmd = [sys.executable, "-m", "sfnet_ros.node", "--ros-args"]
+    if params_file is not None:
+        cmd += ["--params-file", str(params_file)]
+    for name, value in (parameters or {}).items():
+        cmd += ["-p", f"{name}:={_param_text(value)}"]
+    for source, target in (remaps or {}).items():
+        cmd += ["-r", f"{source}:={target}"]
+    if namespace:
+        cmd += ["-r", f"__ns:={namespace}"]
+    if node_name:
+        cmd += ["-r", f"__node:={node_name}"]
+    return cmd
+
+
+class NodeProcess:
+    """``sfnet_node`` in a child process, its stdout+stderr in ``<log_dir>/<name>.log``.
+
+    Use as a context manager (or call ``stop`` in a ``finally``): the process never outlives it.
+    ``fqn`` is the node's fully qualified name, e.g. ``/veh/sfnet_node``.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: str | os.PathLike,
+        params_file: str | os.PathLike | None = DEFAULT_PARAMS_FILE,
+        parameters: Mapping[str, Any] | None = None,
+        remaps: Mapping[str, str] | None = None,
+        namespace: str | None = None,
+        node_name: str | None = None,
+        log_name: str = "node",
+    ) -> None:
+        self.command = node_command(params_file, parameters, remaps, namespace, node_name)
+        self.env = dict(env)
+        self.log_path = Path(log_dir) / f"{log_name}.log"
+        ns = "/" + (namespace or "").strip("/")
+        self.fqn = ns.rstrip("/") + "/" + (node_name or NODE_NAME)
+        self.process: subprocess.Popen | None = None
+        self._log_file: Any = None
+
+    def start(self) -> NodeProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")
+        # A session of its own: a Ctrl-C in the terminal running pytest reaches only pytest, and
+        # the fixture decides how the node is stopped.
+        self.process = subprocess.Popen(
+            self.command, env=self.env, cwd=REPO_ROOT, stdout=self._log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        """Everything the node printed so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, text: str, timeout: float = START_TIMEOUT_S, count: int = 1) -> str:
+        """Wait until ``text`` appears ``count`` times in the log; returns the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if log.count(text) >= count:
+                return log
+            if not self.running():
+                raise RuntimeError(f"node exited (code {self.process.poll()}) before logging {text!r}:\n{log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node did not log {text!r} within {timeout:.0f} s:\n{log}")
+            time.sleep(0.1)
+
+    def send_signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int | None:
+        """Exit code, or None if still running after ``timeout`` s."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int | None:
+        """Signal, wait, and SIGKILL if needed; returns the exit code of the signal's own stop
+        (None when it had to be killed). Safe to call twice or on a process that never started."""
+        code: int | None = None
+        try:
+            if self.process is not None:
+                if self.process.poll() is None:
+                    self.process.send_signal(sig)
+                    code = self.wait(timeout)
+                else:
+                    code = self.process.returncode
+        finally:
+            if self.process is not None and self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(10)
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+        return code
+
+
+# -- checkpoints and images ----------------------------------------------------------------------
+
+
+def write_test_checkpoint(path: str | os.PathLike, seed: int = 0, model_name: str = "sfnet_resnet18") -> Path:
+    """A random-weight 19-class (Cityscapes) checkpoint: deterministic for a given seed."""
+    import torch
+
+    from sfnet_core.checkpoint import save_checkpoint
+    from sfnet_core.data.classes import ClassTable
+    from sfnet_core.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(model_name, 19)
+    save_checkpoint(path, model, model_name, ClassTable.from_yaml(REPO_ROOT / "config" / "classes" / "cityscapes.yaml"))
+    return Path(path)
+
+
+def sample_image(height: int = 64, width: int = 128, seed: int = 0) -> np.ndarray:
+    """A (H, W, 3) uint8 RGB image with structure (not plain noise), different per seed."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(x * 2 + seed * 17) % 256, (y * 3 + seed * 5) % 256, ((x + y) * 4) % 256], axis=-1)
+    noise = rng.integers(0, 40, size=(height, width, 3))
+    return ((base + noise) % 256).astype(np.uint8)
+
+
+
+def stamp(stamp_ns: int) -> Any:
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+
+
+def header(stamp_ns: int, frame_id: str = "camera") -> Any:
+    from std_msgs.msg import Header
+
+    return Header(stamp=stamp(stamp_ns), frame_id=frame_id)
+
+
+def stamp_ns_of(msg: Any) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def make_image(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "camera") -> Any:
+    """A well-formed sensor_msgs/Image (via sfnet_ros.conversions.numpy_to_image)."""
+    from sfnet_ros.conversions import numpy_to_image
+
+    return numpy_to_image(array, encoding, header=header(stamp_ns, frame_id))
+
+
+def image_array(msg: Any) -> np.ndarray:
+    """An output Image as an array ((H, W) for mono8, (H, W, 3) for rgb8), copied."""
+    from sfnet_ros.conversions import image_to_numpy
+
+    return np.array(image_to_numpy(msg))
+
+
+# -- the test-side ROS participant ---------------------------------------------------------------
+
+
+def reliable_qos(depth: int = 10, transient_local: bool = False) -> Any:
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if transient_local else DurabilityPolicy.VOLATILE)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+class Collector:
+    """Every message received on one topic, in arrival order (filled by the spin thread)."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._lock = threading.Lock()
+        self._messages: list[Any] = []
+        self.subscription: Any = None
+
+    def _on_message(self, msg: Any) -> None:
+        with self._lock:
+            self._messages.append(msg)
+
+    @property
+    def messages(self) -> list[Any]:
+        with self._lock:
+            return list(self._messages)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._messages.clear()
+
+    def wait_for(self, predicate: Callable[[Any], bool] = lambda m: True,
+                 timeout: float = DISCOVERY_TIMEOUT_S) -> Any:
+        """The first received message matching ``predicate`` (waiting for it if needed)."""
+        def find() -> Any:
+            return next((m for m in self.messages if predicate(m)), None)
+        return wait_until(find, timeout, f"a matching message on {self.topic}")
+
+    def wait_for_stamp(self, stamp_ns: int, timeout: float = DISCOVERY_TIMEOUT_S) -> Any:
+        return self.wait_for(lambda m: stamp_ns_of(m) == stamp_ns, timeout)
+
+    def has_stamp(self, stamp_ns: int) -> bool:
+        return any(stamp_ns_of(m) == stamp_ns for m in self.messages)
+
+
+class RosClient:
+    """An rclpy node in the test process, spun by a background thread, in its own context.
+
+    Create it after ``ros_domain`` has set ROS_DOMAIN_ID (the context reads it at init).
+    """
+
+    def __init__(self, name: str = "sfnet_test_client") -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, name=f"{name}_spin", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except (ExternalShutdownException, Exception):  # noqa: BLE001 - ends with the context
+            pass
+
+    def __enter__(self) -> RosClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+        self._thread.join(10)
+
+    # topics
+
+    def publisher(self, msg_type: Any, topic: str, qos: Any = None) -> Any:
+        return self.node.create_publisher(msg_type, topic, qos or reliable_qos())
+
+    def collect(self, msg_type: Any, topic: str, qos: Any = None) -> Collector:
+        collector = Collector(topic)
+        collector.subscription = self.node.create_subscription(msg_type, topic, collector._on_message,
+                                                               qos or reliable_qos())
+        return collector
+
+    def wait_for_subscribers(self, publisher: Any, count: int = 1, timeout: float = DISCOVERY_TIMEOUT_S) -> None:
+        wait_until(lambda: publisher.get_subscription_count() >= count, timeout,
+                   f"{count} subscriber(s) on {publisher.topic_name}")
+
+    def wait_for_publishers(self, topic: str, count: int = 1, timeout: float = DISCOVERY_TIMEOUT_S) -> None:
+        wait_until(lambda: self.node.count_publishers(topic) >= count, timeout, f"{count} publisher(s) on {topic}")
+
+    # services
+
+    def call(self, srv_type: Any, name: str, request: Any, timeout: float = DISCOVERY_TIMEOUT_S) -> Any:
+        """Call a service and return its response (TimeoutError if unavailable or unanswered)."""
+        client = self.node.create_client(srv_type, name)
+        try:
+            wait_until(client.service_is_ready, timeout, f"service {name}")
+            future = client.call_async(request)
+            wait_until(future.done, timeout, f"the response of {name}")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def get_state(self, node_fqn: str, timeout: float = DISCOVERY_TIMEOUT_S) -> str:
+        """The lifecycle state label of ``node_fqn`` (unconfigured, inactive, active, ...)."""
+        from lifecycle_msgs.srv import GetState
+
+        return self.call(GetState, f"{node_fqn}/get_state", GetState.Request(), timeout).current_state.label
+
+    def change_state(self, node_fqn: str, transition_id: int, timeout: float = START_TIMEOUT_S) -> bool:
+        """Trigger a lifecycle transition (lifecycle_msgs/Transition.TRANSITION_*); its success."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        return bool(self.call(ChangeState, f"{node_fqn}/change_state", request, timeout).success)
+
+    def set_parameters(self, node_fqn: str, values: Mapping[str, Any],
+                       timeout: float = DISCOVERY_TIMEOUT_S) -> list[Any]:
+        """Set parameters through ``<node>/set_parameters``; one SetParametersResult per value."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        request = SetParameters.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
+        return list(self.call(SetParameters, f"{node_fqn}/set_parameters", request, timeout).results)
+
+    def describe_parameters(self, node_fqn: str, names: Sequence[str],
+                            timeout: float = DISCOVERY_TIMEOUT_S) -> list[Any]:
+        from rcl_interfaces.srv import DescribeParameters
+
+        request = DescribeParameters.Request(names=list(names))
+        return list(self.call(DescribeParameters, f"{node_fqn}/describe_parameters", request, timeout).descriptors)
+
+
+# -- diagnostics ---------------------------------------------------------------------------------
+
+
+def diagnostic_values(array_msg: Any, name_contains: str) -> dict[str, str] | None:
+    """Key/values of the first status whose name contains ``name_contains`` (None if absent)."""
+    for status in array_msg.status:
+        if name_contains in status.name:
+            level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
+            return {kv.key: kv.value for kv in status.values} | {"_level": str(level), "_message": status.message}
+    return None
+
+
+@contextlib.contextmanager
+def module_ros_domain() -> Iterator[dict[str, str]]:
+    """Module-scope twin of conftest's function-scoped ``ros_domain``: one node process serves a
+    whole test module (each start costs a model load), so the domain must outlive one test.
+
+    Draws the id from conftest's counter when available, so it never repeats one handed out to
+    another test of this pytest process; sets the same variables and restores them afterwards.
+    """
+    import pytest
+
+    counter = getattr(sys.modules.get("conftest"), "_domain_counter", None)
+    domain = next(counter) % 100 + 1 if counter is not None else (os.getpid() + 50) % 100 + 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROS_DOMAIN_ID", str(domain))
+        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        mp.setenv("ROS_LOCALHOST_ONLY", "1")
+        mp.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+        mp.setenv("PYTHONUNBUFFERED", "1")
+        yield dict(os.environ)

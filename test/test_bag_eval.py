@@ -1,0 +1,149 @@
+"""sfnet-bag-eval on real bags (MCAP, sqlite3, ROS 1; raw and compressed) against offline Segmenter."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sfnet_core.checkpoint import save_checkpoint
+from sfnet_core.data.classes import ClassTable
+from sfnet_core.inference import Segmenter
+from sfnet_core.metrics import ConfusionMatrix
+from sfnet_core.models import build_model
+from sfnet_ros import bag_eval
+from sfnet_ros.bag_io import COMPRESSED, IMAGE, BagReader, BagWriter, decode_labels, make_header, ros2_class
+from sfnet_ros.conversions import rgb_to_compressed
+from sfnet_ros.synthetic_bag import frame_stamps, write_synthetic_bag
+
+H, W, N, BATCH = 64, 128, 5, 2  # 5 frames in batches of 2: exercises the short last batch
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, build_model("sfnet_shufflenetv2", 19), "sfnet_shufflenetv2", ClassTable.cityscapes())
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict | None, str]:
+    code = bag_eval.main(["--no-progress", *map(str, args)])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out) if code == 0 else None
+    return code, report, captured.err
+
+
+@pytest.mark.parametrize("storage,name,compressed", [
+    ("mcap", "drive", False), ("sqlite3", "drive_sqlite", True), ("ros1", "drive.bag", False),
+])
+def test_eval_matches_offline_segmenter(tmp_path: Path, capsys: pytest.CaptureFixture, checkpoint: Path,
+                                        storage: str, name: str, compressed: bool) -> None:
+    bag, images, labels = write_synthetic_bag(tmp_path / name, N, H, W, seed=1, compressed=compressed,
+                                              storage=storage)
+    out = tmp_path / "seg.mcap"
+    code, report, err = _run(capsys, "--bag", bag, "--image-topic", "/front/image_raw", "--label-topic",
+                             "/front/labels", "--checkpoint", checkpoint, "--out", out, "--batch-size", BATCH,
+                             "--mask-classes", "road,car")
+    assert code == 0, err
+    assert report["frames"] == N and report["matched"] == N
+    assert report["unmatched_images"] == 0 and report["unmatched_labels"] == 0
+    assert set(report["latency_ms"]) == {"p50", "p90", "p99", "max", "mean"}
+    assert report["fps"] > 0 and report["latency_ms"]["p50"] > 0
+
+    # offline reference: same checkpoint, same batches
+    segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu", warmup=False)
+    expected = [r.labels for i in range(0, N, BATCH) for r in segmenter.segment(images[i:i + BATCH])]
+    matrix = ConfusionMatrix(19, ignore_index=255)
+    for pred, label in zip(expected, labels):
+        matrix.update(pred, label)
+    metrics = matrix.compute()
+    assert report["miou"] == pytest.approx(float(metrics.miou), abs=1e-6)
+    assert set(report["iou"]) == set(ClassTable.cityscapes().names)
+
+    # the output bag: inputs + labels/color/masks with the input headers
+    with BagReader(out) as reader:
+        counts = {name: info.count for name, info in reader.topics.items()}
+        assert counts == {
+            "/front/image_raw": N, "/front/labels": N, "/front/segmentation/labels": N,
+            "/front/segmentation/color": N, "/front/segmentation/mask/road": N,
+            "/front/segmentation/mask/car": N,
+        }
+        assert reader.topics["/front/image_raw"].msgtype == (COMPRESSED if compressed else IMAGE)
+        seg = list(reader.messages(["/front/segmentation/labels"]))
+        assert [m.stamp for m in seg] == frame_stamps(N, 10.0)
+        assert all(m.msg.header.frame_id == "front_camera" and m.msg.encoding == "mono8" for m in seg)
+        for m, want in zip(seg, expected):
+            np.testing.assert_array_equal(decode_labels(m.msg, m.msgtype), want)
+        color = next(reader.messages(["/front/segmentation/color"])).msg
+        assert (color.encoding, color.height, color.width) == ("rgb8", H, W)
+        road = [decode_labels(m.msg, m.msgtype) for m in reader.messages(["/front/segmentation/mask/road"])]
+        np.testing.assert_array_equal(road[0], np.where(expected[0] == 0, 255, 0).astype(np.uint8))
+
+
+def test_compressed_topic_namespace_and_no_labels(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  checkpoint: Path) -> None:
+    bag, _, _ = write_synthetic_bag(tmp_path / "c.mcap", 2, H, W, compressed=True, label_topic=None,
+                                    image_topic="/rear/image_raw/compressed")
+    out = tmp_path / "out_dir"
+    code, report, err = _run(capsys, "--bag", bag, "--image-topic", "/rear/image_raw/compressed",
+                             "--checkpoint", checkpoint, "--out", out)
+    assert code == 0, err
+    assert "miou" not in report and report["frames"] == 2
+    assert (out / "metadata.yaml").exists() and (out / "out_dir.mcap").exists()
+    with BagReader(out) as reader:
+        assert set(reader.topics) == {"/rear/image_raw/compressed", "/rear/segmentation/labels",
+                                      "/rear/segmentation/color"}
+
+
+def _error(capsys: pytest.CaptureFixture, *args: object) -> str:
+    code, _, err = _run(capsys, *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sfnet-bag-eval: error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_clear_errors_and_no_partial_output(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                            checkpoint: Path) -> None:
+    bag, _, _ = write_synthetic_bag(tmp_path / "good.mcap", 2, H, W)
+    out = tmp_path / "never.mcap"
+    common = ("--checkpoint", checkpoint, "--out", out)
+    assert "no such bag" in _error(capsys, "--bag", tmp_path / "missing.mcap", "--image-topic", "/x", *common)
+    garbage = tmp_path / "garbage.mcap"
+    garbage.write_bytes(b"not a bag at all" * 10)
+    assert "cannot read bag" in _error(capsys, "--bag", garbage, "--image-topic", "/x", *common)
+    message = _error(capsys, "--bag", bag, "--image-topic", "/nope", *common)
+    assert "'/nope' not in the bag" in message and "/front/image_raw" in message and "/front/labels" in message
+
+    odd = tmp_path / "odd.mcap"
+    Image = ros2_class(IMAGE)
+    with BagWriter(odd) as writer:
+        writer.write("/chatter", 1, ros2_class("std_msgs/msg/String")(data="hello"))
+        writer.add_topic("/silent/image_raw", IMAGE)
+        # two good frames, then one whose JPEG bytes are garbage: fails after outputs were written
+        for i in range(3):
+            msg = rgb_to_compressed(np.zeros((H, W, 3), np.uint8), header=make_header(10 + i), msg_cls=ros2_class(COMPRESSED))
+            if i == 2:
+                msg.data = np.frombuffer(b"garbage", np.uint8).copy()
+            writer.write("/bad/image_raw/compressed", 10 + i, msg)
+    assert "has type std_msgs/msg/String" in _error(capsys, "--bag", odd, "--image-topic", "/chatter", *common)
+    assert "has no messages" in _error(capsys, "--bag", odd, "--image-topic", "/silent/image_raw", *common)
+    assert "/bad/image_raw/compressed" in _error(capsys, "--bag", odd, "--image-topic", "/bad/image_raw/compressed",
+                                                 "--batch-size", "1", *common)
+    assert "label topic '/chatter'" in _error(capsys, "--bag", bag, "--image-topic", "/front/image_raw",
+                                              "--label-topic", "/chatter", *common)
+
+    assert "missing.pt" in _error(capsys, "--bag", bag, "--image-topic", "/front/image_raw",
+                                  "--checkpoint", tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00" * 100)
+    assert "corrupt.pt" in _error(capsys, "--bag", bag, "--image-topic", "/front/image_raw", *common[:1],
+                                  corrupt, "--out", out)
+    assert "unknown class name 'sky_lantern'" in _error(capsys, "--bag", bag, "--image-topic", "/front/image_raw",
+                                                        *common, "--mask-classes", "sky_lantern")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt", "garbage.mcap", "good.mcap", "odd.mcap"]

@@ -1,0 +1,152 @@
+"""Bags over real DDS: sfnet-bag-play -> sfnet_node -> sfnet-bag-record (three processes), and
+sfnet-live-eval against the same node. Every wait polls with a deadline; every process is stopped."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node_harness import REPO_ROOT, NodeProcess, module_ros_domain, wait_until, write_test_checkpoint
+from sfnet_core.metrics import ConfusionMatrix
+from sfnet_ros.bag_io import BagReader, decode_labels
+from sfnet_ros.synthetic_bag import frame_stamps, write_synthetic_bag
+
+H, W, N = 64, 128, 4
+LABELS = "/front/segmentation/labels"
+TIMEOUT = 120.0
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[dict[str, str]]:
+    with module_ros_domain() as environment:
+        yield environment
+
+
+@pytest.fixture(scope="module")
+def node(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One node for the module (a model load per start is slow), as the launch file starts it."""
+    tmp = tmp_path_factory.mktemp("node")
+    ckpt = write_test_checkpoint(tmp / "model.pt", model_name="sfnet_shufflenetv2")
+    with NodeProcess(env, tmp, parameters={"checkpoint": str(ckpt), "device": "cpu"},
+                     remaps={"image": "/front/image_raw"}, namespace="/front") as proc:
+        proc.wait_for_log("active:")
+        yield proc
+
+
+def _tool(module: str, *args: object, env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=open(log, "wb"), stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = TIMEOUT) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode, out.decode()
+
+
+def test_play_node_record_then_live_eval(node: NodeProcess, env: dict[str, str], tmp_path: Path) -> None:
+    bag, _, truth = write_synthetic_bag(tmp_path / "drive.mcap", N, H, W, seed=2)
+    out = tmp_path / "recorded.mcap"
+    rec_log = tmp_path / "record.log"
+    recorder = _tool("sfnet_ros.bag_record", "--topics", LABELS, "--out", out, "--max-messages", N,
+                     env=env, log=rec_log)
+    try:
+        # subscribed once the node's publisher is in the graph
+        wait_until(lambda: "recording 1 topic" in rec_log.read_text() or recorder.poll() is not None,
+                   TIMEOUT, "the recorder to subscribe")
+        play = _tool("sfnet_ros.bag_play", "--bag", bag, "--topics", "/front/image_raw", "--wait-for-subscribers", 1,
+                     "--lockstep", f"/front/image_raw:{LABELS}", env=env, log=tmp_path / "play.log")
+        code, stdout = _finish(play)
+        assert code == 0, (tmp_path / "play.log").read_text()
+        stats = json.loads(stdout)
+        assert stats["published"] == {"/front/image_raw": N} and stats["lockstep_timeouts"] == 0
+        code, stdout = _finish(recorder)  # stops by itself after N messages
+        assert code == 0, rec_log.read_text()
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+            recorder.wait(10)
+    assert json.loads(stdout)["messages"] == {LABELS: N}
+
+    with BagReader(out) as reader:
+        assert reader.topics[LABELS].count == N
+        msgs = list(reader.messages([LABELS]))
+    assert [m.stamp for m in msgs] == frame_stamps(N, 10.0)  # the bag's headers survive the round trip
+    assert all(m.msg.header.frame_id == "front_camera" for m in msgs)
+    recorded = [decode_labels(m.msg, m.msgtype) for m in msgs]
+    assert all(r.shape == (H, W) for r in recorded)
+    matrix = ConfusionMatrix(19, ignore_index=255)
+    for pred, label in zip(recorded, truth):
+        matrix.update(pred, label)
+
+    # the same frames through sfnet-live-eval (in process, restamped, lockstep): nothing dropped,
+    # and the node's labels are deterministic, so mIoU equals the one of the recorded outputs
+    from sfnet_ros.live_eval import main as live_main
+
+    live_out = tmp_path / "live.json"
+    code = _run_live(live_main, live_out, "--bag", bag, "--image-topic", "/front/image_raw",
+                     "--label-topic", "/front/labels", "--lockstep", "--wait-timeout", TIMEOUT)
+    report = json.loads(live_out.read_text())
+    assert code == 0
+    assert (report["sent"], report["received"], report["dropped"], report["matched"]) == (N, N, 0, N)
+    assert report["latency_ms"]["p50"] > 0
+    assert report["miou"] == pytest.approx(float(matrix.compute().miou), abs=1e-6)
+
+
+def _run_live(main, out: Path, *args: object) -> int:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main([str(a) for a in args])
+    out.write_text(buffer.getvalue())
+    return code
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_record_stops_cleanly_on_signal(node: NodeProcess, env: dict[str, str], tmp_path: Path, sig: int) -> None:
+    out = tmp_path / "stopped.mcap"
+    log = tmp_path / "record.log"
+    recorder = _tool("sfnet_ros.bag_record", "--topics", LABELS, "/front/segmentation/classes", "--out", out,
+                     env=env, log=log)
+    try:
+        wait_until(lambda: "recording 2 topic" in log.read_text() or recorder.poll() is not None, TIMEOUT,
+                   "the recorder to subscribe")
+        # the latched class list (transient local) arrives without any frame being played
+        wait_until(lambda: "first message on /front/segmentation/classes" in log.read_text()
+                   or recorder.poll() is not None, TIMEOUT, "the class list")
+        recorder.send_signal(sig)
+        code, stdout = _finish(recorder)
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+            recorder.wait(10)
+    assert code == 0, log.read_text()
+    assert json.loads(stdout)["messages"]["/front/segmentation/classes"] == 1
+    with BagReader(out) as reader:  # finalised: a valid bag, no staging folder left over
+        assert reader.topics["/front/segmentation/classes"].count == 1
+        assert reader.topics[LABELS].count == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.log", "stopped.mcap"]
+
+
+def test_play_errors(env: dict[str, str], tmp_path: Path) -> None:
+    bag, _, _ = write_synthetic_bag(tmp_path / "drive.mcap", 1, H, W)
+    for args, expected in [
+        (("--bag", tmp_path / "missing.mcap"), "no such bag"),
+        (("--bag", bag, "--topics", "/nope"), "'/nope' not in the bag"),
+        (("--bag", bag, "--rate", "0"), "--rate must be > 0"),
+    ]:
+        proc = subprocess.run([sys.executable, "-m", "sfnet_ros.bag_play", *map(str, args)], env=env,
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -1,0 +1,65 @@
+"""sfnet-demo end to end with a tiny recipe: bag, training (then the cache), offline and live eval,
+the strip PNG, and no process left behind."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import yaml
+
+from node_harness import REPO_ROOT
+
+TINY_RECIPE = {
+    "model": {"name": "sfnet_shufflenetv2", "aux": False},
+    "data": {"kind": "synthetic", "crop_size": [64, 128], "scale_range": [1.0, 1.0], "workers": 0,
+             "val_split": None, "synthetic": {"train_frames": 4, "val_frames": 1, "height": 64, "width": 128}},
+    "loss": {"ohem": False},
+    "schedule": {"iterations": 2, "batch_size": 2},
+    "runtime": {"device": "cpu", "progress": False, "eval_interval": 0},
+}
+
+
+def _our_ros_processes(domain: str) -> list[str]:
+    """Node / recorder processes still running on this test's ROS domain (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if ("sfnet_ros.node" in cmdline or "sfnet_ros.bag_record" in cmdline) and \
+                f"ROS_DOMAIN_ID={domain}".encode() in environ:
+            found.append(cmdline)
+    return found
+
+
+def test_demo_runs_and_caches(tmp_path: Path, ros_domain: dict[str, str]) -> None:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
+    cmd = [sys.executable, "-m", "sfnet_ros.demo", "--out", str(tmp_path / "out"), "--frames", "3",
+           "--size", "64x128", "--config", str(recipe), "--cache-dir", str(tmp_path / "cache"), "--lockstep",
+           "--domain-id", ros_domain["ROS_DOMAIN_ID"]]
+    first = subprocess.run(cmd, env=ros_domain, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "training sfnet_shufflenetv2" in first.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["live"]["sent"] == 3 and report["live"]["received"] == 3 and report["live"]["dropped"] == 0
+    assert report["offline"]["frames"] == 3 and 0 <= report["offline"]["miou"] <= 1
+    strip = cv2.imread(report["files"]["strip"])
+    assert strip is not None and strip.shape[1] > 4 * strip.shape[0]  # five panels side by side
+    for key in ("bag", "segmented_bag", "node_outputs_bag", "strip"):
+        assert Path(report["files"][key]).exists()
+        assert report["files"][key] in first.stdout  # the paths are printed for the person
+    assert "mIoU" in first.stdout and "fps" in first.stdout
+
+    # second run: same recipe -> the cached checkpoint, no training
+    second = subprocess.run(cmd, env=ros_domain, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing the checkpoint" in second.stderr and "training sfnet" not in second.stderr
+    assert _our_ros_processes(ros_domain["ROS_DOMAIN_ID"]) == []

@@ -1,0 +1,135 @@
+"""sfnet-eval: hand-computed confusion matrices, the official Cityscapes script, checkpoint mode."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from sfnet_core.data.classes import ClassTable
+from sfnet_core.evaluate import main, match_key
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+def _three_classes(tmp_path: Path) -> Path:
+    p = tmp_path / "classes.yaml"
+    p.write_text(
+        "ignore_index: 255\nclasses:\n"
+        "  - {name: road, color: [128, 64, 128]}\n"
+        "  - {name: car, color: [0, 0, 142]}\n"
+        "  - {name: sky, color: [70, 130, 180]}\n"
+    )
+    return p
+
+
+def _run(argv: list[str], capsys) -> tuple[int, dict | None, str]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out) if rc == 0 else None), err
+
+
+def test_pred_dir_matches_hand_computed_confusion(tmp_path: Path, capsys) -> None:
+    classes = _three_classes(tmp_path)
+    # ground truth / prediction, 255 = ignore (never counted), 7 = an invalid prediction
+    gt1 = np.array([[0, 0, 1, 1], [0, 0, 1, 255]], np.uint8)
+    pr1 = np.array([[0, 1, 1, 1], [0, 0, 2, 2]], np.uint8)
+    gt2 = np.array([[2, 2], [2, 0]], np.uint8)
+    pr2 = np.array([[2, 2], [7, 0]], np.uint8)
+    _png(tmp_path / "gt" / "a" / "f1_gtFine_labelTrainIds.png", gt1)
+    _png(tmp_path / "gt" / "a" / "f1_gtFine_color.png", np.zeros((2, 4, 3), np.uint8))  # must be skipped
+    _png(tmp_path / "gt" / "b" / "f2_gtFine_labelTrainIds.png", gt2)
+    _png(tmp_path / "gt" / "b" / "f3_gtFine_labelTrainIds.png", gt2)  # no prediction
+    _png(tmp_path / "pred" / "f1_leftImg8bit.png", pr1)
+    _png(tmp_path / "pred" / "f2_leftImg8bit.png", pr2)
+    _png(tmp_path / "pred" / "extra.png", pr2)  # no ground truth
+    rc, report, err = _run(
+        ["--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"), "--classes", str(classes),
+         "--json", str(tmp_path / "r.json")], capsys)
+    assert rc == 0, err
+    # Confusion (rows gt, cols pred; last col = invalid):
+    #   road: 0->0 x4 (3 in f1 + 1 in f2), 0->1 x1            -> tp 4, fn 1
+    #   car:  1->1 x2, 1->2 x1                                -> tp 2, fn 1, fp(car) = 1 (road->car)
+    #   sky:  2->2 x2, 2->invalid x1                          -> tp 2, fn 1, fp(sky) = 1 (car->sky)
+    expected = {"road": 4 / 5, "car": 2 / 4, "sky": 2 / 4}
+    for name, value in expected.items():
+        assert report["per_class"][name] == pytest.approx(value, abs=1e-12)
+    assert report["miou"] == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
+    assert report["pixel_accuracy"] == pytest.approx(8 / 11, abs=1e-12)
+    assert (report["matched"], report["unmatched_predictions"], report["unmatched_ground_truth"]) == (2, 1, 1)
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    assert "f3_gtFine_labelTrainIds.png" in err and "extra.png" in err
+    assert "mIoU" in err  # the human-readable table goes to stderr
+
+    rc, _, err = _run(["--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"),
+                       "--classes", str(classes), "--strict"], capsys)
+    assert rc == 2 and "--strict" in err
+
+
+def test_match_key_strips_cityscapes_suffixes() -> None:
+    assert match_key(Path("x/frankfurt_000000_000294_leftImg8bit.png")) == "frankfurt_000000_000294"
+    assert match_key(Path("frankfurt_000000_000294_gtFine_labelIds.png")) == "frankfurt_000000_000294"
+    assert match_key(Path("frankfurt_000000_000294_gtFine_labelTrainIds.png")) == "frankfurt_000000_000294"
+    assert match_key(Path("frame_0001.png")) == "frame_0001"
+
+
+def test_pred_dir_agrees_with_official_cityscapes_script(tmp_path: Path, capsys) -> None:
+    """Random label-id ground truth (incl. void ids) vs noisy predictions, scored by both."""
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
+    from cityscapesscripts.helpers.labels import labels, trainId2label
+
+    table = ClassTable.cityscapes()
+    rng = np.random.default_rng(0)
+    label_ids = np.array([l.id for l in labels if l.id >= 0])
+    train_to_id = np.zeros(256, np.uint8)
+    for t in range(19):
+        train_to_id[t] = trainId2label[t].id
+    train_to_id[255] = 0  # 'unlabeled' (ignored in evaluation)
+    pred_files, gt_files = [], []
+    for i, city in enumerate(("aachen", "aachen", "bremen")):
+        gt = rng.choice(label_ids, size=(24, 40)).astype(np.uint8)
+        gt[:8, :8] = 26  # a big car blob so IoUs are not all tiny
+        truth = table.label_lut()[gt]
+        pred = np.where(rng.random(gt.shape) < 0.6, truth, rng.integers(0, 19, gt.shape)).astype(np.uint8)
+        pred[truth == 255] = rng.integers(0, 19, int((truth == 255).sum()))
+        stem = f"{city}_{i:06d}_000019"
+        gt_path = tmp_path / "gtFine" / "val" / city / f"{stem}_gtFine_labelIds.png"
+        _png(gt_path, gt)
+        _png(tmp_path / "pred" / f"{stem}_leftImg8bit.png", pred)
+        _png(tmp_path / "official_pred" / f"{stem}_leftImg8bit.png", train_to_id[pred])  # label ids
+        pred_files.append(str(tmp_path / "official_pred" / f"{stem}_leftImg8bit.png"))
+        gt_files.append(str(gt_path))
+
+    rc, ours, err = _run(["--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gtFine")], capsys)
+    assert rc == 0, err
+    args = official.args
+    args.evalInstLevelScore = False
+    args.JSONOutput = False
+    args.quiet = True
+    result = official.evaluateImgLists(pred_files, gt_files, args)
+    theirs = result["classScores"]
+    for name, value in ours["per_class"].items():
+        assert value is not None
+        assert value == pytest.approx(theirs[name], abs=1e-6), name
+    official_mean = np.nanmean([theirs[n] for n in table.names])
+    assert ours["miou"] == pytest.approx(official_mean, abs=1e-6)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [PY, "-m", "sfnet_core.evaluate", "--pred-dir", str(tmp_path / "missing"), "--gt-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "missing" in proc.stderr and "not found" in proc.stderr
+    assert proc.stdout == ""

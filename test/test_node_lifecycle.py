@@ -1,0 +1,157 @@
+"""sfnet_node as a managed node: driven through the lifecycle services, and failing configure
+cleanly (one clear log line, no traceback, the process stays up, unconfigured) on a missing or
+corrupt checkpoint, an unknown mask class or an invalid parameter value."""
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+from lifecycle_msgs.msg import Transition
+from sensor_msgs.msg import Image
+
+from node_harness import (
+    NodeProcess,
+    RosClient,
+    image_array,
+    make_image,
+    module_ros_domain,
+    sample_image,
+    stamp_ns_of,
+    wait_until,
+    write_test_checkpoint,
+)
+
+H, W = 64, 128
+NS = "/managed"
+
+
+@pytest.fixture(scope="module")
+def env():
+    with module_ros_domain() as environment:
+        yield environment
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_test_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def ros(env):
+    with RosClient() as client:
+        yield client
+
+
+def _transition(ros: RosClient, node: NodeProcess, transition: int) -> bool:
+    return ros.change_state(node.fqn, transition)
+
+
+def test_lifecycle_transitions_and_configure_retries(env, ros, checkpoint, tmp_path):
+    missing = tmp_path / "not_there.pt"
+    process = NodeProcess(env, tmp_path, namespace=NS, parameters={
+        "checkpoint": str(missing), "autostart": False, "device": "cpu", "qos_reliability": "reliable"})
+    with process:
+        # Without autostart the node waits, unconfigured, subscribing to nothing.
+        assert ros.get_state(process.fqn) == "unconfigured"
+        assert ros.node.count_subscribers(f"{NS}/image") == 0
+
+        # A missing checkpoint: configure fails with one line naming the parameter and the file.
+        assert not _transition(ros, process, Transition.TRANSITION_CONFIGURE)
+        assert ros.get_state(process.fqn) == "unconfigured"
+        log = process.wait_for_log(f"configure failed: parameter 'checkpoint': file not found: {missing}")
+
+        # Configure-time parameters may be changed while unconfigured; an unknown mask class
+        # fails configure listing the valid names.
+        results = ros.set_parameters(process.fqn, {"checkpoint": str(checkpoint), "mask_classes": ["flying saucer"]})
+        assert all(r.successful for r in results)
+        assert not _transition(ros, process, Transition.TRANSITION_CONFIGURE)
+        log = process.wait_for_log("configure failed: parameter 'mask_classes': unknown class name 'flying saucer'")
+        assert "valid names: road, sidewalk, building" in log
+
+        (result,) = ros.set_parameters(process.fqn, {"mask_classes": ["road"]})
+        assert result.successful
+        assert _transition(ros, process, Transition.TRANSITION_CONFIGURE)
+        assert ros.get_state(process.fqn) == "inactive"
+        # Inactive: no subscription, no outputs yet.
+        assert ros.node.count_subscribers(f"{NS}/image") == 0
+        assert ros.node.count_publishers(f"{NS}/segmentation/labels") == 0
+
+        assert _transition(ros, process, Transition.TRANSITION_ACTIVATE)
+        assert ros.get_state(process.fqn) == "active"
+        _check_segments(ros, stamp_base=1_000)
+
+        # Deactivate: the subscription and every output publisher go away.
+        assert _transition(ros, process, Transition.TRANSITION_DEACTIVATE)
+        assert ros.get_state(process.fqn) == "inactive"
+        wait_until(lambda: ros.node.count_subscribers(f"{NS}/image") == 0, 60, "the image subscription to go")
+        wait_until(lambda: ros.node.count_publishers(f"{NS}/segmentation/labels") == 0
+                   and ros.node.count_publishers(f"{NS}/segmentation/mask/road") == 0, 60, "the publishers to go")
+
+        # Reactivate: outputs resume.
+        assert _transition(ros, process, Transition.TRANSITION_ACTIVATE)
+        _check_segments(ros, stamp_base=2_000)
+
+        assert _transition(ros, process, Transition.TRANSITION_DEACTIVATE)
+        assert _transition(ros, process, Transition.TRANSITION_CLEANUP)
+        assert ros.get_state(process.fqn) == "unconfigured"
+
+        assert process.stop(signal.SIGINT) == 0
+        log = process.log()
+        assert "Traceback" not in log
+        assert log.count("configure failed") == 2
+
+
+def _check_segments(ros: RosClient, stamp_base: int) -> None:
+    """Frames published to the active node come back as labels (and road masks)."""
+    pub = ros.publisher(Image, f"{NS}/image")
+    labels = ros.collect(Image, f"{NS}/segmentation/labels")
+    mask = ros.collect(Image, f"{NS}/segmentation/mask/road")
+    try:
+        ros.wait_for_subscribers(pub)
+        stamps = iter(range(stamp_base, stamp_base + 1000))
+
+        def served() -> Image | None:
+            stamp = next(stamps)
+            pub.publish(make_image(sample_image(H, W, 1), "rgb8", stamp))
+            try:
+                labels.wait_for_stamp(stamp, timeout=20)
+                return mask.wait_for_stamp(stamp, timeout=20)
+            except TimeoutError:
+                return None
+        mask_msg = wait_until(served, 120, "labels and a road mask from the active node")
+        labels_msg = labels.wait_for_stamp(stamp_ns_of(mask_msg))
+        np.testing.assert_array_equal(image_array(mask_msg) == 255, image_array(labels_msg) == 0)
+    finally:
+        ros.node.destroy_publisher(pub)
+        ros.node.destroy_subscription(labels.subscription)
+        ros.node.destroy_subscription(mask.subscription)
+
+
+@pytest.mark.parametrize("case", ["corrupt_checkpoint", "invalid_precision", "out_of_range_depth"])
+def test_autostart_configure_failure_is_clean(env, ros, checkpoint, tmp_path, case):
+    # A checkpoint cut short, as an interrupted copy to the vehicle leaves it.
+    corrupt = tmp_path / "corrupt.pt"
+    data = checkpoint.read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])
+    parameters: dict[str, object] = {"checkpoint": str(corrupt)}
+    if case == "invalid_precision":
+        parameters["precision"] = "fp8"
+    if case == "out_of_range_depth":
+        parameters["qos_depth"] = 0
+    expected = {
+        "corrupt_checkpoint": f"configure failed: {corrupt}: not a readable checkpoint",
+        "invalid_precision": "configure failed: parameter 'precision': 'fp8' is not one of: auto, fp32, fp16, bf16",
+        "out_of_range_depth": "configure failed: parameter 'qos_depth': invalid value",
+    }[case]
+    process = NodeProcess(env, tmp_path, namespace=f"{NS}_{case}", parameters=parameters)
+    with process:
+        log = process.wait_for_log(expected)
+        # The process stays up and unconfigured (a lifecycle manager may retry), with no retry
+        # loop of its own and no traceback.
+        assert ros.get_state(process.fqn) == "unconfigured"
+        assert process.running()
+        assert process.stop(signal.SIGTERM) == 0
+        log = process.log()
+        assert log.count("configure failed") == 1, log
+        assert "Traceback" not in log, log
