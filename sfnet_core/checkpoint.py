@@ -208,15 +208,19 @@ def _read(path: Path, map_location: Any) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+        # "Unsupported global" = a well-formed pickle naming a python class; anything else
+        # (e.g. "Unsupported operand") is just corrupt bytes.
+        if "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
             raise CheckpointError(
                 f"{path}: the file contains non-tensor python objects and will not be unpickled "
                 "(checkpoints are loaded with weights_only=True; re-save it with "
                 "sfnet_core.checkpoint.save_checkpoint)"
             ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways inside the unpickler
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def load_checkpoint(

@@ -42,7 +42,7 @@ class DistInfo:
         return self.backend is not None
 
 
-def _pick_device(preference: str, local_rank: int) -> torch.device:
+def pick_device(preference: str, local_rank: int) -> torch.device:
     if preference == "cpu":
         return torch.device("cpu")
     if preference.startswith("cuda") or preference == "auto":
@@ -58,9 +58,8 @@ def _pick_device(preference: str, local_rank: int) -> torch.device:
 def init_distributed(device_preference: str = "auto") -> DistInfo:
     """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1; pick this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _pick_device(device_preference, local_rank)
+    device = pick_device(device_preference, local_rank)
     if world_size <= 1:
         return DistInfo(0, 1, 0, device, None)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -111,6 +110,7 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        t = t.reshape(-1)  # 0-d tensors cannot be viewed as bytes
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
@@ -141,13 +141,14 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Inverse of ``get_rng_state`` (tensors may come back on a GPU via ``map_location``)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 class IterationBatchSampler(Sampler[list[tuple[int, int]]]):

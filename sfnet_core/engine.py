@@ -82,7 +82,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast_context(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -149,8 +149,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_iters: int | None = None, r
     the learning-rate schedule of the full ``schedule.iterations`` run, so ``--max-iters k`` then
     ``--resume`` equals one uninterrupted run.
     """
-    info = init_distributed(cfg.runtime.device)
     out = Path(out_dir)
+    if not resume and (out / "last.pt").exists():
+        # checked on every rank (before joining the group) so that all of them stop alike
+        raise ConfigError(f"{out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    info = init_distributed(cfg.runtime.device)
     handlers: list[logging.Handler] = []
     try:
         if info.is_main:
@@ -180,6 +183,8 @@ class _Trainer:
                 f"{info.world_size} ranks"
             )
         self.batch_per_rank = cfg.schedule.batch_size // info.world_size
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
         self.show_progress = (cfg.runtime.progress and sys.stderr.isatty()) if show_progress is None else show_progress
         mean, std = tuple(cfg.model.mean), tuple(cfg.model.std)
         self.train_set, self.val_set, self.classes = build_datasets(cfg.data, mean, std)
@@ -257,10 +262,14 @@ class _Trainer:
             # but not bit-identically.
             log.warning("resuming a %s-rank run on %d ranks: the data order changes",
                         state.get("world_size"), self.info.world_size)
+        changed = _changed_keys(state.get("config", {}), to_dict(self.cfg), skip=("runtime",))
+        if changed:
+            log.warning("resuming with a recipe that differs from the interrupted run in: %s", ", ".join(changed))
         self.model.load_state_dict(ck.state_dict)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # empty when saved by an fp32/bf16 run
+            self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.best_miou = state.get("best_miou")
         set_rng_state(state["rng"])
@@ -269,18 +278,18 @@ class _Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def _validate(self) -> dict:
-        from sfnet_core.evaluate import _report, evaluate_dataset
+        from sfnet_core.evaluate import evaluate_dataset, metrics_report
 
         cfg = self.cfg.runtime
         broadcast_buffers(self.model, self.info)
         window = None
         if cfg.eval_mode == "slide":
-            window = tuple(cfg.eval_window) if cfg.eval_window else _crop_hw(self.cfg.data)
+            window = tuple(cfg.eval_window) if cfg.eval_window else crop_hw(self.cfg.data)
         n = len(self.val_set)
         indices = list(range(min(n, cfg.eval_max_images) if cfg.eval_max_images else n))
         self.model.eval()
         try:
-            with _autocast(self.device, self.precision):
+            with autocast_context(self.device, self.precision):
                 cm = evaluate_dataset(
                     self.model, self.val_set, self.classes.num_classes, self.classes.ignore_index,
                     self.device, window=window,
@@ -289,7 +298,7 @@ class _Trainer:
         finally:
             self.model.train()
         cm.all_reduce()
-        return _report(cm, self.classes)
+        return metrics_report(cm, self.classes)
 
     # ------------------------------------------------------------------ loop
     def run(self, max_iters: int | None, resume: bool) -> TrainResult:
@@ -298,8 +307,6 @@ class _Trainer:
         stop = total if max_iters is None else min(max_iters, total)
         if resume:
             self._restore()
-        elif self.info.is_main and (self.out / "last.pt").exists():
-            raise ConfigError(f"{self.out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
         if self.info.is_main:
             with atomic_write(self.out / "config.yaml") as tmp:
                 tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
@@ -350,7 +357,7 @@ class _Trainer:
             targets = targets.to(self.device, non_blocking=True)
             if rt.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with _autocast(self.device, self.precision):
+            with autocast_context(self.device, self.precision):
                 logits, aux_logits = self.ddp(images)
                 loss, parts = self.criterion(logits, aux_logits, targets)
             if not torch.isfinite(loss):
@@ -432,7 +439,19 @@ class _Trainer:
             log.info("all %d ranks hold identical parameters (sha256 %s)", self.info.world_size, mine["params"][:16])
 
 
-def _crop_hw(data_cfg) -> tuple[int, int]:
+def _changed_keys(old: Any, new: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [] if old == new else [prefix.rstrip(".") or "<root>"]
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in skip:
+            continue
+        out += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+    return out
+
+
+def crop_hw(data_cfg) -> tuple[int, int]:
     """The training crop (h, w): the natural sliding-window size for evaluation."""
     return (int(data_cfg.crop_size[0]), int(data_cfg.crop_size[1]))
 

@@ -85,23 +85,25 @@ def _sample_name(dataset: Any, index: int) -> str:
 def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     from sfnet_core.checkpoint import load_checkpoint
     from sfnet_core.data.config import build_datasets
-    from sfnet_core.engine import _crop_hw, resolve_precision, _autocast
-    from sfnet_core.distributed import _pick_device
+    from sfnet_core.distributed import pick_device
+    from sfnet_core.engine import autocast_context, crop_hw, resolve_precision
     from sfnet_core.train_config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)
     ck = load_checkpoint(args.checkpoint)
     _, val_set, classes = build_datasets(cfg.data, ck.mean, ck.std)
+    if val_set is None:
+        raise ConfigError(f"{args.config}: data.val_split is null: no validation split to evaluate")
     if classes.num_classes != ck.num_classes:
         raise ConfigError(
             f"{args.checkpoint}: predicts {ck.num_classes} classes but the recipe {args.config} has {classes.num_classes}"
         )
-    device = _pick_device(args.device, 0)
+    device = pick_device(args.device, 0)
     precision = resolve_precision(args.precision, device)
     model = ck.build_model().to(device)
     window = tuple(args.window) if args.window else None
     if args.mode == "slide" and window is None:
-        window = _crop_hw(cfg.data)
+        window = crop_hw(cfg.data)
     scales, flip = (tuple(args.scales) if args.scales else MSF_SCALES, True) if args.mode == "msf" else ((1.0,), False)
     if args.mode == "whole":
         window = None
@@ -121,10 +123,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
                 tmp.write_bytes(buf.tobytes())
 
     indices = range(min(len(val_set), args.max_images)) if args.max_images else None
-    with _autocast(device, precision):
+    with autocast_context(device, precision):
         cm = evaluate_dataset(model, val_set, ck.num_classes, ck.classes.ignore_index, device, scales=scales,
                               flip=flip, window=window, indices=indices, on_prediction=save if save_dir else None)
-    report = _report(cm, ck.classes)
+    report = metrics_report(cm, ck.classes)
     report.update({"mode": args.mode, "checkpoint": str(args.checkpoint), "config": str(args.config),
                    "images": len(indices) if indices is not None else len(val_set),
                    "scales": list(scales), "flip": flip, "window": list(window) if window else None})
@@ -159,7 +161,9 @@ def _index_dir(root: Path, role: str, prefer: Sequence[str] = ()) -> dict[str, P
     """
     if not root.is_dir():
         raise DataError(f"{root}: {role} directory not found")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in LABEL_EXTENSIONS)
+    # ``*_color.png`` are colourised previews (ours from --save-pred, Cityscapes' gtFine_color), never labels
+    files = sorted(p for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() in LABEL_EXTENSIONS and not p.stem.endswith("_color"))
     for suffix in prefer:
         chosen = [p for p in files if p.stem.endswith(suffix)]
         if chosen:
@@ -277,7 +281,8 @@ def _assemble(names: Sequence[str], iou: np.ndarray, pixel_acc: float, mean_acc:
     }
 
 
-def _report(cm: Any, classes: ClassTable) -> dict:
+def metrics_report(cm: Any, classes: ClassTable) -> dict:
+    """The report dict (miou, pixel_accuracy, mean_accuracy, per_class by name, pixels) of a ConfusionMatrix."""
     m = cm.compute()
     iou = np.asarray(m.iou, dtype=np.float64)
     return _assemble(classes.names, iou, float(m.pixel_accuracy), float(m.mean_accuracy), int(cm.mat.sum()))

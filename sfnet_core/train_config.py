@@ -10,8 +10,9 @@ YAML shape (every section optional)::
     loss:     LossConfig (sfnet_core.losses)
     optim:    {lr, momentum, weight_decay, nesterov}
     schedule: {iterations, batch_size, poly_power, warmup_iters, warmup_factor}
-    runtime:  {seed, device, precision, sync_bn, progress, log_interval, image_interval,
-               checkpoint_interval, eval_interval, eval_mode, eval_window, channels_last}
+    runtime:  {seed, device, precision, sync_bn, channels_last, threads, progress, log_interval,
+               image_interval, checkpoint_interval, eval_interval, eval_mode, eval_window,
+               eval_max_images, rank_digest}
 """
 from __future__ import annotations
 
@@ -97,6 +98,9 @@ class RuntimeConfig:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
     sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CUDA only)
     channels_last: bool = False
+    # CPU intra-op threads per rank (0 = PyTorch's default). On a shared or small machine 1 is
+    # often fastest: idle OpenMP workers spin-wait and steal cycles from the busy ones.
+    threads: int = 0
     progress: bool = True  # tqdm bar on rank 0 (also disabled when stderr is not a TTY)
     log_interval: int = 20  # iterations between log lines / TensorBoard scalars
     image_interval: int = 500  # iterations between TensorBoard images (0 = never)
@@ -111,7 +115,7 @@ class RuntimeConfig:
         for name in ("log_interval", "checkpoint_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"runtime.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("image_interval", "eval_interval", "eval_max_images"):
+        for name in ("image_interval", "eval_interval", "eval_max_images", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"runtime.{name}: must be >= 0, got {getattr(self, name)}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

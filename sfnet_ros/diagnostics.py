@@ -112,7 +112,7 @@ def camera_status(name: str, hardware_id: str, window: StatsWindow, stats: Camer
         level, message = DiagnosticStatus.WARN, "not active"
     elif window.dropped_bad_input:
         level, message = DiagnosticStatus.WARN, f"{window.dropped_bad_input} bad frame(s) dropped: {stats.last_bad_input}"
-    elif window.received == 0:
+    elif window.received == 0 and window.published == 0:
         level, message = DiagnosticStatus.OK, "no frames received"
     else:
         level, message = DiagnosticStatus.OK, f"{in_rate:.1f} Hz in, {out_rate:.1f} Hz out"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -45,6 +46,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from sfnet_core.errors import ConfigError, SFNetError
+from sfnet_core.viz import colorize, overlay
 from sfnet_ros import diagnostics
 from sfnet_ros.conversions import ImageConversionError, compressed_to_rgb, image_to_numpy, image_to_rgb, numpy_to_image
 from sfnet_ros.params import (
@@ -144,6 +146,7 @@ class SegmentationNode(LifecycleNode):
         self._config: NodeConfig | None = None
         self._segmenter: Any = None
         self._mask_ids: dict[str, int] = {}
+        self._palette: np.ndarray | None = None  # (256, 3) uint8 of the loaded class table
         self._device_text = "none"
         self._cameras: dict[str, CameraIO] = {}
         self._mailbox: LatestFrameMailbox | None = None
@@ -226,6 +229,7 @@ class SegmentationNode(LifecycleNode):
             self.get_logger().debug(traceback.format_exc())
             return self._configure_failed(f"{type(exc).__name__}: {exc}")
         self._config, self._segmenter, self._mask_ids = config, segmenter, mask_ids
+        self._palette = segmenter.classes.palette()
         self._device_text = f"{segmenter.device} {segmenter.precision}"
         if config.diagnostics_period != self._diag_period:
             self.destroy_timer(self._diag_timer)
@@ -398,9 +402,9 @@ class SegmentationNode(LifecycleNode):
     def _process(self, frames: list[Frame]) -> None:
         """Convert, segment (one forward per input colour order), publish; runs in the worker."""
         segmenter, draw = self._segmenter, self._draw
-        pending = [p for p in (self._prepare(frame, draw) for frame in frames) if p is not None]
-        if not pending or segmenter is None:
+        if segmenter is None:
             return
+        pending = [p for p in (self._prepare(frame, draw) for frame in frames) if p is not None]
         for bgr in (False, True):
             group = [p for p in pending if p.bgr == bgr]
             if not group:
@@ -445,10 +449,10 @@ class SegmentationNode(LifecycleNode):
         if item.want_labels:
             outputs.append((item.io.labels, numpy_to_image(labels, "mono8", header=header)))
         if item.want_color:
-            color = segmenter.classes.palette()[labels]
+            color = colorize(labels, self._palette)
             if draw.color_overlay:
                 rgb = item.image[..., ::-1] if item.bgr else item.image
-                color = _blend(rgb, color, draw.overlay_alpha)
+                color = overlay(np.ascontiguousarray(rgb), color, draw.overlay_alpha)
             outputs.append((item.io.color, numpy_to_image(color, "rgb8", header=header)))
         for class_id, publisher in item.masks:
             mask = (labels == class_id).view(np.uint8) * np.uint8(255)
@@ -488,20 +492,16 @@ class SegmentationNode(LifecycleNode):
     def autostart(self) -> bool:
         return bool(self.get_parameter("autostart").value)
 
-    def autostart_transitions(self) -> None:
-        """configure + activate, stopping quietly (already logged) at the first failure."""
+    def autostart_transitions(self, stop: threading.Event | None = None) -> None:
+        """configure + activate, stopping quietly (already logged) at the first failure or when
+        ``stop`` was set meanwhile (a shutdown requested during the model load)."""
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             self.get_logger().info(
                 "autostart: staying unconfigured; fix the cause, then trigger configure "
                 "(lifecycle manager or <node>/change_state)")
             return
-        self.trigger_activate()
-
-
-def _blend(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
-    from sfnet_core.viz import overlay
-
-    return overlay(np.ascontiguousarray(rgb), color, alpha)
+        if stop is None or not stop.is_set():
+            self.trigger_activate()
 
 
 def _install_core_logging() -> None:
@@ -515,6 +515,28 @@ def _install_core_logging() -> None:
     core.propagate = False
 
 
+def _stop_on_signals() -> threading.Event:
+    """Ctrl-C / SIGTERM set the returned event instead of tearing the context down mid-work.
+
+    rclpy's own handlers shut the context down at once: a signal during the (seconds long)
+    checkpoint load then makes every later call fail noisily. Here the signal only asks the
+    main loop to stop; it does so at the next check (after configure, or within SPIN_STEP_S).
+    """
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return stop
+
+
+# The main loop checks for a stop request this often (Python signal handlers cannot interrupt
+# the executor's wait, so it must come back regularly).
+SPIN_STEP_S = 0.2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the node until Ctrl-C / SIGTERM; returns the exit code (0 on a normal stop)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -524,17 +546,26 @@ def main(argv: Sequence[str] | None = None) -> int:
               "-r image:=/camera/image_raw -r __ns:=/perception]")
         return 0
     _install_core_logging()
-    rclpy.init(args=["sfnet_node", *args])
+    try:
+        from rclpy.signals import SignalHandlerOptions
+
+        rclpy.init(args=["sfnet_node", *args], signal_handler_options=SignalHandlerOptions.NO)
+    except ImportError:  # an rclpy without SignalHandlerOptions: ours replace its handlers below
+        rclpy.init(args=["sfnet_node", *args])
+    stop = _stop_on_signals()
     node: SegmentationNode | None = None
     try:
         node = SegmentationNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        if node.autostart:
-            node.autostart_transitions()
-        executor.spin()
+        if node.autostart and not stop.is_set():
+            node.autostart_transitions(stop)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_STEP_S)
+        if stop.is_set():
+            node.get_logger().info("stop requested (SIGINT/SIGTERM): shutting down")
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C / SIGTERM: the normal way to stop
+        pass  # stopped from outside: the normal way to end
     finally:
         if node is not None:
             node.release()

@@ -1,8 +1,10 @@
-"""Shared fixtures: DDS isolation for every test that talks ROS."""
+"""Shared fixtures: DDS isolation for every test that talks ROS, and the small test checkpoint."""
 from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,17 +14,43 @@ import pytest
 _domain_counter = itertools.count(os.getpid() % 100)
 
 
+def _enter_ros_domain(patch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Set a fresh ROS_DOMAIN_ID with localhost-only discovery; return the environment."""
+    domain = next(_domain_counter) % 100 + 1
+    patch.setenv("ROS_DOMAIN_ID", str(domain))
+    patch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    patch.setenv("ROS_LOCALHOST_ONLY", "1")  # older distros (Humble) read this one
+    patch.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    patch.setenv("PYTHONUNBUFFERED", "1")
+    return dict(os.environ)
+
+
 @pytest.fixture
 def ros_domain(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Give this test its own ROS_DOMAIN_ID with localhost-only discovery.
+    """This test's own ROS_DOMAIN_ID, set in ``os.environ`` (for in-process rclpy); the returned
+    environment is what child processes (the node, bag players) must be given."""
+    return _enter_ros_domain(monkeypatch)
 
-    Sets the variables in ``os.environ`` (for in-process rclpy) and returns the full environment
-    to hand to child processes (the node, bag players).
-    """
-    domain = next(_domain_counter) % 100 + 1
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.setenv("ROS_LOCALHOST_ONLY", "1")  # older distros (Humble) read this one
-    monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-    return dict(os.environ)
+
+@pytest.fixture(scope="module")
+def ros_domain_module() -> Iterator[dict[str, str]]:
+    """Like ``ros_domain`` for a whole module: one node process serves all of a module's tests
+    (each start costs a model load), so its domain must outlive a single test."""
+    with pytest.MonkeyPatch.context() as patch:
+        yield _enter_ros_domain(patch)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight 19-class sfnet_resnet18 checkpoint (deterministic), one per module."""
+    from node_harness import write_test_checkpoint
+
+    return write_test_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def segmenter(checkpoint: Path):
+    """A CPU fp32 Segmenter on ``checkpoint``: the reference the node's outputs must equal."""
+    from sfnet_core.inference import Segmenter
+
+    return Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32", warmup=False)

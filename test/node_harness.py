@@ -23,7 +23,6 @@ saying what it waited for; ``NodeProcess`` always stops its process (SIGINT, the
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -354,14 +353,29 @@ class RosClient:
 
     # services
 
-    def call(self, srv_type: Any, name: str, request: Any, timeout: float = DISCOVERY_TIMEOUT_S) -> Any:
-        """Call a service and return its response (TimeoutError if unavailable or unanswered)."""
+    def call(self, srv_type: Any, name: str, request: Any, timeout: float = DISCOVERY_TIMEOUT_S,
+             resend_every: float | None = 10.0) -> Any:
+        """Call a service and return its response (TimeoutError if unavailable or unanswered).
+
+        ``resend_every``: a request sent right after discovery can be lost while the reply path
+        is still being matched (a known DDS race, common on a loaded machine); idempotent calls
+        are sent again after this many seconds without an answer. None = send once.
+        """
         client = self.node.create_client(srv_type, name)
         try:
+            deadline = time.monotonic() + timeout
             wait_until(client.service_is_ready, timeout, f"service {name}")
-            future = client.call_async(request)
-            wait_until(future.done, timeout, f"the response of {name}")
-            return future.result()
+            while True:
+                future = client.call_async(request)
+                remaining = deadline - time.monotonic()
+                attempt = remaining if resend_every is None else min(resend_every, remaining)
+                try:
+                    wait_until(future.done, max(attempt, 0.1), f"the response of {name}")
+                    return future.result()
+                except TimeoutError:
+                    if time.monotonic() >= deadline or resend_every is None:
+                        raise
+                    client.remove_pending_request(future)
         finally:
             self.node.destroy_client(client)
 
@@ -377,7 +391,8 @@ class RosClient:
         from lifecycle_msgs.srv import ChangeState
 
         request = ChangeState.Request(transition=Transition(id=transition_id))
-        return bool(self.call(ChangeState, f"{node_fqn}/change_state", request, timeout).success)
+        # Not idempotent (a repeated configure fails), so sent once.
+        return bool(self.call(ChangeState, f"{node_fqn}/change_state", request, timeout, resend_every=None).success)
 
     def set_parameters(self, node_fqn: str, values: Mapping[str, Any],
                        timeout: float = DISCOVERY_TIMEOUT_S) -> list[Any]:
@@ -407,24 +422,3 @@ def diagnostic_values(array_msg: Any, name_contains: str) -> dict[str, str] | No
             level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
             return {kv.key: kv.value for kv in status.values} | {"_level": str(level), "_message": status.message}
     return None
-
-
-@contextlib.contextmanager
-def module_ros_domain() -> Iterator[dict[str, str]]:
-    """Module-scope twin of conftest's function-scoped ``ros_domain``: one node process serves a
-    whole test module (each start costs a model load), so the domain must outlive one test.
-
-    Draws the id from conftest's counter when available, so it never repeats one handed out to
-    another test of this pytest process; sets the same variables and restores them afterwards.
-    """
-    import pytest
-
-    counter = getattr(sys.modules.get("conftest"), "_domain_counter", None)
-    domain = next(counter) % 100 + 1 if counter is not None else (os.getpid() + 50) % 100 + 1
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROS_DOMAIN_ID", str(domain))
-        mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        mp.setenv("ROS_LOCALHOST_ONLY", "1")
-        mp.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-        mp.setenv("PYTHONUNBUFFERED", "1")
-        yield dict(os.environ)

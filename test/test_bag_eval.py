@@ -120,7 +120,6 @@ def test_clear_errors_and_no_partial_output(tmp_path: Path, capsys: pytest.Captu
     assert "'/nope' not in the bag" in message and "/front/image_raw" in message and "/front/labels" in message
 
     odd = tmp_path / "odd.mcap"
-    Image = ros2_class(IMAGE)
     with BagWriter(odd) as writer:
         writer.write("/chatter", 1, ros2_class("std_msgs/msg/String")(data="hello"))
         writer.add_topic("/silent/image_raw", IMAGE)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from node_harness import REPO_ROOT, NodeProcess, module_ros_domain, wait_until, write_test_checkpoint
+from node_harness import REPO_ROOT, NodeProcess, wait_until, write_test_checkpoint
 from sfnet_core.metrics import ConfusionMatrix
 from sfnet_ros.bag_io import BagReader, decode_labels
 from sfnet_ros.synthetic_bag import frame_stamps, write_synthetic_bag
@@ -22,9 +22,8 @@ TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
-def env() -> Iterator[dict[str, str]]:
-    with module_ros_domain() as environment:
-        yield environment
+def env(ros_domain_module: dict[str, str]) -> dict[str, str]:
+    return ros_domain_module
 
 
 @pytest.fixture(scope="module")

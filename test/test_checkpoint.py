@@ -98,6 +98,14 @@ def test_truncated_file(tmp_path: Path, ckpt_path: Path) -> None:
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("garbage", [b"this is not a checkpoint" * 10, b"", bytes(range(256)) * 4])
+def test_garbage_file(tmp_path: Path, garbage: bytes) -> None:
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(garbage)
+    with pytest.raises(CheckpointError, match=r"garbage\.pt: not a readable checkpoint"):
+        load_checkpoint(path)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"nothere\.pt: checkpoint file not found"):
         load_checkpoint(tmp_path / "nothere.pt")

@@ -7,19 +7,19 @@ import signal
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from sensor_msgs.msg import Image
 
 from node_harness import (
     NodeProcess,
     RosClient,
+    diagnostic_values,
     image_array,
     make_image,
-    module_ros_domain,
     sample_image,
     stamp_ns_of,
     wait_until,
-    write_test_checkpoint,
 )
 
 H, W = 64, 128
@@ -27,14 +27,8 @@ NS = "/managed"
 
 
 @pytest.fixture(scope="module")
-def env():
-    with module_ros_domain() as environment:
-        yield environment
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_test_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+def env(ros_domain_module):
+    return ros_domain_module
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +85,7 @@ def test_lifecycle_transitions_and_configure_retries(env, ros, checkpoint, tmp_p
         # Reactivate: outputs resume.
         assert _transition(ros, process, Transition.TRANSITION_ACTIVATE)
         _check_segments(ros, stamp_base=2_000)
+        _check_skipped_without_subscribers(ros, stamp_base=3_000)
 
         assert _transition(ros, process, Transition.TRANSITION_DEACTIVATE)
         assert _transition(ros, process, Transition.TRANSITION_CLEANUP)
@@ -128,6 +123,28 @@ def _check_segments(ros: RosClient, stamp_base: int) -> None:
         ros.node.destroy_subscription(mask.subscription)
 
 
+def _check_skipped_without_subscribers(ros: RosClient, stamp_base: int) -> None:
+    """With nobody subscribed to any output, frames are not run through the network at all."""
+    pub = ros.publisher(Image, f"{NS}/image")
+    diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
+    try:
+        ros.wait_for_subscribers(pub)
+        stamps = iter(range(stamp_base, stamp_base + 1000))
+
+        def skipped() -> bool:
+            # The node may not have noticed yet that _check_segments' subscribers are gone.
+            pub.publish(make_image(sample_image(H, W, 1), "rgb8", next(stamps)))
+            for msg in reversed(diagnostics.messages):
+                values = diagnostic_values(msg, f"{NS}/image")
+                if values is not None:
+                    return int(values["skipped_no_subscribers_total"]) > 0
+            return False
+        wait_until(skipped, 60, "a frame skipped for lack of subscribers", poll=0.5)
+    finally:
+        ros.node.destroy_publisher(pub)
+        ros.node.destroy_subscription(diagnostics.subscription)
+
+
 @pytest.mark.parametrize("case", ["corrupt_checkpoint", "invalid_precision", "out_of_range_depth"])
 def test_autostart_configure_failure_is_clean(env, ros, checkpoint, tmp_path, case):
     # A checkpoint cut short, as an interrupted copy to the vehicle leaves it.
@@ -149,9 +166,23 @@ def test_autostart_configure_failure_is_clean(env, ros, checkpoint, tmp_path, ca
         log = process.wait_for_log(expected)
         # The process stays up and unconfigured (a lifecycle manager may retry), with no retry
         # loop of its own and no traceback.
-        assert ros.get_state(process.fqn) == "unconfigured"
+        assert ros.get_state(process.fqn) == "unconfigured", process.log()
         assert process.running()
-        assert process.stop(signal.SIGTERM) == 0
+        assert process.stop(signal.SIGTERM) == 0, process.log()
         log = process.log()
         assert log.count("configure failed") == 1, log
         assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_model_load_stops_cleanly(env, checkpoint, tmp_path, sig):
+    # A large warm-up on the CPU keeps the node busy configuring when the signal arrives (it used
+    # to make rclpy tear the context down under the model load, and every later call fail).
+    process = NodeProcess(env, tmp_path, namespace=f"{NS}_early", parameters={
+        "checkpoint": str(checkpoint), "device": "cpu", "input_size": [512, 1024]})
+    with process:
+        process.wait_for_log("Segmenter: device")
+        assert process.stop(sig, timeout=60) == 0
+        log = process.log()
+        assert "stop requested (SIGINT/SIGTERM): shutting down" in log
+        assert "Traceback" not in log and "Failed" not in log, log

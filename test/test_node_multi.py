@@ -16,10 +16,8 @@ from node_harness import (
     diagnostic_values,
     header,
     image_array,
-    module_ros_domain,
     sample_image,
     wait_until,
-    write_test_checkpoint,
 )
 from sfnet_ros.conversions import rgb_to_compressed
 
@@ -29,21 +27,8 @@ CAMERAS = ["front", "left"]
 
 
 @pytest.fixture(scope="module")
-def env():
-    with module_ros_domain() as environment:
-        yield environment
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return write_test_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
-
-
-@pytest.fixture(scope="module")
-def segmenter(checkpoint):
-    from sfnet_core.inference import Segmenter
-
-    return Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32", warmup=False)
+def env(ros_domain_module):
+    return ros_domain_module
 
 
 @pytest.fixture(scope="module")
@@ -130,4 +115,5 @@ def test_sigterm_stops_cleanly(node):
     code = node.stop(signal.SIGTERM, timeout=30)
     assert code == 0, node.log()
     assert not node.running()
+    assert "stop requested (SIGINT/SIGTERM): shutting down" in node.log()
     assert "Traceback" not in node.log()
