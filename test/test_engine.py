@@ -60,6 +60,19 @@ def test_lr_schedule_is_poly_with_linear_warmup() -> None:
     assert lr_factor(10, w) == pytest.approx(0.9 ** 0.9)  # warm-up ends on the poly curve
 
 
+@pytest.mark.parametrize("recipe", sorted((REPO / "training" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(recipe: Path) -> None:
+    from sfnet_core.models import MODEL_VARIANTS
+
+    cfg = load_train_config(recipe)
+    assert cfg.model.name in MODEL_VARIANTS
+    if recipe.name.startswith("cityscapes_"):  # the paper's recipe (Sec. 4)
+        assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.01, 0.9, 0.0005)
+        assert (cfg.schedule.iterations, cfg.schedule.batch_size, cfg.schedule.poly_power) == (50000, 16, 0.9)
+        assert cfg.data.crop_size == (1024, 1024) and cfg.data.scale_range == (0.75, 2.0)
+        assert (cfg.loss.ohem, cfg.loss.ohem_thresh, cfg.loss.aux_weight) == (True, 0.7, 0.4)
+
+
 def test_config_errors_name_file_and_key(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: {lr: 0.01, momentun: 0.9}\n")
@@ -98,7 +111,8 @@ def test_outputs_and_refusal_to_overwrite(tmp_path: Path) -> None:
 
     from sfnet_core.checkpoint import load_checkpoint
 
-    recipe = tiny_recipe(tmp_path, iterations=4)
+    # validation by sliding window (tiles of 32x64 over the 64x128 frames) on the way
+    recipe = tiny_recipe(tmp_path, iterations=4, runtime={"eval_mode": "slide", "eval_window": [32, 64]})
     out = tmp_path / "run"
     result = train(load_train_config(recipe), out)
     assert result.iteration == 4 and 0 <= result.miou <= 1
@@ -156,7 +170,8 @@ def test_synthetic_training_learns(tmp_path: Path, capsys) -> None:
     )
     out = tmp_path / "run"
     result = train(load_train_config(recipe), out)
-    # Chance level on the 10 drawn classes is ~0.05 mIoU; road/sky/building alone reach ~0.25.
+    # Chance on these frames: 0.037 (always "road") / 0.040 (uniform over the 10 drawn classes);
+    # this run reaches 0.44, so the floor leaves room for platform differences in the float maths.
     assert result.miou is not None and result.miou > FLOOR, result.metrics
     # sfnet-eval on the saved best checkpoint reproduces the engine's number (same frames, whole image)
     capsys.readouterr()
