@@ -216,11 +216,24 @@ def _read(path: Path, map_location: Any) -> Any:
                 "(checkpoints are loaded with weights_only=True; re-save it with "
                 "sfnet_core.checkpoint.save_checkpoint)"
             ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways inside the unpickler
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {type(exc).__name__}: {exc}"
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {type(exc).__name__}: {_one_line(exc)}"
         ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The specific reason from torch's multi-paragraph weights-only error, on one line.
+
+    torch wraps the unpickler's message ("Unsupported operand 0") in several lines of advice
+    about ``weights_only=False`` — advice we must not pass on for an untrusted file.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[0] if lines else type(exc).__name__
 
 
 def load_checkpoint(

@@ -42,11 +42,12 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def from_dict(cls: type[T], data: Any, source: str = "<dict>", _prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data`` (a mapping), validating keys and types recursively."""
-    where = f"{source}: {_prefix}" if _prefix else f"{source}: "
+    section = _prefix.rstrip(".")
+    where = f"{source}: {section}: " if section else f"{source}: "
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise ConfigError(f"{where.rstrip(': ')}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where}expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -71,7 +72,11 @@ def from_dict(cls: type[T], data: Any, source: str = "<dict>", _prefix: str = ""
     except ConfigError as exc:
         # __post_init__ validation: prefix the source so the message names the file
         message = str(exc)
-        raise ConfigError(message if message.startswith(source) else f"{where}{message}") from None
+        if message.startswith(source):
+            raise ConfigError(message) from None
+        # messages that already name their own section ("model.std: ...") only need the file
+        prefix = f"{source}: " if section and message.startswith(_prefix) else where
+        raise ConfigError(f"{prefix}{message}") from None
 
 
 def to_dict(obj: Any) -> Any:
