@@ -1,13 +1,14 @@
 """End-to-end latency of sfnet_node through DDS, against the bare network on the same frames.
 
-    .venv/bin/python bench/node_latency.py [--height 512 --width 1024 --frames 10 --device auto]
+    .venv/bin/python bench/node_latency.py [--height 512 --width 1024 --frames 20 --device auto]
 
 1. Writes a random-weight sfnet_resnet18 checkpoint into a temporary folder.
-2. Bare: ``Segmenter.segment`` on the benchmark frames in this process (median of the runs).
-3. Starts the node process (as the launch file does) with reliable keep-last-1 QoS, and
-   publishes the same frames as sensor_msgs/Image rgb8, one at a time (the next once the
-   previous frame's labels arrived): latency = arrival of ``segmentation/labels`` minus the
-   frame's header stamp. Overhead ratio = median end-to-end / median bare (target <= 1.15).
+2. Starts the node process (as the launch file does) with reliable keep-last-1 QoS.
+3. For each benchmark frame, side by side: the bare ``Segmenter.segment`` in this process (the
+   node idle meanwhile), then the same frame published as sensor_msgs/Image rgb8 to the node,
+   waiting for its labels: end-to-end latency = arrival of ``segmentation/labels`` minus the
+   frame's header stamp. Interleaving frame by frame makes background load hit both alike.
+   Overhead ratio = median end-to-end / median bare (target <= 1.15).
 4. Overload: publishes at 10x the rate the node achieved for a while; reports the latency of the
    labels that arrive (p50/p95/max: bounded, because only the newest frame per camera is kept)
    and the drops the node counted, read from /diagnostics.
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -60,35 +62,42 @@ def write_checkpoint(path: Path) -> Path:
     return path
 
 
-def bare_segment_ms(checkpoint: Path, frames: list[np.ndarray], device: str, repeats: int) -> tuple[float, str]:
-    """Median wall time of Segmenter.segment(frame) over the frames (after warm-up), timed in a
-    worker thread as the node runs it (on a busy CPU, PyTorch's intra-op thread pool behaves
-    very differently when driven from the main thread, which would skew the comparison)."""
-    result: list[tuple[float, str]] = []
-    thread = threading.Thread(target=lambda: result.append(_time_segment(checkpoint, frames, device, repeats)))
-    thread.start()
-    thread.join()
-    return result[0]
+class BareSegmenter:
+    """``Segmenter.segment`` timed in one worker thread of this process, as the node runs it
+    (on a busy CPU, PyTorch's intra-op thread pool behaves very differently when driven from the
+    main thread, which would skew the comparison)."""
 
+    def __init__(self, checkpoint: Path, device: str, warmup_frame: np.ndarray) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare_segmenter")
+        self.segmenter = self._pool.submit(self._load, checkpoint, device, warmup_frame).result()
+        self.description = f"{self.segmenter.device} {self.segmenter.precision}"
 
-def _time_segment(checkpoint: Path, frames: list[np.ndarray], device: str, repeats: int) -> tuple[float, str]:
-    from sfnet_core.inference import Segmenter
+    @staticmethod
+    def _load(checkpoint: Path, device: str, warmup_frame: np.ndarray):
+        from sfnet_core.inference import Segmenter
 
-    segmenter = Segmenter.from_checkpoint(checkpoint, device=device, input_size=None, warmup=False)
-    segmenter.segment(frames[0])  # warm-up at the benchmark size
-    times = []
-    for _ in range(repeats):
-        for frame in frames:
-            start = time.perf_counter()
-            segmenter.segment(frame)
-            if segmenter.device.type == "cuda":
-                import torch
+        segmenter = Segmenter.from_checkpoint(checkpoint, device=device, input_size=None, warmup=False)
+        segmenter.segment(warmup_frame)  # warm-up at the benchmark size
+        return segmenter
 
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1e3)
-    description = f"{segmenter.device} {segmenter.precision}"
-    del segmenter
-    return float(np.median(times)), description
+    def time_ms(self, frame: np.ndarray) -> float:
+        return self._pool.submit(self._timed, frame).result()
+
+    def _timed(self, frame: np.ndarray) -> float:
+        start = time.perf_counter()
+        self.segmenter.segment(frame)
+        if self.segmenter.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1e3
+
+    def close(self) -> None:
+        self._pool.submit(self._release).result()
+        self._pool.shutdown()
+
+    def _release(self) -> None:
+        del self.segmenter
 
 
 class Client:
@@ -123,7 +132,7 @@ class Client:
     def _spin(self) -> None:
         try:
             self.executor.spin()
-        except Exception:  # noqa: BLE001 - ends with the context
+        except Exception:  # noqa: BLE001, S110 - ends with the context
             pass
 
     def _on_labels(self, msg) -> None:
@@ -187,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--frames", type=int, default=10, help="frames for the bare and end-to-end runs")
-    parser.add_argument("--repeats", type=int, default=1, help="passes over the frames for the bare timing")
+    parser.add_argument("--frames", type=int, default=20, help="frames for the bare and end-to-end runs")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overload", type=float, default=10.0, help="overload factor")
     parser.add_argument("--overload-seconds", type=float, default=0.0,
@@ -203,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     frames = _frames(args.frames, args.height, args.width)
     with tempfile.TemporaryDirectory(prefix="sfnet_bench_") as tmp:
         checkpoint = write_checkpoint(Path(tmp) / "sfnet_resnet18_random.pt")
-        bare_ms, device_text = bare_segment_ms(checkpoint, frames, args.device, args.repeats)
-        print(f"bare Segmenter.segment {args.height}x{args.width} on {device_text}: median {bare_ms:.1f} ms")
+        bare = BareSegmenter(checkpoint, args.device, frames[0])
+        bare_ms = bare.time_ms(frames[0])  # a first estimate, for the time-outs below
 
         log_path = Path(tmp) / "node.log"
         command = [sys.executable, "-m", "sfnet_ros.node", "--ros-args",
@@ -235,9 +243,17 @@ def main(argv: list[str] | None = None) -> int:
             # a frame published before it is simply lost, so retry).
             _wait(lambda: served(messages[0], 5 + 3 * bare_ms / 1e3) is not None, 120, "the first labels")
             diagnostics_mark = len(client.diagnostics)
-            latencies = [lat for msg in messages if (lat := served(msg, 30 + 10 * bare_ms / 1e3)) is not None]
+            bare_times, latencies = [], []
+            for frame, msg in zip(frames, messages):
+                bare_times.append(bare.time_ms(frame))
+                if (lat := served(msg, 30 + 10 * bare_ms / 1e3)) is not None:
+                    latencies.append(lat)
+            bare.close()
+            bare_ms = float(np.median(bare_times))
             e2e_ms = float(np.median(latencies))
             ratio = e2e_ms / bare_ms
+            print(f"bare Segmenter.segment {args.height}x{args.width} on {bare.description}: median "
+                  f"{bare_ms:.1f} ms over {len(bare_times)} frames, interleaved with the end-to-end runs")
             print(f"end-to-end (publish -> labels arrival) over DDS: median {e2e_ms:.1f} ms over "
                   f"{len(latencies)}/{len(messages)} frames, max {max(latencies):.1f} ms")
             print(f"  of which inside the node (receive -> publish, from /diagnostics): median "
