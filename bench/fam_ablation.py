@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "training/configs/synthetic_quick.yaml"))
     p.add_argument("--out", required=True, help="one run folder per model is created inside")
-    p.add_argument("--models", nargs="+", default=list(MODELS))
+    # comma-separated: a space-separated list would swallow the key=value overrides after it
+    p.add_argument("--models", type=lambda text: [m for m in text.split(",") if m], default=list(MODELS),
+                   help=f"comma-separated variants (default {','.join(MODELS)})")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for both runs")
     args = p.parse_args(argv)

@@ -18,7 +18,7 @@ Topics, relative to the node's namespace and ``<camera>/`` for each entry of ``c
 
 Threads: the executor thread runs subscription callbacks (which only drop the message into the
 camera's one-slot mailbox), services and the diagnostics timer; one worker thread converts,
-segments (one batch for all waiting cameras) and publishes. See docs/readme/node.md.
+segments (one batch for all waiting cameras) and publishes. See the README, section "The ROS 2 node".
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``PARAMETERS`` is the single source of truth: the node declares exactly these (with
 ``ParameterDescriptor``s built from them), ``config/sfnet.yaml`` must list every one of them and
-``docs/readme/node.md`` documents them (``test/test_launch_params.py`` keeps the three in step).
+the README documents them (``test/test_launch_params.py`` keeps the three in step).
 This module imports no rclpy at module level, so tools and tests can read the table without ROS.
 
 Parameters are read once, at the lifecycle ``configure`` transition, into a frozen
@@ -370,7 +370,7 @@ def _default_text(p: ParamSpec) -> str:
 
 
 def parameters_markdown() -> str:
-    """The README's parameter table (docs/readme/node.md embeds it; a test keeps them equal)."""
+    """The README's parameter table (README.md embeds it; a test keeps them equal)."""
     lines = ["| Parameter | Type | Default | Constraints | Description |", "|---|---|---|---|---|"]
     for p in PARAMETERS:
         description = p.description.replace("|", "\\|").replace("<", "&lt;")

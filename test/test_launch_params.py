@@ -17,7 +17,7 @@ from sfnet_core.errors import ConfigError
 from sfnet_ros.params import PARAMETERS, config_from_values, parameters_markdown, spec, topic_token
 
 LAUNCH_FILE = REPO_ROOT / "launch" / "sfnet.launch.py"
-README = REPO_ROOT / "docs" / "readme" / "node.md"
+README = REPO_ROOT / "README.md"
 
 
 # -- the launch file, read as a syntax tree --------------------------------------------------------
@@ -144,7 +144,7 @@ def test_params_file_comments_every_parameter():
 
 def test_readme_parameter_table_is_current():
     assert parameters_markdown() in README.read_text(), (
-        "docs/readme/node.md: paste the output of sfnet_ros.params.parameters_markdown()")
+        "README.md, node parameters: paste the output of sfnet_ros.params.parameters_markdown()")
 
 
 # -- the node's declarations (a real rclpy node, no spinning, no model) --------------------------
