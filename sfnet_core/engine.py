@@ -48,7 +48,7 @@ from sfnet_core.distributed import (
     set_rng_state,
     tensor_digest,
 )
-from sfnet_core.errors import ConfigError, SFNetError
+from sfnet_core.errors import ConfigError, SFNetError, run_command
 from sfnet_core.io_utils import atomic_write
 from sfnet_core.train_config import TrainConfig, load_train_config
 
@@ -495,23 +495,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         if args.max_iters is not None and args.max_iters < 1:
             raise ConfigError(f"--max-iters: must be >= 1, got {args.max_iters}")
         cfg = load_train_config(args.config, args.overrides)
         if args.no_progress:
             cfg.runtime.progress = False
         result = train(cfg, args.out, max_iters=args.max_iters, resume=args.resume)
-    except SFNetError as exc:
-        print(f"sfnet-train: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sfnet-train: interrupted (continue with --resume)", file=sys.stderr)
-        return 130
-    if result.miou is not None:
-        print(f"sfnet-train: {result.iteration} iterations, mIoU {result.miou:.4f} (best {result.best_miou:.4f})",
-              file=sys.stderr)
-    return 0
+        if result.miou is not None:
+            print(f"sfnet-train: {result.iteration} iterations, mIoU {result.miou:.4f} "
+                  f"(best {result.best_miou:.4f})", file=sys.stderr)
+        return 0
+
+    return run_command("sfnet-train", run, interrupted="interrupted (continue with --resume)")
 
 
 if __name__ == "__main__":

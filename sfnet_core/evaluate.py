@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.errors import ConfigError, DataError, SFNetError
+from sfnet_core.errors import ConfigError, DataError, run_command
 from sfnet_core.io_utils import atomic_write
 
 MSF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale protocol (Table 4)
@@ -338,9 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
         if args.pred_dir or args.gt_dir:
             if not (args.pred_dir and args.gt_dir):
                 raise ConfigError("--pred-dir and --gt-dir go together")
@@ -351,16 +351,14 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.config and args.checkpoint):
                 raise ConfigError("give --config and --checkpoint, or --pred-dir and --gt-dir")
             report = evaluate_checkpoint(args)
-    except SFNetError as exc:
-        print(f"sfnet-eval: error: {exc}", file=sys.stderr)
-        return 2
-    print(format_report(report), file=sys.stderr)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(text + "\n", encoding="utf-8")
-    print(json.dumps(report))
-    return 0
+        print(format_report(report), file=sys.stderr)
+        if args.json:
+            with atomic_write(args.json) as tmp:
+                tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(report))
+        return 0
+
+    return run_command("sfnet-eval", run)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sfnet_core.checkpoint import Checkpoint, load_checkpoint
-from sfnet_core.errors import SFNetError
+from sfnet_core.errors import SFNetError, run_command
 from sfnet_core.inference import STRIDE
 from sfnet_core.io_utils import atomic_write
 
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", action="store_true", help="compare ONNX Runtime against PyTorch after export")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def run() -> int:
         ckpt = load_checkpoint(args.checkpoint)
         path = export_onnx(
             ckpt, args.onnx, height=args.height, width=args.width, batch=args.batch,
@@ -180,10 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             if report["label_agreement"] < 0.999 or report["max_abs_diff"] > 1e-3:
                 print(f"sfnet-export: error: {path}: ONNX Runtime disagrees with PyTorch: {report}", file=sys.stderr)
                 return 1
-    except SFNetError as exc:
-        print(f"sfnet-export: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command("sfnet-export", run)
 
 
 if __name__ == "__main__":

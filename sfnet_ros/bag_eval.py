@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sfnet_core.errors import SFNetError
+from sfnet_core.errors import SFNetError, run_command
 from sfnet_ros.bag_io import (
     COMPRESSED, IMAGE, BagError, BagReader, BagWriter, decode_image, decode_labels, header_stamp,
     image_topic_namespace, make_header, ros2_class,
@@ -267,21 +267,19 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
+
+    def run() -> int:
         report = evaluate_bag(
             args.bag, args.image_topic, args.checkpoint, label_topic=args.label_topic, out=args.out,
             batch_size=args.batch_size, device=args.device, precision=args.precision,
             mask_classes=mask_classes, progress=not args.no_progress,
         )
-    except (SFNetError, ImageConversionError) as exc:
-        print(f"sfnet-bag-eval: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sfnet-bag-eval: interrupted; no output written", file=sys.stderr)
-        return 130
-    print(_summary(report), file=sys.stderr)
-    print(json.dumps(report))
-    return 0
+        print(_summary(report), file=sys.stderr)
+        print(json.dumps(report))
+        return 0
+
+    return run_command("sfnet-bag-eval", run, (SFNetError, ImageConversionError),
+                       interrupted="interrupted; no output written")
 
 
 def _summary(report: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sfnet_core.errors import SFNetError
+from sfnet_core.errors import SFNetError, run_command
 from sfnet_core.io_utils import atomic_write
 from sfnet_ros.synthetic_bag import parse_size, write_synthetic_bag
 
@@ -215,14 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 1 or args.rate <= 0:
         print("sfnet-demo: error: --frames must be >= 1 and --rate > 0", file=sys.stderr)
         return 2
-    try:
-        report = run_demo(args)
-    except SFNetError as exc:
-        print(f"sfnet-demo: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sfnet-demo: interrupted; everything it started has been stopped", file=sys.stderr)
-        return 130
+    return run_command("sfnet-demo", lambda: _print_report(run_demo(args)),
+                       interrupted="interrupted; everything it started has been stopped")
+
+
+def _print_report(report: dict) -> int:
     off, live = report["offline"], report["live"]
     lat = live["latency_ms"]
     print(f"\nOffline (sfnet-bag-eval, {off['device']}): {off['frames']} frames, model {off['model_fps']} fps, "

@@ -23,7 +23,7 @@ import yaml
 from tqdm import tqdm
 
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.errors import SFNetError
+from sfnet_core.errors import SFNetError, run_command
 from sfnet_ros.bag_io import BagError, BagReader, decode_image, decode_labels, stamp_name
 from sfnet_ros.conversions import ImageConversionError
 
@@ -134,15 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.every < 1 or (args.rate is not None and args.rate <= 0):
         print("sfnet-extract: error: --every must be >= 1 and --rate > 0", file=sys.stderr)
         return 2
-    try:
+
+    def run() -> int:
         summary = extract(args.bag, args.image_topic, args.out, args.every, args.rate, args.classes,
                           args.label_topic, progress=not args.no_progress)
-    except (SFNetError, OSError) as exc:
-        print(f"sfnet-extract: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {summary['images']} images and {summary['labels']} labels to {summary['out']}", file=sys.stderr)
-    print(json.dumps(summary))
-    return 0
+        print(f"wrote {summary['images']} images and {summary['labels']} labels to {summary['out']}",
+              file=sys.stderr)
+        print(json.dumps(summary))
+        return 0
+
+    return run_command("sfnet-extract", run, (SFNetError, OSError))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sfnet_core.errors import SFNetError
+from sfnet_core.errors import SFNetError, run_command
 from sfnet_ros.bag_eval import json_float, output_namespace, percentiles
 from sfnet_ros.bag_io import BagReader, decode_labels, header_stamp
 from sfnet_ros.bag_play import BagPlayer, SpinThread, qos_profile
@@ -207,29 +207,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drain-timeout", type=float, default=5.0,
                    help="after the last frame, stop waiting once no output arrived for this long")
     args = p.parse_args(argv)
-    try:
+
+    def run() -> int:
         from sfnet_core.data.classes import ClassTable
 
         table = ClassTable.from_yaml(args.classes) if args.classes else ClassTable.cityscapes()
         if args.rate <= 0:
             raise SFNetError(f"--rate must be > 0, got {args.rate}")
         report = live_evaluate(args.bag, args.image_topic, args.label_topic, args.input_topic, args.namespace,
-                               args.labels_topic, table.num_classes, table.names, table.ignore_index, args.rate, args.lockstep,
-                               args.wait_timeout, args.drain_timeout, args.qos)
-    except SFNetError as exc:
-        print(f"sfnet-live-eval: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sfnet-live-eval: interrupted", file=sys.stderr)
-        return 130
-    lat = report["latency_ms"]
-    summary = (f"sent {report['sent']}, received {report['received']}, dropped {report['dropped']}, "
-               f"{report['fps']} fps, latency p50 {lat['p50']} ms p99 {lat['p99']} ms")
-    if "miou" in report:
-        summary += f", mIoU {report['miou']} over {report['matched']} frames"
-    print(summary, file=sys.stderr)
-    print(json.dumps(report))
-    return 0
+                               args.labels_topic, table.num_classes, table.names, table.ignore_index, args.rate,
+                               args.lockstep, args.wait_timeout, args.drain_timeout, args.qos)
+        lat = report["latency_ms"]
+        summary = (f"sent {report['sent']}, received {report['received']}, dropped {report['dropped']}, "
+                   f"{report['fps']} fps, latency p50 {lat['p50']} ms p99 {lat['p99']} ms")
+        if "miou" in report:
+            summary += f", mIoU {report['miou']} over {report['matched']} frames"
+        print(summary, file=sys.stderr)
+        print(json.dumps(report))
+        return 0
+
+    return run_command("sfnet-live-eval", run)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,18 @@ def ros_domain_module() -> Iterator[dict[str, str]]:
         yield _enter_ros_domain(patch)
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the test: on a loaded small machine OpenMP workers spin-wait for
+    each other and multiply the CPU time several-fold; a single thread is the fastest there."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight 19-class sfnet_resnet18 checkpoint (deterministic), one per module."""

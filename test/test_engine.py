@@ -18,16 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "sfnet_shufflenetv2"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a loaded small machine OpenMP workers spin-wait for each other
-    and multiply the CPU time several-fold; a single thread is the fastest there."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_recipe(tmp_path: Path, iterations: int = 6, batch_size: int = 2, **sections) -> Path:

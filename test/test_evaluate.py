@@ -17,16 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a loaded small machine OpenMP workers spin-wait for each other
-    and multiply the CPU time several-fold; a single thread is the fastest there."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _png(path: Path, array: np.ndarray) -> None:

@@ -26,15 +26,20 @@ Transform = Callable[[np.ndarray, np.ndarray], Any]
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """(H, W, 3) uint8 RGB; DataError naming ``path`` when it is missing, truncated or not an image."""
-    path = Path(path)
+    image = _decode(Path(path), cv2.IMREAD_COLOR, "image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _decode(path: Path, flags: int, what: str) -> np.ndarray:
+    """cv2.imdecode of a file read with numpy (works for any path encoding); DataError naming it."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
-        raise DataError(f"{path}: cannot read image: {exc.strerror or exc}") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise DataError(f"{path}: cannot decode image (truncated, empty or not an image file)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        raise DataError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    decoded = cv2.imdecode(data, flags) if data.size else None
+    if decoded is None:
+        raise DataError(f"{path}: cannot decode {what} (truncated, empty or not an image file)")
+    return decoded
 
 
 def read_label(path: str | os.PathLike, classes: ClassTable, image_shape: tuple[int, int] | None = None,
@@ -45,13 +50,7 @@ def read_label(path: str | os.PathLike, classes: ClassTable, image_shape: tuple[
     from ``image_shape``, or holds a value that is neither a train id nor the ignore index.
     """
     path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read label: {exc.strerror or exc}") from None
-    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if raw is None:
-        raise DataError(f"{path}: cannot decode label image (truncated, empty or not an image file)")
+    raw = _decode(path, cv2.IMREAD_UNCHANGED, "label image")
     if raw.ndim == 3:
         if raw.shape[2] >= 3 and (raw[..., 0] == raw[..., 1]).all() and (raw[..., 0] == raw[..., 2]).all():
             raw = raw[..., 0]  # a grey image saved as RGB: the ids are in every channel
