@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "overlay", "class_masks", "flow_to_color", "make_colorwheel", "image_strip"]
+__all__ = ["colorize", "overlay", "class_masks", "flow_to_color", "image_strip"]
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -39,56 +39,33 @@ def class_masks(labels: np.ndarray, class_ids: dict[str, int]) -> dict[str, np.n
     return {name: (labels == cid).view(np.uint8) * np.uint8(255) for name, cid in class_ids.items()}
 
 
-def make_colorwheel() -> np.ndarray:
-    """The Middlebury flow colour wheel (Baker et al., IJCV 2011): (55, 3) float RGB in 0..255.
-
-    Hue segments red->yellow (15), yellow->green (6), green->cyan (4), cyan->blue (11),
-    blue->magenta (13), magenta->red (6): more entries where the eye separates hues better.
-    """
-    segments = [15, 6, 4, 11, 13, 6]  # RY, YG, GC, CB, BM, MR
-    wheel = np.zeros((sum(segments), 3))
-    # (channel held at 255, channel ramping, ramp up?) for each segment, in order.
-    plan = [(0, 1, True), (1, 0, False), (1, 2, True), (2, 1, False), (2, 0, True), (0, 2, False)]
-    start = 0
-    for n, (full, ramp, up) in zip(segments, plan):
-        steps = np.floor(255 * np.arange(n) / n)
-        wheel[start : start + n, full] = 255
-        wheel[start : start + n, ramp] = steps if up else 255 - steps
-        start += n
-    return wheel
-
-
-_WHEEL = make_colorwheel()
-
-
 def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
     """(2, h, w) flow (x then y, y down) -> (h, w, 3) uint8 RGB, as in the paper's Figs. 2 and 5.
 
-    Hue encodes the direction (right = red, down = yellow, left = cyan/blue, up = violet),
-    saturation the magnitude divided by ``max_magnitude`` (default: the field's maximum);
-    zero flow is white. Non-finite vectors are drawn as zero.
+    The Middlebury colour wheel (Baker et al., IJCV 2011) via ``torchvision.utils.flow_to_image``:
+    hue encodes the direction (right = red, down = yellow, left = cyan/blue, up = violet),
+    saturation the magnitude relative to ``max_magnitude`` (default: the field's maximum; larger
+    vectors saturate); zero flow is white. Non-finite vectors are drawn as zero.
     """
-    flow = np.asarray(flow, dtype=np.float64)
+    import torch
+    from torchvision.utils import flow_to_image
+
+    flow = np.asarray(flow, dtype=np.float32)
     if flow.ndim != 3 or flow.shape[0] != 2:
         raise ValueError(f"flow_to_color: expected a (2, h, w) flow field, got shape {flow.shape}")
-    # nan_to_num: unknown vectors are drawn as zero; "+ 0.0" turns -0.0 into 0.0 so a purely
-    # horizontal vector always lands at the start of the wheel (arctan2 is signed-zero aware).
-    u = np.nan_to_num(flow[0], nan=0.0, posinf=0.0, neginf=0.0) + 0.0
-    v = np.nan_to_num(flow[1], nan=0.0, posinf=0.0, neginf=0.0) + 0.0
-    rad = np.hypot(u, v)
-    scale = float(rad.max()) if max_magnitude is None else float(max_magnitude)
-    rad = rad / max(scale, 1e-9)
-    ncols = len(_WHEEL)
-    angle = np.arctan2(-v, -u) / np.pi  # -1..1; -1 (pointing right) is the start of the wheel (red)
-    fk = (angle + 1) / 2 * (ncols - 1)
-    k0 = np.floor(fk).astype(np.int64)
-    k1 = (k0 + 1) % ncols
-    frac = (fk - k0)[..., None]
-    col = ((1 - frac) * _WHEEL[k0] + frac * _WHEEL[k1]) / 255.0
-    inside = (rad <= 1)[..., None]
-    # Inside the unit disc: desaturate towards white with decreasing magnitude; beyond: darken.
-    col = np.where(inside, 1 - rad[..., None] * (1 - col), col * 0.75)
-    return np.floor(255 * col).astype(np.uint8)
+    # "+ 0.0" turns -0.0 into 0.0 so a purely horizontal vector lands at the wheel's start
+    flow = np.nan_to_num(flow, nan=0.0, posinf=0.0, neginf=0.0) + 0.0
+    h, w = flow.shape[1:]
+    if max_magnitude is not None:
+        # torchvision scales by the field's largest vector: clip to max_magnitude, then add one
+        # sentinel column holding a vector of exactly that length to fix the scale.
+        norm = np.hypot(flow[0], flow[1])
+        flow = flow * np.minimum(1.0, max_magnitude / np.maximum(norm, 1e-12))
+        sentinel = np.zeros((2, h, 1), np.float32)
+        sentinel[0] = max_magnitude
+        flow = np.concatenate([flow, sentinel], axis=2)
+    rgb = flow_to_image(torch.from_numpy(np.ascontiguousarray(flow)))
+    return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy()[:, :w])
 
 
 def image_strip(

