@@ -265,7 +265,7 @@ class SegmentationNode(LifecycleNode):
                 device = "cpu"
         segmenter = Segmenter.from_checkpoint(
             config.checkpoint, device=device, precision=config.precision, input_size=config.input_size,
-            warmup=True)
+            compile=config.compile, warmup=True)
         if segmenter.device.type == "cpu" and config.precision in ("auto", "fp16"):
             self.get_logger().warning("running on the CPU in fp32: expect a low frame rate")
         return segmenter

@@ -3,6 +3,7 @@ cleanly (one clear log line, no traceback, the process stays up, unconfigured) o
 corrupt checkpoint, an unknown mask class or an invalid parameter value."""
 from __future__ import annotations
 
+import shutil
 import signal
 
 import numpy as np
@@ -186,3 +187,32 @@ def test_signal_during_model_load_stops_cleanly(env, checkpoint, tmp_path, sig):
         log = process.log()
         assert "stop requested (SIGINT/SIGTERM): shutting down" in log
         assert "Traceback" not in log and "Failed" not in log, log
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compile_parameter_serves_the_same_labels(env, ros, checkpoint, segmenter, tmp_path):
+    """``compile: true`` runs the torch.compile'd network (compiled at configure, a fixed input
+    size) and publishes the labels of the eager reference."""
+    process = NodeProcess(env, tmp_path, namespace="/compiled", parameters={
+        "checkpoint": str(checkpoint), "device": "cpu", "compile": True, "input_size": [H, W],
+        "qos_reliability": "reliable"})
+    with process:
+        process.wait_for_log("active:", timeout=300)
+        assert "compile True" in process.wait_for_log("Segmenter: device")
+        pub = ros.publisher(Image, "/compiled/image")
+        labels = ros.collect(Image, "/compiled/segmentation/labels")
+        ros.wait_for_subscribers(pub)
+        rgb = sample_image(H, W, 3)
+        stamps = iter(range(7000, 8000))
+
+        def served() -> Image | None:
+            stamp = next(stamps)
+            pub.publish(make_image(rgb, "rgb8", stamp))
+            try:
+                return labels.wait_for_stamp(stamp, timeout=20)
+            except TimeoutError:
+                return None
+        got = image_array(wait_until(served, 120, "labels from the compiled network"))
+        expected = segmenter.segment(rgb).labels
+        assert float((got == expected).mean()) >= 0.999
