@@ -28,6 +28,7 @@ Prints a table and, as the last line, one JSON object. Exit status 1 when a chec
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -207,6 +208,14 @@ def cuda_suite(args: argparse.Namespace) -> dict:
     segmenter = Segmenter(base, classes, device="cuda", precision="fp16", warmup=False)
     frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     runners["segmenter fp16 channels_last (uint8 in, labels out)"] = lambda: segmenter.segment(frame)
+    if args.compile:  # what the node runs with its `compile` parameter
+        compiled = Segmenter(copy.deepcopy(base), classes, device="cuda", precision="fp16", compile=True,
+                             warmup=False)
+        try:
+            compiled.segment(frame)
+            runners["segmenter fp16 channels_last compile (uint8 in, labels out)"] = lambda: compiled.segment(frame)
+        except Exception as exc:  # noqa: BLE001 - reported with the other failures
+            errors["segmenter compile"] = f"{type(exc).__name__}: {exc}"[:200]
     times = interleaved(runners, args.repeats, max(args.warmup, 3), sync=torch.cuda.synchronize)
     return {
         "device": torch.cuda.get_device_name(0),

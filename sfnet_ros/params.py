@@ -101,7 +101,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "compile", "bool", False,
         "Compile the network with torch.compile at configure. On a GPU at batch 1 eager PyTorch is "
-        "bound by kernel launches (measured on an H200: 1.75x the frame rate compiled); configure "
+        "bound by kernel launches (measured on an H200: 1.5x the frame rate end to end); configure "
         "then takes about a minute more, and each new input size compiles again, so fix input_size.",
     ),
     ParamSpec(
