@@ -234,6 +234,7 @@ def print_report(result: dict) -> None:
         ch, cw = cuda["size"]
         print(f"\nCUDA {cuda['device']}, {ch}x{cw}, batch 1, median of {cuda['repeats']} interleaved rounds")
         base = cuda["fps"].get("fp16 channels_last")
+        print(f"{'configuration':56s} {'FPS':>8s}     {'time vs fp16 channels_last' if base else ''}")
         for name, fps in cuda["fps"].items():
             relative = f"{base / fps:8.2f}x" if base else ""
             print(f"{name:56s} {fps:8.1f} FPS {relative}")

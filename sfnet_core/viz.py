@@ -57,6 +57,8 @@ def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.nd
     flow = np.nan_to_num(flow, nan=0.0, posinf=0.0, neginf=0.0) + 0.0
     h, w = flow.shape[1:]
     if max_magnitude is not None:
+        if not max_magnitude > 0:
+            raise ValueError(f"flow_to_color: max_magnitude must be > 0, got {max_magnitude!r}")
         # torchvision scales by the field's largest vector: clip to max_magnitude, then add one
         # sentinel column holding a vector of exactly that length to fix the scale.
         norm = np.hypot(flow[0], flow[1])

@@ -212,11 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lockstep", action="store_true", help="send a frame only after the previous one's labels")
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID for the node (default: from the pid)")
     args = p.parse_args(argv)
-    if args.frames < 1 or args.rate <= 0:
-        print("sfnet-demo: error: --frames must be >= 1 and --rate > 0", file=sys.stderr)
-        return 2
-    return run_command("sfnet-demo", lambda: _print_report(run_demo(args)),
-                       interrupted="interrupted; everything it started has been stopped")
+
+    def run() -> int:
+        if args.frames < 1 or args.rate <= 0:
+            raise SFNetError("--frames must be >= 1 and --rate > 0")
+        return _print_report(run_demo(args))
+
+    return run_command("sfnet-demo", run, interrupted="interrupted; everything it started has been stopped")
 
 
 def _print_report(report: dict) -> int:

@@ -68,6 +68,8 @@ def test_flow_magnitude_is_saturation_and_zero_is_white() -> None:
     # vectors longer than max_magnitude saturate at the pure wheel colour
     assert flow_to_color(flow, max_magnitude=1.0)[0, 0].tolist() == [255, 0, 0]
     assert flow_to_color(flow, max_magnitude=1.0)[0, 1].tolist() == [255, 0, 0]
+    with pytest.raises(ValueError, match="max_magnitude must be > 0"):
+        flow_to_color(flow, max_magnitude=0.0)
     with pytest.raises(ValueError, match=r"\(2, h, w\)"):
         flow_to_color(np.zeros((3, 4, 2)))
 
