@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sfnet_core.config import to_dict
-from sfnet_core.engine import train
+from sfnet_core.yaml_config import to_dict
+from sfnet_core.training.engine import train
 from sfnet_core.errors import SFNetError
 from sfnet_core.io_utils import atomic_write
-from sfnet_core.train_config import load_train_config
+from sfnet_core.training.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("sfnet_resnet18", "fpn_resnet18")

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from sfnet_core.data.classes import ClassTable
+from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sfnet_core.errors import CheckpointError, ConfigError
 from sfnet_core.io_utils import atomic_write
 
@@ -46,8 +47,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "sfnet_ros/checkpoint"
 VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Options that only matter when constructing a network for training; inference rebuilds the
 # architecture and takes every weight from the checkpoint.

@@ -1,4 +1,5 @@
-"""``sfnet-export``: a checkpoint -> an ONNX model for ONNX Runtime or TensorRT.
+"""ONNX export of a checkpoint, for ONNX Runtime or TensorRT (command line: ``sfnet-export``,
+``sfnet_core.cli.export``).
 
 The exported graph takes the *normalised* float input (N, 3, H, W) (``(rgb / 255 - mean) / std``,
 sizes multiples of 32, as the Segmenter feeds it) and outputs logits (N, C, H, W), or with
@@ -10,7 +11,6 @@ in the model's metadata (``sfnet.*`` keys) so a deployment needs only the .onnx 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from sfnet_core.checkpoint import Checkpoint, load_checkpoint
-from sfnet_core.errors import SFNetError, run_command
+from sfnet_core.errors import SFNetError
 from sfnet_core.inference import STRIDE
 from sfnet_core.io_utils import atomic_write
 
-__all__ = ["export_onnx", "export_module", "verify_onnx", "main", "INPUT_NAME", "ExportError"]
+__all__ = ["export_onnx", "export_module", "verify_onnx", "INPUT_NAME", "ExportError"]
 
 log = logging.getLogger(__name__)
 
@@ -152,39 +152,3 @@ def verify_onnx(
         "max_abs_diff": float(np.abs(out - ref.numpy()).max()),
         "label_agreement": float((out.argmax(1) == ref.argmax(1).numpy()).mean()),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sfnet-export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="checkpoint .pt (sfnet_core.checkpoint format)")
-    parser.add_argument("--onnx", required=True, help="output .onnx path (written atomically)")
-    parser.add_argument("--height", type=int, default=512, help="input height, multiple of 32 (default 512)")
-    parser.add_argument("--width", type=int, default=1024, help="input width, multiple of 32 (default 1024)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size of the traced input (default 1)")
-    parser.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width axes")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--with-argmax", action="store_true", help="output int64 labels (N, H, W) instead of logits")
-    parser.add_argument("--verify", action="store_true", help="compare ONNX Runtime against PyTorch after export")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    def run() -> int:
-        ckpt = load_checkpoint(args.checkpoint)
-        path = export_onnx(
-            ckpt, args.onnx, height=args.height, width=args.width, batch=args.batch,
-            dynamic=args.dynamic, opset=args.opset, with_argmax=args.with_argmax,
-        )
-        print(f"wrote {path}")
-        if args.verify:
-            report = verify_onnx(ckpt, path, args.height, args.width)
-            print(json.dumps(report))
-            if report["label_agreement"] < 0.999 or report["max_abs_diff"] > 1e-3:
-                print(f"sfnet-export: error: {path}: ONNX Runtime disagrees with PyTorch: {report}", file=sys.stderr)
-                return 1
-        return 0
-
-    return run_command("sfnet-export", run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,12 +4,12 @@ All functions take and return numpy arrays; colour images are RGB uint8.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "overlay", "class_masks", "flow_to_color", "image_strip"]
+__all__ = ["colorize", "overlay", "class_masks", "render_outputs", "flow_to_color", "image_strip"]
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -37,6 +37,37 @@ def class_masks(labels: np.ndarray, class_ids: dict[str, int]) -> dict[str, np.n
         raise ValueError(f"class_masks: expected an (H, W) label map, got shape {labels.shape}")
     # bool -> uint8 is a view (0/1); times 255 stays in uint8 range.
     return {name: (labels == cid).view(np.uint8) * np.uint8(255) for name, cid in class_ids.items()}
+
+
+def render_outputs(
+    labels: np.ndarray,
+    palette: np.ndarray | None = None,
+    with_labels: bool = True,
+    masks: Mapping[str, int] | None = None,
+    confidence: np.ndarray | None = None,
+    overlay_on: np.ndarray | None = None,
+    overlay_alpha: float = 0.5,
+) -> dict[str, np.ndarray]:
+    """The images a segmentation result is published as, by the node and by ``sfnet-bag-eval``.
+
+    Returns ``{name: array}`` keyed by the topic below ``segmentation/``: ``labels`` (H, W) uint8
+    train ids (when ``with_labels``); ``color`` (H, W, 3) RGB from ``palette`` (when given),
+    blended over ``overlay_on`` (the RGB camera image) when given; ``mask/<key>`` (H, W) 0/255
+    for each ``masks`` entry ``key -> class id``; ``confidence`` (H, W) uint8 (when given).
+    """
+    out: dict[str, np.ndarray] = {}
+    if with_labels:
+        out["labels"] = labels
+    if palette is not None:
+        color = colorize(labels, palette)
+        if overlay_on is not None:
+            color = overlay(np.ascontiguousarray(overlay_on), color, overlay_alpha)
+        out["color"] = color
+    for key, mask in class_masks(labels, dict(masks or {})).items():
+        out[f"mask/{key}"] = mask
+    if confidence is not None:
+        out["confidence"] = confidence
+    return out
 
 
 def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:

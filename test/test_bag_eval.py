@@ -11,12 +11,12 @@ import torch
 from sfnet_core.checkpoint import save_checkpoint
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.inference import Segmenter
-from sfnet_core.metrics import ConfusionMatrix
+from sfnet_core.evaluation.metrics import ConfusionMatrix
 from sfnet_core.models import build_model
-from sfnet_ros import bag_eval
-from sfnet_ros.bag_io import COMPRESSED, IMAGE, BagReader, BagWriter, decode_labels, make_header, ros2_class
+from sfnet_ros.tools import bag_eval
+from sfnet_ros.tools.bag_io import COMPRESSED, IMAGE, BagReader, BagWriter, decode_labels, make_header, ros2_class
 from sfnet_ros.conversions import rgb_to_compressed
-from sfnet_ros.synthetic_bag import frame_stamps, write_synthetic_bag
+from sfnet_ros.tools.synthetic_bag import frame_stamps, write_synthetic_bag
 
 H, W, N, BATCH = 64, 128, 5, 2  # 5 frames in batches of 2: exercises the short last batch
 
@@ -61,7 +61,7 @@ def test_eval_matches_offline_segmenter(tmp_path: Path, capsys: pytest.CaptureFi
         matrix.update(pred, label)
     metrics = matrix.compute()
     assert report["miou"] == pytest.approx(float(metrics.miou), abs=1e-6)
-    assert set(report["iou"]) == set(ClassTable.cityscapes().names)
+    assert set(report["per_class"]) == set(ClassTable.cityscapes().names)
 
     # the output bag: inputs + labels/color/masks with the input headers
     with BagReader(out) as reader:

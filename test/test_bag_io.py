@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sfnet_ros.bag_io import (
+from sfnet_ros.tools.bag_io import (
     COMPRESSED, IMAGE, BagError, BagReader, BagWriter, decode_image, decode_labels, make_header, ros2_class,
     ros2_typestore, stamp_name,
 )
-from sfnet_ros.synthetic_bag import START_NS, TRANSPORT_DELAY_NS, frame_stamps, write_synthetic_bag
+from sfnet_ros.tools.synthetic_bag import START_NS, TRANSPORT_DELAY_NS, frame_stamps, write_synthetic_bag
 
 H, W, N = 32, 64, 3
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from node_harness import REPO_ROOT, NodeProcess, wait_until, write_test_checkpoint
-from sfnet_core.metrics import ConfusionMatrix
-from sfnet_ros.bag_io import BagReader, decode_labels
-from sfnet_ros.synthetic_bag import frame_stamps, write_synthetic_bag
+from sfnet_core.evaluation.metrics import ConfusionMatrix
+from sfnet_ros.tools.bag_io import BagReader, decode_labels
+from sfnet_ros.tools.synthetic_bag import frame_stamps, write_synthetic_bag
 
 H, W, N = 64, 128, 4
 LABELS = "/front/segmentation/labels"
@@ -57,13 +57,13 @@ def test_play_node_record_then_live_eval(node: NodeProcess, env: dict[str, str],
     bag, _, truth = write_synthetic_bag(tmp_path / "drive.mcap", N, H, W, seed=2)
     out = tmp_path / "recorded.mcap"
     rec_log = tmp_path / "record.log"
-    recorder = _tool("sfnet_ros.bag_record", "--topics", LABELS, "--out", out, "--max-messages", N,
+    recorder = _tool("sfnet_ros.tools.bag_record", "--topics", LABELS, "--out", out, "--max-messages", N,
                      env=env, log=rec_log)
     try:
         # subscribed once the node's publisher is in the graph
         wait_until(lambda: "recording 1 topic" in rec_log.read_text() or recorder.poll() is not None,
                    TIMEOUT, "the recorder to subscribe")
-        play = _tool("sfnet_ros.bag_play", "--bag", bag, "--topics", "/front/image_raw", "--wait-for-subscribers", 1,
+        play = _tool("sfnet_ros.tools.bag_play", "--bag", bag, "--topics", "/front/image_raw", "--wait-for-subscribers", 1,
                      "--lockstep", f"/front/image_raw:{LABELS}", env=env, log=tmp_path / "play.log")
         code, stdout = _finish(play)
         assert code == 0, (tmp_path / "play.log").read_text()
@@ -90,7 +90,7 @@ def test_play_node_record_then_live_eval(node: NodeProcess, env: dict[str, str],
 
     # the same frames through sfnet-live-eval (in process, restamped, lockstep): nothing dropped,
     # and the node's labels are deterministic, so mIoU equals the one of the recorded outputs
-    from sfnet_ros.live_eval import main as live_main
+    from sfnet_ros.tools.live_eval import main as live_main
 
     live_out = tmp_path / "live.json"
     code = _run_live(live_main, live_out, "--bag", bag, "--image-topic", "/front/image_raw",
@@ -117,7 +117,7 @@ def _run_live(main, out: Path, *args: object) -> int:
 def test_record_stops_cleanly_on_signal(node: NodeProcess, env: dict[str, str], tmp_path: Path, sig: int) -> None:
     out = tmp_path / "stopped.mcap"
     log = tmp_path / "record.log"
-    recorder = _tool("sfnet_ros.bag_record", "--topics", LABELS, "/front/segmentation/classes", "--out", out,
+    recorder = _tool("sfnet_ros.tools.bag_record", "--topics", LABELS, "/front/segmentation/classes", "--out", out,
                      env=env, log=log)
     try:
         wait_until(lambda: "recording 2 topic" in log.read_text() or recorder.poll() is not None, TIMEOUT,
@@ -146,6 +146,6 @@ def test_play_errors(env: dict[str, str], tmp_path: Path) -> None:
         (("--bag", bag, "--topics", "/nope"), "'/nope' not in the bag"),
         (("--bag", bag, "--rate", "0"), "--rate must be > 0"),
     ]:
-        proc = subprocess.run([sys.executable, "-m", "sfnet_ros.bag_play", *map(str, args)], env=env,
+        proc = subprocess.run([sys.executable, "-m", "sfnet_ros.tools.bag_play", *map(str, args)], env=env,
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT)
         assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

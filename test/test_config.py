@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sfnet_core.config import apply_overrides, from_dict, load_yaml, to_dict
+from sfnet_core.yaml_config import apply_overrides, from_dict, load_yaml, to_dict
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import ConfigError
 from sfnet_core.io_utils import atomic_write

@@ -22,8 +22,8 @@ H, W = 128, 256
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
     """sfnet_resnet18 trained on CUDA with mixed precision for a few hundred iterations."""
-    from sfnet_core.engine import train
-    from sfnet_core.train_config import load_train_config
+    from sfnet_core.training.engine import train
+    from sfnet_core.training.config import load_train_config
 
     root = tmp_path_factory.mktemp("cuda_train")
     recipe = {
@@ -55,8 +55,8 @@ def test_amp_training_on_cuda_learns(trained) -> None:
 
 def test_amp_resume_continues_on_cuda(trained, tmp_path: Path) -> None:
     from sfnet_core.checkpoint import load_checkpoint
-    from sfnet_core.engine import train
-    from sfnet_core.train_config import load_train_config
+    from sfnet_core.training.engine import train
+    from sfnet_core.training.config import load_train_config
 
     run, _ = trained
     cfg = load_train_config(run / "config.yaml", ["schedule.iterations=310", "runtime.eval_interval=0"])
@@ -123,7 +123,7 @@ def test_segmenter_auto_is_fp16_on_cuda_and_bgr_matches(reference) -> None:
 
 def test_onnx_export_of_cuda_trained_checkpoint_runs_on_cpu(reference, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from sfnet_core.export import main as export_main
+    from sfnet_core.cli.export import main as export_main
 
     checkpoint, _, _ = reference
     assert export_main(["--checkpoint", str(checkpoint), "--onnx", str(tmp_path / "m.onnx"),

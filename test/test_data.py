@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sfnet_core.config import from_dict
+from sfnet_core.yaml_config import from_dict
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.data.config import DataConfig, build_datasets
+from sfnet_core.data.config import DataConfig
+from sfnet_core.data.factory import build_datasets
 from sfnet_core.data.datasets import CityscapesDataset, FolderDataset, SyntheticDataset
 from sfnet_core.data.transforms import EvalTransform, TrainTransform
 from sfnet_core.errors import ConfigError, DataError

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sfnet_core.checkpoint import load_checkpoint
-from sfnet_core.distributed import IterationBatchSampler, tensor_digest
+from sfnet_core.training.distributed import IterationBatchSampler, tensor_digest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,7 +51,7 @@ def test_two_gloo_ranks_stay_identical(tmp_path: Path) -> None:
     assert tensor_digest(dict(model.named_parameters())) == digests[0]["params"]
     assert ck.train_state["iteration"] == 4 and ck.train_state["world_size"] == 2
     # Training happened: the weights left their (seeded, rank-identical) initial values.
-    from sfnet_core.distributed import seed_everything
+    from sfnet_core.training.distributed import seed_everything
     from sfnet_core.models import build_model
 
     seed_everything(0)

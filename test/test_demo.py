@@ -33,7 +33,7 @@ def _our_ros_processes(domain: str) -> list[str]:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if ("sfnet_ros.node" in cmdline or "sfnet_ros.bag_record" in cmdline) and \
+        if ("sfnet_ros.node" in cmdline or "sfnet_ros.tools.bag_record" in cmdline) and \
                 f"ROS_DOMAIN_ID={domain}".encode() in environ:
             found.append(cmdline)
     return found
@@ -42,7 +42,7 @@ def _our_ros_processes(domain: str) -> list[str]:
 def test_demo_runs_and_caches(tmp_path: Path, ros_domain: dict[str, str]) -> None:
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(TINY_RECIPE))
-    cmd = [sys.executable, "-m", "sfnet_ros.demo", "--out", str(tmp_path / "out"), "--frames", "3",
+    cmd = [sys.executable, "-m", "sfnet_ros.tools.demo", "--out", str(tmp_path / "out"), "--frames", "3",
            "--size", "64x128", "--config", str(recipe), "--cache-dir", str(tmp_path / "cache"), "--lockstep",
            "--domain-id", ros_domain["ROS_DOMAIN_ID"]]
     first = subprocess.run(cmd, env=ros_domain, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

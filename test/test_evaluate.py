@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.evaluate import main, match_key
+from sfnet_core.cli.evaluate import main
+from sfnet_core.evaluation.evaluate import match_key
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -130,7 +131,7 @@ def test_pred_dir_agrees_with_official_cityscapes_script(tmp_path: Path, capsys)
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [PY, "-m", "sfnet_core.evaluate", "--pred-dir", str(tmp_path / "missing"), "--gt-dir", str(tmp_path)],
+        [PY, "-m", "sfnet_core.cli.evaluate", "--pred-dir", str(tmp_path / "missing"), "--gt-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 2
@@ -167,13 +168,19 @@ def test_checkpoint_modes_and_saved_predictions(tmp_path: Path, capsys) -> None:
         assert rc == 0, err
         report = reports[mode]
         assert report["mode"] == mode and report["images"] == 2 and 0 <= report["miou"] <= 1
-        assert sorted(p.name for p in save.iterdir()) == [
+        assert sorted(p.name for p in save.iterdir()) == [".sfnet-predictions",
             "synth_000004.png", "synth_000004_color.png", "synth_000005.png", "synth_000005_color.png"]
         colour = cv2.imread(str(save / "synth_000004_color.png"))
         labels = cv2.imread(str(save / "synth_000004.png"), cv2.IMREAD_UNCHANGED)
         assert colour.shape == (64, 128, 3) and labels.shape == (64, 128)
         assert np.array_equal(colour[:, :, ::-1], val.classes.palette()[labels])
     assert reports["msf"]["flip"] is True and reports["msf"]["scales"] == [0.5, 1.0]
+    # an existing prediction folder is refused without --overwrite, replaced with it
+    whole = ["--config", str(recipe), "--checkpoint", str(ck), "--save-pred", str(tmp_path / "pred_whole")]
+    rc, _, err = _run(whole, capsys)
+    assert rc == 2 and "exists" in err and "--overwrite" in err
+    rc, _, err = _run([*whole, "--overwrite"], capsys)
+    assert rc == 0, err
     assert reports["slide"]["window"] == [32, 64]
     # the saved predictions, scored against the ground truth in pred-dir mode, give the same numbers
     for i in range(2):

@@ -12,7 +12,8 @@ import torch
 
 from sfnet_core.checkpoint import load_checkpoint, save_checkpoint
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.export import export_onnx, main
+from sfnet_core.cli.export import main
+from sfnet_core.export import export_onnx
 from sfnet_core.models import build_model
 
 CLASSES = ClassTable(names=tuple(f"class{i}" for i in range(19)), colors=tuple((i, i, i) for i in range(19)))

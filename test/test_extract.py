@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from sfnet_core.data.classes import ClassTable
-from sfnet_ros import extract
-from sfnet_ros.bag_io import stamp_name
-from sfnet_ros.synthetic_bag import frame_stamps, write_synthetic_bag
+from sfnet_ros.tools import extract
+from sfnet_ros.tools.bag_io import stamp_name
+from sfnet_ros.tools.synthetic_bag import frame_stamps, write_synthetic_bag
 
 H, W = 64, 128
 
@@ -64,7 +64,7 @@ def test_extract_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_extract_then_train(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from sfnet_core.engine import main as train_main
+    from sfnet_core.cli.train import main as train_main
 
     bag, _, labels = write_synthetic_bag(tmp_path / "drive_sqlite", 4, H, W, storage="sqlite3")
     data = tmp_path / "dataset"

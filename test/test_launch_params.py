@@ -14,10 +14,10 @@ import yaml
 
 from node_harness import DEFAULT_PARAMS_FILE, NODE_NAME, REPO_ROOT, node_command
 from sfnet_core.errors import ConfigError
-from sfnet_ros.params import PARAMETERS, config_from_values, parameters_markdown, spec, topic_token
+from sfnet_ros.node.params import PARAMETERS, config_from_values, parameters_markdown, spec, topic_token
 
 LAUNCH_FILE = REPO_ROOT / "launch" / "sfnet.launch.py"
-README = REPO_ROOT / "README.md"
+NODE_DOC = REPO_ROOT / "docs" / "node.md"
 
 
 # -- the launch file, read as a syntax tree --------------------------------------------------------
@@ -119,7 +119,7 @@ def test_harness_command_is_what_the_launch_file_runs():
 def test_setup_installs_launch_and_config():
     setup_py = (REPO_ROOT / "setup.py").read_text()
     assert 'glob("launch/*.launch.py")' in setup_py and 'glob("config/*.yaml")' in setup_py
-    assert "sfnet_node = sfnet_ros.node:main" in setup_py
+    assert "sfnet_node = sfnet_ros.node.segmentation_node:main" in setup_py
 
 
 # -- config/sfnet.yaml -----------------------------------------------------------------------------
@@ -143,8 +143,8 @@ def test_params_file_comments_every_parameter():
 
 
 def test_readme_parameter_table_is_current():
-    assert parameters_markdown() in README.read_text(), (
-        "README.md, node parameters: paste the output of sfnet_ros.params.parameters_markdown()")
+    assert parameters_markdown() in NODE_DOC.read_text(), (
+        "docs/node.md, node parameters: paste the output of sfnet_ros.node.params.parameters_markdown()")
 
 
 # -- the node's declarations (a real rclpy node, no spinning, no model) --------------------------

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sfnet_core.metrics import ConfusionMatrix, format_table
+from sfnet_core.evaluation.metrics import ConfusionMatrix, format_report
 
 # ground truth / prediction of 8 pixels; the last two are ignored (and predicted anything)
 TARGET = [0, 0, 0, 1, 1, 2, 255, 255]
@@ -75,22 +75,30 @@ def test_bad_inputs():
     cm = ConfusionMatrix(3)
     with pytest.raises(ValueError, match="shape"):
         cm.update(torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"class ids must be in 0\.\.2"):
-        cm.update(torch.tensor([0, 3]), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"class ids must be in 0\.\.2"):
+    with pytest.raises(ValueError, match=r"label value\(s\) \[7\] are neither class ids 0\.\.2"):
         cm.update(torch.tensor([0, 1]), torch.tensor([7, 1]))
     assert cm.mat.sum() == 0
+
+
+def test_predictions_outside_the_classes_are_false_negatives_only():
+    """As the Cityscapes script: a prediction of 255 is wrong for its pixel, nobody's false positive."""
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 3, 255, 1]), torch.tensor([0, 0, 1, 1]))
+    assert cm.mat.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]] and cm.pixels == 4
+    m = cm.compute()
+    assert m.iou[0] == pytest.approx(0.5) and m.iou[1] == pytest.approx(0.5)
+    assert m.pixel_accuracy == pytest.approx(0.5)
 
 
 def test_to_dict_and_table():
     m = _cm(num_classes=4).compute()
     d = m.to_dict(["road", "car", "sky", "bus"])
-    assert d["iou"]["bus"] is None and d["iou"]["car"] == pytest.approx(1 / 3) and d["miou"] == pytest.approx(0.5)
-    assert m.to_dict()["iou"][3] is None
-    table = format_table(m, ["road", "car", "sky", "bus"])
+    assert d["per_class"]["bus"] is None and d["per_class"]["car"] == pytest.approx(1 / 3) and d["miou"] == pytest.approx(0.5)
+    assert d["num_classes"] == 4 and d["pixels"] == sum(map(sum, _cm(num_classes=4).mat.tolist()))
+    table = format_report(d)
     lines = table.splitlines()
     assert lines[0].split() == ["class", "IoU%", "Acc%"]
-    assert "car" in table and " 33.3" in table and "mean" in table and " 50.0" in table
+    assert "car" in table and " 33.3" in table and "mIoU" in table and " 50.0" in table
     assert [l for l in lines if l.startswith("bus")][0].split()[1:] == ["-", "-"]
 
 

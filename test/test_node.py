@@ -27,7 +27,7 @@ from node_harness import (
     wait_until,
 )
 from sfnet_ros.conversions import image_to_rgb
-from sfnet_ros.params import PARAMETERS
+from sfnet_ros.node.params import PARAMETERS
 
 H, W = 64, 128
 NS = "/veh"
@@ -288,7 +288,7 @@ def test_sigint_stops_cleanly(node, io):
 
 
 def test_mailbox_keeps_only_the_newest_frame_per_camera():
-    from sfnet_ros.worker import LatestFrameMailbox
+    from sfnet_ros.node.worker import LatestFrameMailbox
 
     mailbox = LatestFrameMailbox(["front", "left"])
     assert mailbox.take_all(timeout=0) == []
@@ -307,7 +307,7 @@ def test_mailbox_keeps_only_the_newest_frame_per_camera():
 def test_worker_survives_a_failing_batch_and_stops():
     import threading
 
-    from sfnet_ros.worker import InferenceWorker, LatestFrameMailbox
+    from sfnet_ros.node.worker import InferenceWorker, LatestFrameMailbox
 
     mailbox = LatestFrameMailbox(["cam"])
     processed, errors = [], []

@@ -111,9 +111,16 @@ def test_write_folder_dataset_round_trip(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    assert synthetic.main(["--out", str(tmp_path / "cli"), "--frames", "3", "--size", "32x64", "--val", "1"]) == 0
+    from sfnet_core.cli.synthetic import main
+
+    args = ["--out", str(tmp_path / "cli"), "--frames", "3", "--size", "32x64", "--val", "1"]
+    assert main(args) == 0
     assert "3 frames" in capsys.readouterr().out
     assert len(list((tmp_path / "cli" / "images" / "train").glob("*.png"))) == 2
     assert len(list((tmp_path / "cli" / "labels" / "val").glob("*.png"))) == 1
-    with pytest.raises(SystemExit):
-        synthetic.main(["--out", str(tmp_path / "bad"), "--size", "64by128"])
+    assert main(args) == 2  # an existing output is refused ...
+    assert "exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0  # ... unless --overwrite (and it is ours)
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "bad"), "--size", "64by128"])
+    assert exc.value.code == 2

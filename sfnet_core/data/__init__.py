@@ -19,7 +19,7 @@ _LAZY = {
     "EvalTransform": "sfnet_core.data.transforms",
     "DataConfig": "sfnet_core.data.config",
     "SyntheticConfig": "sfnet_core.data.config",
-    "build_datasets": "sfnet_core.data.config",
+    "build_datasets": "sfnet_core.data.factory",
     "render_scene": "sfnet_core.data.synthetic",
     "render_sequence": "sfnet_core.data.synthetic",
     "write_folder_dataset": "sfnet_core.data.synthetic",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sfnet_core.config import load_yaml
+from sfnet_core.yaml_config import load_yaml
 from sfnet_core.errors import ConfigError
 
 RGB = tuple[int, int, int]

@@ -1,5 +1,5 @@
-"""Data section of the training recipe (``data:`` in ``training/configs/*.yaml``) and the
-factory that turns it into train / val datasets.
+"""Data section of the training recipe (``data:`` in ``training/configs/*.yaml``); the datasets
+it describes are built by ``sfnet_core.data.factory.build_datasets``.
 
 Defaults are the paper's Cityscapes recipe (Sec. 4: random scale 0.75-2.0, 1024x1024 crops,
 horizontal flip). For the synthetic scenes pick a crop that fits the frames, e.g.::
@@ -15,10 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from torch.utils.data import Dataset
-
-from sfnet_core.data.classes import ClassTable
-from sfnet_core.errors import ConfigError, DataError
+from sfnet_core.errors import ConfigError
 
 
 @dataclass
@@ -74,68 +71,3 @@ class DataConfig:
             raise ConfigError(f"workers: must be >= 0, got {self.workers}")
         if self.kind == "synthetic" and self.val_split is not None and self.synthetic.val_frames == 0:
             raise ConfigError("synthetic.val_frames: must be >= 1 unless val_split is null")
-
-
-def build_datasets(cfg: DataConfig, mean, std) -> tuple[Dataset, Dataset | None, ClassTable]:
-    """``(train_dataset, val_dataset, classes)`` for ``cfg``.
-
-    Train samples go through ``TrainTransform`` (random scale, crop, flip, optional jitter), val
-    samples through ``EvalTransform`` (full image, normalised); both yield ``(image (3, H, W)
-    float32, label (H, W) int64)``. ``val_dataset`` is None when ``cfg.val_split`` is null.
-    """
-    from sfnet_core.data.datasets import CityscapesDataset, FolderDataset, SyntheticDataset
-    from sfnet_core.data.transforms import EvalTransform, TrainTransform
-
-    if cfg.kind == "cityscapes":
-        classes = ClassTable.cityscapes()
-    elif cfg.kind == "folder":
-        assert cfg.root is not None
-        path = cfg.classes or cfg.root / "classes.yaml"
-        if not Path(path).is_file():
-            raise DataError(f"{path}: class table not found (set data.classes to a class YAML)")
-        classes = ClassTable.from_yaml(path)
-    else:
-        classes = SyntheticDataset(1, 8, 8).classes
-    train_tf = TrainTransform(cfg.crop_size, cfg.scale_range, cfg.flip, cfg.photometric, mean, std,
-                              ignore_index=classes.ignore_index)
-    eval_tf = EvalTransform(mean, std)
-
-    if cfg.kind == "cityscapes":
-        assert cfg.root is not None and cfg.train_split is not None
-        train = CityscapesDataset(cfg.root, cfg.train_split, train_tf)
-        val = CityscapesDataset(cfg.root, cfg.val_split, eval_tf) if cfg.val_split else None
-        return train, val, classes
-    if cfg.kind == "folder":
-        assert cfg.root is not None
-        train = FolderDataset(cfg.root, cfg.train_split, classes, train_tf)
-        val = FolderDataset(cfg.root, cfg.val_split, classes, eval_tf) if cfg.val_split else None
-        return train, val, classes
-
-    syn = cfg.synthetic
-    if syn.cache_dir is None:
-        train = SyntheticDataset(syn.train_frames, syn.height, syn.width, syn.seed, 0, train_tf)
-        val = (SyntheticDataset(syn.val_frames, syn.height, syn.width, syn.seed, syn.train_frames, eval_tf)
-               if cfg.val_split else None)
-        return train, val, classes
-    root = _synthetic_cache(syn)
-    train = FolderDataset(root, "train", classes, train_tf)
-    val = FolderDataset(root, "val", classes, eval_tf) if cfg.val_split and syn.val_frames else None
-    return train, val, classes
-
-
-def _synthetic_cache(syn: SyntheticConfig) -> Path:
-    """Write the synthetic frames to ``syn.cache_dir`` unless an identical set is there."""
-    from sfnet_core.data.synthetic import MARKER, dataset_stamp, write_folder_dataset
-
-    assert syn.cache_dir is not None
-    root = Path(syn.cache_dir)
-    splits = {"train": syn.train_frames, "val": syn.val_frames}
-    stamp = dataset_stamp(syn.seed, splits, syn.height, syn.width)
-    marker = root / MARKER
-    if marker.is_file() and marker.read_text() == stamp and (root / "images" / "train").is_dir():
-        return root
-    # Under DDP every rank builds its datasets: the atomic write keeps readers consistent, but
-    # fill the cache once beforehand (python -m sfnet_core.data.synthetic) to avoid duplicate work.
-    write_folder_dataset(root, syn.train_frames + syn.val_frames, syn.height, syn.width, seed=syn.seed,
-                         splits=splits)
-    return root

@@ -18,7 +18,6 @@ minutes on a CPU, while layouts, sizes, positions, palettes and lighting vary pe
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from collections.abc import Iterator
@@ -676,7 +675,7 @@ def write_folder_dataset(
     table = ClassTable.cityscapes()
     classes = {**table.to_dict(), "id_map": None}
     index = 0
-    with atomic_write(root) as tmp:
+    with atomic_write(root, replace_dir=True) as tmp:
         for split, count in splits.items():
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
@@ -692,38 +691,3 @@ def write_folder_dataset(
         (tmp / "classes.yaml").write_text(header + yaml.safe_dump(classes, sort_keys=False), encoding="utf-8")
         (tmp / MARKER).write_text(dataset_stamp(seed, splits, height, width))
     return root
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 256x512 (HxW), got {text!r}") from None
-    return h, w
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sfnet_core.data.synthetic",
-        description="Write a synthetic driving-scene dataset (folder layout, Cityscapes train ids).",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--frames", type=int, default=100, help="number of frames in total")
-    parser.add_argument("--size", type=_parse_size, default=(256, 512), help="HxW, e.g. 256x512")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val", type=int, default=None, help="frames in the val split (default 20%%)")
-    args = parser.parse_args(argv)
-    val = args.frames // 5 if args.val is None else args.val
-    if not 0 <= val <= args.frames:
-        parser.error(f"--val must be in 0..{args.frames}")
-    try:
-        root = write_folder_dataset(args.out, args.frames, *args.size, seed=args.seed,
-                                    splits={"train": args.frames - val, "val": val})
-    except (ValueError, FileExistsError) as exc:
-        parser.exit(2, f"error: {exc}\n")
-    print(f"wrote {args.frames} frames ({args.frames - val} train, {val} val) of {args.size[0]}x{args.size[1]} to {root}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,7 @@ horizontal flip) plus optional photometric jitter, and the evaluation normalisat
 
 Randomness comes from torch's global generator only (``torch.rand``). DataLoader seeds that
 generator in every worker (``base_seed + worker_id``, the base drawn from the main process's
-torch RNG), and ``sfnet_core.distributed.SeededDataset`` reseeds it per sample, so a run with a
+torch RNG), and ``sfnet_core.training.distributed.SeededDataset`` reseeds it per sample, so a run with a
 fixed ``torch.manual_seed`` (or a resumed run that restores it) sees the same crops and flips.
 Pass ``generator=`` for an explicit stream (tests).
 

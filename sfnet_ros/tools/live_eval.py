@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from sfnet_core.errors import SFNetError, run_command
-from sfnet_ros.bag_eval import json_float, output_namespace, percentiles
-from sfnet_ros.bag_io import BagReader, decode_labels, header_stamp
-from sfnet_ros.bag_play import BagPlayer, SpinThread, qos_profile
+from sfnet_core.cli.common import run_command
+from sfnet_core.errors import SFNetError
+from sfnet_ros.tools.bag_eval import json_float, output_namespace, percentiles
+from sfnet_ros.tools.bag_io import BagReader, decode_labels, header_stamp
+from sfnet_ros.tools.bag_play import BagPlayer, SpinThread, qos_profile
 from sfnet_ros.conversions import ImageConversionError, image_to_numpy
 
 
@@ -112,7 +113,7 @@ def live_evaluate(
     from rclpy.context import Context
     from sensor_msgs.msg import Image
 
-    from sfnet_core.metrics import ConfusionMatrix
+    from sfnet_core.evaluation.metrics import ConfusionMatrix
 
     info, truth = _load_ground_truth(bag, image_topic, label_topic)
     ns = output_namespace(image_topic, info.msgtype) if namespace is None else namespace.rstrip("/")
@@ -178,13 +179,11 @@ def live_evaluate(
             "latency_definition": "labels arrival time - header stamp (stamp = publish time, restamped)",
         }
         if label_topic:
-            metrics = collector.metrics.compute()
             names = class_names or tuple(str(i) for i in range(num_classes))
             report.update({
                 "label_topic": label_topic,
                 "matched": collector.matched,
-                "miou": json_float(metrics.miou) if collector.matched else None,
-                "iou": {n: json_float(v) for n, v in zip(names, metrics.iou)},
+                **collector.metrics.report(names),
             })
         if collector.errors:
             report["errors"] = collector.errors[:10]

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sfnet_core.errors import SFNetError, run_command
-from sfnet_ros.bag_io import (
+from sfnet_core.cli.common import run_command
+from sfnet_core.errors import SFNetError
+from sfnet_ros.tools.bag_io import (
     COMPRESSED, IMAGE, BagError, BagReader, BagWriter, decode_image, decode_labels, header_stamp,
     image_topic_namespace, make_header, ros2_class,
 )
@@ -115,8 +116,8 @@ def evaluate_bag(
 ) -> dict[str, Any]:
     """Evaluate; returns the report dict (see module docstring). Raises SFNetError subclasses."""
     from sfnet_core.inference import Segmenter
-    from sfnet_core.metrics import ConfusionMatrix
-    from sfnet_core.viz import class_masks, colorize
+    from sfnet_core.evaluation.metrics import ConfusionMatrix
+    from sfnet_core.viz import render_outputs
 
     with BagReader(bag) as reader:
         info = reader.check_topic(image_topic)
@@ -157,13 +158,9 @@ def evaluate_bag(
                 if writer is not None:
                     header = make_header(f.stamp, f.frame_id)
                     writer.write_raw(image_topic, info.msgtype, f.timestamp, f.raw_cdr)
-                    writer.write(f"{seg_ns}/labels", f.timestamp,
-                                 numpy_to_image(result.labels, "mono8", header=header, msg_cls=Image))
-                    writer.write(f"{seg_ns}/color", f.timestamp,
-                                 numpy_to_image(colorize(result.labels, palette), "rgb8", header=header, msg_cls=Image))
-                    for name, mask in class_masks(result.labels, mask_ids).items():
-                        writer.write(f"{seg_ns}/mask/{name}", f.timestamp,
-                                     numpy_to_image(mask, "mono8", header=header, msg_cls=Image))
+                    for name, image in render_outputs(result.labels, palette, masks=mask_ids).items():
+                        writer.write(f"{seg_ns}/{name}", f.timestamp, numpy_to_image(
+                            image, "rgb8" if name == "color" else "mono8", header=header, msg_cls=Image))
             batch.clear()
 
         topics = [image_topic] + ([label_topic] if label_topic else [])
@@ -212,15 +209,12 @@ def evaluate_bag(
         "latency_definition": "model time per frame: Segmenter.segment(batch) wall time / batch size",
     }
     if label_topic:
-        metrics = matcher.metrics.compute()
         report.update({
             "label_topic": label_topic,
             "matched": matcher.matched,
             "unmatched_images": len(matcher.preds),
             "unmatched_labels": len(matcher.labels),
-            "miou": json_float(metrics.miou) if matcher.matched else None,
-            "pixel_accuracy": json_float(metrics.pixel_accuracy) if matcher.matched else None,
-            "iou": {name: json_float(v) for name, v in zip(classes.names, metrics.iou)},
+            **matcher.metrics.report(classes.names),
         })
     if out:
         report["out"] = str(out)

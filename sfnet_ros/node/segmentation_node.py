@@ -46,10 +46,10 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from sfnet_core.errors import ConfigError, SFNetError
-from sfnet_core.viz import colorize, overlay
-from sfnet_ros import diagnostics
+from sfnet_core.viz import render_outputs
+from sfnet_ros.node import diagnostics
 from sfnet_ros.conversions import ImageConversionError, compressed_to_rgb, image_to_numpy, image_to_rgb, numpy_to_image
-from sfnet_ros.params import (
+from sfnet_ros.node.params import (
     APPLIED_AT_CONFIGURE,
     APPLIED_AT_RUNTIME,
     PARAMETERS,
@@ -60,7 +60,7 @@ from sfnet_ros.params import (
     spec,
     topic_token,
 )
-from sfnet_ros.worker import Frame, InferenceWorker, LatestFrameMailbox
+from sfnet_ros.node.worker import Frame, InferenceWorker, LatestFrameMailbox
 
 __all__ = ["SegmentationNode", "main", "NODE_NAME"]
 
@@ -251,18 +251,11 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     def _load_segmenter(self, config: NodeConfig) -> Any:
-        import torch
-
+        from sfnet_core.devices import resolve_device
         from sfnet_core.inference import Segmenter
 
-        device = config.device
-        if device.startswith("cuda"):
-            index = int(device.partition(":")[2] or 0)
-            if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-                self.get_logger().warning(
-                    f"parameter 'device': {device} requested but CUDA device {index} is not available "
-                    f"({torch.cuda.device_count()} found); falling back to the CPU (slow)")
-                device = "cpu"
+        # A vehicle whose GPU went missing keeps segmenting, slowly, rather than not at all.
+        device = resolve_device(config.device, "parameter 'device'", fallback=True)
         segmenter = Segmenter.from_checkpoint(
             config.checkpoint, device=device, precision=config.precision, input_size=config.input_size,
             compile=config.compile, warmup=True)
@@ -444,21 +437,18 @@ class SegmentationNode(LifecycleNode):
 
     def _publish(self, item: _Pending, result: Any, segmenter: Any, draw: DrawOptions) -> None:
         header = item.frame.msg.header
-        labels = result.labels
-        outputs: list[tuple[Any, Image]] = []
-        if item.want_labels:
-            outputs.append((item.io.labels, numpy_to_image(labels, "mono8", header=header)))
-        if item.want_color:
-            color = colorize(labels, self._palette)
-            if draw.color_overlay:
-                rgb = item.image[..., ::-1] if item.bgr else item.image
-                color = overlay(np.ascontiguousarray(rgb), color, draw.overlay_alpha)
-            outputs.append((item.io.color, numpy_to_image(color, "rgb8", header=header)))
-        for class_id, publisher in item.masks:
-            mask = (labels == class_id).view(np.uint8) * np.uint8(255)
-            outputs.append((publisher, numpy_to_image(mask, "mono8", header=header)))
-        if item.want_confidence and result.confidence is not None:
-            outputs.append((item.io.confidence, numpy_to_image(result.confidence, "mono8", header=header)))
+        overlay_on = None
+        if item.want_color and draw.color_overlay:
+            overlay_on = item.image[..., ::-1] if item.bgr else item.image
+        images = render_outputs(
+            result.labels, self._palette if item.want_color else None, with_labels=item.want_labels,
+            masks={str(class_id): class_id for class_id, _ in item.masks},
+            confidence=result.confidence if item.want_confidence else None,
+            overlay_on=overlay_on, overlay_alpha=draw.overlay_alpha)
+        publishers = {"labels": item.io.labels, "color": item.io.color, "confidence": item.io.confidence,
+                      **{f"mask/{class_id}": pub for class_id, pub in item.masks}}
+        outputs = [(publishers[name], numpy_to_image(image, "rgb8" if name == "color" else "mono8", header=header))
+                   for name, image in images.items()]
         with self._io_lock:
             if not self._io_open:
                 return

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sfnet_core.errors import SFNetError
-from sfnet_ros.bag_io import BagError, BagReader, ros2_typestore
+from sfnet_ros.tools.bag_io import BagError, BagReader, ros2_typestore
 
 # CDR encapsulation header: 2 bytes representation id (0x0001 little endian, 0x0000 big endian)
 # + 2 option bytes; a message whose first field is a std_msgs/Header then starts with

@@ -1,6 +1,6 @@
 """``sfnet-demo`` (``make demo``): the whole pipeline on a fresh machine, nothing downloaded.
 
-1. writes a synthetic driving bag with ground-truth labels (``sfnet_ros.synthetic_bag``);
+1. writes a synthetic driving bag with ground-truth labels (``sfnet_ros.tools.synthetic_bag``);
 2. trains a small checkpoint with ``training/configs/synthetic_quick.yaml`` (cached under
    ``~/.cache/sfnet_ros/demo/<hash of the recipe>/``, reused on the next run);
 3. evaluates it offline over the bag (``sfnet-bag-eval``: model FPS, mIoU, a segmented MCAP);
@@ -26,9 +26,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sfnet_core.errors import SFNetError, run_command
+from sfnet_core.cli.common import run_command
+from sfnet_core.errors import SFNetError
 from sfnet_core.io_utils import atomic_write
-from sfnet_ros.synthetic_bag import parse_size, write_synthetic_bag
+from sfnet_ros.tools.synthetic_bag import parse_size, write_synthetic_bag
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "training" / "configs" / "synthetic_quick.yaml"
@@ -45,8 +46,8 @@ def log(text: str) -> None:
 
 def checkpoint_for(config: Path, overrides: list[str], cache_dir: Path) -> Path:
     """Train ``config`` (+ overrides) once; later runs with the same recipe reuse the result."""
-    from sfnet_core.engine import train
-    from sfnet_core.train_config import load_train_config
+    from sfnet_core.training.engine import train
+    from sfnet_core.training.config import load_train_config
 
     key = hashlib.sha256(config.read_bytes() + "\n".join(overrides).encode()).hexdigest()[:16]
     run_dir = cache_dir / key
@@ -114,9 +115,9 @@ def write_strip(checkpoint: Path, image: np.ndarray, truth: np.ndarray, path: Pa
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from sfnet_core.train_config import load_train_config
-    from sfnet_ros.bag_eval import evaluate_bag
-    from sfnet_ros.live_eval import live_evaluate
+    from sfnet_core.training.config import load_train_config
+    from sfnet_ros.tools.bag_eval import evaluate_bag
+    from sfnet_ros.tools.live_eval import live_evaluate
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         if recorded.exists():
             recorded.unlink()
         with open(rec_log, "wb") as rec_out:
-            recorder = subprocess.Popen([sys.executable, "-m", "sfnet_ros.bag_record", "--topics", *OUTPUTS,
+            recorder = subprocess.Popen([sys.executable, "-m", "sfnet_ros.tools.bag_record", "--topics", *OUTPUTS,
                                          "--out", str(recorded)], env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                                         stderr=rec_out, stdin=subprocess.DEVNULL, start_new_session=True)
         _wait_for_text(rec_log, f"recording {len(OUTPUTS)} topic", recorder, START_TIMEOUT_S, "sfnet-bag-record")

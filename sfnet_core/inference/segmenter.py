@@ -1,4 +1,4 @@
-"""Run a trained SFNet on camera images: ``Segmenter`` and the shared ``predict_logits``.
+"""Run a trained SFNet on camera images: ``Segmenter``.
 
 Everything between the uint8 upload and the uint8 download runs on the inference device:
 conversion to float, normalisation, optional resize to the network input size, padding to a
@@ -20,26 +20,23 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
-from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfnet_core.checkpoint import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint
+from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.data.classes import ClassTable
+from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sfnet_core.devices import autocast, resolve_device, resolve_precision
+from sfnet_core.inference.predict import STRIDE, predict_logits
 
-__all__ = ["SegmentationResult", "Segmenter", "predict_logits", "pad_to_multiple", "STRIDE"]
+__all__ = ["SegmentationResult", "Segmenter"]
 
 log = logging.getLogger(__name__)
-
-STRIDE = 32  # output stride of the deepest backbone stage; padded inputs keep every level aligned
-_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -47,114 +44,6 @@ class SegmentationResult:
     labels: np.ndarray  # (H, W) uint8 train ids at the original resolution
     confidence: np.ndarray | None = None  # (H, W) uint8, max softmax * 255 (when asked)
     flows: list[np.ndarray] | None = None  # per FAM, coarse to fine, (2, h, w) float32 (when asked)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int = STRIDE) -> torch.Tensor:
-    """Zero-pad (N, C, H, W) on the bottom / right up to multiples of ``multiple``."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
-
-
-def _whole(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> logits (N, C, H, W), running the network on a 32-aligned padded copy."""
-    h, w = x.shape[-2:]
-    out = model(pad_to_multiple(x))
-    return out[..., :h, :w]
-
-
-def _sliding(model: torch.nn.Module, x: torch.Tensor, window: tuple[int, int], stride_ratio: float) -> torch.Tensor:
-    """(N, 3, H, W) -> logits (N, C, H, W) averaged over overlapping ``window`` tiles."""
-    wh, ww = window
-    h, w = x.shape[-2:]
-    # Inputs smaller than the window are padded (mean colour) so every tile has the window size.
-    x = F.pad(x, (0, max(ww - w, 0), 0, max(wh - h, 0)))
-    big_h, big_w = x.shape[-2:]
-    sh, sw = max(1, math.ceil(wh * stride_ratio)), max(1, math.ceil(ww * stride_ratio))
-    ys = sorted({min(r * sh, big_h - wh) for r in range(math.ceil((big_h - wh) / sh) + 1)})
-    xs = sorted({min(c * sw, big_w - ww) for c in range(math.ceil((big_w - ww) / sw) + 1)})
-    total: torch.Tensor | None = None
-    count = torch.zeros((1, 1, big_h, big_w), device=x.device, dtype=torch.float32)
-    for y0 in ys:
-        for x0 in xs:
-            tile = _whole(model, x[..., y0 : y0 + wh, x0 : x0 + ww]).float()
-            if total is None:
-                total = x.new_zeros((x.shape[0], tile.shape[1], big_h, big_w), dtype=torch.float32)
-            total[..., y0 : y0 + wh, x0 : x0 + ww] += tile
-            count[..., y0 : y0 + wh, x0 : x0 + ww] += 1
-    assert total is not None
-    return (total / count)[..., :h, :w]
-
-
-def predict_logits(
-    model: torch.nn.Module,
-    batch: torch.Tensor,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    window: tuple[int, int] | None = None,
-    stride_ratio: float = 2 / 3,
-) -> torch.Tensor:
-    """Test-time inference shared by the Segmenter and ``sfnet-eval``.
-
-    ``batch``: (N, 3, H, W) normalised float. Returns (N, C, H, W) float32 softmax probabilities
-    averaged over every scale (bilinear resize of the input by each factor), the horizontal flip
-    (when ``flip``) and, with ``window=(h, w)``, overlapping tiles (stride ``stride_ratio`` of the
-    window; tile logits are averaged before the softmax). Each pass's logits are resized back to
-    (H, W) before the softmax (the paper's multi-scale + flip protocol, Table 4). The caller owns
-    ``torch.inference_mode`` / autocast; the model must be in eval mode.
-    """
-    if batch.ndim != 4:
-        raise ValueError(f"predict_logits: expected an (N, 3, H, W) batch, got shape {tuple(batch.shape)}")
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"predict_logits: scales must be positive, got {tuple(scales)}")
-    if window is not None and (len(window) != 2 or min(window) < 1):
-        raise ValueError(f"predict_logits: window must be (height, width) > 0, got {window}")
-    if not 0 < stride_ratio <= 1:
-        raise ValueError(f"predict_logits: stride_ratio must be in (0, 1], got {stride_ratio}")
-    h, w = batch.shape[-2:]
-    total: torch.Tensor | None = None
-    passes = 0
-    for scale in scales:
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = batch if size == (h, w) else F.interpolate(batch, size=size, mode="bilinear", align_corners=False)
-        for flipped in (False, True) if flip else (False,):
-            xi = x.flip(-1) if flipped else x
-            logits = _sliding(model, xi, window, stride_ratio) if window else _whole(model, xi)
-            if flipped:
-                logits = logits.flip(-1)
-            logits = logits.float()
-            if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            probs = logits.softmax(1)
-            total = probs if total is None else total.add_(probs)
-            passes += 1
-    assert total is not None
-    return total.div_(passes)
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        log.info("Segmenter: device auto -> %s", chosen)
-        return chosen
-    chosen = torch.device(device)
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Segmenter: device {device!r} requested but CUDA is not available")
-    return chosen
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in _PRECISIONS:
-        raise ValueError(f"Segmenter: precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type == "cpu":
-        # CPU fp16 autocast is slow or unsupported on most CPUs; bf16 is the CPU half format.
-        message = "Segmenter: fp16 is not supported on the CPU, falling back to fp32 (bf16 is available on CPU)"
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-        log.warning(message)
-        return "fp32"
-    return precision
 
 
 class Segmenter:
@@ -185,8 +74,8 @@ class Segmenter:
         flip: bool = False,
     ) -> None:
         self.classes = classes
-        self.device = _resolve_device(device)
-        self.precision = _resolve_precision(precision, self.device)
+        self.device = resolve_device(device, "Segmenter: device")
+        self.precision = resolve_precision(precision, self.device, "Segmenter: precision")
         if input_size is not None:
             if len(input_size) != 2 or not all(isinstance(v, int) and v > 0 for v in input_size):
                 raise ValueError(f"Segmenter: input_size must be (height, width) positive ints, got {input_size!r}")
@@ -291,11 +180,6 @@ class Segmenter:
 
     # -- inference -------------------------------------------------------------------------
 
-    def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
-
     @staticmethod
     def _check(images: np.ndarray | Sequence[np.ndarray]) -> tuple[list[np.ndarray], bool]:
         single = isinstance(images, np.ndarray)
@@ -342,7 +226,7 @@ class Segmenter:
                 sub, sub_sizes = [batch[i] for i in index], [sizes[i] for i in index]
                 canvas = self._preprocess(sub, sub_sizes, canvas_hw, bgr)
                 flows: list[torch.Tensor] | None = None
-                with self._autocast():
+                with autocast(self.device, self.precision):
                     if tta:
                         scores = predict_logits(self.model, canvas, scales, flip)  # probabilities
                     elif return_flows:

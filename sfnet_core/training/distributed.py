@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from sfnet_core.devices import resolve_device
 from sfnet_core.errors import ConfigError
 
 
@@ -42,24 +43,11 @@ class DistInfo:
         return self.backend is not None
 
 
-def pick_device(preference: str, local_rank: int) -> torch.device:
-    if preference == "cpu":
-        return torch.device("cpu")
-    if preference.startswith("cuda") or preference == "auto":
-        if torch.cuda.is_available():
-            if preference.startswith("cuda:"):
-                return torch.device(preference)
-            return torch.device("cuda", local_rank)
-        if preference != "auto":
-            raise ConfigError(f"runtime.device: {preference!r} requested but CUDA is not available")
-    return torch.device("cpu")
-
-
 def init_distributed(device_preference: str = "auto") -> DistInfo:
     """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1; pick this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_preference, local_rank)
+    device = resolve_device(device_preference, "runtime.device", local_rank)
     if world_size <= 1:
         return DistInfo(0, 1, 0, device, None)
     backend = "nccl" if device.type == "cuda" else "gloo"

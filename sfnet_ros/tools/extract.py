@@ -23,8 +23,9 @@ import yaml
 from tqdm import tqdm
 
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.errors import SFNetError, run_command
-from sfnet_ros.bag_io import BagError, BagReader, decode_image, decode_labels, stamp_name
+from sfnet_core.cli.common import run_command
+from sfnet_core.errors import SFNetError
+from sfnet_ros.tools.bag_io import BagError, BagReader, decode_image, decode_labels, stamp_name
 from sfnet_ros.conversions import ImageConversionError
 
 

@@ -4,7 +4,7 @@ Used by the demo and the tests so that every bag tool can run on a fresh machine
 downloaded. Frames come from ``sfnet_core.data.synthetic.render_sequence`` (coherent motion);
 labels are Cityscapes train ids as mono8 Images with the same header as their image.
 
-    python -m sfnet_ros.synthetic_bag --out drive.mcap --frames 20 --size 64x128
+    python -m sfnet_ros.tools.synthetic_bag --out drive.mcap --frames 20 --size 64x128
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from sfnet_core.io_utils import atomic_write
-from sfnet_ros.bag_io import COMPRESSED, IMAGE, BagWriter, make_header, ros2_class
+from sfnet_ros.tools.bag_io import COMPRESSED, IMAGE, BagWriter, make_header, ros2_class
 from sfnet_ros.conversions import numpy_to_image, rgb_to_compressed
 
 START_NS = 1_700_000_000 * 1_000_000_000  # a fixed epoch so bags (and file names) are reproducible

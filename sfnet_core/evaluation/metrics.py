@@ -23,24 +23,27 @@ class SegmentationMetrics:
     pixel_accuracy: float         # correct / labelled pixels
     mean_accuracy: float          # mean over classes present in the ground truth of TP / (TP + FN)
     accuracy: list[float]         # per class TP / (TP + FN), NaN when not in the ground truth
+    pixels: int = 0               # labelled (non-ignored) pixels counted
 
-    def to_dict(self, class_names: Sequence[str] | None = None) -> dict:
-        """JSON-ready: NaN -> None; per-class lists become ``{name: value}`` when names are given."""
-        def clean(v: float) -> float | None:
-            return None if math.isnan(v) else float(v)
-
-        def per_class(values: list[float]):
-            if class_names is None:
-                return [clean(v) for v in values]
-            return {n: clean(v) for n, v in zip(class_names, values)}
-
+    def to_dict(self, class_names: Sequence[str]) -> dict:
+        """The JSON report every tool prints (NaN -> None): ``miou``, ``pixel_accuracy``,
+        ``mean_accuracy``, ``per_class`` (IoU by class name), ``per_class_accuracy``,
+        ``num_classes``, ``pixels``."""
+        if len(class_names) != len(self.iou):
+            raise ValueError(f"{len(class_names)} class names for {len(self.iou)} classes")
         return {
-            "miou": clean(self.miou),
-            "pixel_accuracy": clean(self.pixel_accuracy),
-            "mean_accuracy": clean(self.mean_accuracy),
-            "iou": per_class(self.iou),
-            "accuracy": per_class(self.accuracy),
+            "miou": _clean(self.miou),
+            "pixel_accuracy": _clean(self.pixel_accuracy),
+            "mean_accuracy": _clean(self.mean_accuracy),
+            "per_class": {n: _clean(v) for n, v in zip(class_names, self.iou)},
+            "per_class_accuracy": {n: _clean(v) for n, v in zip(class_names, self.accuracy)},
+            "num_classes": len(class_names),
+            "pixels": int(self.pixels),
         }
+
+
+def _clean(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -48,17 +51,33 @@ def _as_tensor(x) -> torch.Tensor:
 
 
 class ConfusionMatrix:
-    """``(C, C)`` int64 counts, rows = ground truth, columns = prediction."""
+    """Counts of (ground truth, prediction) pairs: ``mat`` is the ``(C, C)`` matrix, rows = ground
+    truth, columns = prediction.
+
+    A prediction outside ``0..C-1`` (e.g. 255 in a label file) is counted apart, in an extra
+    column: it is wrong for its pixel's class (a false negative) but no class's false positive,
+    as in the Cityscapes benchmark script. A ground-truth value that is neither a class nor the
+    ignore index is an error (``ValueError``): it means the labels do not fit the class table.
+    """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
-        self.mat = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64,
-                               device=device if device is not None else "cpu")
+        self.counts = torch.zeros(self.num_classes, self.num_classes + 1, dtype=torch.int64,
+                                  device=device if device is not None else "cpu")
+
+    @property
+    def mat(self) -> torch.Tensor:
+        """(C, C) ground truth x prediction counts (predictions outside the classes left out)."""
+        return self.counts[:, : self.num_classes]
+
+    @property
+    def pixels(self) -> int:
+        return int(self.counts.sum())
 
     def reset(self) -> None:
-        self.mat.zero_()
+        self.counts.zero_()
 
     @torch.no_grad()
     def update(self, pred, target) -> None:
@@ -69,28 +88,27 @@ class ConfusionMatrix:
             pred = pred.argmax(dim=1)
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}")
-        if self.mat.device != pred.device:
-            self.mat = self.mat.to(pred.device)
+        if self.counts.device != pred.device:
+            self.counts = self.counts.to(pred.device)
         target = target.to(pred.device).reshape(-1).long()
         pred = pred.reshape(-1).long()
         keep = target != self.ignore_index
         target, pred = target[keep], pred[keep]
         c = self.num_classes
         if target.numel():
-            # one reduction for both range checks: out-of-range ids would silently land in
-            # another class's cell of the flattened matrix
-            lo = torch.minimum(target.min(), pred.min())
-            hi = torch.maximum(target.max(), pred.max())
-            if int(lo) < 0 or int(hi) >= c:
-                raise ValueError(f"class ids must be in 0..{c - 1} (or the ignore index {self.ignore_index} "
-                                 f"in the target); got values in {int(lo)}..{int(hi)}")
-        self.mat += torch.bincount(target * c + pred, minlength=c * c).view(c, c)
+            lo, hi = int(target.min()), int(target.max())
+            if lo < 0 or hi >= c:
+                bad = sorted({int(v) for v in target[(target < 0) | (target >= c)].unique()[:8].tolist()})
+                raise ValueError(f"label value(s) {bad} are neither class ids 0..{c - 1} nor the ignore index "
+                                 f"{self.ignore_index}")
+        pred = torch.where((pred >= 0) & (pred < c), pred, torch.full_like(pred, c))
+        self.counts += torch.bincount(target * (c + 1) + pred, minlength=c * (c + 1)).view(c, c + 1)
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add ``other``'s counts into this matrix (same number of classes); returns self."""
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge a {other.num_classes}-class matrix into a {self.num_classes}-class one")
-        self.mat += other.mat.to(self.mat.device)
+        self.counts += other.counts.to(self.counts.device)
         return self
 
     def all_reduce(self) -> ConfusionMatrix:
@@ -98,14 +116,15 @@ class ConfusionMatrix:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.mat, op=dist.ReduceOp.SUM)
+            dist.all_reduce(self.counts, op=dist.ReduceOp.SUM)
         return self
 
     def compute(self) -> SegmentationMetrics:
-        m = self.mat.double().cpu()
-        tp = m.diag()
+        m = self.counts.double().cpu()
+        c = self.num_classes
+        tp = m[:, :c].diag()
         gt = m.sum(1)
-        union = gt + m.sum(0) - tp
+        union = gt + m[:, :c].sum(0) - tp
         nan = torch.full_like(tp, float("nan"))
         iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
         acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
@@ -116,7 +135,12 @@ class ConfusionMatrix:
             pixel_accuracy=float(tp.sum()) / total if total else float("nan"),
             mean_accuracy=_nanmean(acc),
             accuracy=acc.tolist(),
+            pixels=int(total),
         )
+
+    def report(self, class_names: Sequence[str]) -> dict:
+        """``compute().to_dict(class_names)``: the JSON report."""
+        return self.compute().to_dict(class_names)
 
 
 def _nanmean(x: torch.Tensor) -> float:
@@ -124,16 +148,18 @@ def _nanmean(x: torch.Tensor) -> float:
     return float(x[present].mean()) if present.any() else float("nan")
 
 
-def format_table(metrics: SegmentationMetrics, class_names: Sequence[str]) -> str:
-    """A plain-text table: one row per class (IoU and accuracy in %), then the means."""
-    def pct(v: float) -> str:
-        return "    -" if math.isnan(v) else f"{100 * v:5.1f}"
+def format_report(report: dict) -> str:
+    """The report (``to_dict``) as a plain-text table: IoU and accuracy per class in %, then the means."""
+    def pct(v: float | None) -> str:
+        return "    -" if v is None else f"{100 * v:5.1f}"
 
-    width = max([len(n) for n in class_names] + [len("pixel accuracy")])
+    names = list(report["per_class"])
+    accuracy = report.get("per_class_accuracy", {})
+    width = max([len(n) for n in names] + [len("pixel accuracy")])
     lines = [f"{'class':<{width}}   IoU%   Acc%", "-" * (width + 15)]
-    for name, iou, acc in zip(class_names, metrics.iou, metrics.accuracy):
-        lines.append(f"{name:<{width}}  {pct(iou)}  {pct(acc)}")
+    for name in names:
+        lines.append(f"{name:<{width}}  {pct(report['per_class'][name])}  {pct(accuracy.get(name))}")
     lines.append("-" * (width + 15))
-    lines.append(f"{'mean':<{width}}  {pct(metrics.miou)}  {pct(metrics.mean_accuracy)}")
-    lines.append(f"{'pixel accuracy':<{width}}  {pct(metrics.pixel_accuracy)}")
+    lines.append(f"{'mIoU, mean acc':<{width}}  {pct(report['miou'])}  {pct(report['mean_accuracy'])}")
+    lines.append(f"{'pixel accuracy':<{width}}  {pct(report['pixel_accuracy'])}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Training engine: ``sfnet-train --config RECIPE.yaml --out DIR [--max-iters N] [--resume] [k=v ...]``.
+"""Training engine: ``train(cfg, out_dir)`` (the ``sfnet-train`` command line is ``sfnet_core.cli.train``).
 
 One code path for a laptop CPU, one GPU, and many GPUs / nodes under ``torchrun`` (DDP with a
 deterministic per-iteration data order, rank-0 logging and checkpoints). The recipe is the
@@ -15,8 +15,6 @@ Outputs under ``DIR``: ``config.yaml`` (resolved recipe), ``last.pt`` (with trai
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import logging
 import math
@@ -32,8 +30,8 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from sfnet_core.config import to_dict
-from sfnet_core.distributed import (
+from sfnet_core.yaml_config import to_dict
+from sfnet_core.training.distributed import (
     DistInfo,
     IterationBatchSampler,
     SeededDataset,
@@ -48,11 +46,12 @@ from sfnet_core.distributed import (
     set_rng_state,
     tensor_digest,
 )
-from sfnet_core.errors import ConfigError, SFNetError, run_command
+from sfnet_core.devices import autocast, resolve_precision
+from sfnet_core.errors import ConfigError, SFNetError
 from sfnet_core.io_utils import atomic_write
-from sfnet_core.train_config import TrainConfig, load_train_config
+from sfnet_core.training.config import TrainConfig, load_train_config
 
-log = logging.getLogger("sfnet_core.engine")
+log = logging.getLogger("sfnet_core.training.engine")
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -68,25 +67,6 @@ def lr_factor(iteration: int, cfg_schedule) -> float:
         alpha = iteration / s.warmup_iters
         return poly * (s.warmup_factor * (1 - alpha) + alpha)
     return poly
-
-
-# ----------------------------------------------------------------------------- precision
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on GPUs that support it, else fp16 on CUDA; fp32 on CPU."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"runtime.precision: fp16 training needs CUDA (device is {device}); use fp32 or bf16")
-    return precision
-
-
-def autocast_context(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- logging
@@ -170,13 +150,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_iters: int | None = None, r
 
 class _Trainer:
     def __init__(self, cfg: TrainConfig, out: Path, info: DistInfo, show_progress: bool | None) -> None:
-        from sfnet_core.data.config import build_datasets
-        from sfnet_core.losses import SegmentationLoss
+        from sfnet_core.data.factory import build_datasets
+        from sfnet_core.training.losses import SegmentationLoss
         from sfnet_core.models import build_model
 
         self.cfg, self.out, self.info = cfg, out, info
         self.device = info.device
-        self.precision = resolve_precision(cfg.runtime.precision, self.device)
+        self.precision = resolve_precision(cfg.runtime.precision, self.device, "runtime.precision")
         if cfg.schedule.batch_size % info.world_size:
             raise ConfigError(
                 f"schedule.batch_size: {cfg.schedule.batch_size} is not divisible by the "
@@ -278,18 +258,18 @@ class _Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def _validate(self) -> dict:
-        from sfnet_core.evaluate import evaluate_dataset, metrics_report
+        from sfnet_core.evaluation.evaluate import evaluate_dataset
 
         cfg = self.cfg.runtime
         broadcast_buffers(self.model, self.info)
         window = None
         if cfg.eval_mode == "slide":
-            window = tuple(cfg.eval_window) if cfg.eval_window else crop_hw(self.cfg.data)
+            window = tuple(cfg.eval_window or self.cfg.data.crop_size)
         n = len(self.val_set)
         indices = list(range(min(n, cfg.eval_max_images) if cfg.eval_max_images else n))
         self.model.eval()
         try:
-            with autocast_context(self.device, self.precision):
+            with autocast(self.device, self.precision):
                 cm = evaluate_dataset(
                     self.model, self.val_set, self.classes.num_classes, self.classes.ignore_index,
                     self.device, window=window,
@@ -298,7 +278,7 @@ class _Trainer:
         finally:
             self.model.train()
         cm.all_reduce()
-        return metrics_report(cm, self.classes)
+        return cm.report(self.classes.names)
 
     # ------------------------------------------------------------------ loop
     def run(self, max_iters: int | None, resume: bool) -> TrainResult:
@@ -357,7 +337,7 @@ class _Trainer:
             targets = targets.to(self.device, non_blocking=True)
             if rt.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_context(self.device, self.precision):
+            with autocast(self.device, self.precision):
                 logits, aux_logits = self.ddp(images)
                 loss, parts = self.criterion(logits, aux_logits, targets)
             if not torch.isfinite(loss):
@@ -451,11 +431,6 @@ def _changed_keys(old: Any, new: Any, prefix: str = "", skip: tuple[str, ...] = 
     return out
 
 
-def crop_hw(data_cfg) -> tuple[int, int]:
-    """The training crop (h, w): the natural sliding-window size for evaluation."""
-    return (int(data_cfg.crop_size[0]), int(data_cfg.crop_size[1]))
-
-
 def _fmt_eta(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -473,43 +448,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (np.floating, np.integer)):
         return _jsonable(obj.item())
     return obj
-
-
-# ----------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sfnet-train",
-        description="Train SFNet from a recipe (training/configs/*.yaml). Multi-GPU / multi-node: "
-        "torchrun --nproc_per_node N training/train.py --config ... --out ...",
-    )
-    p.add_argument("--config", required=True, help="recipe YAML (training/configs/*.yaml)")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, TensorBoard)")
-    p.add_argument("--max-iters", type=int, default=None,
-                   help="stop after this many iterations in total, keeping the full run's lr schedule")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="recipe overrides, e.g. schedule.iterations=1000 data.workers=0")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def run() -> int:
-        if args.max_iters is not None and args.max_iters < 1:
-            raise ConfigError(f"--max-iters: must be >= 1, got {args.max_iters}")
-        cfg = load_train_config(args.config, args.overrides)
-        if args.no_progress:
-            cfg.runtime.progress = False
-        result = train(cfg, args.out, max_iters=args.max_iters, resume=args.resume)
-        if result.miou is not None:
-            print(f"sfnet-train: {result.iteration} iterations, mIoU {result.miou:.4f} "
-                  f"(best {result.best_miou:.4f})", file=sys.stderr)
-        return 0
-
-    return run_command("sfnet-train", run, interrupted="interrupted (continue with --resume)")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,7 @@ YAML shape (every section optional)::
 
     model:    {name, aux, pretrained_backbone, options, mean, std}
     data:     DataConfig (sfnet_core.data.config)
-    loss:     LossConfig (sfnet_core.losses)
+    loss:     LossConfig (sfnet_core.training.losses)
     optim:    {lr, momentum, weight_decay, nesterov}
     schedule: {iterations, batch_size, poly_power, warmup_iters, warmup_factor}
     runtime:  {seed, device, precision, sync_bn, channels_last, threads, progress, log_interval,
@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sfnet_core.config import from_dict, load_yaml
+from sfnet_core.yaml_config import from_dict, load_yaml
 from sfnet_core.data.config import DataConfig
+from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sfnet_core.devices import check_device_spec
 from sfnet_core.errors import ConfigError
-from sfnet_core.losses import LossConfig
+from sfnet_core.training.losses import LossConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -118,8 +118,7 @@ class RuntimeConfig:
         for name in ("image_interval", "eval_interval", "eval_max_images", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"runtime.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"runtime.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device_spec(self.device, "runtime.device")
 
 
 @dataclass
@@ -136,7 +135,7 @@ class TrainConfig:
 
 def load_train_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
     """Read a recipe YAML, apply ``a.b=value`` overrides, and validate (ConfigError names file + key)."""
-    from sfnet_core.config import apply_overrides
+    from sfnet_core.yaml_config import apply_overrides
 
     data = load_yaml(path)
     source = str(path)

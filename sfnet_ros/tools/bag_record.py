@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from sfnet_core.errors import SFNetError
-from sfnet_ros.bag_io import BagError, BagWriter, ros2_typestore
-from sfnet_ros.bag_play import ros_message_class
+from sfnet_ros.tools.bag_io import BagError, BagWriter, ros2_typestore
+from sfnet_ros.tools.bag_play import ros_message_class
 
 
 def _qos_for(node: Any, topic: str, mode: str) -> Any:
