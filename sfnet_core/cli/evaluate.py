@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from sfnet_core.evaluation.evaluate import CheckpointEvaluation, evaluate_checkpoint, evaluate_pred_dir
+        from sfnet_core.evaluation.evaluate import (
+            PREDICTIONS_MARKER,
+            CheckpointEvaluation,
+            evaluate_checkpoint,
+            evaluate_pred_dir,
+        )
         from sfnet_core.evaluation.metrics import format_report
         from sfnet_core.io_utils import atomic_write, check_output
 
@@ -77,13 +82,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--scales: every scale must be > 0, got {' '.join(map(str, args.scales))}")
             if args.max_images < 0:
                 raise ConfigError(f"--max-images: must be >= 0, got {args.max_images}")
+            from sfnet_core.training.config import load_train_config
+
+            recipe = load_train_config(args.config, args.overrides)
+            if args.save_pred:
+                check_output(args.save_pred, inputs=[args.config], overwrite=args.overwrite, kind="dir",
+                             what="--save-pred", is_previous_output=lambda p: (p / PREDICTIONS_MARKER).is_file())
             report = evaluate_checkpoint(CheckpointEvaluation(
-                config=Path(args.config), checkpoint=Path(args.checkpoint), mode=args.mode,
+                data=recipe.data, source=str(args.config), checkpoint=Path(args.checkpoint), mode=args.mode,
                 window=tuple(args.window) if args.window else None,
                 scales=tuple(args.scales) if args.scales else None, device=args.device,
                 precision=args.precision, max_images=args.max_images,
-                save_pred=Path(args.save_pred) if args.save_pred else None,
-                overrides=tuple(args.overrides), overwrite=args.overwrite))
+                save_pred=Path(args.save_pred) if args.save_pred else None, overwrite=args.overwrite))
         print(format_report(report), file=sys.stderr)
         if json_path is not None:
             with atomic_write(json_path) as tmp:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sfnet_core.data.classes import ClassTable
+from sfnet_core.data.config import DataConfig
 from sfnet_core.errors import ConfigError, DataError
 from sfnet_core.evaluation.metrics import ConfusionMatrix
 from sfnet_core.io_utils import atomic_write, check_output
@@ -85,7 +86,7 @@ PREDICTIONS_MARKER = ".sfnet-predictions"  # marks a folder written by evaluate_
 class CheckpointEvaluation:
     """What ``evaluate_checkpoint`` evaluates and how (the ``sfnet-eval`` checkpoint mode)."""
 
-    config: Path                                  # recipe YAML: its data section names the val split
+    data: DataConfig                              # the recipe's data section: names the val split
     checkpoint: Path
     mode: str = "whole"                           # whole | slide | msf
     window: tuple[int, int] | None = None         # slide: tile size (default: the recipe's crop)
@@ -94,16 +95,15 @@ class CheckpointEvaluation:
     precision: str = "fp32"
     max_images: int = 0                           # 0 = all
     save_pred: Path | None = None                 # folder for <name>.png and <name>_color.png
-    overrides: tuple[str, ...] = ()               # recipe key=value overrides
     overwrite: bool = False                       # replace an existing save_pred folder of ours
+    source: str = "<recipe>"                      # where ``data`` came from (messages and the report)
 
 
 def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
-    """The report of ``job.checkpoint`` on the validation split of ``job.config``."""
+    """The report of ``job.checkpoint`` on the validation split of ``job.data``."""
     from sfnet_core.checkpoint import load_checkpoint
     from sfnet_core.data.factory import build_datasets
     from sfnet_core.devices import autocast, resolve_device, resolve_precision
-    from sfnet_core.training.config import load_train_config
 
     if job.mode not in ("whole", "slide", "msf"):
         raise ConfigError(f"mode: expected whole, slide or msf, got {job.mode!r}")
@@ -113,26 +113,25 @@ def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
         raise ConfigError(f"scales: every scale must be > 0, got {list(job.scales)}")
     if job.max_images < 0:
         raise ConfigError(f"max_images: must be >= 0, got {job.max_images}")
-    cfg = load_train_config(job.config, list(job.overrides))
     save_dir = None
     if job.save_pred is not None:
-        save_dir = check_output(job.save_pred, inputs=(job.config, job.checkpoint, cfg.data.root),
+        save_dir = check_output(job.save_pred, inputs=(job.checkpoint, job.data.root),
                                 overwrite=job.overwrite, kind="dir", what="save_pred",
                                 is_previous_output=lambda p: (p / PREDICTIONS_MARKER).is_file())
     device = resolve_device(job.device, "device")
     precision = resolve_precision(job.precision, device, "precision")
     ck = load_checkpoint(job.checkpoint)
-    _, val_set, classes = build_datasets(cfg.data, ck.mean, ck.std)
+    _, val_set, classes = build_datasets(job.data, ck.mean, ck.std)
     if val_set is None:
-        raise ConfigError(f"{job.config}: data.val_split is null: no validation split to evaluate")
+        raise ConfigError(f"{job.source}: data.val_split is null: no validation split to evaluate")
     if classes.num_classes != ck.num_classes:
         raise ConfigError(
-            f"{job.checkpoint}: predicts {ck.num_classes} classes but the recipe {job.config} has {classes.num_classes}"
+            f"{job.checkpoint}: predicts {ck.num_classes} classes but the recipe {job.source} has {classes.num_classes}"
         )
     model = ck.build_model().to(device)
     window = None
     if job.mode == "slide":
-        window = tuple(job.window or cfg.data.crop_size)
+        window = tuple(job.window or job.data.crop_size)
     scales, flip = (tuple(job.scales or MSF_SCALES), True) if job.mode == "msf" else ((1.0,), False)
     indices = range(min(len(val_set), job.max_images)) if job.max_images else None
     with _prediction_writer(save_dir, val_set, ck.classes.palette()) as save:
@@ -140,7 +139,7 @@ def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
             cm = evaluate_dataset(model, val_set, ck.num_classes, ck.classes.ignore_index, device, scales=scales,
                                   flip=flip, window=window, indices=indices, on_prediction=save)
     report = cm.report(ck.classes.names)
-    report.update({"mode": job.mode, "checkpoint": str(job.checkpoint), "config": str(job.config),
+    report.update({"mode": job.mode, "checkpoint": str(job.checkpoint), "config": job.source,
                    "images": len(indices) if indices is not None else len(val_set),
                    "scales": list(scales), "flip": flip, "window": list(window) if window else None})
     return report
