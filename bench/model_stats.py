@@ -7,6 +7,12 @@ here) on the ``meta`` device, so nothing is allocated or computed and even ResNe
 activations, interpolation and grid sampling are not), which is why the ResNet rows land
 1.5-2% under the paper's. Parameters exclude the training-only aux heads, as the paper's do.
 
+Next to the paper's parameter counts stand the released code's (SFSegNets, 19 classes, without
+the dsn heads): they are this code's plus the lateral convs' biases, which this code folds into
+the following BatchNorm (``sfnet_core/models/released.py``). The DF rows follow the released code
+(fpn_dim 64); the paper's DF1 figures (9.03M, 18.6 G) are close to what fpn_dim 128 would give
+(9.24M, 18.5 G), and its DF2 count (10.53M) is below the DF2 encoder's own 17.47M.
+
 Usage: ``python bench/model_stats.py [--variants sfnet_resnet18 sfnet_df1 ...]``.
 Importable: ``collect_rows(variants)`` returns the table as a list of ``StatRow``.
 """
@@ -14,9 +20,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -31,7 +38,8 @@ SIZES = ((1024, 1024), (1024, 2048))
 
 # (variant, options) -> (paper params in M, paper GMACs at 1024x1024); None where not given.
 # Sources: Table 1(d) (R50/R101/ShuffleNetV2 FPN+PPM without and with FAM; DF1), Table 1(c)
-# and Table 4 (R18 123.5, R101 417.5), Tables 3-4 (parameters).
+# and Table 4 (R18 123.5, R101 417.5), Tables 3-4 (parameters). DF1 is listed twice: with the
+# released fpn_dim 64 (the default) and with 128, whose figures are the paper's.
 PAPER: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[float | None, float | None]] = {
     ("sfnet_resnet18", ()): (12.87, 123.5),
     ("fpn_resnet18", ()): (None, None),
@@ -42,8 +50,20 @@ PAPER: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[float | None, float |
     ("sfnet_resnet101", ()): (50.32, 417.5),
     ("sfnet_shufflenetv2", (("upsample", "bilinear"),)): (None, 17.8),
     ("sfnet_shufflenetv2", ()): (None, 18.1),
+    ("sfnet_df1", (("fpn_dim", 128),)): (9.03, 18.6),
     ("sfnet_df1", ()): (9.03, 18.6),
     ("sfnet_df2", ()): (10.53, None),
+}
+
+# variant -> parameters of the released network for 19 classes without dsn heads (SFSegNets
+# ``DeepR18_SF_deeply``, ``DeepR50_SF_deeply``, ``DeepR101_SF_deeply``, ``AlignedDFnetv1``,
+# ``AlignedDFnetv2``; default options only).
+RELEASED_PARAMS: dict[str, int] = {
+    "sfnet_resnet18": 12_869_715,
+    "sfnet_resnet50": 31_325_139,
+    "sfnet_resnet101": 50_317_267,
+    "sfnet_df1": 8_422_387,
+    "sfnet_df2": 17_876_467,
 }
 
 
@@ -57,6 +77,7 @@ class StatRow:
     gmacs: dict[tuple[int, int], float]
     paper_params_m: float | None
     paper_gmacs_1024: float | None
+    released_params_m: float | None = None
 
     @property
     def label(self) -> str:
@@ -104,11 +125,13 @@ def collect_rows(variants: Iterable[str] | None = None, sizes: Sequence[tuple[in
     for variant, opts in keys:
         options = dict(opts)
         paper_params, paper_gmacs = PAPER.get((variant, opts), (None, None))
+        released = RELEASED_PARAMS.get(variant) if not opts and num_classes == 19 else None
         rows.append(StatRow(
             variant=variant, options=options,
             params_m=count_params(variant, num_classes, **options),
             gmacs={s: count_gmacs(variant, s, num_classes, **options) for s in sizes},
-            paper_params_m=paper_params, paper_gmacs_1024=paper_gmacs))
+            paper_params_m=paper_params, paper_gmacs_1024=paper_gmacs,
+            released_params_m=None if released is None else released / 1e6))
     return rows
 
 
@@ -118,11 +141,12 @@ def _num(value: float | None, fmt: str) -> str:
 
 def format_table(rows: Sequence[StatRow], sizes: Sequence[tuple[int, int]] = SIZES) -> str:
     """An aligned plain-text table."""
-    header = ["model", "params M", "paper M", "dev"]
+    header = ["model", "params M", "released M", "paper M", "dev"]
     header += [f"GMACs {h}x{w}" for h, w in sizes] + ["paper GFLOPs 1024x1024", "dev"]
     body = []
     for r in rows:
-        body.append([r.label, f"{r.params_m:.2f}", _num(r.paper_params_m, ".2f"), _num(r.params_dev, "+.1%")]
+        body.append([r.label, f"{r.params_m:.2f}", _num(r.released_params_m, ".2f"),
+                     _num(r.paper_params_m, ".2f"), _num(r.params_dev, "+.1%")]
                     + [f"{r.gmacs[s]:.1f}" for s in sizes]
                     + [_num(r.paper_gmacs_1024, ".1f"), _num(r.gmacs_dev, "+.1%")])
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
@@ -147,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows))
     print("\nGMACs: multiply-accumulates of convolutions and matmuls for one image (eval mode); the paper's\n"
           "'GFLOPs' follow the same MAC convention. Params exclude the training-only aux heads.\n"
-          "DF2: the DF2 encoder alone has 17.5M parameters, so the paper's 10.53M cannot be met.")
+          "released M: the authors' released network (19 classes), which adds a bias to each lateral\n"
+          "conv (folded into the BatchNorm here). DF1/DF2 use the released fpn_dim 64; the DF2\n"
+          "encoder alone has 17.5M parameters, so the paper's 10.53M cannot be met.")
     return 0
 
 

@@ -123,6 +123,63 @@ def test_flow_units_are_pixels_of_the_flow_grid() -> None:
     assert abs(px[0, 0, 0, 0].item() - 1.5 * (w - 1) / (2 * w)) < 1e-6
 
 
+def test_flow_units_without_align_corners() -> None:
+    # align_corners=False (the released code before 2022-07): the identity grid linspace(-1, 1)
+    # lands on the outer pixel edges, i.e. on x * W / (W - 1) - 0.5 for a same-size map, and a
+    # raw flow f moves that by exactly f / 2 pixels, which flow_to_pixels reports.
+    h, w = 9, 13
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    feature = torch.stack((xs, ys))[None]
+    raw = torch.empty(1, 2, h, w)
+    raw[:, 0], raw[:, 1] = 1.5, -2.0
+    out = flow_warp(feature, raw, align_corners=False)
+    px = flow_to_pixels(raw, align_corners=False)
+    base = torch.stack((xs * w / (w - 1) - 0.5, ys * h / (h - 1) - 0.5))
+    inner = (slice(None), slice(3, -3), slice(3, -3))
+    torch.testing.assert_close((out[0] - base)[inner], px[0][inner], atol=1e-5, rtol=0)
+    assert torch.equal(px, raw * 0.5)
+
+
+def test_fam_align_corners_option() -> None:
+    default = build_model("sfnet_resnet18", 5).eval()
+    other = build_model("sfnet_resnet18", 5, fam_align_corners=False).eval()
+    assert all(fam.align_corners for fam in default.decoder.align)
+    assert not any(fam.align_corners for fam in other.decoder.align)
+    other.load_state_dict(default.state_dict())  # same weights, another sampling
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a, flows_a = default(x, return_flows=True)
+        b, flows_b = other(x, return_flows=True)
+    assert not torch.allclose(a, b)
+    # pixels reported with the module's own convention
+    assert torch.allclose(flows_b[-1] * 2, other.decoder(other.backbone(x))[2][-1])
+
+
+def test_ppm_branches_have_no_relu() -> None:
+    # As the released PSPModule: pool, 1x1 conv, BN, no ReLU; ppm_relu=True (this project's models
+    # before issue #10) has the same parameter names.
+    model = build_model("sfnet_resnet18", 5)
+    for stage in model.decoder.ppm.stages:
+        assert [type(m) for m in stage] == [torch.nn.Conv2d, torch.nn.BatchNorm2d]
+    old = build_model("sfnet_resnet18", 5, ppm_relu=True)
+    assert all(isinstance(stage[-1], torch.nn.ReLU) for stage in old.decoder.ppm.stages)
+    assert list(old.state_dict()) == list(model.state_dict())
+    old.load_state_dict(model.state_dict())
+    for m in (model, old):
+        m.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), old(x))
+
+
+def test_checkpoint_options_of_older_versions_build() -> None:
+    # Checkpoints written before fam_align_corners / ppm_relu existed carry neither: they build
+    # with the FAM sampling they were trained with (align_corners=True).
+    model = build_model("sfnet_resnet18", 5, **{"fpn_dim": 64, "fuse": "bilinear"})
+    assert all(fam.align_corners for fam in model.decoder.align)
+
+
 def test_gradients_reach_the_flow_convs() -> None:
     model = build_model("sfnet_resnet18", 3, aux=True).train()
     logits, aux = model(torch.randn(2, 3, 64, 64))
@@ -141,12 +198,11 @@ def test_adaptive_pool_matches_torch() -> None:
             torch.testing.assert_close(adaptive_avg_pool2d(x, bins), F.adaptive_avg_pool2d(x, bins))
 
 
-# ------------------------------------------------------------------ fidelity to the paper
+# ------------------------------------------------------------------ fidelity to the paper and the released code
 
 @pytest.mark.parametrize("name,paper,tolerance", [
     ("sfnet_resnet18", 12.87e6, 0.005),   # Tables 3 and 4
     ("sfnet_resnet101", 50.32e6, 0.005),  # Table 4
-    ("sfnet_df1", 9.03e6, 0.03),          # Table 3
 ])
 def test_parameter_counts_match_the_paper(name: str, paper: float, tolerance: float) -> None:
     with torch.device("meta"):
@@ -156,11 +212,33 @@ def test_parameter_counts_match_the_paper(name: str, paper: float, tolerance: fl
     assert with_aux > count  # the paper counts the inference network, without aux heads
 
 
+@pytest.mark.parametrize("name", ["sfnet_resnet18", "sfnet_resnet50", "sfnet_resnet101", "sfnet_df1", "sfnet_df2"])
+def test_parameter_counts_equal_the_released_code(name: str) -> None:
+    # The released network has exactly these parameters plus one bias per lateral conv channel
+    # (folded into the BatchNorm here). DF1/DF2: 8,422,387 / 17,876,467 measured on the released
+    # code (issue #10); the paper's table says 9.03M / 10.53M.
+    released = _model_stats().RELEASED_PARAMS[name]
+    with torch.device("meta"):
+        model = build_model(name, 19)
+    laterals = sum(layer[0].out_channels for layer in model.decoder.lateral)
+    assert n_params(model) + laterals == released
+    if name.startswith("sfnet_df"):
+        assert model.decoder.lateral[0][0].out_channels == 64  # the released fpn_dim
+
+
+def test_df1_with_fpn_dim_128_is_the_papers_df1() -> None:
+    # The paper's DF1 figures (9.03M, 18.6 GFLOPs) fit fpn_dim 128, not the released 64.
+    with torch.device("meta"):
+        count = n_params(build_model("sfnet_df1", 19, fpn_dim=128))
+    assert abs(count / 9.03e6 - 1) < 0.03
+
+
 def test_df2_encoder_alone_exceeds_the_papers_df2_count() -> None:
     # Why sfnet_df2 cannot match Table 3's 10.53M: its encoder (DF paper's layer table, 1.77
     # GMACs at 224x224) has more parameters than that on its own.
-    from sfnet_core.models.dfnet import df2
     from torch.utils.flop_counter import FlopCounterMode
+
+    from sfnet_core.models.dfnet import df2
 
     with torch.device("meta"):
         encoder = df2()
@@ -183,7 +261,10 @@ def test_macs_match_the_papers_gflops() -> None:
     rows = {r.label: r for r in stats.collect_rows(["sfnet_resnet18", "sfnet_df1"], sizes=[(1024, 1024)])}
     assert abs(rows["sfnet_resnet18"].gmacs_dev) < 0.05   # 123.5 (Tables 1, 4)
     assert abs(rows["sfnet_resnet18"].params_dev) < 0.005
-    assert abs(rows["sfnet_df1"].gmacs_dev) < 0.05        # 18.6 (Table 1(d))
+    assert rows["sfnet_resnet18"].released_params_m == pytest.approx(12.869715)
+    assert abs(rows["sfnet_df1 (fpn_dim=128)"].gmacs_dev) < 0.05   # 18.6 (Table 1(d))
+    assert rows["sfnet_df1"].gmacs[(1024, 1024)] < rows["sfnet_df1 (fpn_dim=128)"].gmacs[(1024, 1024)]
+    assert rows["sfnet_df1"].released_params_m == pytest.approx(8.422387)
     # FAMs cost little: the FPN baseline is cheaper by ~1%.
     fpn = stats.count_gmacs("fpn_resnet18", (1024, 1024))
     assert 0.98 < fpn / rows["sfnet_resnet18"].gmacs[(1024, 1024)] < 1.0
@@ -194,7 +275,7 @@ def test_macs_match_the_papers_gflops() -> None:
 def test_model_stats_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert _model_stats().main(["--variants", "sfnet_df1"]) == 0
     out = capsys.readouterr().out
-    assert "sfnet_df1" in out and "GMACs 1024x2048" in out
+    assert "sfnet_df1" in out and "GMACs 1024x2048" in out and "released M" in out
 
 
 # ------------------------------------------------------------------ options and errors
@@ -209,6 +290,8 @@ def test_model_stats_cli(capsys: pytest.CaptureFixture[str]) -> None:
     ({"num_classes": 0}, "'num_classes'"),
     ({"aux": "yes"}, "'aux'"),
     ({"bogus": 1}, "unknown option.*'bogus'.*valid options: stem"),
+    ({"fam_align_corners": "false"}, "'fam_align_corners'"),
+    ({"ppm_relu": 1}, "'ppm_relu'"),
     ({"name": "sfnet_df1", "stem": "deep"}, "sfnet_df1.*unknown option.*'stem'"),
 ])
 def test_config_errors(kwargs: dict, match: str) -> None:
@@ -260,8 +343,9 @@ def test_pretrained_wrong_keys_and_shapes(tmp_path: Path) -> None:
         build_model("sfnet_resnet18", 19, stem="torchvision", pretrained_backbone=path)
     message = str(err.value)
     assert str(path) in message and "missing keys: conv1.weight" in message
-    assert "unexpected keys: conv1.0.weight" in message
-    assert isinstance(err.value, SFNetError)
+    assert "use the model option stem: deep" in message
+    assert "keys of the file not used: conv1.* (" in message
+    assert isinstance(err.value, SFNetError) and "\n" not in message
 
     bad = dict(deep)
     bad["layer1.0.conv1.weight"] = torch.zeros(64, 128, 1, 1)
@@ -274,19 +358,90 @@ def test_pretrained_wrong_keys_and_shapes(tmp_path: Path) -> None:
     with pytest.raises(PretrainedWeightsError, match="expected a state dict"):
         build_model("sfnet_resnet18", 19, pretrained_backbone=path)
 
+    path.write_bytes(b"\x80\x02not a pickle at all")
+    with pytest.raises(PretrainedWeightsError, match="not a readable weights file"):
+        build_model("sfnet_resnet18", 19, pretrained_backbone=path)
+
 
 def test_torchvision_weights_load_into_torchvision_stem(tmp_path: Path) -> None:
     tv = torchvision.models.resnet18(weights=None)
-    path = tmp_path / "resnet18_tv.pth"
+    path = tmp_path / "resnet18-f37072fd.pth"  # torchvision's file name
     torch.save(tv.state_dict(), path)
     model = build_model("sfnet_resnet18", 19, stem="torchvision", pretrained_backbone=path)
     assert torch.equal(model.backbone.conv1.weight, tv.conv1.weight)
     assert torch.equal(model.backbone.layer4[1].bn2.running_var, tv.layer4[1].bn2.running_var)
+    with pytest.raises(PretrainedWeightsError, match="7x7-stem torchvision file: set the model option stem: tor"):
+        build_model("sfnet_resnet18", 19, pretrained_backbone=path)
 
     sn = torchvision.models.shufflenet_v2_x1_0(weights=None)
     torch.save(sn.state_dict(), path)  # its conv5/fc classifier parts are skipped
     model = build_model("sfnet_shufflenetv2", 19, pretrained_backbone=path)
     assert torch.equal(model.backbone.stage4[0].branch1[0].weight, sn.stage4[0].branch1[0].weight)
+
+
+def _imagenet_file(backbone: torch.nn.Module, classifier_in: int) -> dict[str, torch.Tensor]:
+    """An ImageNet state dict laid out as the authors' files: the encoder's names + ``fc``."""
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in backbone.state_dict().items()}
+    return {**state, "fc.weight": torch.randn(1000, classifier_in), "fc.bias": torch.randn(1000)}
+
+
+@pytest.mark.parametrize("name,file_name,classifier_in", [
+    ("sfnet_resnet18", "resnet18-deep-inplane128.pth", 512),
+    ("sfnet_resnet50", "resnet50-deep.pth", 2048),
+    ("sfnet_df1", "df1_imagenet.pth", 512),
+    ("sfnet_df2", "df2_imagenet.pth", 512),
+])
+def test_authors_imagenet_files_load(tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str,
+                                     file_name: str, classifier_in: int) -> None:
+    import logging
+
+    import numpy as np
+
+    from sfnet_core.models import load_backbone_weights
+
+    backbone = build_model(name, 19).backbone
+    state = _imagenet_file(backbone, classifier_in)
+    path = tmp_path / file_name
+    # as an ImageNet training script saves it: DataParallel prefixes and a numpy metric
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 90,
+                "best_prec1": np.float64(71.2)}, path)
+    with caplog.at_level(logging.INFO, logger="sfnet_core.models.pretrained"):
+        report = load_backbone_weights(backbone, path)
+    assert report.unused == ["fc.weight", "fc.bias"] and not report.filled
+    assert "not used: fc.weight, fc.bias" in caplog.text
+    assert all(r.levelno == logging.INFO for r in caplog.records)
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_released_sfnet_checkpoint_as_backbone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The encoder of a released SFNet-R18 checkpoint (layer0.* = deep stem) initialises a backbone;
+    the head's keys are named as not used (a warning: they are not a classifier)."""
+    import logging
+
+    from sfnet_core.models.released import export_released
+
+    source = build_model("sfnet_resnet18", 19, aux=True)
+    released = export_released(source.state_dict(), "sfnet_resnet18")
+    path = tmp_path / "sfnet_r18_released.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in released.items()}, "epoch": 3}, path)
+    with caplog.at_level(logging.INFO, logger="sfnet_core.models.pretrained"):
+        model = build_model("sfnet_resnet18", 19, pretrained_backbone=path)
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, source.backbone.state_dict()[key]), key
+    assert "not used: head.* (" in caplog.text and caplog.records[-1].levelno == logging.WARNING
+
+
+def test_pretrained_refuses_pickled_objects(tmp_path: Path) -> None:
+    import argparse
+
+    path = tmp_path / "with_args.pth"
+    torch.save({"state_dict": build_model("sfnet_df1", 19).backbone.state_dict(),
+                "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(PretrainedWeightsError) as err:
+        build_model("sfnet_df1", 19, pretrained_backbone=path)
+    message = str(err.value)
+    assert "argparse.Namespace" in message and "weights_only=True" in message and "\n" not in message
 
 
 # ------------------------------------------------------------------ export

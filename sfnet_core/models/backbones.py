@@ -7,14 +7,15 @@ feature maps ordered finest first, and which carries:
 * ``out_strides``: nominal stride of each map w.r.t. the input (actual sizes follow the convs'
   ``floor`` arithmetic, so odd inputs give e.g. 11x16 rather than 10.03x15.03 at stride 32);
 * ``pretrained_ignore``: state-dict key prefixes of an ImageNet file that belong to the
-  classifier and are skipped when loading (see ``pretrained.load_backbone_weights``).
+  classifier: left over when loading (``pretrained.load_backbone_weights`` names every key it
+  did not use, at INFO level for these, as a warning for anything else).
 
 Parameter names follow torchvision (``conv1``, ``bn1``, ``layer1``...), and for the deep stem the
 authors' released ``resnet_d`` layout, so their ImageNet files load without renaming.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 from torchvision.models import shufflenet_v2_x1_0

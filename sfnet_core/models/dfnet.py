@@ -17,10 +17,13 @@ stride     DF1                                    DF2
 SFNet takes three levels, as the released SFNet-DF code does: DF1 stage3/stage4/stage5
 (128/256/512 ch at strides 16/32/32: the last FAM aligns two maps of the same size, and the
 prediction is made at 1/16) and DF2 stage2_2/stage3_2/stage4_2 (128/256/512 ch at 8/16/32).
-With fpn_dim 128 this reproduces the paper's DF1 figures: 9.24M parameters (paper 9.03M, +2.3%)
-and 18.5 GMACs at 1024x1024 (paper 18.6). Using the stride-4 stem output as a fourth level
-would cost 69 GMACs. Attribute names match the released code so its ImageNet files load
-(``fc.*`` skipped).
+The released decoder on them has fpn_dim 64 (``AlignedDFnetv1/v2``): 8.42M / 17.88M parameters
+(the paper's Table 3 says 9.03M / 10.53M; fpn_dim 128 would give DF1 9.24M and 18.5 GMACs at
+1024x1024, close to the paper's 9.03M / 18.6, but the released code and checkpoints use 64).
+Using the stride-4 stem output as a fourth level would cost 69 GMACs. Attribute names match
+the released code (``backbone.stage1.0.weight``...), so its ImageNet files (``df1_imagenet.pth``,
+``df2_imagenet.pth``) and SFNet checkpoints load without renaming (``fc.*`` skipped). The
+released encoder has no ``fc``; its blocks are torchvision's ``BasicBlock`` layer for layer.
 """
 from __future__ import annotations
 

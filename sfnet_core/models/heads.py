@@ -1,7 +1,7 @@
 """SFNet decoder parts: PPM, the aligned FPN decoder (paper section 3.3), FCN and aux heads."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,19 +49,26 @@ def adaptive_avg_pool2d(x: Tensor, bins: int) -> Tensor:
 class PyramidPoolingModule(nn.Module):
     """PPM (Zhao et al., PSPNet) on the last stage, output at the input's resolution.
 
-    Each bin b: average-pool to b x b, 1x1 conv-BN-ReLU to ``out_ch`` (PSPNet's branch; the
-    released SFNet code omits the ReLU, which has no parameters), bilinear back up; the
-    four priors and the input are concatenated and fused by a 1x1 conv-BN-ReLU (+ dropout 0.1).
-    The fusing conv is 1x1 as in the released SFNet code (a 3x3 one, as in PSPNet, would add
-    1.05M parameters to SFNet-R18 and miss the paper's 12.87M).
+    As the released SFNet code (``PSPModule``): each bin b: average-pool to b x b, 1x1 conv (no
+    bias) + BN to ``out_ch`` with NO ReLU (PSPNet's branches have one; ``branch_relu=True``
+    adds it back, which is how this project's models trained before the fix to issue #10 ran),
+    bilinear back up (``align_corners=True``); the four priors then the input are concatenated
+    and fused by a 1x1 conv-BN-ReLU + dropout 0.1. The fusing conv is 1x1 as in the released
+    code (a 3x3 one, as in PSPNet, would add 1.05M parameters to SFNet-R18 and miss the
+    paper's 12.87M).
 
     Shapes: (N, in_ch, h, w) -> (N, out_ch, h, w).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, bins: Sequence[int] = (1, 2, 3, 6)) -> None:
+    def __init__(self, in_ch: int, out_ch: int, bins: Sequence[int] = (1, 2, 3, 6),
+                 branch_relu: bool = False) -> None:
         super().__init__()
         self.bins = tuple(bins)
-        self.stages = nn.ModuleList(conv_bn_relu(in_ch, out_ch, 1) for _ in self.bins)
+        # Sequential(conv, BN[, ReLU]): parameter names are the same with or without the ReLU.
+        self.stages = nn.ModuleList(
+            conv_bn_relu(in_ch, out_ch, 1) if branch_relu else
+            nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch))
+            for _ in self.bins)
         self.bottleneck = nn.Sequential(*conv_bn_relu(in_ch + len(self.bins) * out_ch, out_ch, 1),
                                         nn.Dropout2d(0.1))
 
@@ -83,6 +90,15 @@ class AlignedFPNDecoder(nn.Module):
         fuse: how P3..P5 are brought to P2's grid before concatenation: ``"bilinear"`` (the
             released code) or ``"fam"`` (as the paper's text describes; adds one FAM per level).
         flow_kernel_size: kernel of every FAM's flow conv.
+        fam_align_corners: ``align_corners`` of every FAM's ``grid_sample`` (see
+            ``flow_alignment``).
+        ppm_relu: ReLU on the PPM branches (``PyramidPoolingModule.branch_relu``).
+
+    Layer for layer the released ``UperNetAlignHead``: PPM; per level a lateral 1x1
+    conv-BN-ReLU (the released one has a conv bias, which BN makes redundant: importing folds
+    it into the BN's running mean, exactly), the FAM, ``lateral + warped``, a 3x3 conv-BN-ReLU;
+    P3..P5 (P5 = the PPM output, not smoothed) bilinearly resized (``align_corners=True``) to
+    P2's grid, concatenated finest first, 3x3 conv-BN-ReLU and a 1x1 classifier with bias.
 
     ``forward(feats)`` with ``feats`` = [C2..C5] returns ``(logits, sums, flows)``: logits
     (N, num_classes, H2, W2) on C2's grid; ``sums`` the top-down sums lateral + aligned
@@ -91,15 +107,17 @@ class AlignedFPNDecoder(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], fpn_dim: int, num_classes: int,
-                 upsample: str = "fam", fuse: str = "bilinear", flow_kernel_size: int = 3) -> None:
+                 upsample: str = "fam", fuse: str = "bilinear", flow_kernel_size: int = 3,
+                 fam_align_corners: bool = True, ppm_relu: bool = False) -> None:
         super().__init__()
         levels = len(in_channels)
-        self.ppm = PyramidPoolingModule(in_channels[-1], fpn_dim)
+        self.fam_align_corners = fam_align_corners
+        self.ppm = PyramidPoolingModule(in_channels[-1], fpn_dim, branch_relu=ppm_relu)
         self.lateral = nn.ModuleList(conv_bn_relu(c, fpn_dim, 1) for c in in_channels[:-1])
-        self.align = nn.ModuleList(FlowAlignmentModule(fpn_dim, flow_kernel_size)
+        self.align = nn.ModuleList(FlowAlignmentModule(fpn_dim, flow_kernel_size, fam_align_corners)
                                    for _ in range(levels - 1) if upsample == "fam")
         self.smooth = nn.ModuleList(conv_bn_relu(fpn_dim, fpn_dim, 3) for _ in range(levels - 1))
-        self.fuse_align = nn.ModuleList(FlowAlignmentModule(fpn_dim, flow_kernel_size)
+        self.fuse_align = nn.ModuleList(FlowAlignmentModule(fpn_dim, flow_kernel_size, fam_align_corners)
                                         for _ in range(levels - 1) if fuse == "fam")
         self.fuse = conv_bn_relu(levels * fpn_dim, fpn_dim, 3)
         self.classifier = nn.Conv2d(fpn_dim, num_classes, 1)
@@ -148,7 +166,11 @@ class FCNDecoder(nn.Module):
 
 
 class AuxHead(nn.Module):
-    """Deep-supervision head: 3x3 conv-BN-ReLU, dropout 0.1, 1x1 classifier. (N, C, h, w) -> (N, K, h, w)."""
+    """Deep-supervision head: 3x3 conv-BN-ReLU, dropout 0.1, 1x1 classifier. (N, C, h, w) -> (N, K, h, w).
+
+    The released ``head.dsn.i`` (same layer indices); its 3x3 conv's bias is folded into the BN
+    on import, as for the laterals.
+    """
 
     def __init__(self, in_ch: int, mid_ch: int, num_classes: int) -> None:
         super().__init__()

@@ -1,37 +1,58 @@
 """SFNet model, its variants and ``build_model``.
 
-Parameter counts against the paper (19 classes), and what the paper counted
----------------------------------------------------------------------------
-The paper's 12.87M (SFNet-R18, Tables 3-4) and 50.32M (SFNet-R101, Table 4) are reproduced
-exactly (12.869M / 50.317M) by the released code's configuration:
+Fidelity to the released code (SFSegNets, ``network/sfnet_resnet.py``, ``sfnet_dfnet.py``,
+``nn/operators.py``): for SFNet-R18/R50/R101/DF1/DF2, with or without the deep-supervision
+heads, the network computes the released network's function, layer for layer; a released
+checkpoint imported with ``sfnet-import`` (``released.py``) gives the released code's logits
+(docs/model.md). The only structural difference: the released lateral 1x1 convs and dsn 3x3
+convs carry a bias that the BatchNorm right after makes redundant; they are built without
+(import folds the bias into the BN's running mean, which is exact).
+
+Parameter counts (19 classes, inference network, aux heads excluded)
+--------------------------------------------------------------------
+=================  ===========  ===================  ==========
+model              this code    released code        paper
+=================  ===========  ===================  ==========
+SFNet-R18          12,869,331   12,869,715           12.87M
+SFNet-R50          31,324,371   31,325,139           -
+SFNet-R101         50,316,499   50,317,267           50.32M
+SFNet-DF1           8,422,259    8,422,387            9.03M
+SFNet-DF2          17,876,339   17,876,467           10.53M
+=================  ===========  ===================  ==========
+
+The released counts are this code's plus the lateral biases (3 x fpn_dim for ResNets, 2 x 64
+for DF). What the paper counted for R18/R101 is the released configuration:
 
 * deep-stem ResNet *including* layer1's 128->64*expansion projection (1x1 conv + BN) that the
   deep stem's 128 output channels force, and no ``fc``;
 * PPM with bins (1, 2, 3, 6), branch width = fpn_dim, and a **1x1** fusing conv (a 3x3 one
   would give 13.92M / 56.61M);
-* fpn_dim 128 (R18) / 256 (R50, R101), three FAMs, fuse by bilinear upsampling;
+* fpn_dim 128 (R18) / 256 (R50, R101) / 64 (DF1, DF2), three FAMs (two for DF), fuse by
+  bilinear upsampling;
 * **without** the deep-supervision heads (``aux=True`` adds 0.45M on R18, 1.79M on R101:
   they are training-only and dropped at inference, so the paper counts the inference net).
-  BN parameters (weight, bias) are counted; buffers are not. The lateral 1x1 convs have no
-  bias here (BN follows); the released code's biases would add 384 / 768 parameters.
+  BN parameters (weight, bias) are counted; buffers are not.
 
-Other encoders: DF1 (fpn_dim 128, the released code's three levels, see ``dfnet.py``) has
-9.24M (paper 9.03M, +2.3%). DF2 cannot match the paper's 10.53M: the DF2 encoder alone has
-17.47M parameters (its layer table is pinned down by the DF paper's 1.77 GMACs at 224x224,
-which it reproduces), so SFNet-DF2 has 18.70M. The paper gives no count for ShuffleNetV2.
+The DF rows follow the released code (fpn_dim 64), not the paper's table: the DF2 encoder alone
+has 17.47M parameters (its layer table is pinned down by the DF paper's 1.77 GMACs at 224x224,
+which it reproduces), so no decoder on it reaches 10.53M; with fpn_dim 64, DF1 has 8.42M
+against the paper's 9.03M. The paper gives no count for ShuffleNetV2 (not in the released code).
 
 MACs. The paper's "GFLOPs" are multiply-accumulates (2 FLOPs per MAC would make SFNet-R18
 243 G): at 1024x1024 this code gives 121.5 GMACs for SFNet-R18 (paper 123.5), 331.7 / 409.3
-for R50 / R101 (337.1 / 417.5) and 18.5 for DF1 (18.6), counting convolutions and matmuls
-only. ShuffleNetV2 uses fpn_dim 64: with 128 the model would cost 55.8 G, 3x the paper's 18.1;
-with 64 it has 16.1 G and FAMs add 0.32 G (paper: 17.8 -> 18.1). ``bench/model_stats.py``
-prints the whole table.
+for R50 / R101 (337.1 / 417.5), counting convolutions and matmuls only. ShuffleNetV2 uses
+fpn_dim 64: with 128 the model would cost 55.8 G, 3x the paper's 18.1; with 64 it has 16.1 G
+and FAMs add 0.32 G (paper: 17.8 -> 18.1). ``bench/model_stats.py`` prints the whole table.
+
+Training-only difference: the decoder's convs get He-normal initialisation here, PyTorch's
+default in the released code (no effect on imported weights).
 """
 from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -79,7 +100,8 @@ class SFNet(nn.Module):
             outputs += ([F.interpolate(head(f), size=size, mode="bilinear", align_corners=True)
                          for head, f in zip(self.aux_heads, sums)],)
         if return_flows:
-            outputs += ([flow_to_pixels(f) for f in flows],)
+            align_corners = getattr(self.decoder, "fam_align_corners", True)
+            outputs += ([flow_to_pixels(f, align_corners) for f in flows],)
         return outputs[0] if len(outputs) == 1 else outputs
 
 
@@ -105,13 +127,17 @@ def _int(key: str, value: Any, minimum: int, even: bool = False, odd: bool = Fal
 
 
 def _sfnet(backbone: nn.Module, num_classes: int, aux: bool, fpn_dim: int, upsample: str,
-           fuse: str, flow_kernel_size: int) -> SFNet:
+           fuse: str, flow_kernel_size: int, fam_align_corners: bool = True,
+           ppm_relu: bool = False) -> SFNet:
     _int("fpn_dim", fpn_dim, 2, even=True)
     _choice("upsample", upsample, ("fam", "bilinear"))
     _choice("fuse", fuse, ("bilinear", "fam"))
     _int("flow_kernel_size", flow_kernel_size, 1, odd=True)
+    _choice("fam_align_corners", fam_align_corners, (True, False))
+    _choice("ppm_relu", ppm_relu, (False, True))
     channels = backbone.out_channels
-    decoder = AlignedFPNDecoder(channels, fpn_dim, num_classes, upsample, fuse, flow_kernel_size)
+    decoder = AlignedFPNDecoder(channels, fpn_dim, num_classes, upsample, fuse, flow_kernel_size,
+                                fam_align_corners, ppm_relu)
     heads = [AuxHead(fpn_dim, fpn_dim, num_classes) for _ in channels[:-1]] if aux else []
     model = SFNet(backbone, decoder, num_classes, heads)
     init_conv_bn(model.decoder)
@@ -133,56 +159,76 @@ def _resnet(factory: Callable[..., nn.Module], stem: str, dilate_last_stages: bo
 
 # ---------------------------------------------------------------------------- variants
 # Each builder: (num_classes, aux, *, options) -> SFNet. Keyword-only parameters are the
-# options ``build_model`` accepts for that variant.
+# options ``build_model`` accepts for that variant. Options common to the FAM decoders:
+# ``fam_align_corners`` (``grid_sample`` of the FAMs; the released code's HEAD uses True, its
+# 2020-2022 versions False, see flow_alignment.py) and ``ppm_relu`` (False as the released code;
+# True reproduces this project's models trained before issue #10). A checkpoint that lacks an
+# option gets its default here.
 
 def sfnet_resnet18(num_classes: int, aux: bool = False, *, stem: str = "deep",
                    dilate_last_stages: bool = True, fpn_dim: int = 128, upsample: str = "fam",
-                   fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
+                   fuse: str = "bilinear", flow_kernel_size: int = 3, fam_align_corners: bool = True,
+                   ppm_relu: bool = False) -> SFNet:
     """SFNet on ResNet-18 (deep stem): 12.87M parameters, the paper's real-time model."""
     backbone = _resnet(backbones.resnet18, stem, dilate_last_stages)
-    return _sfnet(backbone, num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+    return _sfnet(backbone, num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size,
+                  fam_align_corners, ppm_relu)
 
 
 def sfnet_resnet50(num_classes: int, aux: bool = False, *, stem: str = "deep",
                    dilate_last_stages: bool = True, fpn_dim: int = 256, upsample: str = "fam",
-                   fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
-    """SFNet on ResNet-50 (deep stem), fpn_dim 256 (paper Table 1(d))."""
+                   fuse: str = "bilinear", flow_kernel_size: int = 3, fam_align_corners: bool = True,
+                   ppm_relu: bool = False) -> SFNet:
+    """SFNet on ResNet-50 (deep stem), fpn_dim 256 (paper Table 1(d), released code)."""
     backbone = _resnet(backbones.resnet50, stem, dilate_last_stages)
-    return _sfnet(backbone, num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+    return _sfnet(backbone, num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size,
+                  fam_align_corners, ppm_relu)
 
 
 def sfnet_resnet101(num_classes: int, aux: bool = False, *, stem: str = "deep",
                     dilate_last_stages: bool = True, fpn_dim: int = 256, upsample: str = "fam",
-                    fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
+                    fuse: str = "bilinear", flow_kernel_size: int = 3, fam_align_corners: bool = True,
+                    ppm_relu: bool = False) -> SFNet:
     """SFNet on ResNet-101 (deep stem): 50.32M parameters (paper Table 4)."""
     backbone = _resnet(backbones.resnet101, stem, dilate_last_stages)
-    return _sfnet(backbone, num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+    return _sfnet(backbone, num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size,
+                  fam_align_corners, ppm_relu)
 
 
 def sfnet_shufflenetv2(num_classes: int, aux: bool = False, *, fpn_dim: int = 64, upsample: str = "fam",
-                       fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
-    """SFNet on torchvision's ShuffleNetV2 1.0x (paper Table 1(d)); fpn_dim 64 (see module doc)."""
-    return _sfnet(backbones.shufflenet_v2(), num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+                       fuse: str = "bilinear", flow_kernel_size: int = 3, fam_align_corners: bool = True,
+                       ppm_relu: bool = False) -> SFNet:
+    """SFNet on torchvision's ShuffleNetV2 1.0x (paper Table 1(d)); fpn_dim 64 (see module doc).
+    Not in the released code."""
+    return _sfnet(backbones.shufflenet_v2(), num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size,
+                  fam_align_corners, ppm_relu)
 
 
-def sfnet_df1(num_classes: int, aux: bool = False, *, fpn_dim: int = 128, upsample: str = "fam",
-              fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
-    """SFNet on DF1, three levels at strides 16/32/32 (paper Table 3: 9.03M; here 9.24M)."""
-    return _sfnet(dfnet.df1(), num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+def sfnet_df1(num_classes: int, aux: bool = False, *, fpn_dim: int = 64, upsample: str = "fam",
+              fuse: str = "bilinear", flow_kernel_size: int = 3, fam_align_corners: bool = True,
+              ppm_relu: bool = False) -> SFNet:
+    """SFNet on DF1, three levels at strides 16/32/32, fpn_dim 64 as the released
+    ``AlignedDFnetv1`` (8.42M parameters; the paper's Table 3 says 9.03M)."""
+    return _sfnet(dfnet.df1(), num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size,
+                  fam_align_corners, ppm_relu)
 
 
-def sfnet_df2(num_classes: int, aux: bool = False, *, fpn_dim: int = 128, upsample: str = "fam",
-              fuse: str = "bilinear", flow_kernel_size: int = 3) -> SFNet:
-    """SFNet on DF2, three levels at strides 8/16/32 (paper Table 3 says 10.53M; the DF2 encoder
-    alone has 17.47M, the model 18.70M)."""
-    return _sfnet(dfnet.df2(), num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size)
+def sfnet_df2(num_classes: int, aux: bool = False, *, fpn_dim: int = 64, upsample: str = "fam",
+              fuse: str = "bilinear", flow_kernel_size: int = 3, fam_align_corners: bool = True,
+              ppm_relu: bool = False) -> SFNet:
+    """SFNet on DF2, three levels at strides 8/16/32, fpn_dim 64 as the released
+    ``AlignedDFnetv2`` (17.88M parameters; the paper's Table 3 says 10.53M, but the DF2
+    encoder alone has 17.47M)."""
+    return _sfnet(dfnet.df2(), num_classes, aux, fpn_dim, upsample, fuse, flow_kernel_size,
+                  fam_align_corners, ppm_relu)
 
 
 def fpn_resnet18(num_classes: int, aux: bool = False, *, stem: str = "deep",
-                 dilate_last_stages: bool = True, fpn_dim: int = 128) -> SFNet:
-    """Paper Table 1(a) "FPN + PPM" baseline: SFNet-R18's decoder with bilinear upsampling."""
+                 dilate_last_stages: bool = True, fpn_dim: int = 128, ppm_relu: bool = False) -> SFNet:
+    """Paper Table 1(a) "FPN + PPM" baseline: SFNet-R18's decoder with bilinear upsampling
+    (the released ``UperNetHead``)."""
     backbone = _resnet(backbones.resnet18, stem, dilate_last_stages)
-    return _sfnet(backbone, num_classes, aux, fpn_dim, "bilinear", "bilinear", 3)
+    return _sfnet(backbone, num_classes, aux, fpn_dim, "bilinear", "bilinear", 3, True, ppm_relu)
 
 
 def fcn_resnet18(num_classes: int, aux: bool = False, *, stem: str = "deep",
