@@ -3,7 +3,9 @@
     .venv/bin/python bench/node_latency.py [--height 512 --width 1024 --frames 20 --device auto]
 
 1. Writes a random-weight sfnet_resnet18 checkpoint into a temporary folder.
-2. Starts the node process (as the launch file does) with reliable keep-last-1 QoS.
+2. Starts the node process (as the launch file does, with the Fast DDS profile of
+   config/fastdds_large_frames.xml, which this process's publisher loads too: ``--fastdds-profile``)
+   with reliable keep-last-1 QoS.
 3. For each benchmark frame, side by side: the bare ``Segmenter.segment`` in this process (the
    node idle meanwhile), then the same frame published as sensor_msgs/Image rgb8 to the node,
    waiting for its labels: end-to-end latency = arrival of ``segmentation/labels`` minus the
@@ -15,11 +17,29 @@
 
 Only the labels topic is subscribed, so the node builds no colour/confidence images: the
 comparison is like for like. Numbers depend on the machine; run it on a quiet one.
+
+Delivery (``--delivery``): how many camera frames published best effort reach the node's image
+callback, with and without the Fast DDS profile (config/fastdds_large_frames.xml, docs/transport.md)::
+
+    .venv/bin/python bench/node_latency.py --delivery [--sizes 640x480@5,1920x1080@30,4000x3000@2 --rounds 3]
+
+For each setting (``default``: no profile anywhere; ``profile``: the profile exported for the whole
+stack, camera publisher included, as docs/transport.md says to; optionally ``node-only``: the
+node's side only, a camera driver started without it) three processes share one ROS
+domain: the node (started as the launch file starts it), a camera publisher (rgb8, best effort,
+keep last 5 like a camera driver's sensor-data QoS) and a plain subscriber with the node's input
+QoS (best effort, keep last 1), for comparison. The settings run interleaved, burst by burst,
+so background load hits both alike. Counted: frames the publisher offered; frames the node's
+callback received (``frames_received_total`` on /diagnostics, before and after each burst); frames
+the plain subscriber received. No timing enters a count; the load average is printed with them.
+The last line is a JSON summary.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -33,6 +53,9 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.15
+FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_large_frames.xml"
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+DELIVERY_TARGET = 0.99
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -58,7 +81,8 @@ def write_checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     model = build_model("sfnet_resnet18", 19)
-    save_checkpoint(path, model, "sfnet_resnet18", ClassTable.from_yaml(REPO_ROOT / "config" / "classes" / "cityscapes.yaml"))
+    classes = ClassTable.from_yaml(REPO_ROOT / "config" / "classes" / "cityscapes.yaml")
+    save_checkpoint(path, model, "sfnet_resnet18", classes)
     return path
 
 
@@ -192,6 +216,360 @@ def _wait(predicate, timeout: float, what: str):
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+# -- delivery: frames offered by a camera publisher vs frames reaching the node --------------------
+
+
+def node_environment(base: dict[str, str], profile: str) -> dict[str, str]:
+    """``base`` with the Fast DDS profile variables set as the launch file sets them (``auto``:
+    this checkout's profile unless ``base`` names one) or removed (``none``)."""
+    from sfnet_ros.launch_support import fastdds_profile_environment
+
+    env = dict(base)
+    if profile == "none":
+        for name in PROFILE_VARIABLES:
+            env.pop(name, None)
+        return env
+    env.update(fastdds_profile_environment(profile, env, FASTDDS_PROFILE, env.get("ROS_DISTRO")))
+    return env
+
+
+def node_command(checkpoint: Path, device: str, namespace: str, extra: list[str]) -> list[str]:
+    """The command line launch/sfnet.launch.py amounts to for one camera on /camera/image_raw."""
+    from sfnet_ros.launch_support import camera_plan
+
+    command = [sys.executable, "-m", "sfnet_ros.node", "--ros-args",
+               "--params-file", str(REPO_ROOT / "config" / "sfnet.yaml"),
+               "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}", *extra]
+    for source, target in camera_plan("", "", "/camera/image_raw").remappings:
+        command += ["-r", f"{source}:={target}"]
+    return command + ["-r", f"__ns:={namespace}"]
+
+
+def _parse_sizes(text: str) -> list[tuple[int, int, float]]:
+    """``"1920x1080@30,640x480@5"`` -> [(1920, 1080, 30.0), (640, 480, 5.0)] (width x height @ Hz)."""
+    sizes = []
+    for item in text.split(","):
+        try:
+            geometry, rate = item.strip().split("@")
+            width, height = (int(v) for v in geometry.lower().split("x"))
+            sizes.append((width, height, float(rate)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--sizes: expected WIDTHxHEIGHT@HZ items, got {item!r}") from None
+        if width <= 0 or height <= 0 or sizes[-1][2] <= 0:
+            raise argparse.ArgumentTypeError(f"--sizes: {item!r} must be positive")
+    return sizes
+
+
+def _parse_settings(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SETTINGS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"--settings: expected distinct names from {', '.join(SETTINGS)}, got {text!r}")
+    return names
+
+
+class _LineProcess:
+    """A helper process (publisher or subscriber role of this script) driven by stdin lines,
+    answering on stdout; every wait is bounded."""
+
+    def __init__(self, role: str, env: dict[str, str], log_path: Path, extra: list[str]) -> None:
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--role", role, *extra], env=env, cwd=REPO_ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
+            start_new_session=True)
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line.strip())
+
+    def send(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def expect(self, prefix: str, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.01, min(0.5, deadline - time.monotonic())))
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"helper process exited with code {self.process.returncode} "
+                                       f"before answering {prefix!r}") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no {prefix!r} from the helper within {timeout:.0f} s") from None
+                continue
+            if line.startswith(prefix):
+                return line.split()[1:]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.send("quit")
+                self.process.wait(15)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()
+
+
+def _role_publisher(subscribers: int) -> int:
+    """stdin ``burst W H HZ N TAG`` -> publishes N rgb8 frames (frame_id TAG) at HZ, answers
+    ``sent TAG N SECONDS``; ``ready`` once ``subscribers`` subscriptions have matched."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from sfnet_ros.conversions import numpy_to_image
+
+    rclpy.init()
+    node = rclpy.create_node("sfnet_bench_camera")
+    publisher = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+    _wait(lambda: publisher.get_subscription_count() >= subscribers, 120, "the subscriptions")
+    print("ready", flush=True)
+    messages: dict[tuple[int, int], object] = {}
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] == "quit":
+            break
+        width, height, rate, count, tag = int(words[1]), int(words[2]), float(words[3]), int(words[4]), words[5]
+        if (width, height) not in messages:
+            noise = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+            messages[(width, height)] = numpy_to_image(noise, "rgb8")
+        msg = messages[(width, height)]
+        msg.header.frame_id = tag
+        start = next_time = time.monotonic()
+        for i in range(count):
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 1, i  # only the count matters
+            publisher.publish(msg)
+            next_time += 1.0 / rate
+            time.sleep(max(0.0, next_time - time.monotonic()))
+        print(f"sent {tag} {count} {time.monotonic() - start:.3f}", flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+def _role_subscriber() -> int:
+    """Counts frames per frame_id with the node's input QoS; stdin ``count TAG`` -> ``count TAG N``."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    rclpy.init()
+    node = rclpy.create_node("sfnet_bench_plain_subscriber")
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def on_image(msg) -> None:
+        with lock:
+            counts[msg.header.frame_id] = counts.get(msg.header.frame_id, 0) + 1
+
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+    node.create_subscription(Image, "/camera/image_raw", on_image, qos)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] == "quit":
+            break
+        with lock:
+            print(f"count {words[1]} {counts.get(words[1], 0)}", flush=True)
+    executor.shutdown(timeout_sec=5)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+class _Diagnostics:
+    """/diagnostics of one domain, read in this process: the node's ``frames_received_total``."""
+
+    def __init__(self, domain: int) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node(f"sfnet_bench_diagnostics_{domain}", context=self.context)
+        self.lock = threading.Lock()
+        self.latest: dict[str, str] = {}
+        self.arrivals = 0
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        threading.Thread(target=self._spin, daemon=True).start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001, S110 - ends with the context
+            pass
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if "frames_received_total" in values:
+                with self.lock:
+                    self.latest = values
+                    self.arrivals += 1
+
+    def next_received_total(self, timeout: float) -> int:
+        """``frames_received_total`` of the next /diagnostics message to arrive from now on (so it
+        was published after this call: it counts every frame the node received before)."""
+        with self.lock:
+            start = self.arrivals
+        _wait(lambda: self.arrivals > start, timeout, "fresh /diagnostics from the node")
+        with self.lock:
+            return int(self.latest["frames_received_total"])
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+#: Delivery settings: name -> (profile of the node and the plain subscriber, profile of the camera).
+SETTINGS = {"default": ("none", "none"), "profile": ("auto", "auto"), "node-only": ("auto", "none")}
+
+
+class _Stack:
+    """Node + camera publisher + plain subscriber in a ROS domain of their own, with or without
+    the Fast DDS profile: ``profile`` = the whole stack alike, as docs/transport.md says to deploy
+    it; ``node-only`` = only the node's side (the launch file's default with a camera driver
+    started without the exported profile)."""
+
+    def __init__(self, name: str, domain: int, checkpoint: Path, device: str, tmp: Path,
+                 node_parameters: list[str]) -> None:
+        self.name = name
+        base = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+                "ROS_LOCALHOST_ONLY": "1", "PYTHONUNBUFFERED": "1"}
+        node_profile, camera_profile = SETTINGS[name]
+        self.env = node_environment(base, node_profile)
+        camera_env = node_environment(base, camera_profile)
+        self.log_path = tmp / f"node_{name}.log"
+        self.node = None
+        self.publisher = self.subscriber = self.diagnostics = None
+        with open(self.log_path, "wb") as log:
+            self.node = subprocess.Popen(node_command(checkpoint, device, "/bench", node_parameters), env=self.env,
+                                         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.diagnostics = _Diagnostics(domain)
+        self.subscriber = _LineProcess("subscriber", self.env, tmp / f"subscriber_{name}.log", [])
+        self.publisher = _LineProcess("publisher", camera_env, tmp / f"publisher_{name}.log", ["--subscribers", "2"])
+
+    def wait_ready(self, timeout: float) -> None:
+        _wait(lambda: "active:" in self.log_path.read_text() or self.node.poll() is not None, timeout,
+              f"the {self.name} node to activate")
+        if self.node.poll() is not None:
+            raise RuntimeError(f"the {self.name} node exited:\n{self.log_path.read_text()}")
+        self.subscriber.expect("ready", timeout)
+        self.publisher.expect("ready", timeout)
+
+    def burst(self, width: int, height: int, rate: float, count: int, tag: str,
+              settle: float) -> dict[str, float]:
+        """Publish ``count`` frames; returns offered / node / plain subscriber counts."""
+        before = self.diagnostics.next_received_total(60)
+        self.publisher.send(f"burst {width} {height} {rate} {count} {tag}")
+        _, sent, seconds = self.publisher.expect(f"sent {tag}", 60 + 4 * count / rate)
+        # Frames still in flight: read both counts until they hold still for ``settle`` seconds.
+        readings: list[tuple[int, int, float]] = []
+        deadline = time.monotonic() + 120
+        while True:
+            after = self.diagnostics.next_received_total(60)
+            self.subscriber.send(f"count {tag}")
+            plain = int(self.subscriber.expect(f"count {tag}", 30)[1])
+            now = time.monotonic()
+            readings.append((after, plain, now))
+            if readings[0][:2] != (after, plain):
+                readings = [readings[-1]]
+            elif now - readings[0][2] >= settle or now > deadline:
+                break
+        return {"offered": int(sent), "node": after - before, "plain": plain, "seconds": float(seconds)}
+
+    def close(self) -> None:
+        for helper in (self.publisher, self.subscriber):
+            if helper is not None:
+                helper.close()
+        if self.diagnostics is not None:
+            self.diagnostics.close()
+        if self.node is not None and self.node.poll() is None:
+            self.node.send_signal(signal.SIGINT)
+            try:
+                self.node.wait(30)
+            except subprocess.TimeoutExpired:
+                self.node.kill()
+                self.node.wait(10)
+
+
+def run_delivery(args: argparse.Namespace) -> int:
+    """Interleaved bursts through the ``default`` and ``profile`` stacks; prints the table and a
+    JSON summary (last line)."""
+    sizes = args.sizes
+    settings = args.settings
+    # Small network input and frames over 8.3 MP dropped before inference (the node's own limit),
+    # so the node's CPU use stays that of a real-time configuration; what is counted is delivery.
+    node_parameters = ["-p", "input_size:=[128, 256]", "-p", "max_input_pixels:=8294400",
+                       "-p", "diagnostics_period:=0.5"]
+    totals = {(w, h, r, name): {"offered": 0, "node": 0, "plain": 0, "seconds": 0.0}
+              for w, h, r in sizes for name in settings}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="sfnet_delivery_") as tmp_name:
+        tmp = Path(tmp_name)
+        checkpoint = write_checkpoint(tmp / "sfnet_resnet18_random.pt")
+        base_domain = os.getpid() % 80 + 10
+        stacks: list[_Stack] = []
+        try:
+            for index, name in enumerate(settings):
+                stacks.append(_Stack(name, base_domain + index, checkpoint, args.device, tmp, node_parameters))
+            for stack in stacks:
+                stack.wait_ready(300)
+            for round_index in range(args.rounds):
+                for width, height, rate in sizes:
+                    count = max(5, round(rate * args.burst_seconds))
+                    # Alternate the order each round, so neither setting always goes first.
+                    for stack in stacks if round_index % 2 == 0 else stacks[::-1]:
+                        tag = f"r{round_index}_{width}x{height}_{stack.name}"
+                        result = stack.burst(width, height, rate, count, tag, args.settle)
+                        total = totals[(width, height, rate, stack.name)]
+                        for key in total:
+                            total[key] += result[key]
+                        print(f"round {round_index + 1}/{args.rounds} {width}x{height}@{rate:g} {stack.name:8s}: "
+                              f"offered {result['offered']}, node {result['node']}, plain {result['plain']}",
+                              flush=True)
+        finally:
+            for stack in stacks:
+                stack.close()
+    load_after = os.getloadavg()
+    print(f"\ndelivery, best effort, {args.rounds} interleaved round(s); load average "
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} CPU(s)")
+    print(f"{'frame':>18s}  {'setting':8s}  {'offered':>7s}  {'node':>13s}  {'plain sub':>13s}")
+    summary = []
+    for (width, height, rate, name), total in totals.items():
+        offered = max(total["offered"], 1)
+        node_share, plain_share = total["node"] / offered, total["plain"] / offered
+        print(f"{f'{width}x{height}@{rate:g}Hz':>18s}  {name:8s}  {total['offered']:7d}  "
+              f"{total['node']:6d} ({node_share:4.0%})  {total['plain']:6d} ({plain_share:4.0%})")
+        summary.append({"width": width, "height": height, "rate_hz": rate, "setting": name,
+                        "offered": total["offered"], "node": total["node"], "plain": total["plain"],
+                        "publish_seconds": round(total["seconds"], 2)})
+    for width, height, rate in sizes if "profile" in settings else []:
+        result = totals[(width, height, rate, "profile")]
+        share = result["node"] / max(result["offered"], 1)
+        print(f"{width}x{height}@{rate:g}Hz with the profile: {share:.1%} of the offered frames reached the node "
+              f"(target >= {DELIVERY_TARGET:.0%}): {'PASS' if share >= DELIVERY_TARGET else 'FAIL'}")
+    print(json.dumps({"delivery": summary, "rounds": args.rounds, "cpus": os.cpu_count(),
+                      "load_before": round(load_before[0], 2), "load_after": round(load_after[0], 2)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=512)
@@ -201,11 +579,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload", type=float, default=10.0, help="overload factor")
     parser.add_argument("--overload-seconds", type=float, default=0.0,
                         help="overload duration (default: 12 frame times, at least 5 s)")
+    parser.add_argument("--fastdds-profile", default="auto",
+                        help="latency run: Fast DDS profile of the node and of this process, as the launch "
+                             "argument fastdds_profile: auto (config/fastdds_large_frames.xml unless one is "
+                             "exported), none, or a path")
+    delivery = parser.add_argument_group("delivery (--delivery)")
+    delivery.add_argument("--delivery", action="store_true",
+                          help="measure frame delivery to the node with and without the Fast DDS profile "
+                               "instead of the latency")
+    delivery.add_argument("--sizes", type=_parse_sizes, default=_parse_sizes("640x480@5,1920x1080@30,4000x3000@2"),
+                          help="frame sizes and rates, WIDTHxHEIGHT@HZ, comma-separated "
+                               "(default 640x480@5,1920x1080@30,4000x3000@2)")
+    delivery.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    delivery.add_argument("--settings", type=_parse_settings, default=["default", "profile"],
+                          help="comma-separated, from: default (no profile), profile (whole stack), "
+                               "node-only (node but not camera); default: default,profile")
+    delivery.add_argument("--burst-seconds", type=float, default=6.0,
+                          help="length of one burst, in frames at the size's rate (default 6 s, at least 5 frames)")
+    delivery.add_argument("--settle", type=float, default=1.5,
+                          help="seconds both counts must hold still after a burst (default 1.5)")
+    delivery.add_argument("--quick", action="store_true",
+                          help="smoke run: 320x240@10, one round of 10 frames")
+    parser.add_argument("--role", choices=["publisher", "subscriber"], help=argparse.SUPPRESS)
+    parser.add_argument("--subscribers", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.role == "publisher":
+        return _role_publisher(args.subscribers)
+    if args.role == "subscriber":
+        return _role_subscriber()
+    if args.delivery:
+        if args.quick:
+            args.sizes, args.rounds, args.burst_seconds = _parse_sizes("320x240@10"), 1, 1.0
+        if args.rounds < 1 or args.burst_seconds <= 0 or args.settle < 0:
+            parser.error("--rounds must be >= 1, --burst-seconds > 0 and --settle >= 0")
+        return run_delivery(args)
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 5))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+    # The node as the launch file starts it, and this process's participant alike (Fast DDS reads
+    # the variable when the first participant of a process is created: nothing ROS ran before).
+    from sfnet_ros.launch_support import LaunchArgumentError
+
+    try:
+        profiled = node_environment(dict(os.environ), args.fastdds_profile)
+    except LaunchArgumentError as exc:
+        parser.error(f"--fastdds-profile: {exc}")
+    for name in PROFILE_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(profiled)
     from sfnet_ros.conversions import numpy_to_image
 
     frames = _frames(args.frames, args.height, args.width)
@@ -215,10 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         bare_ms = bare.time_ms(frames[0])  # a first estimate, for the time-outs below
 
         log_path = Path(tmp) / "node.log"
-        command = [sys.executable, "-m", "sfnet_ros.node", "--ros-args",
-                   "--params-file", str(REPO_ROOT / "config" / "sfnet.yaml"),
-                   "-p", f"checkpoint:={checkpoint}", "-p", f"device:={args.device}",
-                   "-p", "diagnostics_period:=1.0", "-p", "qos_reliability:=reliable", "-r", "image:=/camera/image_raw", "-r", "__ns:=/bench"]
+        command = node_command(checkpoint, args.device, "/bench",
+                               ["-p", "diagnostics_period:=1.0", "-p", "qos_reliability:=reliable"])
         with open(log_path, "wb") as log:
             node = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)

@@ -1,21 +1,29 @@
 """Launch sfnet_node: ``ros2 launch sfnet_ros sfnet.launch.py checkpoint:=/path/model.pt``.
 
-Arguments:
-  checkpoint   path of the .pt checkpoint (required to get past configure)
-  image_topic  camera topic the node's ``image`` input is remapped to (default /camera/image_raw;
-               with transport compressed the node subscribes <image_topic>/compressed)
-  params_file  parameter file (default: this package's config/sfnet.yaml)
-  namespace    namespace of the node and of its relative output topics (default: none)
-  device       auto | cpu | cuda | cuda:N (overrides the params file)
+Arguments (docs/launch.md has the full table and a four-camera example):
+  checkpoint       path of the .pt checkpoint (required to get past configure)
+  image_topic      one camera: the topic the node's ``image`` input is remapped to (default
+                   /camera/image_raw; with transport compressed the node subscribes
+                   <image_topic>/compressed); ``camera_info`` goes to its sibling
+                   (/camera/image_raw -> /camera/camera_info)
+  cameras          several cameras: comma-separated names, e.g. front,left,rear (default empty =
+                   one camera); sets the node's ``cameras`` parameter
+  image_topics     with cameras: one image topic per camera, same order, comma-separated; each
+                   <camera>/image is remapped to its topic, <camera>/camera_info to the sibling
+  params_file      parameter file (default: this package's config/sfnet.yaml)
+  namespace        namespace of the node and of its relative output topics (default: none)
+  device           auto | cpu | cuda | cuda:N (overrides the params file)
+  fastdds_profile  auto (default: the profile already exported for the whole stack, else this
+                   package's config/fastdds_large_frames.xml) | none | a path
 
-The command line this amounts to (what the tests run, since launch is not installable there)::
+The argument logic lives in ``sfnet_ros.launch_support`` (no launch imports, so it is tested where
+launch is not installed). With one camera the command line this amounts to (what the tests run)::
 
+  FASTDDS_DEFAULT_PROFILES_FILE=<share>/config/fastdds_large_frames.xml \
   sfnet_node --ros-args -r __node:=sfnet_node -r __ns:=/<namespace> \
       --params-file <params_file> -p checkpoint:=<checkpoint> -p device:=<device> \
-      -r image:=<image_topic>
+      -r image:=<image_topic> -r camera_info:=<sibling of image_topic>
 
-For several cameras set ``cameras: [front, left]`` in the params file and remap each
-``<camera>/image`` instead (e.g. ``front/image:=/cam_front/image_raw``).
 The node is a lifecycle node that activates itself (``autostart: true``); with ``autostart:
 false`` drive it with a lifecycle manager or ``ros2 lifecycle set /<ns>/sfnet_node configure``.
 """
@@ -23,24 +31,30 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
+from sfnet_ros.launch_support import PROFILE_FILE_NAME, camera_plan, fastdds_profile_environment
 
-def generate_launch_description() -> LaunchDescription:
-    default_params = os.path.join(get_package_share_directory("sfnet_ros"), "config", "sfnet.yaml")
-    return LaunchDescription([
-        DeclareLaunchArgument("checkpoint", default_value="",
-                              description="Path of the SFNet checkpoint (.pt)"),
-        DeclareLaunchArgument("image_topic", default_value="/camera/image_raw",
-                              description="Camera image topic (the node's 'image' input is remapped to it)"),
-        DeclareLaunchArgument("params_file", default_value=default_params,
-                              description="Node parameter file (config/sfnet.yaml)"),
-        DeclareLaunchArgument("namespace", default_value="",
-                              description="Namespace of the node and its output topics"),
-        DeclareLaunchArgument("device", default_value="auto",
-                              description="Inference device: auto, cpu, cuda or cuda:N"),
+
+def _launch_node(context, default_profile):
+    """OpaqueFunction body: resolve the camera lists and the profile, then start the node.
+
+    A LaunchArgumentError (lists of different lengths, a missing profile file, ...) ends the
+    launch with its one-line message.
+    """
+    plan = camera_plan(LaunchConfiguration("cameras").perform(context),
+                       LaunchConfiguration("image_topics").perform(context),
+                       LaunchConfiguration("image_topic").perform(context))
+    # context.environment is what the node process inherits (launch >= Humble); os.environ before.
+    environment = getattr(context, "environment", os.environ)
+    profile_variables = fastdds_profile_environment(LaunchConfiguration("fastdds_profile").perform(context),
+                                                    environment, default_profile, os.environ.get("ROS_DISTRO"))
+    extra_parameters = [plan.parameters] if plan.parameters else []
+    # A scoped group: the profile variables reach this node only, not the rest of an including launch.
+    return [GroupAction(scoped=True, actions=[
+        *[SetEnvironmentVariable(name, value) for name, value in profile_variables.items()],
         LifecycleNode(
             package="sfnet_ros",
             executable="sfnet_node",
@@ -49,9 +63,38 @@ def generate_launch_description() -> LaunchDescription:
             parameters=[
                 LaunchConfiguration("params_file"),
                 {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device")},
+                *extra_parameters,
             ],
-            remappings=[("image", LaunchConfiguration("image_topic"))],
+            remappings=plan.remappings,
             output="screen",
             emulate_tty=True,
         ),
+    ])]
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory("sfnet_ros")
+    default_params = os.path.join(share, "config", "sfnet.yaml")
+    default_profile = os.path.join(share, "config", PROFILE_FILE_NAME)
+    return LaunchDescription([
+        DeclareLaunchArgument("checkpoint", default_value="",
+                              description="Path of the SFNet checkpoint (.pt)"),
+        DeclareLaunchArgument("image_topic", default_value="/camera/image_raw",
+                              description="One camera: the image topic the node's 'image' input is remapped to"),
+        DeclareLaunchArgument("cameras", default_value="",
+                              description="Several cameras: comma-separated names, e.g. front,left,rear "
+                                          "(empty = one camera, see image_topic)"),
+        DeclareLaunchArgument("image_topics", default_value="",
+                              description="With cameras: one image topic per camera, same order, comma-separated"),
+        DeclareLaunchArgument("params_file", default_value=default_params,
+                              description="Node parameter file (config/sfnet.yaml)"),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="Namespace of the node and its output topics"),
+        DeclareLaunchArgument("device", default_value="auto",
+                              description="Inference device: auto, cpu, cuda or cuda:N"),
+        DeclareLaunchArgument("fastdds_profile", default_value="auto",
+                              description="Fast DDS profile for large frames: auto (an exported "
+                                          "FASTDDS_DEFAULT_PROFILES_FILE, else config/fastdds_large_frames.xml), "
+                                          "none, or a path"),
+        OpaqueFunction(function=_launch_node, kwargs={"default_profile": default_profile}),
     ])

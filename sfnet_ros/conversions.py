@@ -9,8 +9,18 @@ rosbags' generated dataclasses (``data`` is a ``np.ndarray`` of uint8) both work
 objects whose ``data`` is bytes, bytearray, memoryview or a list of ints.
 
 Layouts: ``image_to_numpy`` returns ``(H, W)`` for one-channel encodings and ``(H, W, C)``
-otherwise, with the dtype of the encoding; ``image_to_rgb`` and ``compressed_to_rgb`` return
-``(H, W, 3)`` uint8 RGB, the network's input.
+otherwise, with the dtype of the encoding; the semi-planar YUV encodings (``nv12``, ``nv21``,
+``nv24``) come back in OpenCV's single-plane layout instead: ``(H * 3 // 2, W)`` for the 4:2:0 ones,
+``(3 * H, W)`` for ``nv24`` (luma rows, then the interleaved chroma rows). ``image_to_rgb`` and
+``compressed_to_rgb`` return ``(H, W, 3)`` uint8 RGB, the network's input.
+
+Row stride (``step``) rules, as cv_bridge/OpenCV apply them: ``step`` >= the packed row size, and a
+multiple of the element size (2 bytes for the 16-bit encodings): a ``mono16`` image with an odd
+step cannot be wrapped by ``cv::Mat`` and is refused here too, instead of being read misaligned.
+For the semi-planar encodings ``step`` is the luma row stride and the chroma plane follows the luma
+plane with the V4L2 strides (``step`` for NV12/NV21, ``2 * step`` for NV24); data of exactly the
+packed size is also accepted whatever ``step`` says, since publishers disagree on what ``step``
+means for these encodings (``numChannels`` is 2 in image_encodings.hpp).
 """
 from __future__ import annotations
 
@@ -48,6 +58,14 @@ _COLOR_ENCODINGS: dict[str, tuple[int, np.dtype]] = {
     "mono8": (1, np.dtype(np.uint8)),
     "yuv422": (2, np.dtype(np.uint8)),
     "yuv422_yuy2": (2, np.dtype(np.uint8)),
+    # ROS 2's names for the same two packed 4:2:2 layouts (yuv422/yuv422_yuy2 are deprecated aliases).
+    "uyvy": (2, np.dtype(np.uint8)),
+    "yuyv": (2, np.dtype(np.uint8)),
+    # Semi-planar YUV (Y plane, then interleaved chroma); "channels" as image_encodings.hpp
+    # numChannels() says. image_to_numpy gives OpenCV's single-plane layout for them (see above).
+    "nv12": (2, np.dtype(np.uint8)),
+    "nv21": (2, np.dtype(np.uint8)),
+    "nv24": (2, np.dtype(np.uint8)),
     "bayer_rggb8": (1, np.dtype(np.uint8)),
     "bayer_bggr8": (1, np.dtype(np.uint8)),
     "bayer_gbrg8": (1, np.dtype(np.uint8)),
@@ -67,6 +85,9 @@ _COLOR_ENCODINGS: dict[str, tuple[int, np.dtype]] = {
 #: accept the generic OpenCV types (``8UC1`` ... ``64FC4``), like cv_bridge.
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_COLOR_ENCODINGS)
 
+#: Semi-planar encodings -> chroma subsampling (rows, columns): 4:2:0 halves both, 4:4:4 neither.
+_SEMI_PLANAR: dict[str, tuple[int, int]] = {"nv12": (2, 2), "nv21": (2, 2), "nv24": (1, 1)}
+
 _GENERIC_DEPTHS = {
     "8U": np.uint8, "8S": np.int8, "16U": np.uint16, "16S": np.int16,
     "32S": np.int32, "32F": np.float32, "64F": np.float64,
@@ -84,6 +105,10 @@ _TO_RGB_CODES: dict[str, int] = {
     "mono8": cv2.COLOR_GRAY2RGB,
     "yuv422": cv2.COLOR_YUV2RGB_UYVY,
     "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUYV,
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuyv": cv2.COLOR_YUV2RGB_YUYV,
+    "nv12": cv2.COLOR_YUV2RGB_NV12,
+    "nv21": cv2.COLOR_YUV2RGB_NV21,
     "bayer_rggb8": cv2.COLOR_BayerBG2RGB,
     "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
     "bayer_gbrg8": cv2.COLOR_BayerGR2RGB,
@@ -100,6 +125,14 @@ _TO_RGB_CODES.update({
     "bayer_gbrg16": cv2.COLOR_BayerGR2RGB,
     "bayer_grbg16": cv2.COLOR_BayerGB2RGB,
 })
+
+_PACKED_422 = ("yuv422", "yuv422_yuy2", "uyvy", "yuyv")
+
+# OpenCV's fixed-point BT.601 limited-range YUV -> RGB (imgproc color_yuv: ITUR_BT_601_*), the
+# arithmetic of its NV12/NV21/UYVY conversions; NV24 (4:4:4) has no OpenCV code, so it is done
+# with the same integers and equals OpenCV's NV21 result wherever the chroma is the same.
+_BT601_SHIFT = 20
+_BT601_CY, _BT601_CVR, _BT601_CVG, _BT601_CUG, _BT601_CUB = 1220542, 1673527, -852492, -409993, 2116026
 
 _NATIVE_BIG = sys.byteorder == "big"
 
@@ -163,6 +196,13 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     if height <= 0 or width <= 0:
         raise ImageConversionError(
             f"zero-size image: height={height}, width={width} (encoding {encoding!r})")
+    if encoding in _SEMI_PLANAR:
+        return _semi_planar_to_numpy(msg, encoding, height, width, step)
+    if step % dtype.itemsize:
+        # cv::Mat (and so cv_bridge) refuses such a step: rows would start between two elements.
+        raise ImageConversionError(
+            f"step {step} is not a multiple of the element size {dtype.itemsize} bytes "
+            f"(encoding {encoding!r}): rows cannot start mid-element")
     pixel_bytes = channels * dtype.itemsize
     row_bytes = width * pixel_bytes
     if step < row_bytes:
@@ -189,6 +229,55 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     return image
 
 
+def _semi_planar_to_numpy(msg: Any, encoding: str, height: int, width: int, step: int) -> np.ndarray:
+    """``(H * 3 // 2, W)`` (nv12/nv21) or ``(3 * H, W)`` (nv24) uint8, OpenCV's layout."""
+    sub_rows, sub_cols = _SEMI_PLANAR[encoding]
+    if height % sub_rows or width % sub_cols:
+        raise ImageConversionError(
+            f"{encoding} needs an even width and height (4:2:0 chroma), got {width}x{height}")
+    chroma_rows = height // sub_rows
+    chroma_bytes = 2 * width // sub_cols  # interleaved pairs per chroma row
+    if step < width:
+        raise ImageConversionError(
+            f"step {step} is smaller than the luma row of {width} bytes (encoding {encoding!r})")
+    chroma_step = step * 2 // sub_cols   # V4L2: the chroma rows are as much wider as they hold
+    buf = _byte_buffer(msg.data)
+    packed = height * width + chroma_rows * chroma_bytes
+    strided = height * step + chroma_rows * chroma_step
+    if buf.size == strided:
+        luma = np.ndarray((height, width), np.uint8, buffer=buf, strides=(step, 1))
+        chroma = np.ndarray((chroma_rows, chroma_bytes), np.uint8, buffer=buf,
+                            offset=height * step, strides=(chroma_step, 1))
+    elif buf.size == packed:
+        luma = buf[: height * width].reshape(height, width)
+        chroma = buf[height * width:].reshape(chroma_rows, chroma_bytes)
+    else:
+        raise ImageConversionError(
+            f"data length {buf.size} does not match {encoding} {width}x{height}: expected "
+            f"{strided} (luma rows of step {step}, then chroma rows of {chroma_step}) or "
+            f"{packed} (packed planes)")
+    if step == width:  # packed planes: a view, like every other encoding
+        return buf.reshape(-1, width)
+    # OpenCV wants both planes in one (rows, W) array: copy the padded rows out once.
+    return np.concatenate([luma, chroma.reshape(-1, width)], axis=0)
+
+
+def _nv24_to_rgb(planes: np.ndarray, height: int) -> np.ndarray:
+    """``(3 * H, W)`` NV24 (Y plane, then U V pairs at full resolution) -> ``(H, W, 3)`` RGB."""
+    width = planes.shape[1]
+    y = planes[:height].astype(np.int32)
+    uv = planes[height:].reshape(height, width, 2).astype(np.int32)
+    u, v = uv[..., 0] - 128, uv[..., 1] - 128
+    y = np.maximum(y - 16, 0) * _BT601_CY + (1 << (_BT601_SHIFT - 1))
+    rgb = np.empty((height, width, 3), np.uint8)
+    for channel, value in enumerate((y + _BT601_CVR * v,
+                                     y + _BT601_CVG * v + _BT601_CUG * u,
+                                     y + _BT601_CUB * u)):
+        np.clip(value >> _BT601_SHIFT, 0, 255, out=value)
+        rgb[..., channel] = value
+    return rgb
+
+
 def _scale_to_8bit(image: np.ndarray) -> np.ndarray:
     # cv_bridge: convertTo(CV_8U, 255/65535), i.e. rounded and saturated, not a right shift.
     return cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
@@ -199,7 +288,10 @@ def image_to_rgb(msg: Any) -> np.ndarray:
 
     ``rgb8`` returns the zero-copy view of ``image_to_numpy`` (row-strided when the message rows
     are padded); every other encoding returns a new contiguous array. 16-bit encodings are
-    scaled by 255/65535 like cv_bridge's ``cvtColor2(..., "rgb8")``.
+    scaled by 255/65535 like cv_bridge's ``cvtColor2(..., "rgb8")``. The YUV encodings use OpenCV's
+    BT.601 limited-range conversions (``uyvy``/``yuyv`` and their deprecated names ``yuv422``/
+    ``yuv422_yuy2``, ``nv12``, ``nv21``); ``nv24``, which OpenCV has no code for, uses the same
+    integer arithmetic on its full-resolution chroma.
     """
     encoding = msg.encoding
     if encoding not in _COLOR_ENCODINGS:
@@ -211,7 +303,9 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     image = image_to_numpy(msg)
     if encoding == "rgb8":
         return image
-    if encoding in ("yuv422", "yuv422_yuy2") and image.shape[1] % 2:
+    if encoding == "nv24":
+        return _nv24_to_rgb(image, int(msg.height))
+    if encoding in _PACKED_422 and image.shape[1] % 2:
         raise ImageConversionError(
             f"{encoding} needs an even width (two pixels share chroma), got width {image.shape[1]}")
     if encoding.startswith("bayer_") and (image.shape[0] < 2 or image.shape[1] < 2):
@@ -294,9 +388,15 @@ def numpy_to_image(array: np.ndarray, encoding: str, header: Any = None,
     packed), ``is_bigendian`` follows the array's byte order (native unless the dtype says
     otherwise). ``msg_cls`` defaults to ``sensor_msgs.msg.Image``; rosbags' generated Image
     classes are also accepted. The message owns a copy of the pixels.
+
+    The semi-planar encodings take OpenCV's single-plane layout, as ``image_to_numpy`` returns it:
+    a ``(H * 3 // 2, W)`` (``nv12``, ``nv21``) or ``(3 * H, W)`` (``nv24``) uint8 array gives an
+    image of height ``H`` with ``step = W`` (the luma row; the chroma plane follows packed).
     """
     if not isinstance(array, np.ndarray):
         raise ImageConversionError(f"expected a numpy array, got {type(array).__name__}")
+    if encoding in _SEMI_PLANAR:
+        return _semi_planar_message(array, encoding, header, msg_cls)
     if array.ndim == 2:
         channels = 1
     elif array.ndim == 3:
@@ -331,6 +431,25 @@ def numpy_to_image(array: np.ndarray, encoding: str, header: Any = None,
     return _build_message(msg_cls, "sensor_msgs.msg.Image", fields, data, header)
 
 
+def _semi_planar_message(array: np.ndarray, encoding: str, header: Any, msg_cls: type | None) -> Any:
+    sub_rows, sub_cols = _SEMI_PLANAR[encoding]
+    # rows = H + chroma rows, where the chroma plane holds H / sub_rows rows of 2 W / sub_cols bytes.
+    ratio = 1 + 2 / (sub_rows * sub_cols)
+    if array.ndim != 2 or array.dtype != np.uint8 or array.size == 0:
+        raise ImageConversionError(
+            f"encoding {encoding!r} expects a 2-D uint8 array in OpenCV's layout, got shape "
+            f"{array.shape} and dtype {array.dtype}")
+    rows, width = array.shape
+    height = round(rows / ratio)
+    if round(height * ratio) != rows or height % sub_rows or width % sub_cols:
+        raise ImageConversionError(
+            f"encoding {encoding!r}: a ({rows}, {width}) array is not the layout of an image "
+            f"(expected (H * {ratio:g}, W) with H and W divisible by the chroma subsampling)")
+    fields = {"height": int(height), "width": int(width), "encoding": encoding,
+              "is_bigendian": 0, "step": int(width)}
+    return _build_message(msg_cls, "sensor_msgs.msg.Image", fields, np.ascontiguousarray(array), header)
+
+
 def _compressed_kind(fmt: str) -> str | None:
     """``"jpeg"``, ``"png"`` or None (format not given) from a CompressedImage.format string.
 
@@ -351,17 +470,40 @@ def _compressed_kind(fmt: str) -> str | None:
     raise ImageConversionError(f"unsupported compressed format {fmt!r}; supported: jpeg, png")
 
 
+def _compressed_source_encoding(fmt: str) -> str | None:
+    """The source encoding image_transport writes before ``;`` (``"mono16; png compressed ..."``)."""
+    text = (fmt or "").strip()
+    if ";" not in text:
+        return None
+    return text.split(";", 1)[0].strip() or None
+
+
+_PNG_TO_RGB = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
+
+
 def compressed_to_rgb(msg: Any) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage (jpeg or png) to ``(H, W, 3)`` uint8 RGB.
 
-    Grey images come back with three equal channels; 16-bit PNGs are reduced to 8 bit.
+    Grey images come back with three equal channels. Depth follows the raw encodings: a 16-bit PNG
+    (``mono16``/``rgb16``/``bgr16`` source, or a plain ``png`` format string) is decoded at full
+    depth and scaled by 255/65535 exactly like the raw 16-bit encodings (cv_bridge's rule), so a
+    ``mono16`` frame gives the same RGB raw or compressed. A source encoding without colour
+    (``16UC1; png compressed``, any generic ``8UC1``..``64FC4``) is refused as it is raw: such
+    frames are depth or other measurements, and segmenting them as grey would be a wrong answer.
     """
     fmt = getattr(msg, "format", "")
     kind = _compressed_kind(fmt)
+    source = _compressed_source_encoding(fmt)
+    if source is not None and _GENERIC_RE.match(source):
+        raise ImageConversionError(
+            f"compressed image of source encoding {source!r} (format {fmt!r}) carries no colour "
+            f"information and cannot be converted to RGB, like the raw {source} encoding; "
+            f"supported: {', '.join(SUPPORTED_ENCODINGS)}")
     buf = _byte_buffer(msg.data, "CompressedImage.data")
     if buf.size == 0:
         raise ImageConversionError(f"corrupt compressed image: no data (format {fmt!r})")
     head = buf[:8].tobytes()
+    is_png = head.startswith(b"\x89PNG\r\n\x1a\n")
     if head.startswith(b"\xff\xd8\xff"):
         # libjpeg accepts a truncated stream with only a warning in some OpenCV builds and fills
         # the missing rows with grey; a missing end-of-image marker is how truncation shows.
@@ -369,18 +511,26 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
             raise ImageConversionError(
                 f"corrupt compressed image: JPEG data of {buf.size} bytes has no end-of-image "
                 f"marker (truncated?), format {fmt!r}")
-    elif not head.startswith(b"\x89PNG\r\n\x1a\n"):
+    elif not is_png:
         raise ImageConversionError(
             f"corrupt compressed image: data of {buf.size} bytes is neither JPEG nor PNG "
             f"(format {fmt!r}, expected {kind or 'jpeg or png'})")
     try:
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        # PNG unchanged, to keep 16 bit (IMREAD_COLOR would shift it right by 8, not cv_bridge's
+        # rounding); JPEG is 8 bit and IMREAD_COLOR applies its EXIF orientation as before.
+        image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED if is_png else cv2.IMREAD_COLOR)
     except cv2.error as exc:
         raise ImageConversionError(f"corrupt compressed image (format {fmt!r}): {exc}") from None
-    if bgr is None:
+    if image is None:
         raise ImageConversionError(
             f"corrupt compressed image: cannot decode {buf.size} bytes (format {fmt!r})")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if image.dtype == np.uint16:
+        image = _scale_to_8bit(image)
+    elif image.dtype != np.uint8:
+        raise ImageConversionError(
+            f"compressed image of pixel type {image.dtype} (format {fmt!r}) is not supported")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    return cv2.cvtColor(image, _PNG_TO_RGB[channels])
 
 
 def rgb_to_compressed(array: np.ndarray, fmt: str = "jpeg", header: Any = None,

@@ -39,6 +39,17 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS_FILE = REPO_ROOT / "config" / "sfnet.yaml"
 NODE_NAME = "sfnet_node"
+#: The Fast DDS profile launch/sfnet.launch.py applies (fastdds_profile:=auto), from the checkout.
+FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_large_frames.xml"
+
+
+def launch_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` plus what the launch file sets for the node: the Fast DDS profile variable(s), unless
+    ``env`` already names a profile (same rule, ``sfnet_ros.launch_support``)."""
+    from sfnet_ros.launch_support import AUTO_PROFILE, fastdds_profile_environment
+
+    return {**env, **fastdds_profile_environment(AUTO_PROFILE, env, FASTDDS_PROFILE, env.get("ROS_DISTRO"))}
+
 
 #: Generous: DDS discovery and model loading are slow on a loaded 2-core machine.
 DISCOVERY_TIMEOUT_S = 60.0
@@ -95,7 +106,7 @@ class NodeProcess:
         log_name: str = "node",
     ) -> None:
         self.command = node_command(params_file, parameters, remaps, namespace, node_name)
-        self.env = dict(env)
+        self.env = launch_environment(env)
         self.log_path = Path(log_dir) / f"{log_name}.log"
         ns = "/" + (namespace or "").strip("/")
         self.fqn = ns.rstrip("/") + "/" + (node_name or NODE_NAME)

@@ -27,6 +27,8 @@ FORBIDDEN = [
     ("sfnet_core.training", ("sfnet_core.cli",)),
     ("sfnet_ros.node", ("sfnet_ros.tools",)),
     ("sfnet_ros.conversions", ("sfnet_ros.node", "sfnet_ros.tools", "rclpy")),
+    # imported by the launch file: must load without ROS, launch or torch
+    ("sfnet_ros.launch_support", (*ROS_MODULES, "sfnet_ros.node", "sfnet_ros.tools", "sfnet_core", "torch")),
 ]
 
 

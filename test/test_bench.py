@@ -29,3 +29,37 @@ def test_speed_bench_quick_reports_all_ratios() -> None:
     assert abs(cpu["sfnet_gflops_per_frame"] - 121.5 / 16) < 0.2
     assert 0 < cpu["sfnet_fraction_of_gemm_throughput"]
     assert "DeepLabV3-R50 / SFNet-R18 time" in run.stdout
+
+
+# -- bench/node_latency.py (the node through real DDS; counts and printed reports, no timing) -------
+
+
+def _node_latency(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / "node_latency.py"), *args],
+                          capture_output=True, text=True, timeout=540, check=False)
+
+
+def test_node_latency_bench_quick_reports_latency_and_overload() -> None:
+    run = _node_latency("--height", "64", "--width", "128", "--frames", "3", "--overload-seconds", "2",
+                        "--device", "cpu")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    for line in ("bare Segmenter.segment 64x128", "end-to-end (publish -> labels arrival) over DDS",
+                 "overhead ratio end-to-end / bare", "overload x10", "node stopped with exit code 0"):
+        assert line in run.stdout, line
+
+
+def test_node_latency_delivery_quick_counts_frames_with_and_without_the_profile() -> None:
+    """The documented `--delivery` run, shortened by --quick (one round of 10 frames, 320x240)."""
+    doc = (REPO / "docs" / "transport.md").read_text()
+    command = ".venv/bin/python bench/node_latency.py --delivery"
+    assert command in doc, "docs/transport.md shows the command this test runs"
+    run = _node_latency("--delivery", "--quick", "--device", "cpu")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    rows = {row["setting"]: row for row in result["delivery"]}
+    assert set(rows) == {"default", "profile"}
+    for row in rows.values():
+        assert (row["width"], row["height"], row["offered"]) == (320, 240, 10)
+        assert 0 <= row["node"] <= row["offered"] and 0 <= row["plain"] <= row["offered"]
+    assert rows["profile"]["node"] >= 1  # frames reach the node's callback through the profile
+    assert "320x240@10Hz with the profile:" in run.stdout and "load average" in run.stdout

@@ -37,9 +37,14 @@ RNG = np.random.default_rng(1234)
 MSG_CLASSES = {"rclpy": Image, "rosbags": BagImage}
 
 
+SEMI_PLANAR_ROWS = {"nv12": 1.5, "nv21": 1.5, "nv24": 3}  # array rows per image row (OpenCV's layout)
+
+
 def random_image(encoding: str, h: int = H, w: int = W) -> np.ndarray:
     channels, dtype = encoding_info(encoding)
     shape = (h, w) if channels == 1 else (h, w, channels)
+    if encoding in SEMI_PLANAR_ROWS:
+        shape = (int(h * SEMI_PLANAR_ROWS[encoding]), w)
     if dtype.kind == "f":
         return RNG.standard_normal(shape).astype(dtype)
     info = np.iinfo(dtype)
@@ -71,11 +76,11 @@ def test_encoding_info_and_supported_list():
     assert encoding_info("32FC1") == (1, np.dtype(np.float32))
     assert encoding_info("16SC3") == (3, np.dtype(np.int16))
     assert isinstance(SUPPORTED_ENCODINGS, tuple)
-    for name in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "yuv422", "yuv422_yuy2",
-                 "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8"):
+    for name in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "yuv422", "yuv422_yuy2", "uyvy", "yuyv",
+                 "nv12", "nv21", "nv24", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8"):
         assert name in SUPPORTED_ENCODINGS
-    with pytest.raises(ImageConversionError, match=r"'nv21'.*rgb8"):
-        encoding_info("nv21")
+    with pytest.raises(ImageConversionError, match=r"'nv16'.*rgb8"):
+        encoding_info("nv16")
 
 
 @pytest.mark.parametrize("cls_name", sorted(MSG_CLASSES))
@@ -86,9 +91,9 @@ def test_round_trip_every_encoding(cls_name, encoding):
     assert isinstance(msg, MSG_CLASSES[cls_name])
     channels, dtype = encoding_info(encoding)
     assert (msg.height, msg.width, msg.encoding) == (H, W, encoding)
-    assert msg.step == W * channels * dtype.itemsize
+    assert msg.step == (W if encoding in SEMI_PLANAR_ROWS else W * channels * dtype.itemsize)
     assert msg.is_bigendian == (sys.byteorder == "big")
-    assert len(msg.data) == msg.step * H
+    assert len(msg.data) == image.nbytes
     back = image_to_numpy(msg)
     assert back.dtype == dtype and back.shape == image.shape
     np.testing.assert_array_equal(back, image)
@@ -340,6 +345,116 @@ def test_yuv422_decodes_known_image(encoding, order):
     assert np.abs(image_to_rgb(numpy_to_image(packed, other)).astype(int) - truth).max() > 50
 
 
+@pytest.mark.parametrize("ros2_name,alias,code", [("uyvy", "yuv422", cv2.COLOR_YUV2RGB_UYVY),
+                                                 ("yuyv", "yuv422_yuy2", cv2.COLOR_YUV2RGB_YUYV)])
+def test_ros2_422_names_equal_opencv_and_the_deprecated_alias(ros2_name, alias, code):
+    truth = smooth_rgb(32, 48)
+    packed = pack_422(truth, ros2_name.upper())
+    if hasattr(cv2, "COLOR_RGB2YUV_UYVY"):  # OpenCV >= 4.7 packs too: round trip through its own bytes
+        own = cv2.cvtColor(truth, cv2.COLOR_RGB2YUV_UYVY if ros2_name == "uyvy" else cv2.COLOR_RGB2YUV_YUYV)
+        assert np.abs(image_to_rgb(numpy_to_image(own, ros2_name)).astype(int) - truth).max() <= 4
+    rgb = image_to_rgb(numpy_to_image(packed, ros2_name))
+    np.testing.assert_array_equal(rgb, cv2.cvtColor(packed, code))
+    np.testing.assert_array_equal(rgb, image_to_rgb(numpy_to_image(packed, alias)))
+    with pytest.raises(ImageConversionError, match="even width"):
+        image_to_rgb(raw_msg(ros2_name, 2, 3, 6, bytes(12)))
+
+
+def i420_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y (H, W), U and V (H/2, W/2) of an RGB image, by OpenCV's own RGB -> I420."""
+    h, w = rgb.shape[:2]
+    i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+    quarter = (h // 2) * (w // 2)
+    chroma = i420[h:].reshape(-1)
+    return i420[:h], chroma[:quarter].reshape(h // 2, w // 2), chroma[quarter:].reshape(h // 2, w // 2)
+
+
+def semi_planar(y: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """OpenCV's (rows, W) single-plane layout: Y rows, then the two chroma planes interleaved."""
+    chroma = np.stack([first, second], axis=-1).reshape(first.shape[0], -1)
+    return np.concatenate([y, chroma.reshape(-1, y.shape[1])], axis=0)
+
+
+@pytest.mark.parametrize("encoding,code", [("nv21", cv2.COLOR_YUV2RGB_NV21), ("nv12", cv2.COLOR_YUV2RGB_NV12)])
+def test_nv21_nv12_equal_opencv(encoding, code):
+    truth = smooth_rgb(32, 48)
+    y, u, v = i420_planes(truth)
+    planes = semi_planar(y, v, u) if encoding == "nv21" else semi_planar(y, u, v)
+    msg = numpy_to_image(planes, encoding)
+    assert (msg.height, msg.width, msg.step, len(msg.data)) == (32, 48, 48, 32 * 48 * 3 // 2)
+    rgb = image_to_rgb(msg)
+    np.testing.assert_array_equal(rgb, cv2.cvtColor(planes, code))
+    assert np.abs(rgb.astype(int) - truth).mean() < 3  # the round trip through OpenCV's I420
+    # U and V the wrong way round gives clearly wrong colours: the test tells the two apart.
+    other = "nv12" if encoding == "nv21" else "nv21"
+    assert np.abs(image_to_rgb(numpy_to_image(planes, other)).astype(int) - truth).mean() > 10
+
+
+def v4l2_bytes(y: np.ndarray, chroma: np.ndarray, step: int, chroma_step: int) -> bytes:
+    """Semi-planar bytes with padded rows: Y rows of ``step``, chroma rows of ``chroma_step``."""
+    out = []
+    for plane, stride in ((y, step), (chroma, chroma_step)):
+        rows = np.full((plane.shape[0], stride), 0xEE, np.uint8)
+        rows[:, : plane.shape[1]] = plane
+        out.append(rows.tobytes())
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("encoding", ["nv21", "nv24"])
+def test_semi_planar_padded_rows(encoding):
+    h, w, pad = 16, 24, 8
+    planes = random_image(encoding, h, w)
+    y, chroma = planes[:h], planes[h:].reshape(h if encoding == "nv24" else h // 2, -1)
+    step = w + pad
+    chroma_step = 2 * step if encoding == "nv24" else step  # V4L2: chroma stride follows the luma's
+    msg = raw_msg(encoding, h, w, step, v4l2_bytes(y, chroma, step, chroma_step))
+    np.testing.assert_array_equal(image_to_numpy(msg), planes)
+    np.testing.assert_array_equal(image_to_rgb(msg), image_to_rgb(numpy_to_image(planes, encoding)))
+    # Packed planes are accepted whatever step claims (publishers disagree on it for these).
+    packed = raw_msg(encoding, h, w, 2 * w, planes.tobytes())
+    np.testing.assert_array_equal(image_to_rgb(packed), image_to_rgb(msg))
+    expected = rf"data length {planes.size - 1} does not match .*{planes.size} \(packed planes\)"
+    with pytest.raises(ImageConversionError, match=expected):
+        image_to_rgb(raw_msg(encoding, h, w, step, planes.tobytes()[:-1]))
+    with pytest.raises(ImageConversionError, match="smaller than the luma row"):
+        image_to_rgb(raw_msg(encoding, h, w, w - 1, planes.tobytes()))
+
+
+def test_nv21_needs_even_size():
+    with pytest.raises(ImageConversionError, match="even width and height"):
+        image_to_rgb(raw_msg("nv21", 3, 4, 4, bytes(4 * 3 * 3 // 2)))
+    with pytest.raises(ImageConversionError, match="not the layout of an image"):
+        numpy_to_image(np.zeros((10, 4), np.uint8), "nv21")
+    with pytest.raises(ImageConversionError, match="2-D uint8"):
+        numpy_to_image(np.zeros((6, 4, 2), np.uint8), "nv24")
+
+
+def test_nv24_equals_opencv_nv21_where_the_chroma_agrees():
+    """OpenCV has no NV24 code: with chroma constant over 2x2 blocks, NV24 must give exactly what
+    OpenCV's NV21 conversion gives for the subsampled chroma (same BT.601 integer arithmetic)."""
+    truth = smooth_rgb(32, 48)
+    y, u, v = i420_planes(truth)
+    nv21 = semi_planar(y, v, u)
+    full_u, full_v = (np.repeat(np.repeat(c, 2, axis=0), 2, axis=1) for c in (u, v))
+    nv24 = semi_planar(y, full_u, full_v)
+    assert nv24.shape == (3 * 32, 48)
+    msg = numpy_to_image(nv24, "nv24")
+    assert (msg.height, msg.width, msg.step, len(msg.data)) == (32, 48, 48, 3 * 32 * 48)
+    np.testing.assert_array_equal(image_to_rgb(msg), cv2.cvtColor(nv21, cv2.COLOR_YUV2RGB_NV21))
+
+
+def test_nv24_keeps_full_resolution_chroma():
+    """Per-pixel chroma (which 4:2:0 cannot carry) survives: compared with the BT.601 limited-range
+    formula in floating point, and a one-pixel checkerboard of colours comes back as one."""
+    truth = quadrant_image(16, 16)
+    truth[1::2, ::2] = truth[::2, 1::2] = [30, 200, 160]  # neighbours of different colour
+    yuv = yuv_bt601(truth)
+    planes = semi_planar(*(np.clip(np.round(yuv[..., i]), 0, 255).astype(np.uint8) for i in range(3)))
+    rgb = image_to_rgb(numpy_to_image(planes, "nv24"))
+    assert np.abs(rgb.astype(int) - truth).max() <= 3
+    assert (rgb[1, 0] != rgb[0, 0]).any()
+
+
 # --------------------------------------------------------------------------- error cases
 
 
@@ -372,6 +487,34 @@ def test_step_smaller_than_row():
         image_to_numpy(raw_msg("rgb8", 3, 4, 11, bytes(33)))
     with pytest.raises(ImageConversionError, match="step 6 is smaller"):
         image_to_numpy(raw_msg("mono16", 3, 4, 6, bytes(18)))
+
+
+@pytest.mark.parametrize("encoding,pad", [("mono16", 1), ("rgb16", 3), ("bayer_rggb16", 5), ("16UC1", 1),
+                                          ("32FC1", 2)])
+def test_step_not_a_multiple_of_the_element_size(encoding, pad):
+    """cv_bridge wraps the data as cv::Mat(height, width, type, data, step), whose constructor
+    raises "Step must be a multiple of esz1" here (OpenCV's Python binding would silently copy,
+    so the refusal cannot be shown from Python); reading it misaligned gave garbage before."""
+    image = random_image(encoding, 4, 5)
+    raw, step = padded_bytes(image, pad)
+    msg = raw_msg(encoding, 4, 5, step, raw)
+    itemsize = image.dtype.itemsize
+    with pytest.raises(ImageConversionError,
+                       match=rf"step {step} is not a multiple of the element size {itemsize} bytes"):
+        image_to_numpy(msg)
+    if encoding in SUPPORTED_ENCODINGS:  # the node's path (generic types stop earlier: no colour)
+        with pytest.raises(ImageConversionError, match="not a multiple"):
+            image_to_rgb(msg)
+    # A step that is a multiple (padded by whole elements) is fine.
+    raw, step = padded_bytes(image, itemsize * 2)
+    np.testing.assert_array_equal(image_to_numpy(raw_msg(encoding, 4, 5, step, raw)), image)
+
+
+def test_odd_step_is_fine_for_8_bit():
+    image = random_image("rgb8", 4, 6)
+    raw, step = padded_bytes(image, 1)
+    assert step % 2 == 1
+    np.testing.assert_array_equal(image_to_rgb(raw_msg("rgb8", 4, 6, step, raw)), image)
 
 
 @pytest.mark.parametrize("height,width", [(0, 4), (4, 0), (0, 0)])
@@ -470,6 +613,41 @@ def test_corrupt_compressed_data():
         with pytest.raises(ImageConversionError, match="corrupt"):
             compressed_to_rgb(SimpleNamespace(format=fmt, data=data))
             pytest.fail(what)
+
+
+def png16_msg(image: np.ndarray, fmt: str) -> SimpleNamespace:
+    """A CompressedImage holding ``image`` (uint16, RGB order for colour) as a 16-bit PNG."""
+    bgr = image if image.ndim == 2 else image[..., ::-1]
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(bgr))
+    assert ok
+    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    assert decoded.dtype == np.uint16  # really a 16-bit PNG
+    return SimpleNamespace(format=fmt, data=data.tobytes())
+
+
+@pytest.mark.parametrize("encoding,fmt", [("mono16", "mono16; png compressed mono16"), ("mono16", "png"),
+                                          ("rgb16", "rgb16; png compressed bgr16"), ("rgb16", "png")])
+def test_16bit_png_is_handled_like_the_raw_encoding(encoding, fmt):
+    image = random_image(encoding, 24, 32)
+    raw = image_to_rgb(numpy_to_image(image, encoding))
+    np.testing.assert_array_equal(compressed_to_rgb(png16_msg(image, fmt)), raw)
+    # Not OpenCV's IMREAD_COLOR reduction (a right shift by 8), which rounds differently.
+    assert (raw != (image >> 8).astype(np.uint8).reshape(raw.shape[:2] + (-1,))).any()
+
+
+@pytest.mark.parametrize("source", ["16UC1", "8UC1", "32FC1"])
+def test_colourless_source_encoding_is_refused_raw_and_compressed_alike(source):
+    """A 16UC1 frame is depth/IR data: refused raw, and now refused compressed too (it was
+    segmented as grey before), with the same reason."""
+    image = random_image("mono16", 8, 8) if source == "16UC1" else random_image("mono8", 8, 8)
+    with pytest.raises(ImageConversionError, match="carries no colour information") as raw_error:
+        image_to_rgb(raw_msg(source, 8, 8, 8 * encoding_info(source)[1].itemsize,
+                             bytes(8 * 8 * encoding_info(source)[1].itemsize)))
+    assert repr(source) in str(raw_error.value)
+    data = png16_msg(image, "").data if image.dtype == np.uint16 else bytes(rgb_to_compressed(image, "png").data)
+    with pytest.raises(ImageConversionError, match="carries no colour information") as compressed_error:
+        compressed_to_rgb(SimpleNamespace(format=f"{source}; png compressed ", data=data))
+    assert repr(source) in str(compressed_error.value)
 
 
 def test_unsupported_compressed_formats():

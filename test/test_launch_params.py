@@ -1,26 +1,53 @@
-"""The launch file, config/sfnet.yaml, the README table and the node's declared parameters agree.
+"""The launch file, config/sfnet.yaml, the docs/node.md table and the node's declared parameters agree.
 
 ``launch``/``launch_ros`` cannot be installed here, so the launch file is read with ``ast``
-(never imported); the tests start the node with the command line it amounts to
-(``node_harness.node_command``), and this module checks the two stay the same.
+(never imported); its argument logic lives in ``sfnet_ros.launch_support`` (tested directly here);
+the tests start the node with the command line and environment it amounts to
+(``node_harness.node_command`` / ``NodeProcess``), and this module checks they stay the same.
 """
 from __future__ import annotations
 
 import ast
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 
-from node_harness import DEFAULT_PARAMS_FILE, NODE_NAME, REPO_ROOT, node_command
+from node_harness import DEFAULT_PARAMS_FILE, FASTDDS_PROFILE, NODE_NAME, REPO_ROOT, NodeProcess, node_command
 from sfnet_core.errors import ConfigError
+from sfnet_ros.launch_support import (
+    PROFILE_FILE_NAME,
+    PROFILE_VARIABLES,
+    CameraPlan,
+    LaunchArgumentError,
+    camera_info_topic,
+    camera_plan,
+    fastdds_profile_environment,
+    split_list,
+)
 from sfnet_ros.node.params import PARAMETERS, config_from_values, parameters_markdown, spec, topic_token
 
 LAUNCH_FILE = REPO_ROOT / "launch" / "sfnet.launch.py"
 NODE_DOC = REPO_ROOT / "docs" / "node.md"
+LAUNCH_DOC = REPO_ROOT / "docs" / "launch.md"
 
 
 # -- the launch file, read as a syntax tree --------------------------------------------------------
+
+LAUNCH_ARGUMENTS = {"checkpoint", "image_topic", "cameras", "image_topics", "params_file", "namespace", "device",
+                    "fastdds_profile"}
+# What the launch file may import: documented launch/launch_ros APIs and the ROS-free argument logic.
+LAUNCH_IMPORTS = {
+    "os": None,
+    "ament_index_python.packages": {"get_package_share_directory"},
+    "launch": {"LaunchDescription"},
+    "launch.actions": {"DeclareLaunchArgument", "GroupAction", "OpaqueFunction", "SetEnvironmentVariable"},
+    "launch.substitutions": {"LaunchConfiguration"},
+    "launch_ros.actions": {"LifecycleNode"},
+    "sfnet_ros.launch_support": {"PROFILE_FILE_NAME", "camera_plan", "fastdds_profile_environment"},
+}
 
 
 def _call_name(node: ast.AST) -> str:
@@ -39,10 +66,19 @@ def _launch_config_name(node: ast.AST) -> str | None:
     return None
 
 
+def _performed_config_name(node: ast.AST) -> str | None:
+    """'x' for ``LaunchConfiguration("x").perform(context)``, else None."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "perform":
+        assert [ast.unparse(a) for a in node.args] == ["context"]
+        return _launch_config_name(node.func.value)
+    return None
+
+
 class LaunchFile:
     def __init__(self, path: Path) -> None:
         tree = ast.parse(path.read_text(), filename=str(path))
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        self.calls = calls
         self.arguments: dict[str, ast.Call] = {
             ast.literal_eval(c.args[0]): c for c in calls if _call_name(c) == "DeclareLaunchArgument"}
         nodes = [c for c in calls if _call_name(c) in ("Node", "LifecycleNode")]
@@ -53,6 +89,28 @@ class LaunchFile:
 
     def literal(self, key: str) -> object:
         return ast.literal_eval(self.node[key])
+
+    def call(self, name: str) -> ast.Call:
+        (found,) = [c for c in self.calls if _call_name(c) == name]
+        return found
+
+    def assignment(self, name: str) -> ast.AST:
+        (found,) = [n.value for n in ast.walk(self.tree) if isinstance(n, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == name for t in n.targets)]
+        return found
+
+    def default(self, argument: str) -> ast.AST:
+        return next(kw.value for kw in self.arguments[argument].keywords if kw.arg == "default_value")
+
+    def share_path(self, name: str) -> list[object]:
+        """``[<share dir of>, "config", ...]`` for ``name = os.path.join(share, "config", ...)``."""
+        join = self.assignment(name)
+        assert _call_name(join) == "join"
+        share, *parts = join.args
+        share_call = self.assignment(share.id) if isinstance(share, ast.Name) else share
+        assert _call_name(share_call) == "get_package_share_directory"
+        return [ast.literal_eval(share_call.args[0]), *(ast.unparse(p) if isinstance(p, ast.Name)
+                                                        else ast.literal_eval(p) for p in parts)]
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +126,36 @@ def test_launch_starts_the_node_executable(launch):
 
 
 def test_launch_arguments_are_declared_and_used(launch):
-    assert set(launch.arguments) == {"checkpoint", "image_topic", "params_file", "namespace", "device"}
+    assert set(launch.arguments) == LAUNCH_ARGUMENTS
     assert launch.used == set(launch.arguments), "every argument used, every use declared"
     for name, call in launch.arguments.items():
         keywords = {kw.arg for kw in call.keywords}
         assert {"default_value", "description"} <= keywords, name
+    defaults = {name: ast.unparse(launch.default(name)) for name in LAUNCH_ARGUMENTS}
+    assert defaults["cameras"] == defaults["image_topics"] == "''"  # default: one camera
+    assert defaults["image_topic"] == "'/camera/image_raw'" and defaults["fastdds_profile"] == "'auto'"
+
+
+def test_launch_imports_only_documented_apis():
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert all(alias.name in LAUNCH_IMPORTS for alias in node.names), ast.unparse(node)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.module in LAUNCH_IMPORTS, ast.unparse(node)
+            assert {alias.name for alias in node.names} <= LAUNCH_IMPORTS[node.module], ast.unparse(node)
+    # The argument logic module really is launch-free (it is imported by the tests and the harness).
+    support = ast.parse((REPO_ROOT / "sfnet_ros" / "launch_support.py").read_text())
+    imported = {a.name for n in ast.walk(support) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(support) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "os", "re", "collections.abc", "dataclasses", "typing"}
 
 
 def test_launch_parameters_match_the_node(launch):
     parameters = launch.node["parameters"]
     assert isinstance(parameters, ast.List)
-    # The params file first, then overrides of declared parameters from launch arguments.
+    # The params file first, then overrides of declared parameters from launch arguments, then
+    # the cameras parameter when several cameras are named (camera_plan).
     assert _launch_config_name(parameters.elts[0]) == "params_file"
     overrides = parameters.elts[1]
     assert isinstance(overrides, ast.Dict)
@@ -86,40 +163,206 @@ def test_launch_parameters_match_the_node(launch):
     assert set(keys) <= {p.name for p in PARAMETERS}
     assert {k: _launch_config_name(v) for k, v in zip(keys, overrides.values)} == {
         "checkpoint": "checkpoint", "device": "device"}
+    (extra,) = parameters.elts[2:]
+    assert isinstance(extra, ast.Starred)
+    assert ast.unparse(launch.assignment(extra.value.id)) == "[plan.parameters] if plan.parameters else []"
+    assert set(camera_plan("front,left", "/a/image,/b/image", "").parameters) <= {p.name for p in PARAMETERS}
     # The default params file is the package's config/sfnet.yaml.
-    default = launch.arguments["params_file"]
-    default_value = next(kw.value for kw in default.keywords if kw.arg == "default_value")
+    default_value = launch.default("params_file")
     assert isinstance(default_value, ast.Name)
-    (assignment,) = [n for n in ast.walk(launch.tree) if isinstance(n, ast.Assign)
-                     and any(isinstance(t, ast.Name) and t.id == default_value.id for t in n.targets)]
-    join = assignment.value  # os.path.join(get_package_share_directory("sfnet_ros"), "config", "sfnet.yaml")
-    assert _call_name(join) == "join"
-    share, *parts = join.args
-    assert _call_name(share) == "get_package_share_directory" and ast.literal_eval(share.args[0]) == "sfnet_ros"
-    assert [ast.literal_eval(part) for part in parts] == ["config", "sfnet.yaml"]
+    assert launch.share_path(default_value.id) == ["sfnet_ros", "config", "sfnet.yaml"]
 
 
-def test_launch_remaps_the_image_input(launch):
-    remaps = launch.node["remappings"]
-    assert isinstance(remaps, ast.List) and len(remaps.elts) == 1
-    source, target = remaps.elts[0].elts
-    assert ast.literal_eval(source) == "image"
-    assert _launch_config_name(target) == "image_topic"
+def test_launch_remaps_what_camera_plan_says(launch):
+    assert ast.unparse(launch.node["remappings"]) == "plan.remappings"
+    plan_call = launch.assignment("plan")
+    assert _call_name(plan_call) == "camera_plan"
+    assert [_performed_config_name(a) for a in plan_call.args] == ["cameras", "image_topics", "image_topic"]
+
+
+def test_launch_sets_the_fastdds_profile_for_the_node(launch):
+    environment_call = launch.assignment("profile_variables")
+    assert _call_name(environment_call) == "fastdds_profile_environment"
+    argument, environ, default, distro = environment_call.args
+    assert _performed_config_name(argument) == "fastdds_profile"
+    assert ast.unparse(environ) == "environment"
+    assert ast.unparse(launch.assignment("environment")) == "getattr(context, 'environment', os.environ)"
+    assert ast.unparse(distro) == "os.environ.get('ROS_DISTRO')"
+    # The default profile is the package's config/fastdds_large_frames.xml, handed to the function.
+    assert ast.unparse(default) == "default_profile"
+    assert launch.share_path("default_profile") == ["sfnet_ros", "config", "PROFILE_FILE_NAME"]
+    assert (REPO_ROOT / "config" / PROFILE_FILE_NAME).is_file()
+    opaque = launch.call("OpaqueFunction")
+    assert {kw.arg: ast.unparse(kw.value) for kw in opaque.keywords} == {
+        "function": "_launch_node", "kwargs": "{'default_profile': default_profile}"}
+    # Each variable is set by SetEnvironmentVariable in the node's scoped group, before the node.
+    group = launch.call("GroupAction")
+    assert {kw.arg: ast.unparse(kw.value) for kw in group.keywords}["scoped"] == "True"
+    actions = next(kw.value for kw in group.keywords if kw.arg == "actions")
+    first, node = actions.elts
+    assert isinstance(first, ast.Starred) and _call_name(node) == "LifecycleNode"
+    setter = first.value.elt
+    assert _call_name(setter) == "SetEnvironmentVariable"
+    assert ast.unparse(first.value.generators[0].iter) == "profile_variables.items()"
 
 
 def test_harness_command_is_what_the_launch_file_runs():
-    cmd = node_command(parameters={"checkpoint": "/m.pt", "device": "cpu"},
-                       remaps={"image": "/camera/image_raw"}, namespace="/veh")
+    plan = camera_plan("", "", "/camera/image_raw")  # the launch file's defaults
+    cmd = node_command(parameters={"checkpoint": "/m.pt", "device": "cpu"}, remaps=dict(plan.remappings),
+                       namespace="/veh")
     assert cmd[1:4] == ["-m", "sfnet_ros.node", "--ros-args"]
     assert cmd[4:6] == ["--params-file", str(DEFAULT_PARAMS_FILE)]
     assert cmd[6:] == ["-p", 'checkpoint:="/m.pt"', "-p", 'device:="cpu"', "-r", "image:=/camera/image_raw",
-                       "-r", "__ns:=/veh"]
+                       "-r", "camera_info:=/camera/camera_info", "-r", "__ns:=/veh"]
+
+
+def test_harness_environment_is_what_the_launch_file_sets(tmp_path, monkeypatch):
+    """NodeProcess gives the node the profile variable exactly as fastdds_profile:=auto does."""
+    monkeypatch.delenv("ROS_DISTRO", raising=False)
+    plain = {"PATH": "/usr/bin", "ROS_DOMAIN_ID": "7"}
+    node = NodeProcess(plain, tmp_path)
+    assert node.env == {**plain, "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE)}
+    assert FASTDDS_PROFILE == REPO_ROOT / "config" / PROFILE_FILE_NAME
+    humble = NodeProcess({**plain, "ROS_DISTRO": "humble"}, tmp_path)
+    assert humble.env["FASTRTPS_DEFAULT_PROFILES_FILE"] == humble.env["FASTDDS_DEFAULT_PROFILES_FILE"]
+    exported = {**plain, "FASTDDS_DEFAULT_PROFILES_FILE": "/stack/profile.xml"}  # the stack's own wins
+    assert NodeProcess(exported, tmp_path).env == exported
+    assert plain == {"PATH": "/usr/bin", "ROS_DOMAIN_ID": "7"}, "the caller's mapping is not modified"
 
 
 def test_setup_installs_launch_and_config():
     setup_py = (REPO_ROOT / "setup.py").read_text()
     assert 'glob("launch/*.launch.py")' in setup_py and 'glob("config/*.yaml")' in setup_py
     assert "sfnet_node = sfnet_ros.node.segmentation_node:main" in setup_py
+
+
+def test_setup_installs_the_fastdds_profile():
+    """The launch file's default profile is share/sfnet_ros/config/fastdds_large_frames.xml."""
+    assert 'glob("config/*.xml")' in (REPO_ROOT / "setup.py").read_text(), (
+        'setup.py data_files: add ("share/" + package_name + "/config", glob("config/*.xml"))')
+
+
+# -- the launch arguments' logic (sfnet_ros.launch_support) -----------------------------------------
+
+
+def test_one_camera_by_default():
+    plan = camera_plan("", "", "/camera/image_raw")
+    assert plan == CameraPlan({}, [("image", "/camera/image_raw"), ("camera_info", "/camera/camera_info")])
+
+
+def test_several_cameras_set_the_parameter_and_remap_each_input():
+    plan = camera_plan("front,left,rear", "/cam/front/image_raw,/cam/left/image_raw,/cam/rear/image_raw",
+                       "/camera/image_raw")
+    assert plan.parameters == {"cameras": ["front", "left", "rear"]}
+    assert plan.remappings == [
+        ("front/image", "/cam/front/image_raw"), ("front/camera_info", "/cam/front/camera_info"),
+        ("left/image", "/cam/left/image_raw"), ("left/camera_info", "/cam/left/camera_info"),
+        ("rear/image", "/cam/rear/image_raw"), ("rear/camera_info", "/cam/rear/camera_info"),
+    ]
+    # Spaces and a YAML-style list are accepted; names stay in order.
+    listed = camera_plan("[front, rear/left]", " /a/image , b/image ", "")
+    assert listed.parameters == {"cameras": ["front", "rear/left"]}
+    assert spec("cameras").kind == "string_array"  # a parameter the node declares, of that type
+
+
+@pytest.mark.parametrize("topic, info", [
+    ("/cam/front/image_raw", "/cam/front/camera_info"), ("/image", "/camera_info"), ("image_raw", "camera_info"),
+    ("front/image_rect_color", "front/camera_info"), ("~/image", "~/camera_info"),
+    ("/a/b/c/image", "/a/b/c/camera_info")])
+def test_camera_info_is_the_sibling_of_the_image_topic(topic, info):
+    assert camera_info_topic(topic) == info
+
+
+@pytest.mark.parametrize("cameras, topics, image_topic, message", [
+    ("front,left,rear", "/a/image,/b/image", "", r"cameras has 3 name\(s\) \(front, left, rear\) but image_topics "
+                                                 r"has 2 topic\(s\) \(/a/image, /b/image\)"),
+    ("front,left", "", "", r"cameras has 2 name\(s\) .* image_topics has 0 topic\(s\) \(none\)"),
+    ("", "/a/image,/b/image", "/camera/image_raw", "image_topics:='/a/image,/b/image' is set but cameras is empty"),
+    ("front,front", "/a/image,/b/image", "", "cameras: duplicate camera name"),
+    ("front,,rear", "/a/image,/b/image", "", "cameras:='front,,rear' has an empty item"),
+    ("front,", "/a/image", "", "has an empty item"),
+    ("1st", "/a/image", "", "cameras: '1st' is not a valid relative topic name"),
+    ("/abs", "/a/image", "", "cameras: '/abs' is not a valid relative topic name"),
+    ("front", "/a/image raw", "", "image_topics: '/a/image raw' is not a valid topic name"),
+    ("", "", "", "image_topic: '' is not a valid topic name"),
+])
+def test_launch_argument_errors_are_clear(cameras, topics, image_topic, message):
+    with pytest.raises(LaunchArgumentError, match=message):
+        camera_plan(cameras, topics, image_topic)
+
+
+def test_split_list():
+    assert split_list("", "x") == [] and split_list("[]", "x") == [] and split_list("  ", "x") == []
+    assert split_list("a, b ,c", "x") == ["a", "b", "c"]
+    assert split_list("['a', \"b\"]", "x") == ["a", "b"]
+
+
+def test_fastdds_profile_environment(tmp_path, monkeypatch):
+    profile = tmp_path / "large.xml"
+    profile.write_text("<dds/>")
+    mine = tmp_path / "mine.xml"
+    mine.write_text("<dds/>")
+    # auto: our profile, under the variable(s) the distribution's Fast DDS reads
+    assert fastdds_profile_environment("auto", {}, profile, "kilted") == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
+    assert fastdds_profile_environment("auto", {}, profile, None) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
+    for distro in ("humble", "jazzy", "Humble"):
+        assert fastdds_profile_environment("auto", {}, profile, distro) == {
+            "FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "FASTRTPS_DEFAULT_PROFILES_FILE": str(profile)}
+    # auto keeps a profile the whole stack exports (either variable)
+    for name in PROFILE_VARIABLES:
+        assert fastdds_profile_environment("auto", {name: "/stack.xml"}, profile, "humble") == {}
+    assert fastdds_profile_environment("auto", {"FASTDDS_DEFAULT_PROFILES_FILE": ""}, profile, "kilted") != {}
+    # none / empty: nothing
+    assert fastdds_profile_environment("none", {}, profile, "humble") == {}
+    assert fastdds_profile_environment("", {}, profile, "humble") == {}
+    # a path wins over an exported one, made absolute
+    monkeypatch.chdir(tmp_path)
+    assert fastdds_profile_environment("mine.xml", {"FASTDDS_DEFAULT_PROFILES_FILE": "/stack.xml"}, profile,
+                                       "kilted") == {"FASTDDS_DEFAULT_PROFILES_FILE": str(mine)}
+    with pytest.raises(LaunchArgumentError, match=r"fastdds_profile: Fast DDS profile file not found: .*nope\.xml"):
+        fastdds_profile_environment("nope.xml", {}, profile, "kilted")
+    with pytest.raises(LaunchArgumentError, match="the package's default profile: .* not found"):
+        fastdds_profile_environment("auto", {}, tmp_path / "missing.xml", "kilted")
+
+
+# -- docs/launch.md: every command is one the launch file accepts -----------------------------------
+
+
+def _doc_commands(page: Path) -> list[list[str]]:
+    text = page.read_text()
+    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S)
+    commands = []
+    for block in blocks:
+        for command in block.replace("\\\n", " ").splitlines():
+            command = command.split(" #", 1)[0].strip()
+            if command and not command.startswith("#"):
+                commands.append(shlex.split(command))
+    return commands
+
+
+def test_launch_doc_commands_are_accepted_by_the_launch_file(launch):
+    """docs/launch.md's launch commands, through the launch file's own logic: every argument is a
+    declared one and camera_plan / fastdds_profile_environment accept the values (launch cannot be
+    installed here; the real `ros2 launch` runs them in review)."""
+    commands = _doc_commands(LAUNCH_DOC)
+    launches = [c for c in commands if c[:3] == ["ros2", "launch", "sfnet_ros"]]
+    assert launches and len(launches) == len(commands), "only ros2 launch commands on this page"
+    four_cameras = None
+    for words in launches:
+        assert words[3] == "sfnet.launch.py"
+        arguments = dict(word.split(":=", 1) for word in words[4:])
+        assert set(arguments) <= LAUNCH_ARGUMENTS, set(arguments) - LAUNCH_ARGUMENTS
+        plan = camera_plan(arguments.get("cameras", ""), arguments.get("image_topics", ""),
+                           arguments.get("image_topic", "/camera/image_raw"))
+        if len(plan.parameters.get("cameras", [])) == 4:
+            four_cameras = plan
+        if arguments.get("fastdds_profile", "auto") not in ("auto", "none"):
+            assert arguments["fastdds_profile"].endswith(".xml")
+    assert four_cameras is not None, "docs/launch.md shows a complete four-camera example"
+    # The page's remapping table is what camera_plan computes for the example.
+    text = LAUNCH_DOC.read_text()
+    for source, target in four_cameras.remappings:
+        assert f"| `{source}` | `{target}` |" in text, (source, target)
 
 
 # -- config/sfnet.yaml -----------------------------------------------------------------------------
@@ -275,4 +518,48 @@ def test_launch_description_builds_on_a_ros_install():
         raise
     assert isinstance(description, LaunchDescription)
     names = {entity.name for entity in description.entities if hasattr(entity, "default_value")}
-    assert names == {"checkpoint", "image_topic", "params_file", "namespace", "device"}
+    assert names == LAUNCH_ARGUMENTS
+    # The OpaqueFunction's body on a real LaunchContext: mismatched lists end the launch with the
+    # LaunchArgumentError's message; matching ones give one scoped group holding the node.
+    from launch import LaunchContext
+    from launch.actions import GroupAction
+
+    context = LaunchContext()
+    context.launch_configurations.update({
+        "cameras": "front,left", "image_topics": "/cam/front/image_raw", "image_topic": "/camera/image_raw",
+        "fastdds_profile": "none"})
+    with pytest.raises(LaunchArgumentError, match="cameras has 2 name"):
+        module._launch_node(context, default_profile=str(FASTDDS_PROFILE))
+    context.launch_configurations["image_topics"] = "/cam/front/image_raw,/cam/left/image_raw"
+    (group,) = module._launch_node(context, default_profile=str(FASTDDS_PROFILE))
+    assert isinstance(group, GroupAction)
+
+
+def test_launch_doc_command_line_is_the_harness_command():
+    """docs/launch.md, "Without launch": the same node command line the tests run
+    (node_harness.node_command, `python -m sfnet_ros.node` for `ros2 run sfnet_ros sfnet_node`) for
+    the four-camera example, and the same profile variable (`ros2 run` is not installable here)."""
+    text = LAUNCH_DOC.read_text()
+    section = text[text.index("## Without launch"):]
+    block = "\n".join(line[4:] for line in section.splitlines() if line.startswith("    "))
+    words = shlex.split(block.replace("\\\n", " "))
+    variable, _, value = words[0].partition("=")
+    assert variable == PROFILE_VARIABLES[0] and value.endswith("/sfnet_ros/config/" + PROFILE_FILE_NAME)
+    assert words[1:4] == ["ros2", "run", "sfnet_ros"] and words[4] == "sfnet_node" and words[5] == "--ros-args"
+
+    def options(args: list[str]) -> set[tuple[str, object]]:
+        pairs = set()
+        for flag, item in zip(args[::2], args[1::2]):
+            if flag == "-p":
+                name, _, text_value = item.partition(":=")
+                pairs.add((f"-p {name}", repr(yaml.safe_load(text_value))))
+            else:
+                pairs.add((flag, item.replace(str(REPO_ROOT / "config"), "<share>/sfnet_ros/config")))
+        return pairs
+
+    four = next(c for c in _doc_commands(LAUNCH_DOC) if "cameras:=front,left,right,rear" in c)
+    arguments = dict(word.split(":=", 1) for word in four[4:])
+    plan = camera_plan(arguments["cameras"], arguments["image_topics"], "")
+    harness = node_command(parameters={"checkpoint": arguments["checkpoint"], "device": "auto", **plan.parameters},
+                           remaps=dict(plan.remappings), namespace="/" + arguments["namespace"])
+    assert options(words[6:]) == options(harness[4:])

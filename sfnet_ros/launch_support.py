@@ -1,0 +1,178 @@
+"""What ``launch/sfnet.launch.py`` computes from its arguments, as plain functions.
+
+The launch file's ``OpaqueFunction`` only reads its launch configurations and calls these; they
+import nothing from launch, launch_ros or rclpy, so the tests (where launch cannot be installed) and
+``test/node_harness.py`` (which starts the node as the launch file does) use exactly the same rules.
+
+Camera inputs (``camera_plan``):
+
+* one camera (``cameras`` empty, the default): ``image -> <image_topic>`` and
+  ``camera_info -> <sibling camera_info of image_topic>``; no ``cameras`` parameter is set.
+* several cameras: ``cameras:=front,left`` and ``image_topics:=/cam/front/image_raw,/cam/left/image_raw``
+  (same order, same count) set the node's ``cameras`` parameter and remap each
+  ``<camera>/image`` to its topic and ``<camera>/camera_info`` to that topic's sibling.
+
+The camera_info rule is image_transport's: the camera_info of ``<ns>/<image name>`` is
+``<ns>/camera_info`` (``/cam/front/image_raw`` -> ``/cam/front/camera_info``, ``image_raw`` ->
+``camera_info``).
+
+Fast DDS profile (``fastdds_profile_environment``): the environment variables that make every
+Fast DDS participant of the node load the profile file (``FASTDDS_DEFAULT_PROFILES_FILE``, read by
+Fast DDS 3 = Kilted and later; plus ``FASTRTPS_DEFAULT_PROFILES_FILE`` for the Fast DDS 2
+distributions, Humble to Jazzy, which only read that one; Kilted warns that it is deprecated, so it
+is set only where it is needed).
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "AUTO_PROFILE",
+    "FAST_DDS_2_DISTROS",
+    "NO_PROFILE",
+    "PROFILE_FILE_NAME",
+    "PROFILE_VARIABLES",
+    "CameraPlan",
+    "LaunchArgumentError",
+    "camera_info_topic",
+    "camera_plan",
+    "fastdds_profile_environment",
+    "split_list",
+]
+
+#: The profile shipped in config/ (installed to share/sfnet_ros/config/).
+PROFILE_FILE_NAME = "fastdds_large_frames.xml"
+#: ``fastdds_profile`` values: ``auto`` = the stack's exported profile if there is one, else ours.
+AUTO_PROFILE = "auto"
+#: ``fastdds_profile:=none`` leaves the environment as it is (Fast DDS defaults unless exported).
+NO_PROFILE = "none"
+#: Fast DDS 3 reads the first, Fast DDS 2 (the distributions below) the second.
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+#: ROS 2 distributions whose rmw_fastrtps uses Fast DDS 2.x (profile variable FASTRTPS_...).
+FAST_DDS_2_DISTROS = frozenset({"foxy", "galactic", "humble", "iron", "jazzy"})
+
+# ROS 2 name tokens: letters, digits and underscores, not starting with a digit.
+_TOKEN = r"[A-Za-z_][A-Za-z0-9_]*"
+_RELATIVE_NAME = re.compile(rf"^{_TOKEN}(/{_TOKEN})*$")
+_TOPIC_NAME = re.compile(rf"^(/|~/)?{_TOKEN}(/{_TOKEN})*$")
+
+
+class LaunchArgumentError(ValueError):
+    """Launch arguments that cannot work together; the message names the arguments and values."""
+
+
+@dataclass(frozen=True)
+class CameraPlan:
+    """What the node is started with: parameter overrides and topic remappings.
+
+    ``parameters`` is ``{}`` for one camera (the params file decides) or ``{"cameras": [...]}``;
+    ``remappings`` are ``(from, to)`` pairs in the order the node's inputs are listed.
+    """
+
+    parameters: dict[str, Any] = field(default_factory=dict)
+    remappings: list[tuple[str, str]] = field(default_factory=list)
+
+
+def split_list(text: str, argument: str) -> list[str]:
+    """``"front, left"`` (or ``"[front, left]"``) -> ``["front", "left"]``; ``""`` -> ``[]``.
+
+    Raises LaunchArgumentError for an empty item (``"front,,left"``, a trailing comma).
+    """
+    text = (text or "").strip()
+    if text.startswith("[") and text.endswith("]"):  # YAML-style list, as in the params file
+        text = text[1:-1].strip()
+    if not text:
+        return []
+    items = [item.strip().strip("'\"") for item in text.split(",")]
+    if any(not item for item in items):
+        raise LaunchArgumentError(f"{argument}:={text!r} has an empty item (two commas, or a trailing comma)")
+    return items
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The camera_info topic beside an image topic: its last name token replaced by ``camera_info``."""
+    namespace, _, _ = image_topic.rpartition("/")
+    return f"{namespace}/camera_info" if namespace or image_topic.startswith("/") else "camera_info"
+
+
+def _check_topic(topic: str, argument: str) -> None:
+    if not _TOPIC_NAME.match(topic):
+        raise LaunchArgumentError(
+            f"{argument}: {topic!r} is not a valid topic name (tokens of letters, digits and "
+            f"underscores separated by '/', not starting with a digit)")
+
+
+def camera_plan(cameras: str, image_topics: str, image_topic: str) -> CameraPlan:
+    """The node's ``cameras`` parameter and input remappings from the three launch arguments.
+
+    ``cameras`` and ``image_topics`` are comma-separated lists of the same length; with
+    ``cameras`` empty the single ``image_topic`` is used and ``image_topics`` must be empty.
+    Raises LaunchArgumentError with a message naming the arguments when they do not fit.
+    """
+    names = split_list(cameras, "cameras")
+    topics = split_list(image_topics, "image_topics")
+    if not names:
+        if topics:
+            raise LaunchArgumentError(
+                f"image_topics:={image_topics!r} is set but cameras is empty: name the cameras "
+                f"(cameras:=front,left,... in the same order), or use image_topic:=<topic> for one camera")
+        topic = (image_topic or "").strip()
+        _check_topic(topic, "image_topic")
+        return CameraPlan({}, [("image", topic), ("camera_info", camera_info_topic(topic))])
+    if len(names) != len(topics):
+        raise LaunchArgumentError(
+            f"cameras has {len(names)} name(s) ({', '.join(names)}) but image_topics has "
+            f"{len(topics)} topic(s) ({', '.join(topics) or 'none'}): give one image topic per camera, "
+            f"in the same order")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise LaunchArgumentError(f"cameras: duplicate camera name(s): {', '.join(duplicates)}")
+    for name in names:
+        if not _RELATIVE_NAME.match(name):
+            raise LaunchArgumentError(
+                f"cameras: {name!r} is not a valid relative topic name (it prefixes the node's "
+                f"topics: {name}/image, {name}/segmentation/labels, ...)")
+    remappings: list[tuple[str, str]] = []
+    for name, topic in zip(names, topics):
+        _check_topic(topic, "image_topics")
+        remappings += [(f"{name}/image", topic), (f"{name}/camera_info", camera_info_topic(topic))]
+    return CameraPlan({"cameras": names}, remappings)
+
+
+def fastdds_profile_environment(argument: str, environ: Mapping[str, str], default_profile: str | os.PathLike,
+                                ros_distro: str | None = None) -> dict[str, str]:
+    """Environment variables to set for the node so that Fast DDS loads the profile.
+
+    ``argument`` is the ``fastdds_profile`` launch argument:
+
+    * ``auto``: keep a profile the environment already names (the whole stack's, exported), else
+      ``default_profile`` (the package's ``config/fastdds_large_frames.xml``);
+    * ``none`` or empty: set nothing;
+    * a path: that file (made absolute).
+
+    ``ros_distro`` (``$ROS_DISTRO``) decides the variables: ``FASTDDS_DEFAULT_PROFILES_FILE``
+    always, ``FASTRTPS_DEFAULT_PROFILES_FILE`` too for the Fast DDS 2 distributions. Raises
+    LaunchArgumentError when the file does not exist (Fast DDS would only log it and run with its
+    defaults, losing large frames silently).
+    """
+    choice = (argument or "").strip()
+    if choice.lower() in ("", NO_PROFILE):
+        return {}
+    if choice.lower() == AUTO_PROFILE:
+        if any(environ.get(name) for name in PROFILE_VARIABLES):
+            return {}
+        path, origin = os.fspath(default_profile), "the package's default profile"
+    else:
+        path, origin = choice, "fastdds_profile"
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise LaunchArgumentError(
+            f"{origin}: Fast DDS profile file not found: {path} (fastdds_profile:=none runs "
+            f"without one)")
+    distro = (ros_distro or "").strip().lower()
+    names = PROFILE_VARIABLES if distro in FAST_DDS_2_DISTROS else PROFILE_VARIABLES[:1]
+    return {name: path for name in names}
