@@ -1,16 +1,26 @@
 """Per-camera counters and the /diagnostics message built from them.
 
-The callback thread counts arrivals and stale drops, the worker thread counts bad input and
-publications and records latencies; the diagnostics timer takes a snapshot once per period and
-starts a new window. One lock per camera keeps the three threads apart (the work under it is a
-few additions, so nobody waits noticeably).
+The callback thread counts arrivals and stale drops, the worker thread counts bad input,
+oversized frames and publications and records latencies, the executor records incompatible-QoS
+events; the diagnostics timer takes a snapshot once per period and starts a new window. One lock
+per camera keeps the threads apart (the work under it is a few additions, so nobody waits
+noticeably).
 
 Keys in each camera's DiagnosticStatus (values are strings, as KeyValue requires):
 ``input_rate_hz``, ``output_rate_hz``, ``latency_receive_to_publish_ms_mean|max``,
 ``latency_stamp_to_publish_ms_mean|max`` (window; ``nan`` without publications),
-``dropped_stale``, ``dropped_bad_input``, ``skipped_no_subscribers`` (window) and their
-``*_total`` twins since activation, ``frames_received_total``, ``frames_published_total``,
-``last_bad_input`` (why the last bad frame was dropped).
+``dropped_stale``, ``dropped_bad_input``, ``dropped_too_large``, ``skipped_no_subscribers``
+(window) and their ``*_total`` twins since activation, ``frames_received_total``,
+``frames_published_total``, ``last_bad_input`` / ``last_too_large`` (why the last such frame was
+dropped), ``seconds_since_last_frame`` (since activation while none came), ``output_subscribers``
+(subscriptions matched on this camera's image outputs), ``qos_incompatible`` (the incompatible
+QoS peers of this camera's topics, offered and requested policies; empty when none) and
+``qos_incompatible_events_total``.
+
+Levels: ERROR when no frame came for ``input_timeout_error`` s; WARN when the node is not active,
+no frame came for ``input_timeout_warn`` s, a peer has incompatible QoS, or frames were dropped
+(bad input, too large) in the window; OK otherwise. The message names every cause, and says when
+frames arrive but no output has a subscriber (so none is processed).
 """
 from __future__ import annotations
 
@@ -21,7 +31,14 @@ from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-__all__ = ["CameraStats", "StatsWindow", "camera_status", "node_status", "diagnostic_array"]
+__all__ = [
+    "CameraStats",
+    "StatsWindow",
+    "camera_status",
+    "diagnostic_array",
+    "node_status",
+    "process_memory_mb",
+]
 
 
 @dataclass
@@ -33,23 +50,33 @@ class StatsWindow:
     published: int = 0
     dropped_stale: int = 0
     dropped_bad_input: int = 0
+    dropped_too_large: int = 0
     skipped_no_subscribers: int = 0
     receive_to_publish_ms: list[float] = field(default_factory=list)
     stamp_to_publish_ms: list[float] = field(default_factory=list)
 
 
 class CameraStats:
-    """Thread-safe counters of one camera: a current window plus totals since creation."""
+    """Thread-safe counters of one camera: a current window plus totals since creation
+    (= since the activation that created it)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._window_start = time.monotonic()
+        self.started = time.monotonic()
+        self._window_start = self.started
         self._window = StatsWindow(seconds=0.0)
         self.totals = StatsWindow(seconds=0.0)  # latency lists unused in totals
         self.last_bad_input = ""
+        self.last_too_large = ""
+        self.last_received: float | None = None  # time.monotonic() of the newest frame
+        self.qos_events_total = 0
+        # endpoint ("input" or an output topic) -> (text of the incompatibility, time.monotonic()
+        # of the event), kept while the incompatible peer exists (the node re-checks the graph).
+        self._qos_incompatible: dict[str, tuple[str, float]] = {}
 
     def received(self, replaced_stale: bool) -> None:
         with self._lock:
+            self.last_received = time.monotonic()
             self._window.received += 1
             self.totals.received += 1
             if replaced_stale:
@@ -67,6 +94,12 @@ class CameraStats:
             self.totals.dropped_bad_input += 1
             self.last_bad_input = reason
 
+    def too_large(self, reason: str) -> None:
+        with self._lock:
+            self._window.dropped_too_large += 1
+            self.totals.dropped_too_large += 1
+            self.last_too_large = reason
+
     def skipped(self) -> None:
         with self._lock:
             self._window.skipped_no_subscribers += 1
@@ -78,6 +111,31 @@ class CameraStats:
             self.totals.published += 1
             self._window.receive_to_publish_ms.append(receive_to_publish_ms)
             self._window.stamp_to_publish_ms.append(stamp_to_publish_ms)
+
+    def qos_event(self, endpoint: str, text: str) -> None:
+        """An incompatible-QoS event on ``endpoint`` ("input" or the output's topic)."""
+        with self._lock:
+            self.qos_events_total += 1
+            self._qos_incompatible[endpoint] = (text, time.monotonic())
+
+    def qos_update(self, endpoint: str, text: str) -> None:
+        """The incompatibility on ``endpoint`` is still there, as ``text`` says now."""
+        with self._lock:
+            if endpoint in self._qos_incompatible:
+                self._qos_incompatible[endpoint] = (text, self._qos_incompatible[endpoint][1])
+
+    def qos_resolved(self, endpoint: str) -> None:
+        """No incompatible peer is left on ``endpoint``."""
+        with self._lock:
+            self._qos_incompatible.pop(endpoint, None)
+
+    def qos_entries(self) -> dict[str, tuple[str, float]]:
+        with self._lock:
+            return dict(self._qos_incompatible)
+
+    def qos_snapshot(self) -> dict[str, str]:
+        with self._lock:
+            return {endpoint: text for endpoint, (text, _) in self._qos_incompatible.items()}
 
     def take_window(self) -> StatsWindow:
         """The window since the previous call (its duration filled in); starts a new one."""
@@ -100,18 +158,57 @@ def _kv(key: str, value: object) -> KeyValue:
     return KeyValue(key=key, value=str(value))
 
 
+def _level_value(level: object) -> int:
+    return level[0] if isinstance(level, bytes) else int(level)
+
+
 def camera_status(name: str, hardware_id: str, window: StatsWindow, stats: CameraStats,
-                  active: bool) -> DiagnosticStatus:
-    """DiagnosticStatus of one camera for one window (see the module docstring for the keys)."""
+                  active: bool, input_timeout_warn: float = 0.0, input_timeout_error: float = 0.0,
+                  output_subscribers: int = -1, now: float | None = None) -> DiagnosticStatus:
+    """DiagnosticStatus of one camera for one window (see the module docstring for keys and levels).
+
+    ``output_subscribers``: subscriptions matched on the camera's image outputs (-1 = unknown).
+    ``now``: time.monotonic() of the snapshot (default: now).
+    """
+    now = time.monotonic() if now is None else now
     seconds = max(window.seconds, 1e-9)
     in_rate, out_rate = window.received / seconds, window.published / seconds
     r2p_mean, r2p_max = _mean_max(window.receive_to_publish_ms)
     s2p_mean, s2p_max = _mean_max(window.stamp_to_publish_ms)
     totals = stats.totals
+    last = stats.last_received
+    silent_s = now - (stats.started if last is None else last)
+    qos = stats.qos_snapshot()
+
+    problems: list[tuple[bytes, str]] = []  # (level, text), reported most severe first
     if not active:
-        level, message = DiagnosticStatus.WARN, "not active"
-    elif window.dropped_bad_input:
-        level, message = DiagnosticStatus.WARN, f"{window.dropped_bad_input} bad frame(s) dropped: {stats.last_bad_input}"
+        problems.append((DiagnosticStatus.WARN, "not active"))
+    else:
+        what = "no frame received since activation" if last is None else "no frame"
+        if input_timeout_error > 0 and silent_s >= input_timeout_error:
+            problems.append((DiagnosticStatus.ERROR,
+                             f"{what} for {silent_s:.1f} s (input_timeout_error {input_timeout_error:g} s)"))
+        elif input_timeout_warn > 0 and silent_s >= input_timeout_warn:
+            problems.append((DiagnosticStatus.WARN,
+                             f"{what} for {silent_s:.1f} s (input_timeout_warn {input_timeout_warn:g} s)"))
+    for text in qos.values():
+        problems.append((DiagnosticStatus.WARN, f"incompatible QoS: {text}"))
+    if window.dropped_bad_input:
+        problems.append((DiagnosticStatus.WARN,
+                         f"{window.dropped_bad_input} bad frame(s) dropped: {stats.last_bad_input}"))
+    if window.dropped_too_large:
+        problems.append((DiagnosticStatus.WARN,
+                         f"{window.dropped_too_large} frame(s) dropped: {stats.last_too_large}"))
+
+    notes: list[str] = []
+    if window.received and output_subscribers == 0:
+        notes.append(f"{in_rate:.1f} Hz in, but no output has a subscriber: frames are not processed")
+    if problems:
+        problems.sort(key=lambda p: -_level_value(p[0]))
+        level = problems[0][0]
+        message = "; ".join([text for _, text in problems] + notes)
+    elif notes:
+        level, message = DiagnosticStatus.OK, "; ".join(notes)
     elif window.received == 0 and window.published == 0:
         level, message = DiagnosticStatus.OK, "no frames received"
     else:
@@ -126,13 +223,20 @@ def camera_status(name: str, hardware_id: str, window: StatsWindow, stats: Camer
         _kv("latency_stamp_to_publish_ms_max", s2p_max),
         _kv("dropped_stale", window.dropped_stale),
         _kv("dropped_bad_input", window.dropped_bad_input),
+        _kv("dropped_too_large", window.dropped_too_large),
         _kv("skipped_no_subscribers", window.skipped_no_subscribers),
         _kv("dropped_stale_total", totals.dropped_stale),
         _kv("dropped_bad_input_total", totals.dropped_bad_input),
+        _kv("dropped_too_large_total", totals.dropped_too_large),
         _kv("skipped_no_subscribers_total", totals.skipped_no_subscribers),
         _kv("frames_received_total", totals.received),
         _kv("frames_published_total", totals.published),
         _kv("last_bad_input", stats.last_bad_input),
+        _kv("last_too_large", stats.last_too_large),
+        _kv("seconds_since_last_frame", float(silent_s)),
+        _kv("output_subscribers", output_subscribers),
+        _kv("qos_incompatible", "; ".join(qos.values())),
+        _kv("qos_incompatible_events_total", stats.qos_events_total),
     ]
     return status
 
@@ -149,6 +253,22 @@ def node_status(name: str, hardware_id: str, state: str, error: str,
     status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id)
     status.values = [_kv("state", state)] + [_kv(k, v) for k, v in details.items()]
     return status
+
+
+def process_memory_mb() -> dict[str, float]:
+    """This process's resident memory now (``rss_mb``) and its peak so far (``peak_rss_mb``),
+    from /proc/self/status (VmRSS, VmHWM); empty where that file does not exist (not Linux)."""
+    keys = {"VmRSS:": "rss_mb", "VmHWM:": "peak_rss_mb"}
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                parts = line.split()
+                if parts and parts[0] in keys and len(parts) >= 2:
+                    out[keys[parts[0]]] = int(parts[1]) / 1024.0  # kB -> MiB
+    except OSError:
+        return {}
+    return out
 
 
 def diagnostic_array(stamp, statuses: list[DiagnosticStatus]) -> DiagnosticArray:

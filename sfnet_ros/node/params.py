@@ -2,7 +2,7 @@
 
 ``PARAMETERS`` is the single source of truth: the node declares exactly these (with
 ``ParameterDescriptor``s built from them), ``config/sfnet.yaml`` must list every one of them and
-the README documents them (``test/test_launch_params.py`` keeps the three in step).
+docs/node.md documents them (``test/test_launch_params.py`` keeps the three in step).
 This module imports no rclpy at module level, so tools and tests can read the table without ROS.
 
 Parameters are read once, at the lifecycle ``configure`` transition, into a frozen
@@ -62,7 +62,7 @@ class ParamSpec:
         return self.applied == APPLIED_AT_STARTUP
 
     def constraints_text(self) -> str:
-        """Human-readable constraints, used in the descriptor and the README table."""
+        """Human-readable constraints, used in the descriptor and the docs/node.md table."""
         parts = []
         if self.choices:
             parts.append("one of: " + ", ".join(self.choices))
@@ -108,6 +108,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "input_size", "integer_array", [],
         "Network input size [H, W]; frames are resized to it and labels resized back to the "
         "frame's resolution. [] runs at each frame's native resolution.",
+    ),
+    ParamSpec(
+        "max_input_pixels", "integer", 8_294_400,
+        "Largest frame (height x width) the node segments; larger frames are dropped, counted as "
+        "dropped_too_large on /diagnostics with the reason, and logged (throttled). Bounds the "
+        "memory one frame can take (see docs/node.md, Memory). The default admits 3840x2160; 0 = no limit.",
+        value_range=(0, 1_000_000_000),
     ),
     ParamSpec(
         "cameras", "string_array", [],
@@ -167,9 +174,28 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         applied=APPLIED_AT_STARTUP,
     ),
     ParamSpec(
+        "exit_on_shutdown", "bool", True,
+        "End the process (exit code 0) after the lifecycle shutdown transition, as a ROS user "
+        "expects of a finalized node; false keeps the process alive in the finalized state.",
+        applied=APPLIED_AT_STARTUP,
+    ),
+    ParamSpec(
         "diagnostics_period", "double", 1.0,
         "Seconds between /diagnostics messages (rates and latencies are averaged over this window).",
         value_range=(0.1, 60.0),
+    ),
+    ParamSpec(
+        "input_timeout_warn", "double", 2.0,
+        "Seconds without a frame after which a camera's /diagnostics status turns WARN (counted "
+        "per camera from its last frame, or from activation if it never sent one); OK again with "
+        "the next frame. 0 = never.",
+        value_range=(0.0, 3600.0),
+    ),
+    ParamSpec(
+        "input_timeout_error", "double", 10.0,
+        "Seconds without a frame after which a camera's /diagnostics status turns ERROR (same "
+        "counting as input_timeout_warn, and larger than it). 0 = never.",
+        value_range=(0.0, 3600.0),
     ),
 )
 
@@ -190,6 +216,7 @@ class NodeConfig:
     precision: str
     compile: bool
     input_size: tuple[int, int] | None
+    max_input_pixels: int
     cameras: tuple[str, ...]
     transport: str
     mask_classes: tuple[str, ...]
@@ -200,7 +227,10 @@ class NodeConfig:
     qos_reliability: str
     qos_depth: int
     autostart: bool
+    exit_on_shutdown: bool
     diagnostics_period: float
+    input_timeout_warn: float
+    input_timeout_error: float
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -296,12 +326,17 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
     if len(set(tokens)) != len(tokens):
         raise _bad("mask_classes", f"names map to duplicate topic names: {dict(zip(mask_classes, tokens))}")
 
+    warn, error = checked["input_timeout_warn"], checked["input_timeout_error"]
+    if warn > 0 and error > 0 and error <= warn:
+        raise _bad("input_timeout_error", f"{error!r} must be larger than input_timeout_warn ({warn!r}), or 0")
+
     return NodeConfig(
         checkpoint=checkpoint_path,
         device=device,
         precision=checked["precision"],
         compile=checked["compile"],
         input_size=(size[0], size[1]) if size else None,
+        max_input_pixels=checked["max_input_pixels"],
         cameras=tuple(cameras),
         transport=checked["transport"],
         mask_classes=tuple(mask_classes),
@@ -312,7 +347,10 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
         qos_reliability=checked["qos_reliability"],
         qos_depth=checked["qos_depth"],
         autostart=checked["autostart"],
+        exit_on_shutdown=checked["exit_on_shutdown"],
         diagnostics_period=checked["diagnostics_period"],
+        input_timeout_warn=warn,
+        input_timeout_error=error,
     )
 
 
@@ -378,7 +416,7 @@ def _default_text(p: ParamSpec) -> str:
 
 
 def parameters_markdown() -> str:
-    """The README's parameter table (README.md embeds it; a test keeps them equal)."""
+    """The parameter table of docs/node.md (the page embeds it; a test keeps them equal)."""
     lines = ["| Parameter | Type | Default | Constraints | Description |", "|---|---|---|---|---|"]
     for p in PARAMETERS:
         description = p.description.replace("|", "\\|").replace("<", "&lt;")

@@ -3,9 +3,12 @@
 Lifecycle:
   configure   read and validate the parameters, load the checkpoint, warm the network up
   activate    create the image subscription(s) and the output publishers, start the worker
-  deactivate  stop the worker (after the batch in flight), destroy subscriptions and publishers
+  deactivate  destroy subscriptions and publishers at once; a batch still in the network is
+              finished by the worker and its results are discarded (nobody waits for it)
   cleanup     release the network (and the GPU memory)
-With ``autostart`` (default) the node walks itself to active at start-up. A failed configure
+  shutdown    release everything; with ``exit_on_shutdown`` (default) the process then exits 0
+With ``autostart`` (default) the node walks itself to active at start-up, in a thread of its own,
+so the lifecycle and parameter services answer while the model loads. A failed configure
 (missing checkpoint, invalid parameter) logs one line saying why and leaves the node
 unconfigured and alive, so a lifecycle manager or ``change_state`` can retry after the cause is
 fixed (configure-time parameters may be changed while unconfigured).
@@ -16,14 +19,20 @@ Topics, relative to the node's namespace and ``<camera>/`` for each entry of ``c
        segmentation/confidence (sensor_msgs/Image), segmentation/classes (std_msgs/String JSON,
        transient local); /diagnostics (diagnostic_msgs/DiagnosticArray)
 
-Threads: the executor thread runs subscription callbacks (which only drop the message into the
-camera's one-slot mailbox), services and the diagnostics timer; one worker thread converts,
-segments (one batch for all waiting cameras) and publishes. See the README, section "The ROS 2 node".
+Threads: the main thread only waits for a stop request (SIGINT, SIGTERM, lifecycle shutdown) and
+then leaves (see ``main``); the executor thread runs subscription callbacks (which only drop the
+message into the camera's one-slot mailbox), QoS event callbacks, services, lifecycle transitions
+requested over ``change_state`` and the diagnostics timer; the autostart thread runs the start-up
+configure + activate; one inference thread converts, segments (one batch for all waiting
+cameras) and publishes. See docs/node.md.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -45,10 +54,15 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+try:
+    from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+except ImportError:  # Humble: the same classes, in their older module
+    from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
+
 from sfnet_core.errors import ConfigError, SFNetError
 from sfnet_core.viz import render_outputs
-from sfnet_ros.node import diagnostics
 from sfnet_ros.conversions import ImageConversionError, compressed_to_rgb, image_to_numpy, image_to_rgb, numpy_to_image
+from sfnet_ros.node import diagnostics
 from sfnet_ros.node.params import (
     APPLIED_AT_CONFIGURE,
     APPLIED_AT_RUNTIME,
@@ -66,11 +80,28 @@ __all__ = ["SegmentationNode", "main", "NODE_NAME"]
 
 NODE_NAME = "sfnet_node"
 
-# How long deactivate / shutdown wait for the batch in flight before giving up on it. A forward
-# pass on a loaded CPU can take seconds; on a GPU it is milliseconds.
-WORKER_JOIN_TIMEOUT_S = 10.0
 # Bad frames can arrive at camera rate; one warning per this many seconds is enough to notice.
 WARN_THROTTLE_S = 5.0
+# The main thread checks for a stop request this often, and the executor thread comes back from
+# its wait this often to see whether it must stop.
+SPIN_STEP_S = 0.1
+# On the way out: how long to wait for the executor callback in progress (callbacks are short;
+# only a configure requested over change_state can take seconds) ...
+EXIT_CALLBACK_GRACE_S = 1.0
+# ... and for the batch in flight. Its results could not be published anyway (the publishers are
+# gone by then); the wait only lets a batch that is about to end end, so the interpreter can exit
+# the ordinary way. A forward pass on a large frame on a CPU takes seconds and is not waited for.
+EXIT_WORKER_GRACE_S = 0.5
+# After a lifecycle shutdown, the process exits this much later: the change_state response has
+# been handed to DDS by then, and is on the wire before the participant goes away.
+SHUTDOWN_EXIT_DELAY_S = 0.3
+# An incompatible-QoS event is kept on /diagnostics at least this long before the graph check may
+# clear it (discovery data can lag behind the matching event).
+QOS_EVENT_MIN_AGE_S = 2.0
+
+WORKER_THREAD_NAME = "sfnet_inference"
+STOP_SIGNAL_MESSAGE = "stop requested (SIGINT/SIGTERM): shutting down"
+STOP_SHUTDOWN_MESSAGE = "lifecycle shutdown: exiting (exit_on_shutdown)"
 
 
 @dataclass(frozen=True)
@@ -85,7 +116,7 @@ class DrawOptions:
 
 @dataclass
 class CameraIO:
-    """Subscription, publishers and counters of one camera."""
+    """Subscription, publishers and counters of one camera (of one activation)."""
 
     name: str                          # "" = the node's own namespace
     input_topic: str                   # as subscribed (relative, or resolved for compressed)
@@ -97,18 +128,21 @@ class CameraIO:
     classes: Any = None
     masks: dict[str, tuple[int, Any]] = field(default_factory=dict)  # token -> (class id, publisher)
 
-    def publishers(self) -> list[Any]:
-        return [p for p in (self.labels, self.color, self.confidence, self.classes) if p is not None] + [
+    def image_outputs(self) -> list[Any]:
+        return [p for p in (self.labels, self.color, self.confidence) if p is not None] + [
             pub for _, pub in self.masks.values()]
+
+    def publishers(self) -> list[Any]:
+        return self.image_outputs() + ([self.classes] if self.classes is not None else [])
 
 
 @dataclass
 class _Pending:
-    """A decoded frame on its way through the network."""
+    """A frame on its way through the network (``image`` None until decoded)."""
 
     frame: Frame
     io: CameraIO
-    image: np.ndarray        # (H, W, 3) uint8, RGB or BGR
+    image: np.ndarray | None  # (H, W, 3) uint8, RGB or BGR
     bgr: bool
     want_color: bool
     want_confidence: bool
@@ -131,6 +165,70 @@ def _stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
+# -- QoS compatibility (what the incompatible-QoS events are about) -----------------------------
+
+
+def _policy_name(kind: Any) -> str:
+    try:
+        from rclpy.qos import QoSPolicyKind
+
+        return QoSPolicyKind(int(kind)).name
+    except (ImportError, ValueError, TypeError):
+        return str(kind)
+
+
+def _enum_name(value: Any) -> str:
+    return getattr(value, "name", str(value))
+
+
+def _duration_ns(value: Any) -> int | None:
+    """A QoS duration in ns; None for "infinite" (0, or the huge values DDS reports for it)."""
+    ns = getattr(value, "nanoseconds", None)
+    if ns is None:
+        ns = int(getattr(value, "sec", 0)) * 1_000_000_000 + int(getattr(value, "nanosec", 0))
+    return None if ns <= 0 or ns >= 10**15 else int(ns)
+
+
+def _duration_text(ns: int | None) -> str:
+    return "infinite" if ns is None else f"{ns / 1e9:g} s"
+
+
+def incompatible_policies(offered: QoSProfile, requested: QoSProfile) -> list[str]:
+    """The DDS request/offer rules a publisher (``offered``) and a subscription (``requested``)
+    break, each as ``"<policy> offered <x>, requested <y>"``; [] when they match."""
+    out: list[str] = []
+    def rule(policy: str, offer: Any, request: Any) -> str:
+        return f"{policy} offered {offer}, requested {request}"
+
+    if offered.reliability == ReliabilityPolicy.BEST_EFFORT and requested.reliability == ReliabilityPolicy.RELIABLE:
+        out.append(rule("reliability", _enum_name(offered.reliability), _enum_name(requested.reliability)))
+    if offered.durability == DurabilityPolicy.VOLATILE and requested.durability == DurabilityPolicy.TRANSIENT_LOCAL:
+        out.append(rule("durability", _enum_name(offered.durability), _enum_name(requested.durability)))
+    offered_deadline, requested_deadline = _duration_ns(offered.deadline), _duration_ns(requested.deadline)
+    if requested_deadline is not None and (offered_deadline is None or offered_deadline > requested_deadline):
+        out.append(rule("deadline", _duration_text(offered_deadline), _duration_text(requested_deadline)))
+    liveliness_order = {"AUTOMATIC": 0, "MANUAL_BY_TOPIC": 2}
+    offered_live = liveliness_order.get(_enum_name(offered.liveliness))
+    requested_live = liveliness_order.get(_enum_name(requested.liveliness))
+    if offered_live is not None and requested_live is not None and offered_live < requested_live:
+        out.append(rule("liveliness", _enum_name(offered.liveliness), _enum_name(requested.liveliness)))
+    offered_lease, requested_lease = (_duration_ns(offered.liveliness_lease_duration),
+                                      _duration_ns(requested.liveliness_lease_duration))
+    if requested_lease is not None and (offered_lease is None or offered_lease > requested_lease):
+        out.append(rule("liveliness lease", _duration_text(offered_lease), _duration_text(requested_lease)))
+    return out
+
+
+def _endpoint_name(info: Any) -> str:
+    namespace = getattr(info, "node_namespace", "") or "/"
+    node = getattr(info, "node_name", "") or ""
+    if not node or "_UNKNOWN_" in node or "_UNKNOWN_" in namespace:
+        # The DDS endpoint is known before the ROS node that owns it (the graph check every
+        # diagnostics period fills the name in once discovery has it).
+        return "(node not yet known)"
+    return namespace.rstrip("/") + "/" + node
+
+
 class SegmentationNode(LifecycleNode):
     """Managed node segmenting one or more camera streams with one SFNet model."""
 
@@ -149,12 +247,23 @@ class SegmentationNode(LifecycleNode):
         self._palette: np.ndarray | None = None  # (256, 3) uint8 of the loaded class table
         self._device_text = "none"
         self._cameras: dict[str, CameraIO] = {}
-        self._mailbox: LatestFrameMailbox | None = None
+        # One mailbox and one inference thread for the node's whole life (see worker.py): a new
+        # activation never starts a second forward pass next to one that is still running.
+        self._mailbox = LatestFrameMailbox()
         self._worker: InferenceWorker | None = None
-        # Held by the worker while publishing and by deactivate while it tears publishers down,
-        # so a batch that outlived the join timeout never publishes on a destroyed publisher.
+        # Held by the worker while it looks at or publishes on the publishers of the activation
+        # it works for, and by activate/deactivate while they switch activations. ``_generation``
+        # changes with every activate and deactivate: a batch whose frames carry another one
+        # belongs to an earlier activation, and its results go nowhere.
         self._io_lock = threading.Lock()
         self._io_open = False
+        self._generation = 0
+        self._discarded_total = 0  # frames whose results were discarded (earlier activation)
+        self._leaving = False      # set on the way out: the worker then stays quiet
+        # Called (from the executor thread) when the process should end after a lifecycle
+        # shutdown; main() sets it. None: nothing happens (the node stays finalized).
+        self.on_exit_request: Any = None
+        self._exit_timer: Any = None
 
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_period = self._initial_diagnostics_period()
@@ -214,6 +323,8 @@ class SegmentationNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         started = time.monotonic()
+        # Refuses configure-time parameter changes while the values are being read and used.
+        self._state = "configuring"
         try:
             if self._param_errors:
                 raise ConfigError(next(iter(self._param_errors.values())))
@@ -225,7 +336,7 @@ class SegmentationNode(LifecycleNode):
                 raise ConfigError(f"parameter 'mask_classes': {exc}") from None
         except (SFNetError, ValueError, OSError, RuntimeError) as exc:
             return self._configure_failed(str(exc))
-        except Exception as exc:  # noqa: BLE001 - an unforeseen cause must still fail cleanly
+        except Exception as exc:  # an unforeseen cause must still fail cleanly
             self.get_logger().debug(traceback.format_exc())
             return self._configure_failed(f"{type(exc).__name__}: {exc}")
         self._config, self._segmenter, self._mask_ids = config, segmenter, mask_ids
@@ -266,7 +377,7 @@ class SegmentationNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._open_io()
-        except Exception as exc:  # noqa: BLE001 - e.g. an invalid remapped topic name
+        except Exception as exc:  # e.g. an invalid remapped topic name
             self._close_io()
             self._last_error = f"activate failed: {type(exc).__name__}: {exc}"
             self.get_logger().error(self._last_error)
@@ -278,6 +389,8 @@ class SegmentationNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # Never waits for the worker: a forward pass on a large frame can take seconds, and the
+        # executor (services, diagnostics) must not stop for it. Its results are discarded.
         self._close_io()
         self._state = "inactive"
         return super().on_deactivate(state)
@@ -289,8 +402,21 @@ class SegmentationNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
+        self._mailbox.close()  # a finalized node never activates again: let the worker end
         self._state = "finalized"
+        if self.exit_on_shutdown and self.on_exit_request is not None:
+            self.get_logger().info("finalized: the process exits (exit_on_shutdown)")
+            # Not from inside this callback: the change_state response is sent after it returns.
+            self._exit_timer = self.create_timer(SHUTDOWN_EXIT_DELAY_S, self._request_exit)
+        else:
+            self.get_logger().info("finalized: the process stays (exit_on_shutdown false)")
         return TransitionCallbackReturn.SUCCESS
+
+    def _request_exit(self) -> None:
+        if self._exit_timer is not None:
+            self._exit_timer.cancel()
+        if self.on_exit_request is not None:
+            self.on_exit_request()
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release()
@@ -298,7 +424,8 @@ class SegmentationNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def release(self) -> None:
-        """Stop the worker, drop the ROS entities of the active state and the model (idempotent)."""
+        """Drop the ROS entities of the active state and the model (idempotent). Does not wait
+        for the batch in flight: its results are discarded."""
         self._close_io()
         self._release_model()
 
@@ -308,8 +435,31 @@ class SegmentationNode(LifecycleNode):
         if segmenter is not None and getattr(segmenter.device, "type", "cpu") == "cuda":
             import torch
 
+            # Memory the batch in flight still uses is freed when that batch ends.
             del segmenter
             torch.cuda.empty_cache()
+
+    def stop_worker(self, timeout: float) -> bool:
+        """End the inference thread: True once it has left, False if a batch is still running
+        after ``timeout`` s (it then ends by itself, its results discarded)."""
+        self._mailbox.close()
+        return True if self._worker is None else self._worker.join(timeout)
+
+    def worker_busy_for(self) -> float | None:
+        """Seconds the batch in flight has been running (None when the worker is idle or gone)."""
+        worker = self._worker
+        return None if worker is None or not worker.alive() else worker.busy_for()
+
+    def worker_alive(self) -> bool:
+        return self._worker is not None and self._worker.alive()
+
+    def prepare_exit(self) -> None:
+        """The process is about to end: the worker must not log any more (rclpy goes away)."""
+        self._leaving = True
+
+    def destroy_node(self) -> None:
+        self._mailbox.close()
+        super().destroy_node()
 
     # -- subscriptions, publishers, worker -------------------------------------------------
 
@@ -318,53 +468,76 @@ class SegmentationNode(LifecycleNode):
         assert config is not None and self._segmenter is not None
         qos = _data_qos(config)
         classes_json = self._classes_json()
-        self._mailbox = LatestFrameMailbox(config.camera_names)
-        for camera in config.camera_names:
-            prefix = camera_prefix(camera)
-            if config.transport == "compressed":
-                # image_transport names the compressed topic after the *resolved* base topic, so
-                # `-r image:=/camera/image_raw` must lead to /camera/image_raw/compressed.
-                topic, msg_type = self.resolve_topic_name(f"{prefix}image") + "/compressed", CompressedImage
-            else:
-                topic, msg_type = f"{prefix}image", Image
-            io = CameraIO(name=camera, input_topic=topic, stats=diagnostics.CameraStats())
-            out = f"{prefix}segmentation/"
-            io.labels = self.create_publisher(Image, out + "labels", qos)
-            io.color = self.create_publisher(Image, out + "color", qos)
-            io.confidence = self.create_publisher(Image, out + "confidence", qos)
-            io.classes = self.create_publisher(String, out + "classes", CLASSES_QOS)
-            for name, class_id in self._mask_ids.items():
-                token = topic_token(name)
-                io.masks[token] = (class_id, self.create_publisher(Image, f"{out}mask/{token}", qos))
-            io.classes.publish(String(data=classes_json))
-            self._cameras[camera] = io
-            io.subscription = self.create_subscription(msg_type, topic, partial(self._on_image, camera), qos)
-            io.input_topic = io.subscription.topic_name  # resolved: what remaps made of it
         with self._io_lock:
-            self._io_open = True
-        self._worker = InferenceWorker(self._mailbox, self._process, self._on_worker_error)
-        self._worker.start()
+            self._generation += 1
+            self._io_open = False
+            self._cameras = {}
+        self._mailbox.reset(config.camera_names, self._generation)
+        cameras: dict[str, CameraIO] = {}
+        try:
+            for camera in config.camera_names:
+                prefix = camera_prefix(camera)
+                if config.transport == "compressed":
+                    # image_transport names the compressed topic after the *resolved* base topic,
+                    # so `-r image:=/camera/image_raw` must lead to /camera/image_raw/compressed.
+                    topic = self.resolve_topic_name(f"{prefix}image") + "/compressed"
+                else:
+                    topic = f"{prefix}image"
+                io = CameraIO(name=camera, input_topic=topic, stats=diagnostics.CameraStats())
+                cameras[camera] = io
+                out = f"{prefix}segmentation/"
+                io.labels = self._output(io, Image, out + "labels", qos)
+                io.color = self._output(io, Image, out + "color", qos)
+                io.confidence = self._output(io, Image, out + "confidence", qos)
+                io.classes = self._output(io, String, out + "classes", CLASSES_QOS)
+                for name, class_id in self._mask_ids.items():
+                    token = topic_token(name)
+                    io.masks[token] = (class_id, self._output(io, Image, f"{out}mask/{token}", qos))
+                io.classes.publish(String(data=classes_json))
+            with self._io_lock:
+                self._cameras = cameras
+                self._io_open = True
+            for io in cameras.values():
+                msg_type = CompressedImage if config.transport == "compressed" else Image
+                io.subscription = self.create_subscription(
+                    msg_type, io.input_topic, partial(self._on_image, io), qos,
+                    event_callbacks=SubscriptionEventCallbacks(
+                        incompatible_qos=partial(self._on_input_qos_incompatible, io, qos)))
+                io.input_topic = io.subscription.topic_name  # resolved: what remaps made of it
+        except Exception:
+            # _close_io (called by on_activate) destroys what self._cameras holds.
+            with self._io_lock:
+                self._cameras = cameras
+            raise
+        if self._worker is None or not self._worker.alive():
+            self._worker = InferenceWorker(self._mailbox, self._process, self._on_worker_error,
+                                           name=WORKER_THREAD_NAME)
+            self._worker.start()
+
+    def _output(self, io: CameraIO, msg_type: Any, topic: str, qos: QoSProfile) -> Any:
+        """A publisher whose incompatible-QoS events land in ``io``'s diagnostics."""
+        return self.create_publisher(
+            msg_type, topic, qos,
+            event_callbacks=PublisherEventCallbacks(
+                incompatible_qos=partial(self._on_output_qos_incompatible, io, topic, qos)))
 
     def _close_io(self) -> None:
-        for io in self._cameras.values():
+        # First the switch, under the lock: from here on the worker neither looks at nor
+        # publishes on these publishers (it may be in the middle of a forward pass; its results
+        # will carry an old generation). Then the entities go, without waiting for anybody.
+        with self._io_lock:
+            self._io_open = False
+            self._generation += 1
+            cameras, self._cameras = self._cameras, {}
+        for frame in self._mailbox.reset((), self._generation):
+            if frame.camera in cameras:
+                cameras[frame.camera].stats.dropped_stale()
+        for io in cameras.values():
             if io.subscription is not None:
                 self.destroy_subscription(io.subscription)
                 io.subscription = None
-        if self._worker is not None:
-            for frame in self._mailbox.close() if self._mailbox is not None else []:
-                if frame.camera in self._cameras:
-                    self._cameras[frame.camera].stats.dropped_stale()
-            if not self._worker.stop(WORKER_JOIN_TIMEOUT_S):
-                self.get_logger().warning(
-                    f"inference still running after {WORKER_JOIN_TIMEOUT_S:.0f} s; its results are discarded")
-            self._worker = None
-        self._mailbox = None
-        with self._io_lock:
-            self._io_open = False
-            for io in self._cameras.values():
-                for publisher in io.publishers():
-                    self.destroy_publisher(publisher)
-            self._cameras = {}
+            for publisher in io.publishers():
+                self.destroy_publisher(publisher)
 
     def _classes_json(self) -> str:
         table = self._segmenter.classes
@@ -375,29 +548,92 @@ class SegmentationNode(LifecycleNode):
             "mask_topics": {name: f"segmentation/mask/{topic_token(name)}" for name in self._mask_ids},
         })
 
-    def _on_image(self, camera: str, msg: Any) -> None:
+    def _on_image(self, io: CameraIO, msg: Any) -> None:
         """Subscription callback: no conversion, no waiting, just the newest-frame slot."""
-        mailbox = self._mailbox
-        if mailbox is None:
-            return
-        replaced = mailbox.put(camera, msg)
-        io = self._cameras.get(camera)
-        if io is not None:
-            io.stats.received(replaced_stale=replaced is not None)
+        try:
+            replaced = self._mailbox.put(io.name, msg)
+        except KeyError:
+            return  # a late callback of an earlier activation's subscription
+        io.stats.received(replaced_stale=replaced is not None)
 
     def _on_worker_error(self, exc: BaseException) -> None:
+        if self._leaving:
+            return
         self.get_logger().error(f"inference failed: {type(exc).__name__}: {exc}",
                                 throttle_duration_sec=WARN_THROTTLE_S)
         self.get_logger().debug(traceback.format_exc())
+
+    # -- incompatible QoS ------------------------------------------------------------------
+
+    def _input_incompatibility(self, io: CameraIO, ours: QoSProfile) -> str:
+        """Text naming each publisher of ``io``'s input whose QoS does not match ours ("" if none)."""
+        bad = []
+        for info in self.get_publishers_info_by_topic(io.input_topic):
+            rules = incompatible_policies(info.qos_profile, ours)
+            if rules:
+                bad.append(f"publisher {_endpoint_name(info)} on {io.input_topic}: {', '.join(rules)}")
+        return "; ".join(bad)
+
+    def _output_incompatibility(self, topic: str, ours: QoSProfile) -> str:
+        """Text naming each subscription of our ``topic`` whose QoS does not match ours ("" if none)."""
+        bad = []
+        for info in self.get_subscriptions_info_by_topic(topic):
+            rules = incompatible_policies(ours, info.qos_profile)
+            if rules:
+                bad.append(f"subscription {_endpoint_name(info)} on {topic}: {', '.join(rules)}")
+        return "; ".join(bad)
+
+    def _on_input_qos_incompatible(self, io: CameraIO, ours: QoSProfile, event: Any) -> None:
+        """Event: a publisher of our input offers QoS our subscription cannot accept."""
+        policy = _policy_name(getattr(event, "last_policy_kind", "?"))
+        text = self._input_incompatibility(io, ours) or (
+            f"a publisher on {io.input_topic} offers an incompatible {policy} "
+            f"(this node requests {_enum_name(ours.reliability)}, {_enum_name(ours.durability)})")
+        io.stats.qos_event("input", text)
+        self.get_logger().warning(f"incompatible QoS, no frames will come from that publisher: {text}")
+
+    def _on_output_qos_incompatible(self, io: CameraIO, relative_topic: str, ours: QoSProfile, event: Any) -> None:
+        """Event: a subscription of one of our outputs requests QoS our publisher does not offer."""
+        policy = _policy_name(getattr(event, "last_policy_kind", "?"))
+        topic = self.resolve_topic_name(relative_topic)
+        text = self._output_incompatibility(topic, ours) or (
+            f"a subscription on {topic} requests an incompatible {policy} "
+            f"(this node offers {_enum_name(ours.reliability)}, {_enum_name(ours.durability)})")
+        io.stats.qos_event(topic, text)
+        self.get_logger().warning(f"incompatible QoS, that subscription receives nothing: {text}")
+
+    def _refresh_qos(self, io: CameraIO, config: NodeConfig) -> None:
+        """Keep a reported incompatibility while the incompatible peer exists (graph check)."""
+        now = time.monotonic()
+        for endpoint, (_, since) in io.stats.qos_entries().items():
+            if now - since < QOS_EVENT_MIN_AGE_S:
+                continue
+            if endpoint == "input":
+                text = self._input_incompatibility(io, _data_qos(config))
+            else:
+                ours = CLASSES_QOS if endpoint.endswith("/classes") else _data_qos(config)
+                text = self._output_incompatibility(endpoint, ours)
+            if text:
+                io.stats.qos_update(endpoint, text)
+            else:
+                io.stats.qos_resolved(endpoint)
 
     # -- the worker's batch ----------------------------------------------------------------
 
     def _process(self, frames: list[Frame]) -> None:
         """Convert, segment (one forward per input colour order), publish; runs in the worker."""
-        segmenter, draw = self._segmenter, self._draw
-        if segmenter is None:
+        segmenter, draw, config = self._segmenter, self._draw, self._config
+        with self._io_lock:
+            generation = self._generation if self._io_open else -1
+            current = [frame for frame in frames if frame.generation == generation]
+            # Under the lock: the publishers _plan asks for subscribers exist until it is released.
+            plans = [] if config is None else [
+                p for p in (self._plan(frame, draw, config) for frame in current) if p is not None]
+        if len(current) < len(frames):
+            self._discard(len(frames) - len(current))
+        if segmenter is None or config is None or not plans:
             return
-        pending = [p for p in (self._prepare(frame, draw) for frame in frames) if p is not None]
+        pending = [p for p in (self._decode(plan, config) for plan in plans) if p is not None]
         for bgr in (False, True):
             group = [p for p in pending if p.bgr == bgr]
             if not group:
@@ -405,12 +641,31 @@ class SegmentationNode(LifecycleNode):
             results = segmenter.segment([p.image for p in group], bgr=bgr,
                                         return_confidence=any(p.want_confidence for p in group))
             for item, result in zip(group, results):
-                self._publish(item, result, segmenter, draw)
+                self._publish(item, result, draw, generation)
 
-    def _prepare(self, frame: Frame, draw: DrawOptions) -> _Pending | None:
-        """Decide what this frame must produce; decode it only if someone listens."""
+    def _discard(self, count: int) -> None:
+        with self._io_lock:
+            self._discarded_total += count
+        if not self._leaving:
+            self.get_logger().info(
+                f"discarding the results of {count} frame(s) of an earlier activation",
+                throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _too_large(self, io: CameraIO, width: int, height: int, limit: int) -> None:
+        reason = f"{width}x{height} frame ({width * height} pixels) is larger than max_input_pixels {limit}"
+        io.stats.too_large(reason)
+        self.get_logger().warning(f"dropping a frame from {io.input_topic}: {reason}",
+                                  throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _plan(self, frame: Frame, draw: DrawOptions, config: NodeConfig) -> _Pending | None:
+        """Decide what this frame must produce (called under the IO lock)."""
         io = self._cameras.get(frame.camera)
         if io is None:
+            return None
+        msg = frame.msg
+        limit = config.max_input_pixels
+        if limit and isinstance(msg, Image) and int(msg.height) * int(msg.width) > limit:
+            self._too_large(io, int(msg.width), int(msg.height), limit)
             return None
         want_labels = io.labels.get_subscription_count() > 0
         want_color = draw.publish_color and io.color.get_subscription_count() > 0
@@ -419,7 +674,11 @@ class SegmentationNode(LifecycleNode):
         if not (want_labels or want_color or want_confidence or masks):
             io.stats.skipped()
             return None
-        msg = frame.msg
+        return _Pending(frame, io, None, False, want_color, want_confidence, want_labels, masks)
+
+    def _decode(self, item: _Pending, config: NodeConfig) -> _Pending | None:
+        """Decode the frame of a planned item (outside the lock); None when it is dropped."""
+        io, msg = item.io, item.frame.msg
         try:
             if isinstance(msg, CompressedImage):
                 image, bgr = compressed_to_rgb(msg), False
@@ -433,9 +692,13 @@ class SegmentationNode(LifecycleNode):
             self.get_logger().warning(f"dropping a frame from {io.input_topic}: {exc}",
                                       throttle_duration_sec=WARN_THROTTLE_S)
             return None
-        return _Pending(frame, io, image, bgr, want_color, want_confidence, want_labels, masks)
+        limit = config.max_input_pixels
+        if limit and image.shape[0] * image.shape[1] > limit:  # compressed: known once decoded
+            self._too_large(io, image.shape[1], image.shape[0], limit)
+            return None
+        return replace(item, image=image, bgr=bgr)
 
-    def _publish(self, item: _Pending, result: Any, segmenter: Any, draw: DrawOptions) -> None:
+    def _publish(self, item: _Pending, result: Any, draw: DrawOptions, generation: int) -> None:
         header = item.frame.msg.header
         overlay_on = None
         if item.want_color and draw.color_overlay:
@@ -450,11 +713,15 @@ class SegmentationNode(LifecycleNode):
         outputs = [(publishers[name], numpy_to_image(image, "rgb8" if name == "color" else "mono8", header=header))
                    for name, image in images.items()]
         with self._io_lock:
-            if not self._io_open:
-                return
-            for publisher, msg in outputs:
-                publisher.publish(msg)
-            now_ns = time.monotonic_ns()
+            current = self._io_open and self._generation == generation
+            if current:
+                for publisher, msg in outputs:
+                    publisher.publish(msg)
+                now_ns = time.monotonic_ns()
+        if not current:
+            # Deactivated (or re-activated) while this frame was in the network.
+            self._discard(1)
+            return
         receive_ms = (now_ns - item.frame.received_ns) / 1e6
         stamp_ms = (self.get_clock().now().nanoseconds - _stamp_ns(header)) / 1e6
         item.io.stats.published(receive_ms, stamp_ms)
@@ -464,16 +731,34 @@ class SegmentationNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         hardware_id = self._device_text
         name = self.get_fully_qualified_name()
+        config = self._config
         details: dict[str, object] = {"device": hardware_id}
-        if self._config is not None:
-            details.update(checkpoint=str(self._config.checkpoint),
+        if config is not None:
+            details.update(checkpoint=str(config.checkpoint),
                            model=getattr(self._segmenter, "model_name", ""),
-                           cameras=", ".join(self._config.cameras) or "<namespace>")
+                           cameras=", ".join(config.cameras) or "<namespace>")
+        busy = self.worker_busy_for()
+        details["inference_busy_s"] = 0.0 if busy is None else float(busy)
+        details["results_discarded_total"] = self._discarded_total
+        # Counted by name over all live threads, so a worker that outlived its activation would
+        # show up here too (by design there is never more than one).
+        details["inference_threads"] = sum(1 for t in threading.enumerate() if t.name == WORKER_THREAD_NAME)
+        details.update(diagnostics.process_memory_mb())
         statuses = [diagnostics.node_status(name, hardware_id, self._state, self._last_error, details)]
+        now = time.monotonic()
         for io in list(self._cameras.values()):
+            try:
+                if config is not None:
+                    self._refresh_qos(io, config)
+                subscribers = sum(p.get_subscription_count() for p in io.image_outputs())
+            except Exception:  # entities of a deactivation happening right now
+                subscribers = -1
             statuses.append(diagnostics.camera_status(
                 f"{name}: {io.input_topic}", hardware_id, io.stats.take_window(), io.stats,
-                active=self._state == "active"))
+                active=self._state == "active",
+                input_timeout_warn=config.input_timeout_warn if config else 0.0,
+                input_timeout_error=config.input_timeout_error if config else 0.0,
+                output_subscribers=subscribers, now=now))
         self._diag_pub.publish(diagnostics.diagnostic_array(self.get_clock().now().to_msg(), statuses))
 
     # -- start-up --------------------------------------------------------------------------
@@ -482,16 +767,28 @@ class SegmentationNode(LifecycleNode):
     def autostart(self) -> bool:
         return bool(self.get_parameter("autostart").value)
 
-    def autostart_transitions(self, stop: threading.Event | None = None) -> None:
+    @property
+    def exit_on_shutdown(self) -> bool:
+        if "exit_on_shutdown" in self._param_errors:
+            return bool(spec("exit_on_shutdown").default)
+        return bool(self.get_parameter("exit_on_shutdown").value)
+
+    def autostart_transitions(self, stop: Any = None) -> None:
         """configure + activate, stopping quietly (already logged) at the first failure or when
-        ``stop`` was set meanwhile (a shutdown requested during the model load)."""
-        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            self.get_logger().info(
-                "autostart: staying unconfigured; fix the cause, then trigger configure "
-                "(lifecycle manager or <node>/change_state)")
-            return
-        if stop is None or not stop.is_set():
-            self.trigger_activate()
+        ``stop`` (anything with ``is_set()``) was set meanwhile (a shutdown requested during the
+        model load). main() runs this in a thread of its own, so services answer meanwhile."""
+        try:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                self.get_logger().info(
+                    "autostart: staying unconfigured; fix the cause, then trigger configure "
+                    "(lifecycle manager or <node>/change_state)")
+                return
+            if stop is None or not stop.is_set():
+                self.trigger_activate()
+        except Exception as exc:  # a thread must not die with a traceback
+            if stop is not None and stop.is_set():
+                return  # the process is leaving under us
+            self.get_logger().error(f"autostart failed: {type(exc).__name__}: {exc}")
 
 
 def _install_core_logging() -> None:
@@ -505,30 +802,107 @@ def _install_core_logging() -> None:
     core.propagate = False
 
 
-def _stop_on_signals() -> threading.Event:
-    """Ctrl-C / SIGTERM set the returned event instead of tearing the context down mid-work.
+class StopRequest:
+    """Why the process should end (None while it should not). Set from signal handlers and
+    threads: a plain attribute, no lock, because a signal handler that waits for a lock the
+    interrupted main thread holds would deadlock."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def is_set(self) -> bool:
+        return self.reason is not None
+
+
+def _stop_on_signals(stop: StopRequest | None = None) -> StopRequest:
+    """Ctrl-C / SIGTERM set the returned request instead of tearing the context down mid-work.
 
     rclpy's own handlers shut the context down at once: a signal during the (seconds long)
     checkpoint load then makes every later call fail noisily. Here the signal only asks the
-    main loop to stop; it does so at the next check (after configure, or within SPIN_STEP_S).
+    main thread, which does nothing but wait for such a request, to leave (see ``_leave``).
     """
-    stop = threading.Event()
+    stop = StopRequest() if stop is None else stop
 
     def request_stop(signum: int, frame: Any) -> None:
-        stop.set()
+        stop.request(STOP_SIGNAL_MESSAGE)
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     return stop
 
 
-# The main loop checks for a stop request this often (Python signal handlers cannot interrupt
-# the executor's wait, so it must come back regularly).
-SPIN_STEP_S = 0.2
+def _spin(executor: SingleThreadedExecutor, spin_stop: threading.Event, failure: list[BaseException]) -> None:
+    """The executor thread: callbacks until ``spin_stop`` is set or the context shuts down."""
+    try:
+        while not spin_stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_STEP_S)
+    except ExternalShutdownException:
+        pass
+    except Exception as exc:  # reported by main, which then leaves with code 1
+        if not spin_stop.is_set():
+            failure.append(exc)
+            traceback.print_exc()
+
+
+def _hard_exit(code: int) -> None:
+    """End the process now, skipping interpreter finalisation (only while a thread is busy).
+
+    Why: a thread (the inference worker, or a transition loading the model) is inside a PyTorch
+    op, which cannot be interrupted. If the interpreter finalised now, that thread would try to
+    take the GIL back when the op returns, and CPython (before 3.14) ends such a daemon thread
+    with pthread_exit(); its forced unwinding runs through C++ frames of libtorch_python that
+    must not throw (pybind11::gil_scoped_release's destructor), so std::terminate() aborts the
+    process: "terminate called without an active exception", exit code -6 (SIGABRT), seen in 7
+    of 8 tries of issue 9 (core dump: THPVariable_matmul -> ~gil_scoped_release ->
+    PyEval_RestoreThread -> take_gil -> PyThread_exit_thread -> pthread_exit -> std::terminate).
+    os._exit runs no atexit handlers and flushes no buffers, so everything printed is flushed
+    first; the ROS entities have been destroyed by the caller where that was safe.
+    """
+    for handler in logging.getLogger("sfnet_core").handlers:
+        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)  # C stdio buffers (rcutils console output)
+    os._exit(code)
+
+
+def _leave(node: SegmentationNode, spin_stop: threading.Event, spin_thread: threading.Thread,
+           autostart_thread: threading.Thread | None, reason: str, code: int) -> int:
+    """Release the ROS entities and end, without waiting on work that cannot be interrupted."""
+    logger = node.get_logger()
+    logger.info(reason)
+    spin_stop.set()
+    spin_thread.join(EXIT_CALLBACK_GRACE_S)
+    if spin_thread.is_alive() or (autostart_thread is not None and autostart_thread.is_alive()):
+        # A lifecycle transition (in practice: configure, loading and warming up the model) is
+        # still running. Destroying the node under it would make it fail noisily, and it holds
+        # no subscription or output publisher yet (those are made by activate).
+        logger.warning("a lifecycle transition (configure) is still running: leaving without waiting for it")
+        node.prepare_exit()
+        _hard_exit(code)
+    node.release()
+    if not node.stop_worker(EXIT_WORKER_GRACE_S):
+        busy = node.worker_busy_for()
+        since = "" if busy is None else f" (batch started {busy:.1f} s ago)"
+        logger.warning(f"inference still running{since}: leaving without waiting for it, results discarded")
+    node.prepare_exit()
+    node.destroy_node()
+    rclpy.try_shutdown()
+    if node.worker_alive():
+        _hard_exit(code)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the node until Ctrl-C / SIGTERM; returns the exit code (0 on a normal stop)."""
+    """Run the node until Ctrl-C / SIGTERM (or a lifecycle shutdown with ``exit_on_shutdown``);
+    returns the exit code (0 on a normal stop). Leaves within about 2 s of the request, whatever
+    the inference thread is doing."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args) and "--ros-args" not in args:
         print(__doc__)
@@ -536,32 +910,40 @@ def main(argv: Sequence[str] | None = None) -> int:
               "-r image:=/camera/image_raw -r __ns:=/perception]")
         return 0
     _install_core_logging()
+    stop = _stop_on_signals()  # from here on a signal never kills the process mid-way
     try:
         from rclpy.signals import SignalHandlerOptions
 
         rclpy.init(args=["sfnet_node", *args], signal_handler_options=SignalHandlerOptions.NO)
-    except ImportError:  # an rclpy without SignalHandlerOptions: ours replace its handlers below
+    except ImportError:  # an rclpy without SignalHandlerOptions installs its own: replace them
         rclpy.init(args=["sfnet_node", *args])
-    stop = _stop_on_signals()
-    node: SegmentationNode | None = None
+        _stop_on_signals(stop)
     try:
         node = SegmentationNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        if node.autostart and not stop.is_set():
-            node.autostart_transitions(stop)
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=SPIN_STEP_S)
-        if stop.is_set():
-            node.get_logger().info("stop requested (SIGINT/SIGTERM): shutting down")
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # stopped from outside: the normal way to end
-    finally:
-        if node is not None:
-            node.release()
-            node.destroy_node()
+    except BaseException:
         rclpy.try_shutdown()
-    return 0
+        raise
+    node.on_exit_request = partial(stop.request, STOP_SHUTDOWN_MESSAGE)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spin_stop, failure = threading.Event(), []
+    spin_thread = threading.Thread(target=_spin, args=(executor, spin_stop, failure), name="sfnet_executor",
+                                   daemon=True)
+    spin_thread.start()
+    autostart_thread = None
+    if node.autostart:
+        autostart_thread = threading.Thread(target=node.autostart_transitions, args=(stop,), name="sfnet_autostart",
+                                            daemon=True)
+        autostart_thread.start()
+    # The main thread only waits: Python runs signal handlers in the main thread, so it must
+    # never be inside a long native call (a forward pass, a model load) when a signal comes.
+    while not stop.is_set() and spin_thread.is_alive():
+        time.sleep(SPIN_STEP_S)
+    if stop.reason is not None:
+        return _leave(node, spin_stop, spin_thread, autostart_thread, stop.reason, 0)
+    return _leave(node, spin_stop, spin_thread, autostart_thread,
+                  f"executor stopped ({'; '.join(map(str, failure)) or 'context shut down'}): shutting down",
+                  1 if failure else 0)
 
 
 if __name__ == "__main__":

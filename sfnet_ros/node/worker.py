@@ -6,6 +6,13 @@ the one waiting (the replaced frame is counted as a stale drop). Subscription ca
 ``put`` (no conversion, no copy), so they never wait for inference; the worker thread takes every
 waiting frame at once, which lets several cameras share one batched forward pass.
 
+Activations: the node keeps ONE mailbox and ONE worker thread for its whole life. Each lifecycle
+activation ``reset``s the mailbox with its cameras and a new generation number; every frame
+carries the generation it was received in, so a batch that was still in the network when the
+node was deactivated (a forward pass cannot be interrupted) is recognised and discarded instead
+of being published by the next activation. One thread means never two forward passes at once,
+and nobody ever has to wait for the batch in flight.
+
 Nothing here imports rclpy: frames are opaque messages plus receive times.
 """
 from __future__ import annotations
@@ -26,22 +33,35 @@ class Frame:
     camera: str
     msg: Any                 # sensor_msgs Image or CompressedImage, untouched
     received_ns: int         # time.monotonic_ns() when the callback ran
+    generation: int = 0      # the mailbox generation (= node activation) it was received in
 
 
 class LatestFrameMailbox:
     """One slot per camera holding its newest unprocessed frame; a condition wakes the worker."""
 
-    def __init__(self, cameras: Sequence[str]) -> None:
+    def __init__(self, cameras: Sequence[str] = (), generation: int = 0) -> None:
         self._cond = threading.Condition()
         self._slots: dict[str, Frame | None] = {camera: None for camera in cameras}
+        self._generation = generation
         self._closed = False
 
-    def put(self, camera: str, msg: Any) -> Frame | None:
-        """Store ``msg`` as ``camera``'s newest frame; returns the frame it replaced (stale), if any."""
-        frame = Frame(camera, msg, time.monotonic_ns())
+    @property
+    def generation(self) -> int:
         with self._cond:
+            return self._generation
+
+    def put(self, camera: str, msg: Any) -> Frame | None:
+        """Store ``msg`` as ``camera``'s newest frame; returns the frame it replaced (stale), if any.
+
+        Raises KeyError for a camera the mailbox does not serve (a callback of a subscription
+        that is being destroyed may still arrive after a ``reset``); nothing is stored then.
+        """
+        received_ns = time.monotonic_ns()
+        with self._cond:
+            if camera not in self._slots:
+                raise KeyError(camera)
             replaced = self._slots[camera]
-            self._slots[camera] = frame
+            self._slots[camera] = Frame(camera, msg, received_ns, self._generation)
             self._cond.notify()
         return replaced
 
@@ -60,6 +80,15 @@ class LatestFrameMailbox:
                 self._slots[camera] = None
             return frames
 
+    def reset(self, cameras: Sequence[str], generation: int) -> list[Frame]:
+        """Serve ``cameras`` from now on, tagging new frames with ``generation``; returns the
+        frames that were waiting (they will not be processed)."""
+        with self._cond:
+            waiting = [frame for frame in self._slots.values() if frame is not None]
+            self._slots = {camera: None for camera in cameras}
+            self._generation = generation
+        return waiting
+
     def close(self) -> list[Frame]:
         """Wake the worker for good; returns the frames still waiting (they will not be processed)."""
         with self._cond:
@@ -75,6 +104,8 @@ class InferenceWorker:
 
     ``process`` must not raise; if it does anyway, ``on_error`` gets the exception and the loop
     goes on with the next batch (a camera glitch must not silently stop all segmentation).
+    ``busy_for()`` says how long the batch in flight has been running (None when idle): the node
+    reports it on /diagnostics and uses it to decide whether it can exit normally.
     """
 
     def __init__(
@@ -87,10 +118,25 @@ class InferenceWorker:
         self._mailbox = mailbox
         self._process = process
         self._on_error = on_error
+        self._busy_since: float | None = None  # time.monotonic() when the batch in flight started
+        # A daemon: a forward pass cannot be interrupted, and the process must be able to end
+        # without it (see segmentation_node.main for how the process then leaves).
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def busy_for(self) -> float | None:
+        """Seconds the batch in flight has been running, or None when the worker waits for frames."""
+        since = self._busy_since
+        return None if since is None else time.monotonic() - since
 
     def _run(self) -> None:
         while True:
@@ -99,10 +145,19 @@ class InferenceWorker:
                 return
             if not frames:
                 continue
+            self._busy_since = time.monotonic()
             try:
                 self._process(frames)
-            except Exception as exc:  # noqa: BLE001 - reported, and the loop must survive
+            except Exception as exc:  # reported, and the loop must survive
                 self._on_error(exc)
+            finally:
+                self._busy_since = None
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the thread to end; True if it has (or never started)."""
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(max(timeout, 0.0))
+        return not self._thread.is_alive()
 
     def stop(self, timeout: float) -> bool:
         """Close the mailbox and join; False if the thread is still busy after ``timeout`` s.
@@ -111,6 +166,4 @@ class InferenceWorker:
         batch in flight (the thread is a daemon: it never keeps the process alive).
         """
         self._mailbox.close()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self.join(timeout)
