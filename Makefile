@@ -24,7 +24,7 @@ test: setup
 	$(PY) -m pytest test
 
 demo: setup
-	$(VENV)/bin/sfnet-demo
+	$(VENV)/bin/sfnet-demo --overwrite
 
 model-stats: setup
 	$(PY) bench/model_stats.py

@@ -15,15 +15,17 @@ The rules every tool follows (``check_output`` enforces them before any work sta
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from sfnet_core.errors import SFNetError
 
-__all__ = ["OutputError", "atomic_write", "check_output", "check_writable_parent"]
+__all__ = ["OutputError", "atomic_write", "check_output", "check_writable_parent", "staging_path"]
 
 
 class OutputError(SFNetError, ValueError):
@@ -39,15 +41,23 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def check_writable_parent(path: str | os.PathLike, what: str = "--out") -> Path:
-    """The resolved ``path`` if its nearest existing ancestor is a writable folder, else an OutputError."""
+    """The resolved ``path`` if it can be created: its nearest existing ancestor is a folder in
+    which a file can really be created (probed with a hidden file, removed at once: permission
+    bits do not tell, e.g. for root, on a read-only mount or in /proc). Else an OutputError."""
     target = _resolved(path)
     ancestor = target.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise OutputError(f"{what}: cannot create {path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"{what}: cannot write {path}: no write permission in {ancestor}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".sfnet-probe-", dir=ancestor)
+    except OSError as exc:
+        reason = "no write permission" if exc.errno in (errno.EACCES, errno.EPERM) else \
+            (exc.strerror or type(exc).__name__).lower()
+        raise OutputError(f"{what}: cannot write {path}: {reason} in {ancestor}") from None
+    os.close(handle)
+    os.unlink(probe)
     return target
 
 
@@ -93,6 +103,13 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def staging_path(path: str | os.PathLike, suffix: str = "tmp") -> Path:
+    """A fresh hidden sibling of ``path`` (``.<name>.<random>.<suffix>``): same folder, so a
+    rename onto ``path`` is atomic. It does not exist yet."""
+    target = Path(path)
+    return target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.{suffix}"
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, replace_dir: bool = False) -> Iterator[Path]:
     """Yield a fresh staging path next to ``path``; on success it is renamed onto ``path``.
@@ -106,7 +123,7 @@ def atomic_write(path: str | os.PathLike, replace_dir: bool = False) -> Iterator
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = staging_path(target)
     old: Path | None = None
     try:
         yield tmp
@@ -116,7 +133,7 @@ def atomic_write(path: str | os.PathLike, replace_dir: bool = False) -> Iterator
         if target.is_dir() and not target.is_symlink():
             if not replace_dir:
                 raise OutputError(f"{target}: is a folder; refusing to replace it")
-            old = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
+            old = staging_path(target, "old")
             os.replace(target, old)
         os.replace(tmp, target)
     finally:

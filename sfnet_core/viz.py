@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "overlay", "class_masks", "render_outputs", "flow_to_color", "image_strip"]
+__all__ = ["colorize", "overlay", "class_masks", "render_outputs", "flow_to_color", "image_strip", "flow_wheel",
+           "class_legend", "text_band", "stack_rows", "text_scale", "text_size", "draw_text"]
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -101,16 +102,100 @@ def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.nd
     return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy()[:, :w])
 
 
+# Captions, legends and notes: one font, measured with cv2.getTextSize and drawn once, dark on
+# light bands next to the pictures (never over them: an outline drawn under the text with other
+# metrics is what garbled "ground truthh" under OpenCV 5).
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_INK = (20, 20, 20)
+_PAPER = 255
+
+
+def text_scale(height: int) -> float:
+    """Font scale for pictures ``height`` pixels tall (about 15 px capitals at 256 px)."""
+    return max(0.45, height / 420)
+
+
+def text_size(text: str, scale: float, thickness: int = 1) -> tuple[int, int, int]:
+    """(width, height above the baseline, depth below it) of ``text`` in pixels."""
+    (w, h), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+    return w, h, baseline
+
+
+def _thickness(scale: float) -> int:
+    return 1 if scale < 0.8 else 2
+
+
+def draw_text(image: np.ndarray, text: str, x: int, y_top: int, scale: float, color: tuple[int, int, int] = _INK,
+              ) -> int:
+    """Draw ``text`` in place with its top-left corner at (x, y_top); returns its width."""
+    thickness = _thickness(scale)
+    w, h, _ = text_size(text, scale, thickness)
+    cv2.putText(image, text, (int(x), int(y_top + h)), _FONT, scale, color, thickness, cv2.LINE_AA)
+    return w
+
+
+def text_band(lines: Sequence[str], width: int, scale: float, margin: int | None = None) -> np.ndarray:
+    """A light (h, width, 3) band holding ``lines`` of text, left aligned, each fully visible."""
+    thickness = _thickness(scale)
+    sizes = [text_size(line, scale, thickness) for line in lines]
+    pad = margin if margin is not None else max(4, int(round(8 * scale)))
+    line_h = max([h + d for _, h, d in sizes] or [0]) + pad
+    band = np.full((pad + line_h * len(lines), width, 3), _PAPER, np.uint8)
+    for i, line in enumerate(lines):
+        draw_text(band, line, pad, pad + i * line_h, scale)
+    return band
+
+
+def class_legend(entries: Sequence[tuple[str, Sequence[int]]], width: int, scale: float) -> np.ndarray:
+    """A light (h, width, 3) band: one colour swatch and name per ``(name, rgb)`` entry, in rows
+    that wrap at ``width``."""
+    thickness = _thickness(scale)
+    _, cap_h, depth = text_size("Ag", scale, thickness)
+    pad = max(4, int(round(8 * scale)))
+    swatch = cap_h + depth
+    row_h = swatch + pad
+    placed: list[tuple[int, int, str, Sequence[int]]] = []
+    x, row = pad, 0
+    for name, rgb in entries:
+        item_w = swatch + pad // 2 + text_size(name, scale, thickness)[0] + 2 * pad
+        if x + item_w > width and x > pad:
+            x, row = pad, row + 1
+        placed.append((x, row, name, rgb))
+        x += item_w
+    band = np.full((pad + row_h * (row + 1), width, 3), _PAPER, np.uint8)
+    for x, row, name, rgb in placed:
+        top = pad + row * row_h
+        cv2.rectangle(band, (x, top), (x + swatch - 1, top + swatch - 1), tuple(int(c) for c in rgb), cv2.FILLED)
+        cv2.rectangle(band, (x, top), (x + swatch - 1, top + swatch - 1), _INK, 1)
+        draw_text(band, name, x + swatch + pad // 2, top, scale)
+    return band
+
+
+def flow_wheel(size: int, max_magnitude: float = 1.0) -> np.ndarray:
+    """The key of ``flow_to_color``: a (size, size, 3) disc whose pixel at offset (dx, dy) from
+    the centre has the colour of flow (dx, dy) scaled so that the rim is ``max_magnitude``
+    (full saturation); outside the disc is light background."""
+    if size < 3:
+        raise ValueError(f"flow_wheel: size must be >= 3, got {size}")
+    r = (size - 1) / 2.0
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    dx, dy = (xs - r) / r, (ys - r) / r
+    wheel = flow_to_color(np.stack([dx, dy]) * max_magnitude, max_magnitude=max_magnitude)
+    wheel[np.hypot(dx, dy) > 1.0] = _PAPER
+    return wheel
+
+
 def image_strip(
     panels: Sequence[np.ndarray],
     labels: Sequence[str] | None = None,
     height: int | None = None,
 ) -> np.ndarray:
-    """Side-by-side (H, sum W, 3) uint8 image of ``panels``, each captioned with ``labels``.
+    """Side-by-side (H', sum W, 3) uint8 image of ``panels`` with ``labels`` as captions.
 
     Panels may be RGB (h, w, 3) or grey (h, w) uint8 and of different sizes: each is resized to
     ``height`` (default: the first panel's) keeping its aspect ratio (nearest neighbour, so label
-    maps and flow colours stay crisp).
+    maps and flow colours stay crisp). Captions sit centred on a light band above their panel
+    (H' = band + height), never over the picture; without ``labels`` there is no band.
     """
     if not panels:
         raise ValueError("image_strip: no panels")
@@ -121,19 +206,42 @@ def image_strip(
     for i, panel in enumerate(panels):
         panel = np.asarray(panel)
         if panel.dtype != np.uint8 or panel.ndim not in (2, 3) or (panel.ndim == 3 and panel.shape[2] != 3):
-            raise ValueError(f"image_strip: panel {i} must be (h, w) or (h, w, 3) uint8, got {panel.shape} {panel.dtype}")
+            raise ValueError(f"image_strip: panel {i} must be (h, w) or (h, w, 3) uint8, "
+                             f"got {panel.shape} {panel.dtype}")
         if panel.ndim == 2:
             panel = np.repeat(panel[..., None], 3, axis=2)
         if panel.shape[0] != height:
             width = max(1, round(panel.shape[1] * height / panel.shape[0]))
             panel = cv2.resize(panel, (width, height), interpolation=cv2.INTER_NEAREST)
-        else:
-            panel = panel.copy()  # putText draws in place; never scribble on the caller's image
-        if labels is not None and labels[i]:
-            scale = max(0.4, height / 480)
-            org = (6, int(22 * scale) + 4)
-            # Dark outline under white text stays readable on any background.
-            cv2.putText(panel, labels[i], org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(panel, labels[i], org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
         out.append(panel)
-    return np.ascontiguousarray(np.concatenate(out, axis=1))
+    strip = np.concatenate(out, axis=1)
+    if not labels or not any(labels):
+        return np.ascontiguousarray(strip)
+    scale = text_scale(height)
+    pad = max(4, int(round(8 * scale)))
+    _, cap_h, depth = text_size("Ag", scale, _thickness(scale))
+    band = np.full((cap_h + depth + 2 * pad, strip.shape[1], 3), _PAPER, np.uint8)
+    x0 = 0
+    for panel, caption in zip(out, labels):
+        w = panel.shape[1]
+        if caption:
+            text = caption
+            # shorten a caption wider than its panel rather than let it run into the next one
+            while len(text) > 4 and text_size(text, scale, _thickness(scale))[0] > w - 2 * pad:
+                text = text.removesuffix("...")[:-1] + "..."  # Hershey fonts are ASCII only
+            tw = text_size(text, scale, _thickness(scale))[0]
+            draw_text(band, text, x0 + max(pad, (w - tw) // 2), pad, scale)
+        x0 += w
+    return np.ascontiguousarray(np.concatenate([band, strip], axis=0))
+
+
+def stack_rows(rows: Sequence[np.ndarray], width: int | None = None) -> np.ndarray:
+    """Stack (h_i, w_i, 3) images top to bottom, padding each on the right to ``width`` (default:
+    the widest) with light background."""
+    width = width or max(r.shape[1] for r in rows)
+    padded = []
+    for r in rows:
+        if r.shape[1] < width:
+            r = np.concatenate([r, np.full((r.shape[0], width - r.shape[1], 3), _PAPER, np.uint8)], axis=1)
+        padded.append(r[:, :width])
+    return np.ascontiguousarray(np.concatenate(padded, axis=0))

@@ -10,12 +10,12 @@ import torch
 
 from sfnet_core.checkpoint import save_checkpoint
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.inference import Segmenter
 from sfnet_core.evaluation.metrics import ConfusionMatrix
+from sfnet_core.inference import Segmenter
 from sfnet_core.models import build_model
+from sfnet_ros.conversions import rgb_to_compressed
 from sfnet_ros.tools import bag_eval
 from sfnet_ros.tools.bag_io import COMPRESSED, IMAGE, BagReader, BagWriter, decode_labels, make_header, ros2_class
-from sfnet_ros.conversions import rgb_to_compressed
 from sfnet_ros.tools.synthetic_bag import frame_stamps, write_synthetic_bag
 
 H, W, N, BATCH = 64, 128, 5, 2  # 5 frames in batches of 2: exercises the short last batch
@@ -83,6 +83,49 @@ def test_eval_matches_offline_segmenter(tmp_path: Path, capsys: pytest.CaptureFi
         np.testing.assert_array_equal(road[0], np.where(expected[0] == 0, 255, 0).astype(np.uint8))
 
 
+def test_existing_outputs(tmp_path: Path, capsys: pytest.CaptureFixture, checkpoint: Path) -> None:
+    """An existing --out is refused without --overwrite; with it, a previous bag is replaced, but a
+    folder that is not a bag never is (the 81-file data set of issue 9 stays)."""
+    bag, _, _ = write_synthetic_bag(tmp_path / "drive.mcap", 1, H, W)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.png").write_bytes(b"somebody's frame")
+    base = ("--bag", bag, "--image-topic", "/front/image_raw", "--checkpoint", checkpoint)
+    assert "exists (folder)" in _error(capsys, *base, "--out", data)
+    assert "never replaced" in _error(capsys, *base, "--out", data, "--overwrite")
+    assert "is the input" in _error(capsys, *base, "--out", bag, "--overwrite")
+    assert sorted(p.name for p in data.iterdir()) == ["0.png", "1.png", "2.png"]
+    out = tmp_path / "seg"  # a rosbag2 folder
+    assert _run(capsys, *base, "--out", out)[0] == 0
+    assert "exists (folder)" in _error(capsys, *base, "--out", out)
+    code, report, err = _run(capsys, *base, "--out", out, "--overwrite", "--mask-classes", "road")
+    assert code == 0, err
+    assert "/front/segmentation/mask/road" in report["out_topics"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "drive.mcap", "seg"]
+
+
+def test_sigterm_mid_run_leaves_no_staging(tmp_path: Path, checkpoint: Path) -> None:
+    """SIGTERM while the output bag is being written: exit 143, one line, no staging folder left."""
+    import subprocess
+    import sys
+
+    from node_harness import REPO_ROOT
+    from test_extract import _repeated_frame_bag, _terminate_when_staging_appears
+
+    bag = tmp_path / "long.mcap"
+    _repeated_frame_bag(bag, frames=300, height=H, width=W)
+    proc = subprocess.Popen([sys.executable, "-m", "sfnet_ros.tools.bag_eval", "--bag", str(bag), "--image-topic",
+                             "/cam/image_raw", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "seg.mcap"),
+                             "--batch-size", "1", "--threads", "1", "--no-progress"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _terminate_when_staging_appears(proc, tmp_path, ".seg.mcap.")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["sfnet-bag-eval: terminated (SIGTERM); no output written"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mcap"]
+
+
 def test_compressed_topic_namespace_and_no_labels(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                   checkpoint: Path) -> None:
     bag, _, _ = write_synthetic_bag(tmp_path / "c.mcap", 2, H, W, compressed=True, label_topic=None,
@@ -125,7 +168,8 @@ def test_clear_errors_and_no_partial_output(tmp_path: Path, capsys: pytest.Captu
         writer.add_topic("/silent/image_raw", IMAGE)
         # two good frames, then one whose JPEG bytes are garbage: fails after outputs were written
         for i in range(3):
-            msg = rgb_to_compressed(np.zeros((H, W, 3), np.uint8), header=make_header(10 + i), msg_cls=ros2_class(COMPRESSED))
+            msg = rgb_to_compressed(np.zeros((H, W, 3), np.uint8), header=make_header(10 + i),
+                                    msg_cls=ros2_class(COMPRESSED))
             if i == 2:
                 msg.data = np.frombuffer(b"garbage", np.uint8).copy()
             writer.write("/bad/image_raw/compressed", 10 + i, msg)

@@ -6,9 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sfnet_core.io_utils import OutputError
 from sfnet_ros.tools.bag_io import (
-    COMPRESSED, IMAGE, BagError, BagReader, BagWriter, decode_image, decode_labels, make_header, ros2_class,
-    ros2_typestore, stamp_name,
+    COMPRESSED,
+    IMAGE,
+    BagError,
+    BagReader,
+    BagWriter,
+    check_bag_output,
+    decode_image,
+    decode_labels,
+    is_bag_folder,
+    make_header,
+    ros2_class,
+    ros2_typestore,
+    stamp_name,
 )
 from sfnet_ros.tools.synthetic_bag import START_NS, TRANSPORT_DELAY_NS, frame_stamps, write_synthetic_bag
 
@@ -62,26 +74,75 @@ def test_bare_storage_file_of_a_directory_bag(tmp_path: Path) -> None:
 
 def test_writer_is_atomic(tmp_path: Path) -> None:
     target = tmp_path / "out.mcap"
-    with pytest.raises(RuntimeError, match="boom"):
-        with BagWriter(target) as writer:
-            writer.write("/h", 1, make_header(1, "x"))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), BagWriter(target) as writer:
+        writer.write("/h", 1, make_header(1, "x"))
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []  # neither the bag nor the staging folder
-    # a successful write replaces an existing output
-    for frame_id in ("first", "second"):
-        with BagWriter(target) as writer:
-            writer.write("/h", 5, make_header(5, frame_id))
+    with BagWriter(target) as writer:
+        writer.write("/h", 5, make_header(5, "first"))
+    # an existing output is refused (before anything is written) unless overwrite=True
+    with pytest.raises(BagError, match="exists; pass --overwrite"):
+        BagWriter(target).open()
+    with BagWriter(target, overwrite=True) as writer:
+        writer.write("/h", 5, make_header(5, "second"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mcap"]
     with BagReader(target) as reader:
         (msg,) = list(reader.messages())
     assert msg.msg.frame_id == "second" and msg.timestamp == 5
 
 
+def test_writer_replaces_only_bags(tmp_path: Path) -> None:
+    """overwrite=True replaces a file or a rosbag2 folder, never any other folder."""
+    bag_dir = tmp_path / "bag_dir"
+    for frame_id in ("first", "second"):
+        with BagWriter(bag_dir, overwrite=True) as writer:
+            writer.write("/h", 1, make_header(1, frame_id))
+    assert is_bag_folder(bag_dir)
+    with BagReader(bag_dir) as reader:
+        assert next(reader.messages()).msg.frame_id == "second"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "metadata.yaml").write_text("not only a bag")
+    (data / "labels.png").write_bytes(b"somebody's work")
+    assert not is_bag_folder(data)
+    with pytest.raises(BagError, match="not a bag; it is never replaced"), BagWriter(data, overwrite=True) as writer:
+        writer.write("/h", 1, make_header(1, "x"))
+    assert sorted(p.name for p in data.iterdir()) == ["labels.png", "metadata.yaml"]
+    # a file in the way of a folder bag (and the reverse) is replaced as asked
+    (tmp_path / "was_a_file").write_text("x")
+    with BagWriter(tmp_path / "was_a_file", overwrite=True) as writer:
+        writer.write("/h", 1, make_header(1, "x"))
+    assert is_bag_folder(tmp_path / "was_a_file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag_dir", "data", "was_a_file"]  # no staging left
+
+
+def test_check_bag_output(tmp_path: Path) -> None:
+    bag, _, _ = write_synthetic_bag(tmp_path / "in_dir", 1, H, W)
+    with pytest.raises(OutputError, match="is the input"):
+        check_bag_output(bag, inputs=[bag], overwrite=True)
+    with pytest.raises(OutputError, match="is inside the input"):
+        check_bag_output(bag / "x.mcap", inputs=[bag])
+    with pytest.raises(OutputError, match="contains the input"):
+        check_bag_output(tmp_path, inputs=[bag], overwrite=True)
+    with pytest.raises(BagError, match="--storage sqlite3 writes a rosbag2 folder"):
+        check_bag_output(tmp_path / "x.mcap", storage="sqlite3")
+    with pytest.raises(OutputError, match="exists"):
+        check_bag_output(bag)
+    assert check_bag_output(bag, overwrite=True) == bag.resolve()  # a bag folder: ours to replace
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "a.txt").write_text("x")
+    with pytest.raises(OutputError, match="never replaced"):
+        check_bag_output(tmp_path / "plain", overwrite=True)
+    (tmp_path / "dir.mcap").mkdir()  # a folder where the single-file bag would go
+    with pytest.raises(OutputError, match="is a folder; the output is a file"):
+        check_bag_output(tmp_path / "dir.mcap", overwrite=True)
+    assert check_bag_output(tmp_path / "new.mcap") == (tmp_path / "new.mcap").resolve()
+
+
 def _error(path: Path, topic: str | None = None, **kwargs: object) -> str:
-    with pytest.raises(BagError) as info:
-        with BagReader(path) as reader:
-            if topic is not None:
-                reader.check_topic(topic, **kwargs)
+    with pytest.raises(BagError) as info, BagReader(path) as reader:
+        if topic is not None:
+            reader.check_topic(topic, **kwargs)
     return str(info.value)
 
 

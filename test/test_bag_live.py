@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from node_harness import REPO_ROOT, NodeProcess, wait_until, write_test_checkpoint
+
 from sfnet_core.evaluation.metrics import ConfusionMatrix
 from sfnet_ros.tools.bag_io import BagReader, decode_labels
 from sfnet_ros.tools.synthetic_bag import frame_stamps, write_synthetic_bag
@@ -63,7 +63,8 @@ def test_play_node_record_then_live_eval(node: NodeProcess, env: dict[str, str],
         # subscribed once the node's publisher is in the graph
         wait_until(lambda: "recording 1 topic" in rec_log.read_text() or recorder.poll() is not None,
                    TIMEOUT, "the recorder to subscribe")
-        play = _tool("sfnet_ros.tools.bag_play", "--bag", bag, "--topics", "/front/image_raw", "--wait-for-subscribers", 1,
+        play = _tool("sfnet_ros.tools.bag_play", "--bag", bag, "--topics", "/front/image_raw",
+                     "--wait-for-subscribers", 1,
                      "--lockstep", f"/front/image_raw:{LABELS}", env=env, log=tmp_path / "play.log")
         code, stdout = _finish(play)
         assert code == 0, (tmp_path / "play.log").read_text()
@@ -131,7 +132,8 @@ def test_record_stops_cleanly_on_signal(node: NodeProcess, env: dict[str, str], 
         if recorder.poll() is None:
             recorder.kill()
             recorder.wait(10)
-    assert code == 0, log.read_text()
+    assert code == 0, log.read_text()  # a signal is how a recording ends: exit 0, bag finalised
+    assert f"stopped by {signal.Signals(sig).name}" in log.read_text()
     assert json.loads(stdout)["messages"]["/front/segmentation/classes"] == 1
     with BagReader(out) as reader:  # finalised: a valid bag, no staging folder left over
         assert reader.topics["/front/segmentation/classes"].count == 1
@@ -139,12 +141,42 @@ def test_record_stops_cleanly_on_signal(node: NodeProcess, env: dict[str, str], 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record.log", "stopped.mcap"]
 
 
+def test_record_type_syntax_and_ros_args(ros_domain: dict[str, str], tmp_path: Path) -> None:
+    """``--type TOPIC:=pkg/msg/Type`` (the syntax the help documents) is the tool's own argument,
+    not a ROS remap: it records TOPIC. ROS arguments still reach rclpy after ``--ros-args``."""
+    from node_harness import RosClient
+    from std_msgs.msg import String
+
+    out = tmp_path / "chatter.mcap"
+    log = tmp_path / "record.log"
+    recorder = _tool("sfnet_ros.tools.bag_record", "--topics", "/chatter", "--type", "/chatter:=std_msgs/msg/String",
+                     "--qos", "reliable", "--max-messages", 3, "--out", out, "--ros-args", "-r", "__node:=rec_x",
+                     env=ros_domain, log=log)
+    try:
+        with RosClient() as ros:
+            pub = ros.publisher(String, "/chatter")
+            ros.wait_for_subscribers(pub, timeout=TIMEOUT)  # the recorder subscribed /chatter itself
+            wait_until(lambda: "rec_x" in ros.node.get_node_names(), TIMEOUT, "the recorder named by --ros-args")
+            for i in range(3):
+                pub.publish(String(data=f"m{i}"))
+            code, stdout = _finish(recorder)
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+            recorder.wait(10)
+    assert code == 0, log.read_text()
+    assert "subscribed /chatter [std_msgs/msg/String]" in log.read_text()
+    assert json.loads(stdout)["messages"] == {"/chatter": 3}
+    with BagReader(out) as reader:
+        assert [m.msg.data for m in reader.messages(["/chatter"])] == ["m0", "m1", "m2"]
+
+
 def test_play_errors(env: dict[str, str], tmp_path: Path) -> None:
     bag, _, _ = write_synthetic_bag(tmp_path / "drive.mcap", 1, H, W)
     for args, expected in [
         (("--bag", tmp_path / "missing.mcap"), "no such bag"),
         (("--bag", bag, "--topics", "/nope"), "'/nope' not in the bag"),
-        (("--bag", bag, "--rate", "0"), "--rate must be > 0"),
+        (("--bag", bag, "--rate", "0"), "--rate: expected a number > 0"),
     ]:
         proc = subprocess.run([sys.executable, "-m", "sfnet_ros.tools.bag_play", *map(str, args)], env=env,
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT)

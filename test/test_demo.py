@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import cv2
+import pytest
 import yaml
-
 from node_harness import REPO_ROOT
 
 TINY_RECIPE = {
@@ -52,14 +52,42 @@ def test_demo_runs_and_caches(tmp_path: Path, ros_domain: dict[str, str]) -> Non
     assert report["live"]["sent"] == 3 and report["live"]["received"] == 3 and report["live"]["dropped"] == 0
     assert report["offline"]["frames"] == 3 and 0 <= report["offline"]["miou"] <= 1
     strip = cv2.imread(report["files"]["strip"])
-    assert strip is not None and strip.shape[1] > 4 * strip.shape[0]  # five panels side by side
+    assert strip is not None and strip.shape[1] == 5 * 512  # five 256-px-high panels of 64x128 frames, side by side
     for key in ("bag", "segmented_bag", "node_outputs_bag", "strip"):
         assert Path(report["files"][key]).exists()
         assert report["files"][key] in first.stdout  # the paths are printed for the person
     assert "mIoU" in first.stdout and "fps" in first.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "tiny.yaml"]  # no staging left
 
-    # second run: same recipe -> the cached checkpoint, no training
-    second = subprocess.run(cmd, env=ros_domain, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    # an existing --out is refused ...
+    again = subprocess.run(cmd, env=ros_domain, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"sfnet-demo: error: --out: {tmp_path / 'out'} exists (folder); pass --overwrite to replace it, "
+        "or choose another path"]
+    # ... and replaced with --overwrite. Run from another folder with relative paths: the demo hands
+    # its children absolute ones. Same recipe -> the cached checkpoint, no training.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    relative = ["--out", "../out", "--config", "../tiny.yaml", "--cache-dir", "../cache", "--overwrite"]
+    second = subprocess.run([*cmd[:3], *relative, "--frames", "3", "--size", "64x128", "--lockstep",
+                             "--domain-id", ros_domain["ROS_DOMAIN_ID"]], env=ros_domain, cwd=elsewhere,
+                            capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reusing the checkpoint" in second.stderr and "training sfnet" not in second.stderr
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["live"]["received"] == 3
     assert _our_ros_processes(ros_domain["ROS_DOMAIN_ID"]) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "elsewhere", "out", "tiny.yaml"]
+
+
+def test_a_node_that_fails_to_configure_is_noticed_at_once(tmp_path: Path, ros_domain: dict[str, str]) -> None:
+    """The demo reads the node's ``configure failed:`` line instead of waiting START_TIMEOUT_S for
+    "active:" (the message would then say "not active after 180 s")."""
+    from node_harness import NodeProcess
+
+    from sfnet_core.errors import SFNetError
+    from sfnet_ros.tools.demo import START_TIMEOUT_S, wait_for_node
+
+    with NodeProcess(ros_domain, tmp_path, parameters={"checkpoint": str(tmp_path / "missing.pt"),
+                                                       "device": "cpu"}) as node, pytest.raises(SFNetError) as info:
+        wait_for_node(node.log_path, node.process, START_TIMEOUT_S)
+    assert str(info.value).startswith("sfnet_node configure failed:") and "missing.pt" in str(info.value)

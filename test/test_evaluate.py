@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sfnet_core.data.classes import ClassTable
 from sfnet_core.cli.evaluate import main
+from sfnet_core.data.classes import ClassTable
 from sfnet_core.evaluation.evaluate import match_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,3 +191,11 @@ def test_checkpoint_modes_and_saved_predictions(tmp_path: Path, capsys) -> None:
     assert rescored["matched"] == 2 and rescored["unmatched_predictions"] == 0
     assert rescored["per_class"] == pytest.approx(reports["msf"]["per_class"], abs=1e-12)
     assert rescored["miou"] == pytest.approx(reports["msf"]["miou"], abs=1e-12)
+
+
+def test_cli_msf_default_is_the_library_one() -> None:
+    """The CLI repeats MSF_SCALES so that parsing a command line does not import torch."""
+    from sfnet_core.cli.evaluate import MSF_SCALES as CLI_SCALES
+    from sfnet_core.evaluation.evaluate import MSF_SCALES
+
+    assert tuple(CLI_SCALES) == tuple(MSF_SCALES)

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import yaml
+from node_harness import REPO_ROOT
 
 from sfnet_core.data.classes import ClassTable
 from sfnet_ros.tools import extract
@@ -53,7 +56,9 @@ def test_extract_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for args, expected in [
         (("--bag", tmp_path / "none.mcap", "--image-topic", "/x", "--out", tmp_path / "o1"), "no such bag"),
         (("--bag", bag, "--image-topic", "/nope", "--out", tmp_path / "o2"), "/front/image_raw"),
-        (("--bag", bag, "--image-topic", "/front/image_raw", "--out", tmp_path / "busy"), "not an empty folder"),
+        (("--bag", bag, "--image-topic", "/front/image_raw", "--out", tmp_path / "busy"), "exists (folder)"),
+        (("--bag", bag, "--image-topic", "/front/image_raw", "--out", tmp_path / "busy", "--overwrite"),
+         "never replaced"),
         (("--bag", bag, "--image-topic", "/front/image_raw", "--out", tmp_path / "o3", "--classes",
           tmp_path / "missing.yaml"), "missing.yaml"),
     ]:
@@ -63,30 +68,115 @@ def test_extract_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (tmp_path / "busy" / "keep.txt").read_text() == "labelling work"
 
 
+def test_overwrite_replaces_only_an_untouched_extract(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bag, _, _ = write_synthetic_bag(tmp_path / "drive.mcap", 3, H, W)
+    out = tmp_path / "data"
+    args = ("--bag", bag, "--image-topic", "/front/image_raw", "--out", out)
+    assert _run(capsys, *args)[0] == 0
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and "exists (folder)" in err
+    code, summary, err = _run(capsys, *args, "--every", "3", "--overwrite")  # ours and untouched: replaced
+    assert code == 0, err
+    assert summary["images"] == 1 and len(list((out / "images").iterdir())) == 1
+    # somebody labelled a frame: the folder is theirs now, and never replaced
+    (out / "labels" / "0000000001_000000000.png").write_bytes(b"a label drawn by a person")
+    code, _, err = _run(capsys, *args, "--overwrite")
+    assert code == 2 and "never replaced" in err
+    assert (out / "labels" / "0000000001_000000000.png").read_bytes() == b"a label drawn by a person"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "drive.mcap"]
+
+
+def test_val_fraction_splits_by_time(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bag, _, _ = write_synthetic_bag(tmp_path / "drive.mcap", 6, H, W)
+    stamps = [stamp_name(s) for s in frame_stamps(6, 10.0)]
+    code, summary, err = _run(capsys, "--bag", bag, "--image-topic", "/front/image_raw", "--label-topic",
+                              "/front/labels", "--out", tmp_path / "data", "--val-fraction", "0.3")
+    assert code == 0, err
+    assert summary["splits"] == {"train": 4, "val": 2}
+    for folder in ("images", "labels"):
+        assert sorted(p.stem for p in (tmp_path / "data" / folder / "train").iterdir()) == stamps[:4]
+        assert sorted(p.stem for p in (tmp_path / "data" / folder / "val").iterdir()) == stamps[4:]  # the last 30 %
+    code, summary, err = _run(capsys, "--bag", bag, "--image-topic", "/front/image_raw", "--out",
+                              tmp_path / "one", "--split", "drive1")
+    assert code == 0, err
+    assert sorted(p.stem for p in (tmp_path / "one" / "images" / "drive1").iterdir()) == stamps
+    assert list((tmp_path / "one" / "labels" / "drive1").iterdir()) == []  # ready for the labelling tool
+
+
 def test_extract_then_train(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--val-fraction writes what the custom-data template reads: folder kind, train/val splits."""
     from sfnet_core.cli.train import main as train_main
 
-    bag, _, labels = write_synthetic_bag(tmp_path / "drive_sqlite", 4, H, W, storage="sqlite3")
+    bag, _, labels = write_synthetic_bag(tmp_path / "drive_sqlite", 5, H, W, storage="sqlite3")
     data = tmp_path / "dataset"
     code, summary, err = _run(capsys, "--bag", bag, "--image-topic", "/front/image_raw", "--label-topic",
-                              "/front/labels", "--out", data, "--classes", Path(__file__).parents[1] / "config"
-                              / "classes" / "cityscapes.yaml")
+                              "/front/labels", "--out", data, "--val-fraction", "0.2", "--classes",
+                              Path(__file__).parents[1] / "config" / "classes" / "cityscapes.yaml")
     assert code == 0, err
-    assert summary["images"] == 4 and summary["labels"] == 4
-    label_files = sorted((data / "labels").iterdir())
+    assert summary["images"] == 5 and summary["labels"] == 5 and summary["splits"] == {"train": 4, "val": 1}
+    label_files = sorted((data / "labels" / "train").iterdir())
     np.testing.assert_array_equal(cv2.imread(str(label_files[2]), cv2.IMREAD_UNCHANGED), labels[2])
-    assert [p.stem for p in label_files] == sorted(p.stem for p in (data / "images").iterdir())
+    assert [p.stem for p in label_files] == sorted(p.stem for p in (data / "images" / "train").iterdir())
 
+    template = yaml.safe_load((Path(__file__).parents[1] / "training" / "configs" / "custom_template.yaml").read_text())
     recipe = {
         "model": {"name": "sfnet_shufflenetv2", "aux": False},
-        "data": {"kind": "folder", "root": str(data), "train_split": None, "val_split": None,
+        "data": {**{k: template["data"][k] for k in ("kind", "train_split", "val_split")},
+                 "root": str(data), "classes": str(data / "classes.yaml"),
                  "crop_size": [H, W], "scale_range": [1.0, 1.0], "workers": 0},
         "loss": {"ohem": False},
         "schedule": {"iterations": 2, "batch_size": 2},
-        "runtime": {"device": "cpu", "progress": False, "eval_interval": 0, "checkpoint_interval": 1},
+        "runtime": {"device": "cpu", "progress": False, "eval_interval": 2, "checkpoint_interval": 1},
     }
+    assert (recipe["data"]["kind"], recipe["data"]["train_split"], recipe["data"]["val_split"]) == \
+        ("folder", "train", "val")
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     run = tmp_path / "run"
     assert train_main(["--config", str(tmp_path / "recipe.yaml"), "--out", str(run), "--no-progress"]) == 0, \
         capsys.readouterr().err
-    assert any(run.glob("*.pt"))
+    assert (run / "best.pt").exists()  # validated on the val split
+
+
+def test_sigterm_mid_run_leaves_no_staging(tmp_path: Path) -> None:
+    """SIGTERM while the dataset is being written: exit 143, one line, no hidden staging folder."""
+    bag = tmp_path / "long.mcap"
+    _repeated_frame_bag(bag, frames=400, height=256, width=512)
+    out = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "sfnet_ros.tools.extract", "--bag", str(bag), "--image-topic",
+                             "/cam/image_raw", "--out", str(out), "--no-progress"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _terminate_when_staging_appears(proc, tmp_path, ".data.")
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["sfnet-extract: terminated (SIGTERM); no output written"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mcap"]
+
+
+def _repeated_frame_bag(path: Path, frames: int, height: int, width: int) -> None:
+    """A long bag cheaply: one noisy frame (slow to encode as PNG) under ``frames`` stamps."""
+    from sfnet_ros.conversions import numpy_to_image
+    from sfnet_ros.tools.bag_io import IMAGE, BagWriter, make_header, ros2_class
+
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    cls = ros2_class(IMAGE)
+    with BagWriter(path) as writer:
+        for i in range(frames):
+            stamp = 1_000_000_000 + i * 50_000_000
+            writer.write("/cam/image_raw", stamp, numpy_to_image(image, "rgb8", header=make_header(stamp), msg_cls=cls))
+
+
+def _terminate_when_staging_appears(proc: subprocess.Popen, folder: Path, prefix: str, timeout: float = 120.0) -> None:
+    """SIGTERM ``proc`` as soon as its staging entry (``prefix``...) exists in ``folder`` (polled, bounded)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not any(p.name.startswith(prefix) for p in folder.iterdir()):
+        if proc.poll() is not None:
+            raise AssertionError(f"the tool ended (exit {proc.returncode}) before it staged anything: "
+                                 f"{proc.stderr.read() if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("no staging folder appeared")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)

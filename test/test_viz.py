@@ -5,7 +5,19 @@ import numpy as np
 import pytest
 
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.viz import class_masks, colorize, flow_to_color, image_strip, overlay
+from sfnet_core.viz import (
+    class_legend,
+    class_masks,
+    colorize,
+    flow_to_color,
+    flow_wheel,
+    image_strip,
+    overlay,
+    stack_rows,
+    text_band,
+    text_scale,
+    text_size,
+)
 
 TABLE = ClassTable(names=("road", "car", "sky"), colors=((128, 64, 128), (0, 0, 142), (70, 130, 180)))
 
@@ -78,10 +90,63 @@ def test_image_strip() -> None:
     a = np.full((40, 60, 3), 10, np.uint8)
     b = np.full((20, 20), 200, np.uint8)  # grey, half height -> scaled to 40x40
     strip = image_strip([a, b], labels=["image", "mask"])
-    assert strip.shape == (40, 100, 3) and strip.dtype == np.uint8
-    assert np.all(strip[-1, 60:] == 200)
-    assert (strip[:, :60] != 10).any()  # the caption was drawn
-    assert np.all(a == 10)  # ... but not on the caller's image
-    assert np.array_equal(image_strip([a]), a)
+    band = strip.shape[0] - 40
+    assert band > 0 and strip.shape[1] == 100 and strip.dtype == np.uint8
+    assert np.all(strip[band:, :60] == 10) and np.all(strip[band:, 60:] == 200)  # captions never over pictures
+    assert (strip[:band] < 128).any()  # ... but on the band above them
+    assert np.all(a == 10)
+    assert np.array_equal(image_strip([a]), a)  # no captions: no band
     with pytest.raises(ValueError, match="captions"):
         image_strip([a, b], labels=["one"])
+
+
+def _ink_box(image: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero((image < 200).any(axis=2))
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
+@pytest.mark.parametrize("caption", ["ground truth", "semantic flow"])
+def test_captions_are_drawn_once_within_their_measured_box(caption: str) -> None:
+    """The garbled "ground truthh" came from an outline drawn with other metrics than the text:
+    the ink must lie inside the box cv2.getTextSize gives for the caption, centred on its panel."""
+    panel = np.zeros((256, 512, 3), np.uint8)
+    strip = image_strip([panel], labels=[caption])
+    band = strip[: strip.shape[0] - 256]
+    scale = text_scale(256)
+    width, height, depth = text_size(caption, scale, 1 if scale < 0.8 else 2)
+    x0, y0, x1, y1 = _ink_box(band)
+    assert x1 - x0 + 1 <= width + 2 and y1 - y0 + 1 <= height + depth + 2
+    assert abs((x0 + x1) / 2 - 256) <= 3  # centred
+    assert x1 - x0 + 1 >= width - 4  # the whole caption is there
+
+
+def test_text_band_and_stack_rows() -> None:
+    lines = ["live: 10.1 FPS, latency p50 62.2 ms", "offline: mIoU 0.629"]
+    band = text_band(lines, 400, 0.5)
+    assert band.shape[1] == 400 and band.shape[0] >= 2 * text_size(lines[0], 0.5)[1]
+    x0, _, x1, _ = _ink_box(band)
+    assert x1 < 400 and x1 - x0 + 1 <= text_size(lines[0], 0.5)[0] + 2
+    rows = stack_rows([np.zeros((5, 10, 3), np.uint8), band])
+    assert rows.shape == (5 + band.shape[0], 400, 3) and np.all(rows[:5, 10:] == 255)
+
+
+def test_class_legend_shows_each_colour_and_wraps() -> None:
+    entries = [(name, color) for name, color in zip(TABLE.names, TABLE.colors)]
+    legend = class_legend(entries, 600, 0.5)
+    for color in TABLE.colors:
+        assert (legend == np.array(color, np.uint8)).all(axis=2).sum() > 20  # a swatch of that colour
+    narrow = class_legend(entries, 90, 0.5)
+    assert narrow.shape[0] > legend.shape[0]  # one entry per row
+
+
+def test_flow_wheel_is_the_key_of_flow_to_color() -> None:
+    wheel = flow_wheel(101, max_magnitude=4.0)
+    assert wheel.shape == (101, 101, 3)
+    assert wheel[50, 50].tolist() == [255, 255, 255]  # zero flow: white
+    assert wheel[50, 100].tolist() == _one_vector(4.0, 0.0).tolist() == [255, 0, 0]  # rim, right: red
+    assert wheel[100, 50].tolist() == _one_vector(0.0, 4.0).tolist()  # down
+    half = flow_to_color(np.array([[[2.0]], [[0.0]]], np.float32), max_magnitude=4.0)[0, 0]
+    assert wheel[50, 75].tolist() == half.tolist()  # half way out = half the magnitude
+    assert wheel[0, 0].tolist() == [255, 255, 255]  # outside the disc
+    with pytest.raises(ValueError, match="size"):
+        flow_wheel(2)

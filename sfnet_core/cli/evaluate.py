@@ -5,20 +5,26 @@ import json
 import sys
 from pathlib import Path
 
-from sfnet_core.cli.common import add_overwrite, make_parser, run_command
+from sfnet_core.cli.common import add_overwrite, device_spec, make_parser, non_negative_int, run_command, warn
 from sfnet_core.errors import ConfigError
+
+# sfnet_core.evaluation.evaluate.MSF_SCALES, repeated so that parsing (and refusing) a command line
+# does not import torch; test_evaluate checks they agree.
+MSF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 DESCRIPTION = """Evaluate a checkpoint on a recipe's validation split (checkpoint mode), or score
 predicted train-id PNGs against ground truth (pred-dir mode). The report is printed as one JSON
 object on stdout, a per-class table on stderr.
 
   sfnet-eval --config RECIPE --checkpoint best.pt [--mode whole|slide|msf] [--json report.json]
-  sfnet-eval --pred-dir PRED --gt-dir GT [--classes config/classes/cityscapes.yaml]"""
+  sfnet-eval --pred-dir PRED --gt-dir GT [--classes config/classes/cityscapes.yaml]
+
+Outputs (--json FILE, --save-pred DIR) are refused if they exist (unless --overwrite; a
+--save-pred folder only if sfnet-eval wrote it) or if they are, lie inside or contain an input
+(recipe, checkpoint, dataset, --pred-dir, --gt-dir)."""
 
 
 def build_parser():
-    from sfnet_core.evaluation.evaluate import MSF_SCALES
-
     p = make_parser("sfnet-eval", DESCRIPTION)
     ck = p.add_argument_group("checkpoint mode")
     ck.add_argument("--config", help="recipe YAML whose data section names the validation split")
@@ -27,23 +33,25 @@ def build_parser():
                     help="whole image, sliding window, or multi-scale + flip")
     ck.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
                     help="sliding-window size (default for slide: the recipe's crop)")
-    ck.add_argument("--scales", type=float, nargs="+", help=f"msf scales (default {' '.join(map(str, MSF_SCALES))})")
-    ck.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ck.add_argument("--scales", type=float, nargs="+",
+                    help=f"msf scales (default: {' '.join(map(str, MSF_SCALES))})")
+    ck.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda or cuda:N")
     ck.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="fp32",
                     help="inference precision (auto: bf16/fp16 on CUDA, fp32 on CPU)")
-    ck.add_argument("--max-images", type=int, default=0, help="evaluate the first N images only (0 = all)")
+    ck.add_argument("--max-images", type=non_negative_int, default=0,
+                    help="evaluate the first N images only (0 = all)")
     ck.add_argument("--save-pred", metavar="DIR",
-                    help="write <name>.png (train ids) and <name>_color.png into this new folder")
+                    help="write <name>.png (train ids) and <name>_color.png into this new folder (default: none)")
     ck.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. data.root=/data")
     pd = p.add_argument_group("pred-dir mode")
     pd.add_argument("--pred-dir", help="predicted train-id PNGs (any folder layout)")
     pd.add_argument("--gt-dir", help="ground-truth PNGs (e.g. Cityscapes gtFine/val)")
-    pd.add_argument("--classes", help="class table YAML (default: Cityscapes)")
+    pd.add_argument("--classes", help="class table YAML (default: the Cityscapes table)")
     pd.add_argument("--gt-format", choices=("auto", "train", "raw"), default="auto",
                     help="ground truth holds train ids, or raw ids mapped by the class table's id_map; "
                     "auto: raw for *_labelIds.png, train ids otherwise")
     pd.add_argument("--strict", action="store_true", help="fail when any file is unmatched")
-    p.add_argument("--json", metavar="FILE", help="also write the report to FILE (atomically)")
+    p.add_argument("--json", metavar="FILE", help="also write the report to FILE, atomically (default: stdout only)")
     add_overwrite(p, "existing --json / --save-pred outputs (a --save-pred folder only if sfnet-eval wrote it)")
     return p
 
@@ -52,27 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from sfnet_core.evaluation.evaluate import (
-            PREDICTIONS_MARKER,
-            CheckpointEvaluation,
-            evaluate_checkpoint,
-            evaluate_pred_dir,
-        )
-        from sfnet_core.evaluation.metrics import format_report
-        from sfnet_core.io_utils import atomic_write, check_output
+        from sfnet_core.io_utils import check_output
 
         inputs = [args.config, args.checkpoint, args.pred_dir, args.gt_dir, args.classes]
-        json_path = check_output(args.json, inputs=inputs, overwrite=args.overwrite, what="--json") if args.json else None
+        json_path = None
+        if args.json:
+            json_path = check_output(args.json, inputs=inputs, overwrite=args.overwrite, what="--json")
         if args.pred_dir or args.gt_dir:
             if not (args.pred_dir and args.gt_dir):
                 raise ConfigError("--pred-dir and --gt-dir go together")
             if args.checkpoint or args.config or args.save_pred:
                 raise ConfigError("--pred-dir/--gt-dir cannot be combined with --checkpoint/--config/--save-pred")
-            report = evaluate_pred_dir(args.pred_dir, args.gt_dir, args.classes, args.gt_format, args.strict)
-            for path in report["unmatched_ground_truth_files"]:
-                print(f"sfnet-eval: warning: no prediction for ground truth {path}", file=sys.stderr)
-            for path in report["unmatched_prediction_files"]:
-                print(f"sfnet-eval: warning: no ground truth for prediction {path}", file=sys.stderr)
+            for option, folder in (("--pred-dir", args.pred_dir), ("--gt-dir", args.gt_dir)):
+                if not Path(folder).exists():
+                    raise ConfigError(f"{option}: {folder}: folder not found")
+                if not Path(folder).is_dir():
+                    raise ConfigError(f"{option}: {folder} is a file, not a folder")
         else:
             if not (args.config and args.checkpoint):
                 raise ConfigError("give --config and --checkpoint, or --pred-dir and --gt-dir")
@@ -80,20 +83,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--window: needs two positive sizes, got {' '.join(map(str, args.window))}")
             if args.scales is not None and min(args.scales) <= 0:
                 raise ConfigError(f"--scales: every scale must be > 0, got {' '.join(map(str, args.scales))}")
-            if args.max_images < 0:
-                raise ConfigError(f"--max-images: must be >= 0, got {args.max_images}")
-            from sfnet_core.training.config import load_train_config
-
-            recipe = load_train_config(args.config, args.overrides)
             if args.save_pred:
-                check_output(args.save_pred, inputs=[args.config], overwrite=args.overwrite, kind="dir",
-                             what="--save-pred", is_previous_output=lambda p: (p / PREDICTIONS_MARKER).is_file())
-            report = evaluate_checkpoint(CheckpointEvaluation(
-                data=recipe.data, source=str(args.config), checkpoint=Path(args.checkpoint), mode=args.mode,
-                window=tuple(args.window) if args.window else None,
-                scales=tuple(args.scales) if args.scales else None, device=args.device,
-                precision=args.precision, max_images=args.max_images,
-                save_pred=Path(args.save_pred) if args.save_pred else None, overwrite=args.overwrite))
+                check_output(args.save_pred, inputs=inputs, overwrite=args.overwrite, kind="dir", what="--save-pred",
+                             is_previous_output=_is_previous_predictions)
+            if json_path is not None and args.save_pred and _inside(json_path, Path(args.save_pred)):
+                raise ConfigError(f"--json: {args.json} lies inside the --save-pred folder {args.save_pred}")
+            if _is_empty_yaml(args.config):
+                warn("sfnet-eval", f"--config {args.config} is empty: every setting is the default "
+                     "(the Cityscapes recipe)")
+        report = _evaluate(args)
+        from sfnet_core.evaluation.metrics import format_report
+        from sfnet_core.io_utils import atomic_write
+
         print(format_report(report), file=sys.stderr)
         if json_path is not None:
             with atomic_write(json_path) as tmp:
@@ -102,6 +103,50 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_command("sfnet-eval", run)
+
+
+def _is_previous_predictions(path: Path) -> bool:
+    from sfnet_core.evaluation.evaluate import PREDICTIONS_MARKER  # torch: only when a folder is there
+
+    return (path / PREDICTIONS_MARKER).is_file()
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def _is_empty_yaml(path: str) -> bool:
+    """True for an existing recipe file with no content (YAML null or an empty mapping)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) in (None, {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # the loader reports those, naming the file
+
+
+def _evaluate(args) -> dict:
+    from sfnet_core.evaluation.evaluate import CheckpointEvaluation, evaluate_checkpoint, evaluate_pred_dir
+
+    if args.pred_dir:
+        report = evaluate_pred_dir(args.pred_dir, args.gt_dir, args.classes, args.gt_format, args.strict)
+        for path in report["unmatched_ground_truth_files"]:
+            print(f"sfnet-eval: warning: no prediction for ground truth {path}", file=sys.stderr)
+        for path in report["unmatched_prediction_files"]:
+            print(f"sfnet-eval: warning: no ground truth for prediction {path}", file=sys.stderr)
+        return report
+    from sfnet_core.training.config import load_train_config
+
+    # the recipe's data section names the validation split (and the dataset the outputs must avoid)
+    cfg = load_train_config(args.config, list(args.overrides))
+    source = args.config + (f" (with overrides {' '.join(args.overrides)})" if args.overrides else "")
+    return evaluate_checkpoint(CheckpointEvaluation(
+        data=cfg.data, source=source, checkpoint=Path(args.checkpoint), mode=args.mode,
+        window=tuple(args.window) if args.window else None,
+        scales=tuple(args.scales) if args.scales else None, device=args.device,
+        precision=args.precision, max_images=args.max_images,
+        save_pred=Path(args.save_pred) if args.save_pred else None, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

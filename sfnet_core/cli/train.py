@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from sfnet_core.cli.common import make_parser, run_command
+from sfnet_core.cli.common import make_parser, positive_int, run_command, warn
 from sfnet_core.errors import ConfigError
 from sfnet_core.io_utils import check_writable_parent
 
@@ -13,15 +13,19 @@ DESCRIPTION = """Train SFNet from a recipe (training/configs/*.yaml).
   sfnet-train --config RECIPE --out DIR --resume             # continue an interrupted run
   torchrun --nproc_per_node N training/train.py --config RECIPE --out DIR   # several GPUs / nodes
 
---out is a run folder: a new one, or one holding an interrupted run with --resume."""
+--out is a run folder: a new (or empty) one, or one holding an interrupted run with --resume.
+sfnet-train never replaces or deletes a run: there is no --overwrite; a folder that already holds
+files is refused without --resume. An empty recipe file is trained with every default (the
+Cityscapes recipe) and says so on stderr."""
 
 
 def build_parser():
     p = make_parser("sfnet-train", DESCRIPTION)
     p.add_argument("--config", required=True, help="recipe YAML (training/configs/*.yaml)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, TensorBoard)")
-    p.add_argument("--max-iters", type=int, default=None,
-                   help="stop after this many iterations in total, keeping the full run's lr schedule")
+    p.add_argument("--max-iters", type=positive_int, default=None,
+                   help="stop after this many iterations in total, keeping the full run's lr schedule "
+                        "(default: the recipe's schedule.iterations)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -33,14 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from sfnet_core.training.config import load_train_config
-        from sfnet_core.training.engine import train
+        from sfnet_core.cli.evaluate import _is_empty_yaml
 
-        if args.max_iters is not None and args.max_iters < 1:
-            raise ConfigError(f"--max-iters: must be >= 1, got {args.max_iters}")
         out = check_writable_parent(args.out, "--out")
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out: {args.out} is a file; the run needs a folder")
+        if out.is_dir() and any(out.iterdir()) and not args.resume:
+            raise ConfigError(f"--out: {args.out} already holds files; pass --resume to continue the run in it, "
+                              "or choose a new folder (sfnet-train never replaces a run)")
+        if _is_empty_yaml(args.config):
+            warn("sfnet-train", f"--config {args.config} is empty: training with every default "
+                 "(the Cityscapes recipe)")
+        from sfnet_core.training.config import load_train_config
+        from sfnet_core.training.engine import train
+
         cfg = load_train_config(args.config, args.overrides)
         if args.no_progress:
             cfg.runtime.progress = False
@@ -50,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"(best {result.best_miou:.4f})", file=sys.stderr)
         return 0
 
-    return run_command("sfnet-train", run, interrupted="interrupted (continue with --resume)")
+    status = run_command("sfnet-train", run, interrupted="interrupted (continue with --resume)")
+    # only a process that imported torch can hold gloo threads; a refused command line stays cheap
+    if "torch" in sys.modules:
+        from sfnet_core.training.distributed import exit_torchrun_worker, is_torchrun_worker
+
+        if is_torchrun_worker():  # issue #9: never finalise the interpreter beside live gloo threads
+            exit_torchrun_worker(status)
+    return status
 
 
 if __name__ == "__main__":

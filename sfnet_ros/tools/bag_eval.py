@@ -4,6 +4,9 @@
         --checkpoint ck.pt --out drive_seg.mcap --mask-classes road,car
 
 stdout: one JSON object (the report); stderr: progress bar and a human summary.
+Labels are paired with images by header stamp; label values must be train ids of the
+checkpoint's class table (or its ignore index), and at least one pair must match, else it is an
+error (an mIoU over nothing, or over labels of another class table, is not a number to trust).
 Latency is *model* latency per frame: the wall time of one ``Segmenter.segment(batch)`` call
 (upload, normalise, forward, argmax, download) divided by the frames in that batch; bag reading,
 decoding and writing are excluded. ``fps`` is end to end (frames / wall time of the whole loop,
@@ -24,13 +27,24 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sfnet_core.cli.common import run_command
+from sfnet_core.cli.common import add_overwrite, device_spec, make_parser, positive_int, run_command
 from sfnet_core.errors import SFNetError
-from sfnet_ros.tools.bag_io import (
-    COMPRESSED, IMAGE, BagError, BagReader, BagWriter, decode_image, decode_labels, header_stamp,
-    image_topic_namespace, make_header, ros2_class,
-)
 from sfnet_ros.conversions import ImageConversionError, numpy_to_image
+from sfnet_ros.tools.bag_io import (
+    COMPRESSED,
+    IMAGE,
+    BagError,
+    BagReader,
+    BagWriter,
+    check_bag_output,
+    decode_image,
+    decode_labels,
+    header_stamp,
+    image_topic_namespace,
+    make_header,
+    ros2_class,
+    stamp_name,
+)
 
 
 def output_namespace(image_topic: str, msgtype: str) -> str:
@@ -78,8 +92,27 @@ class LabelMatcher:
     preds: dict[int, np.ndarray] = field(default_factory=dict)
     labels: dict[int, np.ndarray] = field(default_factory=dict)
     matched: int = 0
+    label_topic: str = ""
+    classes_source: str = "the checkpoint"
+    first_image_stamp: int | None = None
+    first_label_stamp: int | None = None
+    images_seen: int = 0
+    labels_seen: int = 0
+
+    def check_values(self, stamp: int, label: np.ndarray) -> None:
+        """BagError unless every value is a train id of the class table or the ignore index."""
+        c, ignore = self.metrics.num_classes, self.metrics.ignore_index
+        bad = label[(label >= c) & (label != ignore)]
+        if bad.size:
+            values = ", ".join(str(int(v)) for v in np.unique(bad)[:8])
+            raise BagError(f"label topic {self.label_topic} at stamp {stamp_name(stamp)}: value(s) {values} are not "
+                           f"train ids of {self.classes_source} ({c} classes: 0..{c - 1}, {ignore} = ignore); "
+                           "are the labels and the checkpoint for the same class table?")
 
     def add_prediction(self, stamp: int, pred: np.ndarray) -> None:
+        self.images_seen += 1
+        if self.first_image_stamp is None:
+            self.first_image_stamp = stamp
         label = self.labels.pop(stamp, None)
         if label is None:
             self.preds[stamp] = pred
@@ -87,6 +120,10 @@ class LabelMatcher:
             self._score(stamp, pred, label)
 
     def add_label(self, stamp: int, label: np.ndarray) -> None:
+        self.check_values(stamp, label)
+        self.labels_seen += 1
+        if self.first_label_stamp is None:
+            self.first_label_stamp = stamp
         pred = self.preds.pop(stamp, None)
         if pred is None:
             self.labels[stamp] = label
@@ -95,10 +132,24 @@ class LabelMatcher:
 
     def _score(self, stamp: int, pred: np.ndarray, label: np.ndarray) -> None:
         if pred.shape != label.shape:
-            raise BagError(f"label at stamp {stamp} is {label.shape[1]}x{label.shape[0]} but its image is "
-                           f"{pred.shape[1]}x{pred.shape[0]}")
+            raise BagError(f"label topic {self.label_topic} at stamp {stamp_name(stamp)}: the label is "
+                           f"{label.shape[1]}x{label.shape[0]} but its image is {pred.shape[1]}x{pred.shape[0]}")
         self.metrics.update(pred, label)
         self.matched += 1
+
+    def check_paired(self, image_topic: str) -> None:
+        """BagError saying why when no image/label pair matched (the mIoU would be over nothing)."""
+        if self.matched:
+            return
+        if not self.labels_seen:
+            why = f"the label topic {self.label_topic} delivered no message"
+        elif not self.images_seen:
+            why = f"the image topic {image_topic} delivered no frame"
+        else:
+            why = (f"no label header stamp equals an image header stamp (first image {image_topic} at "
+                   f"{stamp_name(self.first_image_stamp)}, first label {self.label_topic} at "
+                   f"{stamp_name(self.first_label_stamp)}; labels are paired by exact stamp)")
+        raise BagError(f"no image/label pair: {why}")
 
 
 def evaluate_bag(
@@ -113,26 +164,41 @@ def evaluate_bag(
     mask_classes: Sequence[str] = (),
     progress: bool = True,
     segmenter: Any = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate; returns the report dict (see module docstring). Raises SFNetError subclasses."""
-    from sfnet_core.inference import Segmenter
-    from sfnet_core.evaluation.metrics import ConfusionMatrix
-    from sfnet_core.viz import render_outputs
+    """Evaluate; returns the report dict (see module docstring). Raises SFNetError subclasses.
 
+    ``out``: a new bag (``check_bag_output`` rules: an existing one only with ``overwrite``,
+    never the input bag or the checkpoint, a folder only if it is a bag)."""
+    if out:  # before anything slow: a refused output costs nothing
+        check_bag_output(out, inputs=[bag, checkpoint], overwrite=overwrite)
     with BagReader(bag) as reader:
         info = reader.check_topic(image_topic)
         if label_topic:
             reader.check_topic(label_topic, what="label topic")
+        if segmenter is None and not Path(checkpoint).is_file():
+            from sfnet_core.errors import CheckpointError
+
+            raise CheckpointError(f"{checkpoint}: checkpoint file not found")
+        # torch is imported only now (seconds): the checks above answer bad input at once
+        from sfnet_core.devices import resolve_device
+        from sfnet_core.evaluation.metrics import ConfusionMatrix
+        from sfnet_core.inference import Segmenter
+        from sfnet_core.viz import render_outputs
+
         if segmenter is None:
+            resolve_device(device, "--device")  # names the option; Segmenter would say "Segmenter: device"
             segmenter = Segmenter.from_checkpoint(checkpoint, device=device, precision=precision, warmup=False)
         classes = segmenter.classes
         mask_ids = {name: classes.index(name) for name in mask_classes}  # ConfigError on unknown names
         palette = classes.palette()
-        matcher = LabelMatcher(ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index))
+        matcher = LabelMatcher(ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index),
+                               label_topic=label_topic or "",
+                               classes_source=f"the checkpoint {checkpoint}" if checkpoint else "the checkpoint")
         ns = output_namespace(image_topic, info.msgtype)
         seg_ns = f"{ns}/segmentation"
         Image = ros2_class(IMAGE)
-        writer = BagWriter(out) if out else None
+        writer = BagWriter(out, overwrite=overwrite) if out else None
         latencies: list[float] = []
         model_time = 0.0
         frames = 0
@@ -165,7 +231,8 @@ def evaluate_bag(
 
         topics = [image_topic] + ([label_topic] if label_topic else [])
         wall_start = time.perf_counter()
-        bar = tqdm(total=info.count, unit="frame", file=sys.stderr, disable=not progress, desc="sfnet-bag-eval")
+        bar = tqdm(total=info.count, unit="frame", file=sys.stderr,
+                   disable=True if not progress else None, desc="sfnet-bag-eval")  # None: no bar unless a terminal
         try:
             if writer is not None:
                 writer.open()
@@ -186,6 +253,8 @@ def evaluate_bag(
                     raise BagError(f"{bag}: {topic} message at {timestamp} ns: {exc}") from None
             if batch:
                 run_batch()
+            if label_topic:
+                matcher.check_paired(image_topic)
             if writer is not None:
                 writer.close()
         except BaseException:
@@ -222,57 +291,60 @@ def evaluate_bag(
     return report
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+DESCRIPTION = """Segment every frame of an image topic in a bag (rosbag2 MCAP or sqlite3, a bare
+.mcap/.db3 file, or a ROS 1 .bag) as fast as the device allows; report speed and, with
+--label-topic, mIoU as one JSON object on stdout.
+
+  sfnet-bag-eval --bag drive.mcap --image-topic /front/image_raw --label-topic /front/labels \\
+      --checkpoint last.pt --out drive_segmented.mcap --mask-classes road,car
+
+--out is refused if it exists (unless --overwrite; a folder only if it is a bag), if it is the
+input bag or lies inside it. It appears only when complete: an error, Ctrl-C or SIGTERM leaves
+nothing behind."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sfnet-bag-eval",
-        description="Segment every frame of an image topic in a bag (ROS 2 MCAP/sqlite3 or ROS 1); "
-                    "report speed and, with --label-topic, mIoU as JSON on stdout.",
-    )
+    parser = make_parser("sfnet-bag-eval", DESCRIPTION)
     parser.add_argument("--bag", required=True, help="rosbag2 directory, .mcap or .db3 file, or ROS 1 .bag")
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
-    parser.add_argument("--label-topic", help="mono8 train-id Image topic, matched to images by header stamp")
+    parser.add_argument("--label-topic", help="mono8 train-id Image topic, matched to images by header stamp "
+                                              "(default: none, no mIoU)")
     parser.add_argument("--checkpoint", required=True, help="sfnet_ros checkpoint (.pt)")
-    parser.add_argument("--out", help="write an MCAP bag with the inputs and <ns>/segmentation/* topics "
-                                      "(name ending .mcap: one file; otherwise a rosbag2 directory)")
-    parser.add_argument("--mask-classes", default="", help="comma-separated class names for <ns>/segmentation/mask/<class>")
-    parser.add_argument("--batch-size", type=_positive_int, default=4)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--out", help="write a bag with the inputs and <ns>/segmentation/* topics "
+                                      "(name ending .mcap: one MCAP file; otherwise a rosbag2 MCAP directory; "
+                                      "default: no output bag)")
+    parser.add_argument("--mask-classes", default="",
+                        help="comma-separated class names for <ns>/segmentation/mask/<class>")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="frames per forward pass")
+    parser.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                        help="auto: bf16/fp16 on CUDA, fp32 on the CPU")
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_overwrite(parser, "an existing --out bag")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mask_classes = [c.strip() for c in args.mask_classes.split(",") if c.strip()]
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
 
     def run() -> int:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         report = evaluate_bag(
             args.bag, args.image_topic, args.checkpoint, label_topic=args.label_topic, out=args.out,
             batch_size=args.batch_size, device=args.device, precision=args.precision,
-            mask_classes=mask_classes, progress=not args.no_progress,
+            mask_classes=mask_classes, progress=not args.no_progress, overwrite=args.overwrite,
         )
         print(_summary(report), file=sys.stderr)
         print(json.dumps(report))
         return 0
 
-    return run_command("sfnet-bag-eval", run, (SFNetError, ImageConversionError),
+    return run_command("sfnet-bag-eval", run, (SFNetError, ImageConversionError, OSError),
                        interrupted="interrupted; no output written")
 
 

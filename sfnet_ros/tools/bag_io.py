@@ -3,17 +3,19 @@
 ``BagReader`` opens any bag a vehicle team hands over: a rosbag2 directory (MCAP or sqlite3),
 a bare ``.mcap`` / ``.db3`` file, or a ROS 1 ``.bag``. Messages come out as ROS 2 CDR bytes
 (ROS 1 messages are converted) or decoded as rosbags dataclasses. ``BagWriter`` writes rosbag2
-MCAP (a directory, or one ``.mcap`` file when the target name ends in ``.mcap``), atomically.
+MCAP (a directory, or one ``.mcap`` file when the target name ends in ``.mcap``), atomically;
+``check_bag_output`` applies the output rules of ``sfnet_core.io_utils`` to a bag path (a folder
+is replaced only when it is recognisably a bag: ``is_bag_folder``).
 
 Every problem with the input is raised as ``BagError`` with a message naming the bag and topic,
 so the command-line tools print one line instead of a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, TypesysError, get_types_from_idl, get_types_from_msg, get_typestore
 
 from sfnet_core.errors import SFNetError
+from sfnet_core.io_utils import check_output, staging_path
 from sfnet_ros.conversions import ImageConversionError, compressed_to_rgb, image_to_numpy, image_to_rgb
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -145,7 +148,7 @@ class BagReader:
         self._connections: list = []
 
     # -- opening -------------------------------------------------------------------------------
-    def __enter__(self) -> "BagReader":
+    def __enter__(self) -> BagReader:
         self.open()
         return self
 
@@ -304,28 +307,64 @@ def ros2_class(msgtype: str) -> type:
     return ros2_typestore().types[msgtype]
 
 
+BAG_STORAGES = ("mcap", "sqlite3")
+# what a rosbag2 folder written by rosbags (or ros2 bag) holds besides metadata.yaml
+_BAG_FILE_SUFFIXES = (".mcap", ".db3", ".db3-shm", ".db3-wal", ".zstd")
+
+
+def is_bag_folder(path: str | os.PathLike) -> bool:
+    """True for a rosbag2 folder: ``metadata.yaml`` and storage files only (what BagWriter and
+    ``ros2 bag record`` write). Only such a folder is ever replaced by a bag output."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink() or not (path / "metadata.yaml").is_file():
+        return False
+    return all(p.is_file() and (p.name == "metadata.yaml" or p.name.endswith(_BAG_FILE_SUFFIXES))
+               for p in path.iterdir())
+
+
+def is_single_file_bag(path: str | os.PathLike, storage: str = "mcap") -> bool:
+    """An ``--out`` ending in ``.mcap`` is one MCAP file; anything else a rosbag2 folder."""
+    return storage == "mcap" and Path(path).suffix == ".mcap"
+
+
+def check_bag_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (),
+                     overwrite: bool = False, storage: str = "mcap", what: str = "--out") -> Path:
+    """The output rules for a bag path (``sfnet_core.io_utils.check_output``): an existing output
+    only with ``overwrite``; never an input or inside one; a folder only if it is a bag."""
+    if storage not in BAG_STORAGES:
+        raise BagError(f"--storage: unknown storage {storage!r}; expected mcap or sqlite3")
+    if storage == "sqlite3" and Path(out).suffix == ".mcap":
+        raise BagError(f"{what}: {out} ends in .mcap but --storage sqlite3 writes a rosbag2 folder "
+                       "(NAME/NAME.db3 + metadata.yaml); name it without .mcap, or use --storage mcap")
+    kind = "file" if is_single_file_bag(out, storage) else "dir"
+    return check_output(out, inputs=inputs, overwrite=overwrite, kind=kind, what=what,
+                        is_previous_output=is_bag_folder)
+
+
 class BagWriter:
     """Atomic rosbag2 writer (MCAP by default, sqlite3 for tests/compatibility).
 
     ``path`` ending in ``.mcap`` (with MCAP storage) produces a single MCAP file, what Foxglove
     opens; any other name produces a rosbag2 directory, what ``ros2 bag play`` opens. Nothing
-    appears at ``path`` until ``close()`` succeeds (an existing output is then replaced); an
-    exception inside the ``with`` block leaves no output at all.
+    appears at ``path`` until ``close()`` succeeds; an exception inside the ``with`` block leaves
+    no output at all. An existing ``path`` is replaced only with ``overwrite=True`` and only if
+    it is a file or a bag folder (``is_bag_folder``): nothing else is ever deleted.
     """
 
-    def __init__(self, path: str | os.PathLike, storage: str = "mcap") -> None:
-        if storage not in ("mcap", "sqlite3"):
+    def __init__(self, path: str | os.PathLike, storage: str = "mcap", overwrite: bool = False) -> None:
+        if storage not in BAG_STORAGES:
             raise BagError(f"unknown storage {storage!r}; expected mcap or sqlite3")
         self.path = Path(path)
         self.storage = storage
-        self.single_file = storage == "mcap" and self.path.suffix == ".mcap"
+        self.overwrite = overwrite
+        self.single_file = is_single_file_bag(self.path, storage)
         self.store = ros2_typestore()
         self._staging: Path | None = None
         self._writer: Writer | None = None
         self._connections: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
 
-    def __enter__(self) -> "BagWriter":
+    def __enter__(self) -> BagWriter:
         self.open()
         return self
 
@@ -335,13 +374,26 @@ class BagWriter:
         else:
             self.abort()
 
+    def _check_target(self) -> None:
+        if not (self.path.exists() or self.path.is_symlink()):
+            return
+        if not self.overwrite:
+            raise BagError(f"{self.path}: exists; pass --overwrite to replace it, or choose another path")
+        if self.path.is_dir() and not self.path.is_symlink() and not is_bag_folder(self.path):
+            raise BagError(f"{self.path}: is a folder that is not a bag; it is never replaced (choose another path)")
+
     def open(self) -> None:
         # rosbags names the storage file after the bag directory, so the bag is written as
         # <staging>/<final name>/ (right file names) and renamed into place on close: same
         # folder, so the rename is atomic.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._staging = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp"
-        self._staging.mkdir()
+        self._check_target()
+        staging = staging_path(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+        except OSError as exc:
+            raise BagError(f"{self.path}: cannot write bag: {exc.strerror or exc}") from None
+        self._staging = staging
         bag_name = self.path.stem if self.single_file else self.path.name
         plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
         self._bag_dir = self._staging / bag_name
@@ -378,14 +430,26 @@ class BagWriter:
     def close(self) -> Path:
         """Finalise the bag and move it into place; returns the final path."""
         assert self._writer is not None and self._staging is not None, "BagWriter is not open"
+        old: Path | None = None
         try:
             self._writer.close()
             self._writer = None
             source = next(self._bag_dir.glob("*.mcap")) if self.single_file else self._bag_dir
-            if self.path.is_dir() and not self.path.is_symlink():
-                shutil.rmtree(self.path)  # os.replace cannot replace a non-empty directory
+            self._check_target()  # again: something may have appeared there while we recorded
+            if self.path.exists() or self.path.is_symlink():
+                # os.replace cannot put a folder onto a file or a non-empty folder: move the
+                # previous output aside first, remove it once the new one is in place
+                old = staging_path(self.path, "old")
+                os.replace(self.path, old)
             os.replace(source, self.path)
+        except OSError as exc:
+            raise BagError(f"{self.path}: cannot write bag: {exc.strerror or exc}") from None
         finally:
+            if old is not None:
+                if self.path.exists():
+                    shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+                else:  # the rename in failed: put the previous output back
+                    os.replace(old, self.path)
             self.abort()  # removes the staging folder (and the writer if close failed)
         return self.path
 
@@ -393,10 +457,8 @@ class BagWriter:
         """Drop everything written so far (no output appears)."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
-            try:
+            with contextlib.suppress(Exception):  # already failing; the staging folder goes below regardless
                 writer.abort()
-            except Exception:  # already failing; the staging folder is removed below regardless
-                pass
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sfnet_core.cli.common import make_parser, non_negative_int, positive_float
 from sfnet_core.errors import SFNetError
 from sfnet_ros.tools.bag_io import BagError, BagReader, ros2_typestore
+from sfnet_ros.tools.ros_args import init_rclpy, split_ros_args
 
 # CDR encapsulation header: 2 bytes representation id (0x0001 little endian, 0x0000 big endian)
 # + 2 option bytes; a message whose first field is a std_msgs/Header then starts with
@@ -113,6 +115,8 @@ class BagPlayer:
         remap = remap or {}
         with BagReader(self.bag) as reader:
             available = reader.topics
+            if not available:
+                raise BagError(f"{self.bag}: the bag has no topics; nothing to play")
             if topics:
                 for topic in topics:
                     reader.check_topic(topic, msgtypes=(), what="topic", allow_empty=True)
@@ -132,8 +136,17 @@ class BagPlayer:
                     raise
                 node.get_logger().warning(f"skipping {topic}: {msgtype} is not installed")
                 continue
-            self.publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), profile)
+            try:
+                self.publishers[topic] = node.create_publisher(cls, remap.get(topic, topic), profile)
+            except Exception as exc:  # rclpy's InvalidTopicNameException & co: a bad --remap target
+                raise BagError(f"cannot publish {topic} as {remap.get(topic, topic)!r}: "
+                               f"{str(exc).splitlines()[0]}") from None
             self.headers[topic] = has_header(msgtype)
+        if not self.publishers:
+            raise BagError(f"{self.bag}: none of its topics has a message type installed here; topics: "
+                           + ", ".join(f"{t} [{available[t].msgtype}]" for t in chosen))
+        if all(available[t].count == 0 for t in self.publishers):
+            raise BagError(f"{self.bag}: the played topics hold no messages ({', '.join(self.publishers)})")
         self._lockstep_in: str | None = None
         self._responses = 0
         self._response_cond = threading.Condition()
@@ -266,29 +279,41 @@ def parse_remap(items: Sequence[str]) -> dict[str, str]:
     return result
 
 
+DESCRIPTION = """Publish a bag's topics over DDS at their recorded timing (scaled by --rate), like
+ros2 bag play, from the stored CDR bytes.
+
+  sfnet-bag-play --bag drive.mcap --topics /front/image_raw --rate 0.5 --wait-for-subscribers 1
+
+ROS arguments go after --ros-args (e.g. --ros-args -r __ns:=/veh). SIGINT or SIGTERM stop the
+playback: the report (with "interrupted": true) is printed and the exit status is 0. It writes no
+file."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sfnet-bag-play", description="Publish a bag's topics at recorded timing.")
+    p = make_parser("sfnet-bag-play", DESCRIPTION)
     p.add_argument("--bag", required=True, help="rosbag2 directory, .mcap or .db3 file, or ROS 1 .bag")
     p.add_argument("--topics", nargs="+", help="topics to play (default: all with an installed type)")
-    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
+    p.add_argument("--rate", type=positive_float, default=1.0, help="playback speed factor")
     p.add_argument("--loop", action="store_true", help="start over at the end until interrupted")
-    p.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable")
+    p.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable", help="publisher reliability")
     p.add_argument("--restamp", action="store_true", help="rewrite header stamps to the publish time")
     p.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish a bag topic under another name")
-    p.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
+    p.add_argument("--wait-for-subscribers", type=non_negative_int, default=0, metavar="N",
                    help="before playing, wait until every played topic has N subscribers")
-    p.add_argument("--wait-timeout", type=float, default=30.0, metavar="S")
+    p.add_argument("--wait-timeout", type=positive_float, default=30.0, metavar="S",
+                   help="seconds to wait for --wait-for-subscribers")
     p.add_argument("--lockstep", metavar="IN:OUT",
                    help="after each IN message wait for one OUT message (an Image topic, e.g. "
-                        "/front/image_raw:/front/segmentation/labels)")
-    p.add_argument("--lockstep-timeout", type=float, default=10.0, metavar="S")
+                        "/front/image_raw:/front/segmentation/labels; default: recorded timing)")
+    p.add_argument("--lockstep-timeout", type=positive_float, default=10.0, metavar="S",
+                   help="seconds to wait for each OUT message")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    own, ros_args = split_ros_args(argv)
+    args = build_parser().parse_args(own)
     import rclpy
-    from rclpy.signals import SignalHandlerOptions
 
     lockstep = None
     if args.lockstep:
@@ -297,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sfnet-bag-play: error: --lockstep {args.lockstep!r}: expected IN:OUT", file=sys.stderr)
             return 2
         lockstep = (source, target)
+    try:
+        remap = parse_remap(args.remap)
+    except BagError as exc:
+        print(f"sfnet-bag-play: error: {exc}", file=sys.stderr)
+        return 2
     stopped = threading.Event()
     player: BagPlayer | None = None
 
@@ -306,13 +336,14 @@ def main(argv: list[str] | None = None) -> int:
             player.stop()
 
     # our own handlers: a signal ends playback cleanly (rclpy's would tear the context down mid-publish)
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    node = rclpy.create_node("sfnet_bag_play")
+    node = None
     spinner: SpinThread | None = None
     try:
+        init_rclpy("sfnet-bag-play", ros_args)
+        node = rclpy.create_node("sfnet_bag_play")
         player = BagPlayer(node, args.bag, args.topics, args.rate, args.qos, args.restamp,
-                           parse_remap(args.remap), lockstep, args.lockstep_timeout)
+                           remap, lockstep, args.lockstep_timeout)
         if stopped.is_set():
             player.stop()
         spinner = SpinThread(node)
@@ -320,14 +351,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sfnet-bag-play: waiting for {args.wait_for_subscribers} subscriber(s)", file=sys.stderr, flush=True)
             if not player.wait_for_subscribers(args.wait_for_subscribers, args.wait_timeout):
                 if player.stop_event.is_set():
+                    print("sfnet-bag-play: stopped before playing", file=sys.stderr)
                     return 0
                 missing = [t for t, p in player.publishers.items()
                            if p.get_subscription_count() < args.wait_for_subscribers]
                 print(f"sfnet-bag-play: error: fewer than {args.wait_for_subscribers} subscriber(s) on "
                       f"{', '.join(missing)} after {args.wait_timeout} s", file=sys.stderr)
                 return 2
-        print(f"sfnet-bag-play: playing {', '.join(player.publishers)} at rate {args.rate}", file=sys.stderr, flush=True)
+        print(f"sfnet-bag-play: playing {', '.join(player.publishers)} at rate {args.rate}",
+              file=sys.stderr, flush=True)
         stats = player.play(loop=args.loop)
+        if stats.interrupted:
+            print("sfnet-bag-play: stopped by a signal", file=sys.stderr)
         print(json.dumps({"published": stats.published, "loops": stats.loops, "duration_s": stats.duration_s,
                           "lockstep_timeouts": stats.lockstep_timeouts, "interrupted": stats.interrupted}))
         return 0
@@ -335,12 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sfnet-bag-play: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if spinner is not None:
             spinner.stop()
-        node.destroy_node()
-        rclpy.shutdown()
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
-"""``sfnet-bag-record``: record topics into an MCAP bag, like ``ros2 bag record``.
+"""``sfnet-bag-record``: record topics into a bag, like ``ros2 bag record``.
 
     sfnet-bag-record --topics /front/segmentation/labels /front/segmentation/color --out run.mcap
+
+Storage: MCAP (default; ``--out NAME.mcap`` = one MCAP file, any other name = a rosbag2 folder)
+or sqlite3 (``--storage sqlite3``: always a rosbag2 folder ``NAME/NAME.db3``; a ``.mcap`` name is
+refused).
 
 Each topic is subscribed as soon as it appears in the ROS graph (its type is taken from the graph,
 or from ``--type TOPIC:=pkg/msg/Type``), with raw subscriptions: the CDR bytes go straight into
@@ -8,7 +12,9 @@ the bag. QoS ``auto`` follows the publishers (reliable only when every publisher
 transient local when every publisher is, e.g. for latched topics). Recording stops on
 SIGINT/SIGTERM, after ``--duration`` seconds or ``--max-messages`` messages (all topics together);
 the bag is then finalised and renamed into place, so an interrupted recording is still a valid
-bag and a crash leaves no half-written file at ``--out``.
+bag and a crash leaves no half-written file at ``--out``. A signal is the normal way to end a
+recording, so it exits 0 (with one line saying which signal stopped it); an error exits 2 and
+leaves nothing at ``--out``.
 """
 from __future__ import annotations
 
@@ -19,12 +25,22 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from sfnet_core.cli.common import add_overwrite, make_parser, positive_float, positive_int
 from sfnet_core.errors import SFNetError
-from sfnet_ros.tools.bag_io import BagError, BagWriter, ros2_typestore
+from sfnet_ros.tools.bag_io import BAG_STORAGES, BagError, BagWriter, check_bag_output, ros2_typestore
 from sfnet_ros.tools.bag_play import ros_message_class
+from sfnet_ros.tools.ros_args import init_rclpy, split_ros_args
+
+
+def resolve_topic(node: Any, topic: str, what: str = "--topics") -> str:
+    """The fully qualified name of ``topic`` for ``node``, or a BagError saying why it is invalid."""
+    try:
+        return node.resolve_topic_name(topic)
+    except Exception as exc:  # rclpy.exceptions.InvalidTopicNameException (rcl's validation)
+        reason = str(exc).splitlines()[0].split(", at /")[0]  # without rcl's source location
+        raise BagError(f"{what}: {topic!r} is not a valid ROS topic name ({reason})") from None
 
 
 def _qos_for(node: Any, topic: str, mode: str) -> Any:
@@ -54,8 +70,15 @@ class Recorder:
                  qos: str = "auto", max_messages: int | None = None) -> None:
         self.node = node
         self.writer = writer
-        self.topics = [node.resolve_topic_name(t) for t in topics]
-        self.types = {node.resolve_topic_name(k): v for k, v in (types or {}).items()}
+        self.topics = [resolve_topic(node, t) for t in topics]
+        self.types = {resolve_topic(node, k, "--type"): v for k, v in (types or {}).items()}
+        for topic, msgtype in self.types.items():
+            if msgtype not in ros2_typestore().fielddefs:
+                raise BagError(f"--type {topic}:={msgtype}: type unknown to rosbags' type store")
+            ros_message_class(msgtype)  # BagError if this ROS 2 installation lacks it
+        unknown = sorted(set(self.types) - set(self.topics))
+        if unknown:
+            raise BagError(f"--type names topic(s) not in --topics: {', '.join(unknown)}")
         self.qos = qos
         self.max_messages = max_messages
         self.subscriptions: dict[str, Any] = {}
@@ -104,46 +127,67 @@ def parse_types(items: Sequence[str]) -> dict[str, str]:
     return result
 
 
+DESCRIPTION = """Record topics into a bag, like ros2 bag record.
+
+  sfnet-bag-record --topics /front/segmentation/labels /front/segmentation/color --out run.mcap
+  sfnet-bag-record --topics /front/image_raw --type /front/image_raw:=sensor_msgs/msg/Image --out cam
+
+Storage: mcap (--out NAME.mcap: one MCAP file, what Foxglove opens; any other name: a rosbag2
+folder, what ros2 bag play opens) or sqlite3 (always a rosbag2 folder NAME/NAME.db3; a name
+ending in .mcap is refused). --out is refused if it exists (unless --overwrite; a folder only if
+it is a bag). ROS arguments go after --ros-args. SIGINT or SIGTERM end the recording normally:
+the bag is finalised and moved into place, exit status 0."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sfnet-bag-record", description="Record topics to an MCAP bag.")
-    p.add_argument("--topics", nargs="+", required=True)
-    p.add_argument("--out", required=True, help="bag path: NAME.mcap (one file) or a directory name (rosbag2)")
-    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--max-messages", type=int, help="stop after this many messages (all topics together)")
+    p = make_parser("sfnet-bag-record", DESCRIPTION)
+    p.add_argument("--topics", nargs="+", required=True, help="topics to record")
+    p.add_argument("--out", required=True, help="bag path: NAME.mcap (one MCAP file) or NAME (a rosbag2 folder)")
+    p.add_argument("--storage", choices=BAG_STORAGES, default="mcap",
+                   help="mcap, or sqlite3 (the rosbag2 .db3 format of older distros)")
+    p.add_argument("--duration", type=positive_float, default=None,
+                   help="stop after this many seconds (default: until SIGINT/SIGTERM)")
+    p.add_argument("--max-messages", type=positive_int, default=None,
+                   help="stop after this many messages, all topics together (default: no limit)")
     p.add_argument("--type", nargs="+", default=[], metavar="TOPIC:=pkg/msg/Type",
                    help="types of topics that may not be published yet")
-    p.add_argument("--qos", choices=("auto", "reliable", "best_effort"), default="auto")
+    p.add_argument("--qos", choices=("auto", "reliable", "best_effort"), default="auto",
+                   help="auto: reliable only if every publisher is, transient local if every publisher is")
+    add_overwrite(p, "an existing --out bag")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if (args.duration is not None and args.duration <= 0) or (args.max_messages is not None and args.max_messages < 1):
-        print("sfnet-bag-record: error: --duration must be > 0 and --max-messages >= 1", file=sys.stderr)
-        return 2
-    if Path(args.out).exists():
-        print(f"sfnet-bag-record: error: {args.out} exists already; choose a new --out", file=sys.stderr)
+    own, ros_args = split_ros_args(argv)
+    args = build_parser().parse_args(own)
+    try:
+        types = parse_types(args.type)
+        check_bag_output(args.out, overwrite=args.overwrite, storage=args.storage)
+    except SFNetError as exc:
+        print(f"sfnet-bag-record: error: {exc}", file=sys.stderr)
         return 2
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
 
     stop = threading.Event()
+    stopped_by: list[str] = []
 
-    def on_signal(_signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopped_by.append(signal.Signals(signum).name)
         stop.set()
 
     # our own handlers: rclpy's would shut the context down before the bag is finalised
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    node = rclpy.create_node("sfnet_bag_record")
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    writer = BagWriter(args.out, storage=args.storage)
+    node = executor = None
+    writer = BagWriter(args.out, storage=args.storage, overwrite=args.overwrite)
+    started = time.monotonic()
     try:
+        init_rclpy("sfnet-bag-record", ros_args)
+        node = rclpy.create_node("sfnet_bag_record")
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        recorder = Recorder(node, writer, args.topics, types, args.qos, args.max_messages)
         writer.open()
-        recorder = Recorder(node, writer, args.topics, parse_types(args.type), args.qos, args.max_messages)
         announced = False
         started = time.monotonic()
         while not stop.is_set() and not recorder.done.is_set():
@@ -160,16 +204,24 @@ def main(argv: list[str] | None = None) -> int:
         writer.abort()
         print(f"sfnet-bag-record: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. the disk filled up while recording: one line, nothing at --out
+        writer.abort()
+        print(f"sfnet-bag-record: error: {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except BaseException:
         writer.abort()
         raise
     finally:
+        if executor is not None:
+            executor.shutdown()
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown()
-    print(f"sfnet-bag-record: wrote {sum(writer.counts.values())} messages to {path}", file=sys.stderr)
+    how = f"stopped by {stopped_by[0]}; " if stopped_by else ""
+    print(f"sfnet-bag-record: {how}wrote {sum(writer.counts.values())} messages to {path}", file=sys.stderr)
     print(json.dumps({"out": str(path), "messages": writer.counts, "duration_s": round(time.monotonic() - started, 3)}))
     return 0
 

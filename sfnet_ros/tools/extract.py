@@ -1,32 +1,54 @@
 """``sfnet-extract``: turn a recorded bag into a folder dataset ready for labelling and ``sfnet-train``.
 
-    sfnet-extract --bag drive.mcap --image-topic /front/image_raw --out my_data --rate 2
+    sfnet-extract --bag drive.mcap --image-topic /front/image_raw --out my_data --rate 2 --val-fraction 0.2
 
-writes ``my_data/images/<sec>_<nanosec>.png`` (names from header stamps, so they sort in time),
-an empty ``my_data/labels/`` for the labelling tool (or, with ``--label-topic``, the bag's mono8
-train-id labels), and ``my_data/classes.yaml``: the class table the labels must use (train ids,
-no id_map). The folder appears only when complete; an existing non-empty folder is refused.
+writes PNG images named after their header stamps (``<sec>_<nanosec>.png``, so they sort in time),
+label PNGs of the same names (from ``--label-topic``, or left to the labelling tool) and
+``classes.yaml``, the class table the labels must use (train ids, no id_map). Layouts:
+
+* default: ``images/``, ``labels/`` (``data.train_split: null`` in a recipe reads this);
+* ``--split NAME``: ``images/NAME/``, ``labels/NAME/``;
+* ``--val-fraction F``: ``images/train/`` + ``images/val/`` (and ``labels/...``), what
+  ``training/configs/custom_template.yaml`` reads (``train_split: train``, ``val_split: val``).
+  The split is by time, deterministic: the kept frames in stamp order, the last
+  ``round(F * N)`` (at least one) in ``val``. Neighbouring frames of a drive are near copies of
+  each other; a random split would put copies of training frames into the validation set.
+
+Label values must be train ids of the class table (or its ignore index) and labels must have
+their image's size; anything else is an error, not a silently wrong dataset. The folder appears
+only when complete (staged next to it, renamed in); ``--overwrite`` replaces only a folder that
+sfnet-extract wrote and nobody changed since (a record of its files is kept in
+``.sfnet-extract.json``), so labelling work is never overwritten.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import sys
-import uuid
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import yaml
 from tqdm import tqdm
 
+from sfnet_core.cli.common import (
+    add_overwrite,
+    fraction,
+    make_parser,
+    positive_float,
+    positive_int,
+    run_command,
+)
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.cli.common import run_command
 from sfnet_core.errors import SFNetError
-from sfnet_ros.tools.bag_io import BagError, BagReader, decode_image, decode_labels, stamp_name
+from sfnet_core.io_utils import atomic_write, check_output
 from sfnet_ros.conversions import ImageConversionError
+from sfnet_ros.tools.bag_io import BagError, BagReader, decode_image, decode_labels, stamp_name
+
+MARKER = ".sfnet-extract.json"  # the files this tool wrote: what --overwrite may replace
 
 
 def class_template(table: ClassTable, source: str) -> str:
@@ -48,6 +70,37 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
+def _files(root: Path) -> dict[str, list[int]]:
+    """relative path -> [size, mtime_ns] of every file under ``root`` except the marker."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MARKER:
+            stat = path.stat()
+            found[path.relative_to(root).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+    return found
+
+
+def is_previous_extract(path: Path) -> bool:
+    """True when ``path`` was written by sfnet-extract and nothing in it was added or changed since."""
+    try:
+        recorded = json.loads((path / MARKER).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return recorded == _files(path)
+
+
+def split_by_time(names: list[str], val_fraction: float | None, split: str | None) -> dict[str, str | None]:
+    """file stem -> split folder (None = flat). ``names`` sort in time (stamp names)."""
+    ordered = sorted(names)
+    if val_fraction is None:
+        return {name: split for name in ordered}
+    n_val = max(1, round(val_fraction * len(ordered)))
+    if n_val >= len(ordered):
+        raise BagError(f"--val-fraction {val_fraction}: {len(ordered)} kept frame(s) are too few for a train and "
+                       "a val split (keep more frames: --every / --rate)")
+    return {name: ("val" if i >= len(ordered) - n_val else "train") for i, name in enumerate(ordered)}
+
+
 def extract(
     bag: str | os.PathLike,
     image_topic: str,
@@ -57,28 +110,48 @@ def extract(
     classes: str | os.PathLike | None = None,
     label_topic: str | None = None,
     progress: bool = True,
-) -> dict:
-    """Extract; returns a summary dict. Raises SFNetError subclasses on bad input."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BagError(f"{out}: exists and is not an empty folder; choose a new --out")
+    overwrite: bool = False,
+    split: str | None = None,
+    val_fraction: float | None = None,
+) -> dict[str, Any]:
+    """Extract; returns a summary dict. Raises SFNetError subclasses on bad input (see module doc)."""
+    if split is not None and val_fraction is not None:
+        raise BagError("--split and --val-fraction exclude each other (--val-fraction writes train and val)")
+    if split is not None and (not split or "/" in split or split.startswith(".")):
+        raise BagError(f"--split: {split!r} is not a folder name")
+    out_path = check_output(out, inputs=[bag, classes], overwrite=overwrite, kind="dir",
+                            is_previous_output=is_previous_extract)
     table = ClassTable.from_yaml(classes) if classes else ClassTable.cityscapes()
     source = str(classes) if classes else "the Cityscapes train ids"
     min_gap_ns = int(1e9 / rate_hz) if rate_hz else 0
-    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    kept: dict[int, str] = {}  # header stamp -> file name
+    kept: dict[int, tuple[str, tuple[int, int]]] = {}  # header stamp -> (file name, image (h, w))
     pending_labels: dict[int, np.ndarray] = {}
-    seen = duplicates = labels_written = 0
+    labelled: list[str] = []
+    seen = duplicates = 0
     last_kept: int | None = None
-    try:
-        with BagReader(bag) as reader:
-            info = reader.check_topic(image_topic)
-            if label_topic:
-                reader.check_topic(label_topic, what="label topic")
-            (staging / "images").mkdir(parents=True)
-            (staging / "labels").mkdir()
-            topics = [image_topic] + ([label_topic] if label_topic else [])
-            bar = tqdm(total=info.count, unit="frame", file=sys.stderr, disable=not progress, desc="sfnet-extract")
+
+    def check_label(stamp: int, label: np.ndarray, image_shape: tuple[int, int]) -> None:
+        where = f"{bag}: label topic {label_topic} at stamp {stamp_name(stamp)}"
+        if label.shape != image_shape:
+            raise BagError(f"{where}: the label is {label.shape[1]}x{label.shape[0]} but its image is "
+                           f"{image_shape[1]}x{image_shape[0]}")
+        bad = label[(label >= table.num_classes) & (label != table.ignore_index)]
+        if bad.size:
+            values = ", ".join(str(int(v)) for v in np.unique(bad)[:8])
+            raise BagError(f"{where}: value(s) {values} are not train ids of {source} ({table.num_classes} "
+                           f"classes: 0..{table.num_classes - 1}, {table.ignore_index} = ignore); pass the "
+                           "class table of these labels with --classes")
+
+    with BagReader(bag) as reader, atomic_write(out_path, replace_dir=True) as staging:
+        info = reader.check_topic(image_topic)
+        if label_topic:
+            reader.check_topic(label_topic, what="label topic")
+        (staging / "images").mkdir(parents=True)
+        (staging / "labels").mkdir()
+        topics = [image_topic] + ([label_topic] if label_topic else [])
+        bar = tqdm(total=info.count, unit="frame", file=sys.stderr,
+                   disable=True if not progress else None, desc="sfnet-extract")  # None: no bar unless a terminal
+        try:
             for m in reader.messages(topics):
                 if m.stamp is None:
                     raise BagError(f"{bag}: {m.topic} messages have no header stamp")
@@ -88,12 +161,13 @@ def extract(
                         index, seen = seen, seen + 1
                         if index % every or (last_kept is not None and m.stamp - last_kept < min_gap_ns):
                             continue
-                        name = stamp_name(m.stamp)
                         if m.stamp in kept:
                             duplicates += 1  # two frames with one stamp: keep the first
                             continue
-                        _write_png(staging / "images" / f"{name}.png", decode_image(m.msg, m.msgtype))
-                        kept[m.stamp] = name
+                        name = stamp_name(m.stamp)
+                        image = decode_image(m.msg, m.msgtype)
+                        _write_png(staging / "images" / f"{name}.png", image)
+                        kept[m.stamp] = (name, image.shape[:2])
                         last_kept = m.stamp
                         label = pending_labels.pop(m.stamp, None)
                     else:
@@ -101,50 +175,83 @@ def extract(
                         if m.stamp not in kept:
                             pending_labels[m.stamp] = label  # image not seen yet (or skipped)
                             continue
-                        name = kept[m.stamp]
+                        name = kept[m.stamp][0]
                     if label is not None:
+                        check_label(m.stamp, label, kept[m.stamp][1])
                         _write_png(staging / "labels" / f"{name}.png", label)
-                        labels_written += 1
+                        labelled.append(name)
                 except ImageConversionError as exc:
                     raise BagError(f"{bag}: {m.topic} message at {m.timestamp} ns: {exc}") from None
+        finally:
             bar.close()
+        if not kept:
+            raise BagError(f"{bag}: no frame of {image_topic} was kept")
+        if label_topic and not labelled:
+            raise BagError(f"{bag}: no label of {label_topic} has the header stamp of a kept image of {image_topic} "
+                           "(labels are paired by exact stamp)")
+        assignment = split_by_time([name for name, _ in kept.values()], val_fraction, split)
+        for folder in ("images", "labels"):
+            for part in {p for p in assignment.values() if p is not None}:
+                (staging / folder / part).mkdir()  # labels/<split>/ too, empty, for the labelling tool
+            for name, part in assignment.items():
+                source_file = staging / folder / f"{name}.png"
+                if part is not None and source_file.exists():
+                    os.replace(source_file, staging / folder / part / f"{name}.png")
         (staging / "classes.yaml").write_text(class_template(table, source), encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty (checked above); os.replace cannot rename onto it otherwise
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {"out": str(out), "images": len(kept), "labels": labels_written, "frames_in_bag": seen,
-            "duplicate_stamps": duplicates, "classes": str(out / "classes.yaml")}
+        (staging / MARKER).write_text(json.dumps({"files": _files(staging)}), encoding="utf-8")
+    splits = sorted({p for p in assignment.values() if p is not None})
+    counts = {p: sum(1 for v in assignment.values() if v == p) for p in splits}
+    return {"out": str(out), "images": len(kept), "labels": len(labelled), "frames_in_bag": seen,
+            "duplicate_stamps": duplicates, "splits": counts, "classes": str(Path(out) / "classes.yaml")}
+
+
+DESCRIPTION = """Dump a bag's image topic into the folder-dataset layout that sfnet-train reads
+(images/, labels/, classes.yaml; see the layouts below).
+
+  sfnet-extract --bag drive.mcap --image-topic /front/image_raw --out my_data --rate 2 --val-fraction 0.2
+
+Layouts: default images/ and labels/ (recipe: train_split: null); --split NAME: images/NAME/;
+--val-fraction F: images/train/ and images/val/ (recipe: train_split: train, val_split: val), the
+last F of the kept frames in time order going to val.
+--out is refused if it exists (unless --overwrite, and then only a folder sfnet-extract wrote and
+nobody changed since: labelling work is never replaced) or if it is the bag or lies inside it."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser("sfnet-extract", DESCRIPTION)
+    parser.add_argument("--bag", required=True, help="rosbag2 directory, .mcap or .db3 file, or ROS 1 .bag")
+    parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    parser.add_argument("--out", required=True, help="dataset folder to create")
+    pick = parser.add_mutually_exclusive_group()
+    pick.add_argument("--every", type=positive_int, default=1, help="keep every N-th frame (1: all)")
+    pick.add_argument("--rate", type=positive_float, default=None,
+                      help="keep at most this many frames per second of header time (default: no limit)")
+    layout = parser.add_mutually_exclusive_group()
+    layout.add_argument("--split", default=None, help="write images/NAME/ and labels/NAME/ (default: no split folder)")
+    layout.add_argument("--val-fraction", type=fraction, default=None,
+                        help="write train/ and val/ splits; the last F of the frames in time order are val "
+                             "(default: no split folder)")
+    parser.add_argument("--classes", help="class YAML to copy as classes.yaml (default: Cityscapes train ids)")
+    parser.add_argument("--label-topic", help="also write mono8 train-id labels from this topic, matched by "
+                                              "header stamp (default: none; labels/ is left for labelling)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_overwrite(parser, "a dataset folder previously written by sfnet-extract and unchanged since")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="sfnet-extract",
-        description="Dump a bag's image topic into the folder-dataset layout (images/, labels/, classes.yaml).")
-    parser.add_argument("--bag", required=True, help="rosbag2 directory, .mcap or .db3 file, or ROS 1 .bag")
-    parser.add_argument("--image-topic", required=True)
-    parser.add_argument("--out", required=True, help="new (or empty) folder")
-    pick = parser.add_mutually_exclusive_group()
-    pick.add_argument("--every", type=int, default=1, help="keep every N-th frame (default 1: all)")
-    pick.add_argument("--rate", type=float, help="keep at most this many frames per second of header time")
-    parser.add_argument("--classes", help="class YAML to copy as classes.yaml (default: Cityscapes train ids)")
-    parser.add_argument("--label-topic", help="also write mono8 train-id labels from this topic (matched by stamp)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.every < 1 or (args.rate is not None and args.rate <= 0):
-        print("sfnet-extract: error: --every must be >= 1 and --rate > 0", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
 
     def run() -> int:
         summary = extract(args.bag, args.image_topic, args.out, args.every, args.rate, args.classes,
-                          args.label_topic, progress=not args.no_progress)
+                          args.label_topic, progress=not args.no_progress, overwrite=args.overwrite,
+                          split=args.split, val_fraction=args.val_fraction)
         print(f"wrote {summary['images']} images and {summary['labels']} labels to {summary['out']}",
               file=sys.stderr)
         print(json.dumps(summary))
         return 0
 
-    return run_command("sfnet-extract", run, (SFNetError, OSError))
+    return run_command("sfnet-extract", run, (SFNetError, OSError), interrupted="interrupted; no output written")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ scaled by ``--rate``) on ``--input-topic`` (default: the same name); the node's
 the first publish to the last arrival, and, against the bag's ground truth (matched through the
 restamp map), ``miou`` and per-class IoU. ``--lockstep`` sends a frame only after the previous
 one's labels arrived: no drops by design, accuracy over every frame, latency without queueing.
+
+Ground-truth values must be train ids of ``--classes`` (or its ignore index), checked before
+anything is played; with ``--label-topic``, no scored frame at all is an error naming the topics
+and why. It writes no file; SIGINT exits 130 and SIGTERM 143, after its ROS entities are gone.
 """
 from __future__ import annotations
 
@@ -24,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from sfnet_core.cli.common import run_command
+from sfnet_core.cli.common import make_parser, positive_float, run_command
 from sfnet_core.errors import SFNetError
-from sfnet_ros.tools.bag_eval import json_float, output_namespace, percentiles
-from sfnet_ros.tools.bag_io import BagReader, decode_labels, header_stamp
-from sfnet_ros.tools.bag_play import BagPlayer, SpinThread, qos_profile
 from sfnet_ros.conversions import ImageConversionError, image_to_numpy
+from sfnet_ros.tools.bag_eval import output_namespace, percentiles
+from sfnet_ros.tools.bag_io import BagError, BagReader, decode_labels, header_stamp, stamp_name
+from sfnet_ros.tools.bag_play import BagPlayer, SpinThread, qos_profile
+from sfnet_ros.tools.ros_args import init_rclpy, split_ros_args
 
 
 class _Collector:
@@ -78,7 +83,11 @@ class _Collector:
             self.matched += 1
 
 
-def _load_ground_truth(bag: str | Path, image_topic: str, label_topic: str | None) -> tuple[Any, dict[int, np.ndarray]]:
+def _load_ground_truth(bag: str | Path, image_topic: str, label_topic: str | None, num_classes: int = 19,
+                       ignore_index: int = 255, classes_source: str = "the class table",
+                       ) -> tuple[Any, dict[int, np.ndarray]]:
+    """The image topic's info and {header stamp: label}; every label checked against the class
+    table and paired with an image (by stamp) before anything is played."""
     with BagReader(bag) as reader:
         info = reader.check_topic(image_topic)
         truth: dict[int, np.ndarray] = {}
@@ -86,9 +95,22 @@ def _load_ground_truth(bag: str | Path, image_topic: str, label_topic: str | Non
             reader.check_topic(label_topic, what="label topic")
             for m in reader.messages([label_topic]):
                 try:
-                    truth[m.stamp] = decode_labels(m.msg, m.msgtype, label_topic)
+                    label = decode_labels(m.msg, m.msgtype, label_topic)
                 except ImageConversionError as exc:
-                    raise SFNetError(f"{bag}: {exc}") from None
+                    raise BagError(f"{bag}: {exc}") from None
+                bad = label[(label >= num_classes) & (label != ignore_index)]
+                if bad.size:
+                    values = ", ".join(str(int(v)) for v in np.unique(bad)[:8])
+                    raise BagError(f"{bag}: label topic {label_topic} at stamp {stamp_name(m.stamp)}: value(s) "
+                                   f"{values} are not train ids of {classes_source} ({num_classes} classes: "
+                                   f"0..{num_classes - 1}, {ignore_index} = ignore); pass the labels' table "
+                                   "with --classes")
+                truth[m.stamp] = label
+            image_stamps = {m.stamp for m in reader.messages([image_topic])}
+            if not image_stamps & set(truth):
+                raise BagError(f"{bag}: no label of {label_topic} has the header stamp of an image of {image_topic} "
+                               f"(first image at {stamp_name(min(image_stamps))}, first label at "
+                               f"{stamp_name(min(truth))}; labels are paired by exact stamp)")
     return info, truth
 
 
@@ -107,25 +129,35 @@ def live_evaluate(
     wait_timeout: float = 60.0,
     drain_timeout: float = 5.0,
     qos: str = "reliable",
+    ros_args: tuple[str, ...] = (),
+    classes_source: str = "the class table",
 ) -> dict[str, Any]:
-    """Run one live evaluation (own rclpy context; ROS_DOMAIN_ID from the environment)."""
+    """Run one live evaluation (own rclpy context, without rclpy's signal handlers; ROS_DOMAIN_ID
+    from the environment). Raises SFNetError subclasses on bad input and when nothing was scored."""
+    info, truth = _load_ground_truth(bag, image_topic, label_topic, num_classes, ignore_index, classes_source)
+    # imported after the checks above: torch and rclpy take seconds to load
     import rclpy
     from rclpy.context import Context
     from sensor_msgs.msg import Image
 
     from sfnet_core.evaluation.metrics import ConfusionMatrix
 
-    info, truth = _load_ground_truth(bag, image_topic, label_topic)
     ns = output_namespace(image_topic, info.msgtype) if namespace is None else namespace.rstrip("/")
     labels_topic = labels_topic or f"{ns}/segmentation/labels"
     input_topic = input_topic or image_topic
     collector = _Collector(truth, ConfusionMatrix(num_classes, ignore_index=ignore_index))
     context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("sfnet_live_eval", context=context)
+    init_rclpy("sfnet-live-eval", ros_args, context=context)
+    node = None
     spinner: SpinThread | None = None
     try:
-        subscription = node.create_subscription(Image, labels_topic, collector.on_labels, qos_profile("best_effort"))
+        node = rclpy.create_node("sfnet_live_eval", context=context)
+        try:
+            subscription = node.create_subscription(Image, labels_topic, collector.on_labels,
+                                                    qos_profile("best_effort"))
+        except Exception as exc:  # InvalidTopicNameException
+            raise SFNetError(f"--labels-topic: {labels_topic!r} is not a valid topic name "
+                             f"({str(exc).splitlines()[0]})") from None
         player = BagPlayer(node, bag, [image_topic], rate=rate, qos=qos, restamp=True,
                            remap={image_topic: input_topic},
                            lockstep=(image_topic, labels_topic) if lockstep else None,
@@ -158,7 +190,8 @@ def live_evaluate(
     finally:
         if spinner is not None:
             spinner.stop()
-        node.destroy_node()
+        if node is not None:
+            node.destroy_node()
         context.try_shutdown()
 
     with collector.lock:
@@ -187,35 +220,54 @@ def live_evaluate(
             })
         if collector.errors:
             report["errors"] = collector.errors[:10]
+    if label_topic and collector.matched == 0:
+        if received == 0:
+            why = f"no labels arrived on {labels_topic} for the {sent} frame(s) sent to {input_topic}"
+        else:
+            why = "; ".join(collector.errors[:2]) or "none of the received labels has a ground-truth label"
+        raise SFNetError(f"no frame scored against {label_topic}: {why}")
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sfnet-live-eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--bag", required=True)
+DESCRIPTION = """Play a bag's image topic into a running sfnet_node and measure what comes out:
+sent, received, dropped, end-to-end FPS and latency, and mIoU against the bag's labels, as one
+JSON object on stdout.
+
+  sfnet-live-eval --bag drive.mcap --image-topic /front/image_raw --label-topic /front/labels --lockstep
+
+ROS arguments go after --ros-args. It writes no file."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("sfnet-live-eval", DESCRIPTION)
+    p.add_argument("--bag", required=True, help="rosbag2 directory, .mcap or .db3 file, or ROS 1 .bag")
     p.add_argument("--image-topic", required=True, help="image topic in the bag")
-    p.add_argument("--label-topic", help="mono8 train-id topic in the bag (ground truth)")
+    p.add_argument("--label-topic", help="mono8 train-id topic in the bag (ground truth; default: no mIoU)")
     p.add_argument("--input-topic", help="publish the frames here (default: --image-topic)")
     p.add_argument("--namespace", help="namespace of the node's outputs (default: that of --image-topic)")
     p.add_argument("--labels-topic", help="node output to collect (default: <namespace>/segmentation/labels)")
-    p.add_argument("--classes", help="class YAML for per-class names and count (default: Cityscapes)")
-    p.add_argument("--rate", type=float, default=1.0)
+    p.add_argument("--classes", help="class YAML of the labels: names and count (default: Cityscapes)")
+    p.add_argument("--rate", type=positive_float, default=1.0, help="playback speed factor")
     p.add_argument("--lockstep", action="store_true", help="send each frame after the previous one's labels")
-    p.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable")
-    p.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait for the node")
-    p.add_argument("--drain-timeout", type=float, default=5.0,
-                   help="after the last frame, stop waiting once no output arrived for this long")
-    args = p.parse_args(argv)
+    p.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable", help="publisher reliability")
+    p.add_argument("--wait-timeout", type=positive_float, default=60.0, help="seconds to wait for the node")
+    p.add_argument("--drain-timeout", type=positive_float, default=5.0,
+                   help="after the last frame, stop waiting once no output arrived for this long (s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    own, ros_args = split_ros_args(argv)
+    args = build_parser().parse_args(own)
 
     def run() -> int:
         from sfnet_core.data.classes import ClassTable
 
         table = ClassTable.from_yaml(args.classes) if args.classes else ClassTable.cityscapes()
-        if args.rate <= 0:
-            raise SFNetError(f"--rate must be > 0, got {args.rate}")
         report = live_evaluate(args.bag, args.image_topic, args.label_topic, args.input_topic, args.namespace,
                                args.labels_topic, table.num_classes, table.names, table.ignore_index, args.rate,
-                               args.lockstep, args.wait_timeout, args.drain_timeout, args.qos)
+                               args.lockstep, args.wait_timeout, args.drain_timeout, args.qos, tuple(ros_args),
+                               classes_source=str(args.classes) if args.classes else "the Cityscapes class table")
         lat = report["latency_ms"]
         summary = (f"sent {report['sent']}, received {report['received']}, dropped {report['dropped']}, "
                    f"{report['fps']} fps, latency p50 {lat['p50']} ms p99 {lat['p99']} ms")

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from sfnet_core.io_utils import atomic_write
-from sfnet_ros.tools.bag_io import COMPRESSED, IMAGE, BagWriter, make_header, ros2_class
 from sfnet_ros.conversions import numpy_to_image, rgb_to_compressed
+from sfnet_ros.tools.bag_io import COMPRESSED, IMAGE, BagError, BagWriter, make_header, ros2_class
 
 START_NS = 1_700_000_000 * 1_000_000_000  # a fixed epoch so bags (and file names) are reproducible
 TRANSPORT_DELAY_NS = 2_000_000  # bag receive time lags the header stamp, as on a real vehicle
@@ -41,11 +41,13 @@ def write_synthetic_bag(
     storage: str = "mcap",
     rate_hz: float = 10.0,
     frame_id: str = "front_camera",
+    overwrite: bool = False,
 ) -> tuple[Path, list[np.ndarray], list[np.ndarray]]:
     """Write the bag; returns (path, images RGB (H,W,3) uint8, labels (H,W) uint8) as written.
 
     ``storage``: "mcap" | "sqlite3" (rosbag2) or "ros1" (a ROS 1 .bag file). ``compressed`` stores
     the images as PNG CompressedImage (lossless, so decoded frames equal the returned images).
+    An existing ``path`` is an error unless ``overwrite`` (a folder only if it is a bag).
     """
     from sfnet_core.data.synthetic import render_sequence
 
@@ -54,9 +56,11 @@ def write_synthetic_bag(
     labels = [np.ascontiguousarray(lab) for _, lab in frames]
     stamps = frame_stamps(num_frames, rate_hz)
     if storage == "ros1":
+        if Path(path).exists() and not overwrite:
+            raise BagError(f"{path}: exists; pass --overwrite to replace it, or choose another path")
         _write_ros1(Path(path), images, labels, stamps, image_topic, label_topic, compressed, frame_id)
         return Path(path), images, labels
-    with BagWriter(path, storage=storage) as writer:
+    with BagWriter(path, storage=storage, overwrite=overwrite) as writer:
         for image, label, stamp in zip(images, labels, stamps):
             header = make_header(stamp, frame_id)
             msg = _image_msg(image, header, compressed, ros2_class(IMAGE), ros2_class(COMPRESSED))
@@ -109,30 +113,39 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write a synthetic driving bag with ground-truth labels.")
+    from sfnet_core.cli.common import add_overwrite, make_parser, positive_float, positive_int, run_command
+    from sfnet_core.io_utils import check_output
+    from sfnet_ros.tools.bag_io import check_bag_output
+
+    parser = make_parser("python -m sfnet_ros.tools.synthetic_bag",
+                         "Write a synthetic driving bag with ground-truth labels (an existing --out is refused "
+                         "unless --overwrite).")
     parser.add_argument("--out", required=True, help="bag path: directory, .mcap file, or .bag for ROS 1")
-    parser.add_argument("--frames", type=int, default=20)
-    parser.add_argument("--size", type=parse_size, default=(64, 128), help="HEIGHTxWIDTH (default 64x128)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rate", type=float, default=10.0, help="frame rate in Hz")
-    parser.add_argument("--image-topic", default="/front/image_raw")
-    parser.add_argument("--label-topic", default="/front/labels")
+    parser.add_argument("--frames", type=positive_int, default=20, help="number of frames")
+    parser.add_argument("--size", type=parse_size, default=(64, 128), help="HEIGHTxWIDTH")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed")
+    parser.add_argument("--rate", type=positive_float, default=10.0, help="frame rate in Hz")
+    parser.add_argument("--image-topic", default="/front/image_raw", help="image topic")
+    parser.add_argument("--label-topic", default="/front/labels", help="mono8 train-id label topic")
     parser.add_argument("--compressed", action="store_true", help="PNG CompressedImage instead of rgb8 Image")
     parser.add_argument("--storage", choices=("mcap", "sqlite3", "ros1"), default=None,
                         help="default: ros1 for a .bag path, else mcap")
+    add_overwrite(parser, "an existing --out bag")
     args = parser.parse_args(argv)
-    if args.frames < 1 or args.rate <= 0:
-        print("error: --frames must be >= 1 and --rate > 0", file=sys.stderr)
-        return 2
-    storage = args.storage or ("ros1" if args.out.endswith(".bag") else "mcap")
-    if Path(args.out).exists():
-        print(f"error: {args.out} exists already", file=sys.stderr)
-        return 2
-    h, w = args.size
-    path, _, _ = write_synthetic_bag(args.out, args.frames, h, w, args.seed, args.image_topic, args.label_topic,
-                                     args.compressed, storage, args.rate)
-    print(path)
-    return 0
+
+    def run() -> int:
+        storage = args.storage or ("ros1" if args.out.endswith(".bag") else "mcap")
+        if storage == "ros1":
+            check_output(args.out, overwrite=args.overwrite)
+        else:
+            check_bag_output(args.out, overwrite=args.overwrite, storage=storage)
+        h, w = args.size
+        path, _, _ = write_synthetic_bag(args.out, args.frames, h, w, args.seed, args.image_topic, args.label_topic,
+                                         args.compressed, storage, args.rate, overwrite=args.overwrite)
+        print(path)
+        return 0
+
+    return run_command("synthetic_bag", run)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,366 @@
+"""Every command-line tool over a table of bad inputs, as real subprocesses (the console scripts).
+
+Each case must end with exit status 2 and exactly one line on stderr, ``<tool>: error: ...``,
+naming the problem; no traceback; and the whole temporary tree (inputs and pre-existing outputs)
+byte-for-byte as it was, with no file added (no partial output, no staging folder left).
+
+The cases run concurrently (a few at a time: most of the cost is starting Python and importing
+torch) from one module fixture; each case is still its own test so that a failure names it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from node_harness import write_test_checkpoint
+
+BIN = Path(sys.executable).parent
+H, W = 64, 128
+TIMEOUT = 240.0
+# a machine with a GPU still has no device 99: the "requested but not there" path either way
+NO_CUDA = "cuda" if not Path("/dev/nvidia0").exists() else "cuda:99"
+
+MODULES = {  # console script -> module, for a checkout whose scripts are not installed
+    "sfnet-train": "sfnet_core.cli.train", "sfnet-eval": "sfnet_core.cli.evaluate",
+    "sfnet-export": "sfnet_core.cli.export", "sfnet-import": "sfnet_core.cli.import_released",
+    "sfnet-synthetic": "sfnet_core.cli.synthetic", "sfnet-bag-eval": "sfnet_ros.tools.bag_eval",
+    "sfnet-bag-play": "sfnet_ros.tools.bag_play", "sfnet-bag-record": "sfnet_ros.tools.bag_record",
+    "sfnet-live-eval": "sfnet_ros.tools.live_eval", "sfnet-extract": "sfnet_ros.tools.extract",
+    "sfnet-demo": "sfnet_ros.tools.demo",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    tool: str
+    args: tuple[str, ...]  # "{d}" = the shared temporary tree
+    expect: str            # must appear in the one stderr line
+
+
+def C(id: str, tool: str, args: str, expect: str) -> Case:
+    return Case(id, tool, tuple(args.split()), expect)
+
+
+BAG = "--bag {d}/drive.mcap --image-topic /front/image_raw"
+EVAL = "--config {d}/recipe.yaml --checkpoint {d}/model.pt"
+CK = "--checkpoint {d}/model.pt"
+CASES = [
+    # sfnet-train
+    C("train-out-unwritable", "sfnet-train", "--config {d}/recipe.yaml --out /proc/sfnet_run", "cannot write /proc"),
+    C("train-out-file", "sfnet-train", "--config {d}/recipe.yaml --out {d}/a_file.txt", "is a file"),
+    C("train-out-under-file", "sfnet-train", "--config {d}/recipe.yaml --out {d}/a_file.txt/run",
+      "is a file, not a folder"),
+    C("train-out-not-a-run", "sfnet-train", "--config {d}/recipe.yaml --out {d}/existing_dir", "already holds files"),
+    C("train-max-iters-0", "sfnet-train", "--config {d}/recipe.yaml --out {d}/new_run --max-iters 0",
+      "--max-iters: expected an integer >= 1"),
+    C("train-device-gpu0", "sfnet-train", "--config {d}/recipe.yaml --out {d}/new_run runtime.device=gpu0",
+      "got 'gpu0'"),
+    C("train-missing-recipe", "sfnet-train", "--config {d}/missing.yaml --out {d}/new_run", "missing.yaml"),
+    # sfnet-eval
+    C("eval-window-0", "sfnet-eval", EVAL + " --mode slide --window 0 0", "--window: needs two positive sizes"),
+    C("eval-scales-negative", "sfnet-eval", EVAL + " --mode msf --scales -1", "--scales: every scale must be > 0"),
+    C("eval-json-dir", "sfnet-eval", EVAL + " --json {d}/existing_dir", "--json: {d}/existing_dir exists (folder)"),
+    C("eval-json-dir-overwrite", "sfnet-eval", EVAL + " --json {d}/existing_dir --overwrite", "is a folder"),
+    C("eval-json-exists", "sfnet-eval", EVAL + " --json {d}/report.json", "--json: {d}/report.json exists"),
+    C("eval-save-pred-file", "sfnet-eval", EVAL + " --save-pred {d}/a_file.txt", "--save-pred: {d}/a_file.txt exists"),
+    C("eval-save-pred-not-ours", "sfnet-eval", EVAL + " --save-pred {d}/existing_dir --overwrite",
+      "never replaced"),
+    C("eval-json-into-gt", "sfnet-eval", "--pred-dir {d}/pred --gt-dir {d}/gt --json {d}/gt/report.json",
+      "is inside the input"),
+    C("eval-pred-without-gt", "sfnet-eval", "--pred-dir {d}/pred", "--pred-dir and --gt-dir go together"),
+    C("eval-device-gpu0", "sfnet-eval", EVAL + " --device gpu0", "expected auto, cpu, cuda or cuda:N, got 'gpu0'"),
+    C("eval-max-images-negative", "sfnet-eval", EVAL + " --max-images -1", "--max-images"),
+    # sfnet-bag-eval
+    C("bag-eval-out-existing-dir", "sfnet-bag-eval", BAG + " " + CK + " --out {d}/existing_dir",
+      "{d}/existing_dir exists (folder)"),
+    C("bag-eval-out-dir-overwrite", "sfnet-bag-eval", BAG + " " + CK + " --out {d}/existing_dir --overwrite",
+      "never replaced"),
+    C("bag-eval-out-is-bag", "sfnet-bag-eval", BAG + " " + CK + " --out {d}/drive.mcap --overwrite", "is the input"),
+    C("bag-eval-out-inside-bag", "sfnet-bag-eval",
+      "--bag {d}/drive_dir --image-topic /front/image_raw " + CK + " --out {d}/drive_dir/seg.mcap",
+      "is inside the input"),
+    C("bag-eval-out-existing-file", "sfnet-bag-eval", BAG + " " + CK + " --out {d}/existing.mcap",
+      "{d}/existing.mcap exists (file)"),
+    C("bag-eval-out-proc", "sfnet-bag-eval", BAG + " " + CK + " --out /proc/x", "cannot write /proc/x"),
+    C("bag-eval-no-cuda", "sfnet-bag-eval", BAG + " " + CK + f" --device {NO_CUDA}", f"--device: {NO_CUDA} requested"),
+    C("bag-eval-device-gpu0", "sfnet-bag-eval", BAG + " " + CK + " --device gpu0", "got 'gpu0'"),
+    C("bag-eval-labels-outside-table", "sfnet-bag-eval",
+      "--bag {d}/badlabels.mcap --image-topic /front/image_raw --label-topic /front/labels " + CK,
+      "value(s) 40 are not train ids"),
+    C("bag-eval-checkpoint-other-classes", "sfnet-bag-eval",
+      BAG + " --label-topic /front/labels --checkpoint {d}/model3.pt", "(3 classes: 0..2, 255 = ignore)"),
+    C("bag-eval-nothing-paired", "sfnet-bag-eval",
+      "--bag {d}/offstamp.mcap --image-topic /front/image_raw --label-topic /front/labels " + CK,
+      "no image/label pair: no label header stamp equals an image header stamp"),
+    C("bag-eval-label-size", "sfnet-bag-eval",
+      "--bag {d}/wrongsize.mcap --image-topic /front/image_raw --label-topic /front/labels " + CK,
+      "the label is 64x32 but its image is 128x64"),
+    C("bag-eval-missing-bag", "sfnet-bag-eval", "--bag {d}/none.mcap --image-topic /x " + CK, "no such bag"),
+    C("bag-eval-missing-checkpoint", "sfnet-bag-eval", BAG + " --checkpoint {d}/missing.pt", "missing.pt"),
+    C("bag-eval-batch-0", "sfnet-bag-eval", BAG + " " + CK + " --batch-size 0", "--batch-size: expected an integer"),
+    # sfnet-bag-play
+    C("bag-play-no-topics", "sfnet-bag-play", "--bag {d}/empty.mcap", "the bag has no topics"),
+    C("bag-play-missing-bag", "sfnet-bag-play", "--bag {d}/none.mcap", "no such bag"),
+    C("bag-play-rate-0", "sfnet-bag-play", "--bag {d}/drive.mcap --rate 0", "--rate: expected a number > 0"),
+    C("bag-play-bad-remap", "sfnet-bag-play", "--bag {d}/drive.mcap --remap nonsense", "expected FROM:=TO"),
+    C("bag-play-unknown-topic", "sfnet-bag-play", "--bag {d}/drive.mcap --topics /nope", "'/nope' not in the bag"),
+    C("bag-play-bad-ros-args", "sfnet-bag-play", "--bag {d}/drive.mcap --ros-args -r nonsense",
+      "invalid ROS arguments '--ros-args -r nonsense': Couldn't parse remap rule"),
+    # sfnet-bag-record
+    C("bag-record-bad-ros-args", "sfnet-bag-record", "--topics /a --out {d}/rec.mcap --ros-args -r nonsense",
+      "invalid ROS arguments"),
+    C("bag-record-bad-topic", "sfnet-bag-record", "--topics /front/bad?topic --out {d}/rec.mcap",
+      "'/front/bad?topic' is not a valid ROS topic name"),
+    C("bag-record-sqlite3-mcap-name", "sfnet-bag-record", "--topics /a --storage sqlite3 --out {d}/rec.mcap",
+      "--storage sqlite3 writes a rosbag2 folder"),
+    C("bag-record-out-exists", "sfnet-bag-record", "--topics /a --out {d}/existing.mcap",
+      "{d}/existing.mcap exists (file)"),
+    C("bag-record-out-dir-overwrite", "sfnet-bag-record", "--topics /a --out {d}/existing_dir --overwrite",
+      "never replaced"),
+    C("bag-record-bad-type", "sfnet-bag-record", "--topics /a --type /a:=nonsense --out {d}/rec.mcap",
+      "expected TOPIC:=pkg/msg/Type"),
+    C("bag-record-type-unknown", "sfnet-bag-record", "--topics /a --type /a:=no_pkg/msg/Nothing --out {d}/rec.mcap",
+      "unknown to rosbags"),
+    C("bag-record-duration-0", "sfnet-bag-record", "--topics /a --duration 0 --out {d}/rec.mcap",
+      "--duration: expected a number > 0"),
+    # sfnet-live-eval (every check happens before anything is played: no node needed)
+    C("live-eval-labels-outside-table", "sfnet-live-eval",
+      "--bag {d}/badlabels.mcap --image-topic /front/image_raw --label-topic /front/labels",
+      "value(s) 40 are not train ids"),
+    C("live-eval-nothing-paired", "sfnet-live-eval",
+      "--bag {d}/offstamp.mcap --image-topic /front/image_raw --label-topic /front/labels",
+      "no label of /front/labels has the header stamp of an image"),
+    C("live-eval-missing-bag", "sfnet-live-eval", "--bag {d}/none.mcap --image-topic /x", "no such bag"),
+    C("live-eval-rate-0", "sfnet-live-eval", BAG + " --rate 0", "--rate: expected a number > 0"),
+    C("live-eval-bad-ros-args", "sfnet-live-eval", BAG + " --ros-args -r nonsense", "invalid ROS arguments"),
+    # sfnet-extract
+    C("extract-out-existing-dir", "sfnet-extract", BAG + " --out {d}/existing_dir", "{d}/existing_dir exists (folder)"),
+    C("extract-out-dir-overwrite", "sfnet-extract", BAG + " --out {d}/existing_dir --overwrite", "never replaced"),
+    C("extract-out-inside-bag", "sfnet-extract", "--bag {d}/drive_dir --image-topic /front/image_raw "
+      "--out {d}/drive_dir/data", "is inside the input"),
+    C("extract-labels-outside-table", "sfnet-extract", "--bag {d}/badlabels.mcap --image-topic /front/image_raw "
+      "--label-topic /front/labels --out {d}/new_data", "value(s) 40 are not train ids"),
+    C("extract-label-size", "sfnet-extract", "--bag {d}/wrongsize.mcap --image-topic /front/image_raw "
+      "--label-topic /front/labels --out {d}/new_data", "the label is 64x32 but its image is 128x64"),
+    C("extract-nothing-paired", "sfnet-extract", "--bag {d}/offstamp.mcap --image-topic /front/image_raw "
+      "--label-topic /front/labels --out {d}/new_data", "no label of /front/labels has the header stamp"),
+    C("extract-val-fraction-1.5", "sfnet-extract", BAG + " --out {d}/new_data --val-fraction 1.5",
+      "--val-fraction: expected a number between 0 and 1"),
+    C("extract-val-too-few", "sfnet-extract", BAG + " --out {d}/new_data --every 2 --val-fraction 0.5",
+      "too few for a train and a val split"),
+    C("extract-split-and-val", "sfnet-extract", BAG + " --out {d}/new_data --split a --val-fraction 0.5",
+      "not allowed with argument"),
+    C("extract-every-0", "sfnet-extract", BAG + " --out {d}/new_data --every 0", "--every: expected an integer >= 1"),
+    C("extract-missing-classes", "sfnet-extract", BAG + " --out {d}/new_data --classes {d}/missing.yaml",
+      "missing.yaml"),
+    # sfnet-synthetic
+    C("synthetic-out-existing-dir", "sfnet-synthetic", "--out {d}/existing_dir", "{d}/existing_dir exists (folder)"),
+    C("synthetic-out-dir-overwrite", "sfnet-synthetic", "--out {d}/existing_dir --overwrite", "never replaced"),
+    C("synthetic-frames-0", "sfnet-synthetic", "--out {d}/new_synth --frames 0", "--frames: must be >= 1"),
+    # sfnet-demo
+    C("demo-out-file", "sfnet-demo", "--out {d}/a_file.txt", "--out: {d}/a_file.txt exists (file)"),
+    C("demo-out-not-ours", "sfnet-demo", "--out {d}/existing_dir --overwrite", "never replaced"),
+    C("demo-checkpoint-other-classes", "sfnet-demo", "--out {d}/new_demo --checkpoint {d}/model3.pt",
+      "predicts 3 classes"),
+    C("demo-no-cuda", "sfnet-demo", f"--out {{d}}/new_demo --device {NO_CUDA}", f"--device: {NO_CUDA} requested"),
+    C("demo-device-gpu0", "sfnet-demo", "--out {d}/new_demo --device gpu0", "got 'gpu0'"),
+    C("demo-missing-recipe", "sfnet-demo", "--out {d}/new_demo --config {d}/missing.yaml", "recipe not found"),
+    # sfnet-export and sfnet-import (owned elsewhere; the rules every tool follows)
+    C("export-onnx-exists", "sfnet-export", CK + " --onnx {d}/existing.onnx", "--onnx: {d}/existing.onnx exists"),
+    C("export-onnx-is-input", "sfnet-export", CK + " --onnx {d}/model.pt --overwrite", "is the input"),
+    C("export-missing-checkpoint", "sfnet-export", "--checkpoint {d}/missing.pt --onnx {d}/new.onnx", "missing.pt"),
+    C("import-out-exists", "sfnet-import", "{d}/released.pth --out {d}/existing.pt", "{d}/existing.pt exists"),
+    C("import-out-is-input", "sfnet-import", "{d}/released.pth --out {d}/released.pth --overwrite", "is the input"),
+    C("import-missing-file", "sfnet-import", "{d}/missing.pth --out {d}/new.pt", "missing.pth"),
+]
+
+
+def _label_bag(path: Path, labels: list[np.ndarray], stamp_offset: int = 0) -> None:
+    """A bag of len(labels) rgb8 frames on /front/image_raw and mono8 ``labels`` on /front/labels."""
+    from sfnet_ros.conversions import numpy_to_image
+    from sfnet_ros.tools.bag_io import IMAGE, BagWriter, make_header, ros2_class
+
+    cls = ros2_class(IMAGE)
+    with BagWriter(path) as writer:
+        for i, label in enumerate(labels):
+            stamp = 1_000_000_000 + i * 100_000_000
+            image = numpy_to_image(np.full((H, W, 3), 90, np.uint8), "rgb8", header=make_header(stamp), msg_cls=cls)
+            writer.write("/front/image_raw", stamp, image)
+            header = make_header(stamp + stamp_offset)
+            writer.write("/front/labels", stamp, numpy_to_image(label, "mono8", header=header, msg_cls=cls))
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared inputs and pre-existing outputs every case runs against."""
+    import torch
+
+    from sfnet_core.checkpoint import save_checkpoint
+    from sfnet_core.data.classes import ClassTable
+    from sfnet_core.models import build_model
+    from sfnet_ros.tools.bag_io import BagWriter
+    from sfnet_ros.tools.synthetic_bag import write_synthetic_bag
+
+    d = tmp_path_factory.mktemp("bad_input")
+    write_test_checkpoint(d / "model.pt", model_name="sfnet_shufflenetv2")
+    torch.manual_seed(0)
+    three = ClassTable(names=("road", "car", "sky"), colors=((128, 64, 128), (0, 0, 142), (70, 130, 180)))
+    save_checkpoint(d / "model3.pt", build_model("sfnet_shufflenetv2", 3), "sfnet_shufflenetv2", three)
+    write_synthetic_bag(d / "drive.mcap", 2, H, W, seed=1)
+    write_synthetic_bag(d / "drive_dir", 2, H, W, seed=1)
+    labels = np.zeros((H, W), np.uint8)
+    labels[:4] = 40
+    _label_bag(d / "badlabels.mcap", [labels])
+    _label_bag(d / "offstamp.mcap", [np.zeros((H, W), np.uint8)] * 2, stamp_offset=1)
+    _label_bag(d / "wrongsize.mcap", [np.zeros((H // 2, W // 2), np.uint8)])
+    with BagWriter(d / "empty.mcap"):
+        pass
+    (d / "existing_dir").mkdir()
+    (d / "existing_dir" / "keep.txt").write_text("81 files of somebody's data set")
+    (d / "a_file.txt").write_text("not a folder")
+    for name in ("existing.mcap", "existing.onnx", "existing.pt", "report.json", "released.pth"):
+        (d / name).write_bytes(b"previous output " + name.encode())
+    recipe = {"model": {"name": "sfnet_shufflenetv2", "aux": False},
+              "data": {"kind": "synthetic", "crop_size": [H, W], "workers": 0,
+                       "synthetic": {"train_frames": 2, "val_frames": 1, "height": H, "width": W}},
+              "schedule": {"iterations": 1, "batch_size": 1}, "runtime": {"device": "cpu"}}
+    (d / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    for folder in ("pred", "gt"):
+        (d / folder).mkdir()
+        import cv2
+
+        cv2.imwrite(str(d / folder / "f0.png"), np.zeros((8, 8), np.uint8))
+    return d
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file and folder (folders: their sorted entry names)."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir():
+            found[rel + "/"] = hashlib.sha256("\n".join(sorted(p.name for p in path.iterdir())).encode()).hexdigest()
+        else:
+            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def _command(tool: str) -> list[str]:
+    script = BIN / tool
+    return [str(script)] if script.exists() else [sys.executable, "-m", MODULES[tool]]
+
+
+def _run(case: Case, d: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    args = [a.replace("{d}", str(d)) for a in case.args]
+    return subprocess.run(_command(case.tool) + args, env=env, cwd=d, capture_output=True, text=True,
+                          timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def results(tree: Path, ros_domain_module: dict[str, str]) -> dict[str, tuple[subprocess.CompletedProcess, dict]]:
+    """Run every case (a few at a time); return id -> (process, files changed in the tree)."""
+    env = dict(ros_domain_module, OMP_NUM_THREADS="1", SFNET_CACHE=str(tree / "cache_that_must_not_appear"))
+    before = _checksums(tree)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {case.id: pool.submit(_run, case, tree, env) for case in CASES}
+        done = {key: future.result() for key, future in futures.items()}
+    after = _checksums(tree)
+    changed = {k: "changed" for k in before if k in after and before[k] != after[k]}
+    changed.update({k: "removed" for k in before if k not in after})
+    changed.update({k: "added" for k in after if k not in before})
+    return {key: (proc, changed) for key, proc in done.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(case: Case, tree: Path, results: dict) -> None:
+    proc, changed = results[case.id]
+    lines = proc.stderr.strip().splitlines()
+    shown = f"exit {proc.returncode}, stderr:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, shown
+    assert proc.returncode == 2, shown
+    assert len(lines) == 1, shown
+    assert lines[0].startswith(f"{case.tool}: error: "), shown
+    assert case.expect.replace("{d}", str(tree)) in lines[0], shown
+    # nothing in the tree changed, and nothing appeared (no partial output, no staging folder)
+    assert changed == {}, changed
+
+
+def test_split_ros_args() -> None:
+    """Only the --ros-args sections reach rclpy; NAME:=VALUE arguments of the tool stay the tool's."""
+    from sfnet_ros.tools.ros_args import split_ros_args
+
+    own = ["--topics", "/a", "--type", "/a:=std_msgs/msg/String"]
+    assert split_ros_args(own) == (own, [])
+    assert split_ros_args([*own, "--ros-args", "-r", "__ns:=/v", "--", "--out", "x", "--ros-args", "-p", "a:=1"]) \
+        == ([*own, "--out", "x"], ["--ros-args", "-r", "__ns:=/v", "--ros-args", "-p", "a:=1"])
+
+
+def test_an_empty_recipe_says_so(tree: Path, tmp_path: Path) -> None:
+    """An empty recipe file is every default (the Cityscapes recipe): said on stderr, not silent."""
+    recipe = tmp_path / "empty.yaml"
+    recipe.write_text("")
+    proc = subprocess.run(_command("sfnet-train") + ["--config", str(recipe), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == f"sfnet-train: warning: --config {recipe} is empty: training with every default " \
+                       "(the Cityscapes recipe)", proc.stderr
+    assert proc.returncode == 2 and lines[-1].startswith("sfnet-train: error: ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("tool", sorted(MODULES))
+def test_help_from_make_parser_shows_every_default(tool: str) -> None:
+    """One formatter for every tool (sfnet_core.cli.common): each default shown, no RST markup."""
+    import argparse
+    import importlib
+
+    from sfnet_core.cli.common import ArgumentParser, HelpFormatter
+
+    parser = importlib.import_module(MODULES[tool]).build_parser()
+    assert isinstance(parser, ArgumentParser) and parser.formatter_class is HelpFormatter
+    assert parser.prog == tool
+    text = parser.format_help()
+    assert "``" not in text and ":func:" not in text and ":class:" not in text
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction)):
+            continue
+        assert action.help, f"{tool} {action.option_strings or action.dest}: no help text"
+        if action.default not in (None, False, argparse.SUPPRESS, []):
+            shown = HelpFormatter(tool)._get_help_string(action)
+            assert "(default:" in shown, f"{tool} {action.option_strings}: default {action.default!r} not shown"
+
+
+def test_bag_record_help_names_both_storages() -> None:
+    from sfnet_ros.tools.bag_record import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "mcap" in text and "sqlite3" in text and "a name ending in .mcap is refused" in text
+
+
+def test_every_tool_has_a_row() -> None:
+    assert {c.tool for c in CASES} == set(MODULES)
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_the_tree_helper_sees_changes(tmp_path: Path) -> None:
+    """The checksum comparison the table relies on notices a changed byte, a new hidden folder."""
+    (tmp_path / "a").write_bytes(b"1")
+    first = _checksums(tmp_path)
+    (tmp_path / "a").write_bytes(b"2")
+    assert _checksums(tmp_path) != first
+    (tmp_path / "a").write_bytes(b"1")
+    (tmp_path / ".x.tmp").mkdir()
+    assert set(_checksums(tmp_path)) - set(first) == {".x.tmp/"}
+    shutil.rmtree(tmp_path / ".x.tmp")
+    assert _checksums(tmp_path) == first
+    assert os.listdir(tmp_path) == ["a"]
