@@ -14,7 +14,6 @@ reproduction of the paper's Cityscapes numbers.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -23,23 +22,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sfnet_core.yaml_config import to_dict
-from sfnet_core.training.engine import train
+from sfnet_core.cli.common import make_parser
 from sfnet_core.errors import SFNetError
 from sfnet_core.io_utils import atomic_write
 from sfnet_core.training.config import load_train_config
+from sfnet_core.training.engine import train
+from sfnet_core.yaml_config import to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("sfnet_resnet18", "fpn_resnet18")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=str(REPO / "training/configs/synthetic_quick.yaml"))
+    p = make_parser("fam_ablation", __doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(REPO / "training/configs/synthetic_quick.yaml"), help="recipe YAML")
     p.add_argument("--out", required=True, help="one run folder per model is created inside")
     # comma-separated: a space-separated list would swallow the key=value overrides after it
-    p.add_argument("--models", type=lambda text: [m for m in text.split(",") if m], default=list(MODELS),
-                   help=f"comma-separated variants (default {','.join(MODELS)})")
+    p.add_argument("--models", type=lambda text: [m for m in text.split(",") if m], default=",".join(MODELS),
+                   help="comma-separated variants")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for both runs")
     args = p.parse_args(argv)

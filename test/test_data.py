@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from sfnet_core.yaml_config import from_dict
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.data.config import DataConfig
-from sfnet_core.data.factory import build_datasets
 from sfnet_core.data.datasets import CityscapesDataset, FolderDataset, SyntheticDataset
+from sfnet_core.data.factory import build_datasets
 from sfnet_core.data.transforms import EvalTransform, TrainTransform
 from sfnet_core.errors import ConfigError, DataError
+from sfnet_core.yaml_config import from_dict
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TABLE = ClassTable(names=("road", "car", "sky"), colors=((128, 64, 128), (0, 0, 142), (70, 130, 180)))
@@ -201,7 +201,7 @@ def test_flip_moves_image_and_label_together():
 
 def test_train_transform_is_deterministic_under_torch_seed():
     image, label = _pair(30, 40)
-    t = TrainTransform((24, 24), photometric=True)
+    t = TrainTransform((24, 24), color_jitter=0.25, blur=True)
     torch.manual_seed(5)
     a = t(image, label)
     torch.manual_seed(5)
@@ -211,13 +211,35 @@ def test_train_transform_is_deterministic_under_torch_seed():
     assert not torch.equal(a[0], c[0])
 
 
-def test_photometric_changes_image_only():
+@pytest.mark.parametrize("options", [{"color_jitter": 0.25}, {"blur": True}], ids=["jitter", "blur"])
+def test_colour_jitter_and_blur_change_image_only(options):
     image, label = _pair(16, 16)
+    image = np.random.default_rng(0).integers(0, 256, image.shape, dtype=np.uint8)  # texture to blur
     plain = TrainTransform((16, 16), (1.0, 1.0), flip=False, generator=torch.Generator().manual_seed(2))
-    jitter = TrainTransform((16, 16), (1.0, 1.0), flip=False, photometric=True,
-                            generator=torch.Generator().manual_seed(2))
-    (x0, y0), (x1, y1) = plain(image, label), jitter(image, label)
+    other = TrainTransform((16, 16), (1.0, 1.0), flip=False, generator=torch.Generator().manual_seed(2), **options)
+    (x0, y0), (x1, y1) = plain(image, label), other(image, label)
     assert torch.equal(y0, y1) and not torch.allclose(x0, x1)
+
+
+def test_colour_jitter_follows_the_released_factors():
+    """Brightness alone (other factors 1) scales the image: jitter j=0.25 stays within [0.75, 1.25]."""
+    grey = np.full((8, 8, 3), 100, np.uint8)
+    label = np.zeros((8, 8), np.uint8)
+    t = TrainTransform((8, 8), (1.0, 1.0), flip=False, color_jitter=0.25, mean=(0, 0, 0), std=(1, 1, 1),
+                       generator=torch.Generator().manual_seed(0))
+    values = [float(t(grey, label)[0].mean()) * 255 for _ in range(40)]
+    # a grey image keeps its grey under contrast / saturation / hue: only brightness moves it
+    assert 74 <= min(values) < 90 and 110 < max(values) <= 126
+
+
+def test_crop_covers_the_given_point_at_any_scale():
+    image, label = _pair(40, 60)
+    t = TrainTransform((16, 16), (0.5, 2.0), flip=False, generator=torch.Generator().manual_seed(3))
+    label = np.zeros((40, 60), np.uint8)
+    label[30:34, 50:54] = 7  # a small object near the bottom right corner
+    hits = sum(bool((t(image, label, centroid=(51, 31))[1] == 7).any()) for _ in range(30))
+    misses = sum(bool((t(image, label)[1] == 7).any()) for _ in range(30))
+    assert hits == 30 and misses < 20
 
 
 # ----------------------------------------------------------------------------- config

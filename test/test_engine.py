@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from sfnet_core.cli.train import main
-from sfnet_core.training.engine import lr_factor, train
 from sfnet_core.errors import ConfigError
 from sfnet_core.training.config import ScheduleConfig, load_train_config
+from sfnet_core.training.engine import lr_factor, train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "sfnet_shufflenetv2"
@@ -58,11 +58,30 @@ def test_shipped_recipes_validate(recipe: Path) -> None:
 
     cfg = load_train_config(recipe)
     assert cfg.model.name in MODEL_VARIANTS
-    if recipe.name.startswith("cityscapes_"):  # the paper's recipe (Sec. 4)
+    if recipe.name.endswith("_released.yaml"):  # the authors' train_cityscapes_sfnet_res18.sh (79.0 val)
+        optim = cfg.optim
+        assert (optim.lr, optim.momentum, optim.weight_decay, optim.nesterov) == (0.01, 0.9, 1e-4, False)
+        assert (cfg.schedule.iterations, cfg.schedule.batch_size, cfg.schedule.poly_power) == (55800, 16, 1.0)
+        assert cfg.data.crop_size == (1024, 1024) and cfg.data.scale_range == (0.5, 2.0) and cfg.data.flip
+        assert (cfg.data.color_jitter, cfg.data.blur) == (0.25, True)
+        assert (cfg.data.class_uniform.pct, cfg.data.class_uniform.tile) == (0.5, 1024)
+        assert (cfg.loss.ohem, cfg.loss.ohem_thresh, cfg.loss.ohem_min_kept) == (True, 0.7, 10000)
+        assert not cfg.model.aux and cfg.runtime.sync_bn and cfg.runtime.precision == "fp32"
+    elif recipe.name.startswith("cityscapes_"):  # the paper's recipe (Sec. 4)
         assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.01, 0.9, 0.0005)
         assert (cfg.schedule.iterations, cfg.schedule.batch_size, cfg.schedule.poly_power) == (50000, 16, 0.9)
         assert cfg.data.crop_size == (1024, 1024) and cfg.data.scale_range == (0.75, 2.0)
         assert (cfg.loss.ohem, cfg.loss.ohem_thresh, cfg.loss.aux_weight) == (True, 0.7, 0.4)
+    # Relative paths resolve against the recipe's folder, wherever the command runs from.
+    written = yaml.safe_load(recipe.read_text())["data"]
+    for key in ("root", "classes"):
+        if written.get(key):
+            assert Path(getattr(cfg.data, key)).is_absolute()
+    if recipe.name.startswith(("cityscapes_", "camvid_")):
+        assert Path(cfg.data.root).parent == REPO / "data"
+        assert Path(cfg.model.pretrained_backbone).parent == REPO / "pretrained_models"
+    if recipe.name.startswith("camvid_"):
+        assert Path(cfg.data.classes) == REPO / "config" / "classes" / "camvid.yaml"
 
 
 def test_config_errors_name_file_and_key(tmp_path: Path, capsys) -> None:
@@ -85,7 +104,58 @@ def test_config_errors_name_file_and_key(tmp_path: Path, capsys) -> None:
     rc = main(["--config", str(tiny_recipe(tmp_path)), "--out", str(tmp_path / "out2"),
                f"model.pretrained_backbone={tmp_path / 'r18_imagenet.pth'}"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "r18_imagenet.pth" in err
+    assert rc == 2 and err.count("\n") == 1
+    assert f"model.pretrained_backbone: {tmp_path / 'r18_imagenet.pth'}: file not found" in err
+    assert "docs/training.md" in err and not (tmp_path / "out2").exists()
+    rc = main(["--config", str(tiny_recipe(tmp_path)), "--out", str(tmp_path / "out3"),
+               f"model.init_from={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and f"model.init_from: {tmp_path}: is a folder" in err
+    # a key that was replaced says by what
+    bad.write_text("data: {photometric: true}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: data\.photometric: this key was replaced by data\.color_jitter"):
+        load_train_config(bad)
+
+
+def test_relative_paths_resolve_against_the_recipe_and_overrides_against_the_cwd(tmp_path: Path, monkeypatch) -> None:
+    """Every path key of a recipe file is relative to that file; on the command line, to the cwd."""
+    recipe = tmp_path / "recipes" / "mine.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text(yaml.safe_dump({
+        "model": {"pretrained_backbone": "../weights/imagenet.pth", "init_from": "start.pt"},
+        "data": {"kind": "folder", "root": "../data", "classes": "../data/classes.yaml",
+                 "synthetic": {"cache_dir": "syn_cache"}, "class_uniform": {"cache_dir": "~/cu"}},
+    }))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_train_config(Path("..") / "recipes" / "mine.yaml")
+    assert cfg.model.pretrained_backbone == str(tmp_path / "weights" / "imagenet.pth")
+    assert cfg.model.init_from == str(tmp_path / "recipes" / "start.pt")
+    assert cfg.data.root == tmp_path / "data" and cfg.data.classes == tmp_path / "data" / "classes.yaml"
+    assert cfg.data.synthetic.cache_dir == tmp_path / "recipes" / "syn_cache"
+    assert cfg.data.class_uniform.cache_dir == tmp_path / "home" / "cu"
+    cfg = load_train_config(recipe, ["data.root=local", "model.init_from=/abs/x.pt", "data.classes=null"])
+    assert cfg.data.root == elsewhere / "local" and cfg.model.init_from == "/abs/x.pt"
+    assert cfg.data.classes is None
+    assert cfg.model.pretrained_backbone == str(tmp_path / "weights" / "imagenet.pth")  # from the file
+    with pytest.raises(ConfigError, match=r"mine\.yaml.*: data\.root: empty path"):
+        load_train_config(recipe, ['data.root=""'])
+
+
+def test_without_a_validation_split_best_pt_holds_the_final_weights(tmp_path: Path) -> None:
+    from sfnet_core.checkpoint import load_checkpoint
+    from sfnet_core.training.distributed import tensor_digest
+
+    recipe = tiny_recipe(tmp_path, iterations=2, data={"val_split": None})
+    result = train(load_train_config(recipe), tmp_path / "run")
+    assert result.miou is None
+    best, last = load_checkpoint(tmp_path / "run" / "best.pt"), load_checkpoint(tmp_path / "run" / "last.pt")
+    assert best.train_state is None and tensor_digest(best.state_dict) == tensor_digest(last.state_dict)
+    best.build_model()  # what sfnet-eval / sfnet-export do with it
+    assert "data.val_split is null: no validation, no mIoU; best.pt will hold the final weights" in \
+        (tmp_path / "run" / "train.log").read_text()
 
 
 def test_cli_exits_nonzero_with_one_line(tmp_path: Path) -> None:
@@ -194,7 +264,8 @@ def test_synthetic_training_learns(tmp_path: Path, capsys) -> None:
 
     recipe = tiny_recipe(
         tmp_path, iterations=150, batch_size=4,
-        data={"scale_range": [0.75, 1.25], "synthetic": {"train_frames": 400, "val_frames": 16, "height": 64, "width": 128}},
+        data={"scale_range": [0.75, 1.25],
+              "synthetic": {"train_frames": 400, "val_frames": 16, "height": 64, "width": 128}},
         loss={"ohem": False}, optim={"lr": 0.02}, schedule={"warmup_iters": 10},
         runtime={"log_interval": 50, "image_interval": 0, "checkpoint_interval": 1000, "eval_interval": 0},
     )

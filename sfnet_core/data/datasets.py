@@ -98,8 +98,28 @@ class _PairDataset(Dataset):
         return image, label
 
     def __getitem__(self, index: int):
+        return self.sample(index)
+
+    def sample(self, index: int, centroid: tuple[int, int] | None = None):
+        """Sample ``index`` through the transform; ``centroid`` (x, y) asks for a crop covering it."""
         image, label = self.load(index)
-        return (image, label) if self.transform is None else self.transform(image, label)
+        if self.transform is None:
+            return image, label
+        return self.transform(image, label) if centroid is None else self.transform(image, label, centroid)
+
+    def load_label(self, index: int) -> np.ndarray:
+        """(H, W) uint8 train ids of sample ``index`` without decoding the image (index building)."""
+        return read_label(self.samples[index][1], self.classes)
+
+    def fingerprint(self) -> str:
+        """Changes whenever a label file (path, size, modification time) or the class table changes."""
+        import hashlib
+
+        h = hashlib.sha256(repr(sorted(dataclasses.asdict(self.classes).items())).encode())
+        for _, label in self.samples:
+            st = label.stat()
+            h.update(f"{label.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
 
 
 class FolderDataset(_PairDataset):
@@ -189,5 +209,25 @@ class SyntheticDataset(Dataset):
         return render_scene(frame_seed(self.seed, self.start + index), self.height, self.width)
 
     def __getitem__(self, index: int):
+        return self.sample(index)
+
+    def sample(self, index: int, centroid: tuple[int, int] | None = None):
+        """Sample ``index`` through the transform; ``centroid`` (x, y) asks for a crop covering it."""
         image, label = self.load(index)
-        return (image, label) if self.transform is None else self.transform(image, label)
+        if self.transform is None:
+            return image, label
+        return self.transform(image, label) if centroid is None else self.transform(image, label, centroid)
+
+    def load_label(self, index: int) -> np.ndarray:
+        return self.load(index)[1]
+
+    def fingerprint(self) -> str:
+        """The frames are a pure function of these numbers and of the generator's code."""
+        import hashlib
+
+        from sfnet_core.data import synthetic
+
+        code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
+        stamp = synthetic.dataset_stamp(self.seed, {"frames": self.num_frames, "start": self.start},
+                                        self.height, self.width)
+        return f"{stamp.strip()} generator={code}"

@@ -15,7 +15,8 @@ __all__ = ["build_datasets"]
 def build_datasets(cfg: DataConfig, mean, std) -> tuple[Dataset, Dataset | None, ClassTable]:
     """``(train_dataset, val_dataset, classes)`` for ``cfg``.
 
-    Train samples go through ``TrainTransform`` (random scale, crop, flip, optional jitter), val
+    Train samples go through ``TrainTransform`` (random scale, crop, flip, optional colour jitter
+    and blur; class-uniform crops come from the sampler, see ``sfnet_core.data.class_uniform``), val
     samples through ``EvalTransform`` (full image, normalised); both yield ``(image (3, H, W)
     float32, label (H, W) int64)``. ``val_dataset`` is None when ``cfg.val_split`` is null.
     """
@@ -32,8 +33,8 @@ def build_datasets(cfg: DataConfig, mean, std) -> tuple[Dataset, Dataset | None,
         classes = ClassTable.from_yaml(path)
     else:
         classes = SyntheticDataset(1, 8, 8).classes
-    train_tf = TrainTransform(cfg.crop_size, cfg.scale_range, cfg.flip, cfg.photometric, mean, std,
-                              ignore_index=classes.ignore_index)
+    train_tf = TrainTransform(cfg.crop_size, cfg.scale_range, cfg.flip, color_jitter=cfg.color_jitter,
+                              blur=cfg.blur, mean=mean, std=std, ignore_index=classes.ignore_index)
     eval_tf = EvalTransform(mean, std)
 
     if cfg.kind == "cityscapes":

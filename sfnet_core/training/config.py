@@ -5,7 +5,7 @@ weight decay 5e-4, lr 0.01 with "poly" decay (power 0.9), batch 16, 50K iteratio
 
 YAML shape (every section optional)::
 
-    model:    {name, aux, pretrained_backbone, options, mean, std}
+    model:    {name, aux, pretrained_backbone, init_from, options, mean, std}
     data:     DataConfig (sfnet_core.data.config)
     loss:     LossConfig (sfnet_core.training.losses)
     optim:    {lr, momentum, weight_decay, nesterov}
@@ -13,6 +13,12 @@ YAML shape (every section optional)::
     runtime:  {seed, device, precision, sync_bn, channels_last, threads, progress, log_interval,
                image_interval, checkpoint_interval, eval_interval, eval_mode, eval_window,
                eval_max_images, rank_digest}
+
+Paths: a relative path written in a recipe file (``model.pretrained_backbone``, ``model.init_from``,
+``data.root``, ``data.classes``, ``data.synthetic.cache_dir``, ``data.class_uniform.cache_dir``) is
+taken relative to the folder of that recipe file, whatever the working directory; a relative
+path given as a command-line override (``data.root=...``) is taken relative to the working
+directory, like any other command-line path. Both are stored absolute in ``<out>/config.yaml``.
 """
 from __future__ import annotations
 
@@ -21,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sfnet_core.yaml_config import from_dict, load_yaml
 from sfnet_core.data.config import DataConfig
 from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sfnet_core.devices import check_device_spec
 from sfnet_core.errors import ConfigError
 from sfnet_core.training.losses import LossConfig
-
+from sfnet_core.yaml_config import from_dict, load_yaml
 
 
 @dataclass
@@ -37,6 +42,11 @@ class ModelConfig:
     name: str = "sfnet_resnet18"
     aux: bool = True  # deep supervision heads (weighted by loss.aux_weight)
     pretrained_backbone: str | None = None  # ImageNet weights file for the backbone
+    # A project checkpoint (trained here, or a released SFNet file converted with sfnet-import)
+    # whose weights start this run: every tensor that fits is loaded, the classifiers are
+    # re-initialised when the class table differs. Wins over pretrained_backbone; --resume wins
+    # over both (sfnet_core.training.init_from).
+    init_from: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # extra build_model keyword arguments
     mean: tuple[float, float, float] = IMAGENET_MEAN  # on 0..1 RGB; stored in the checkpoint
     std: tuple[float, float, float] = IMAGENET_STD
@@ -133,23 +143,66 @@ class TrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
+# Every key of the recipe that holds a path (dotted); see the module docstring for how they resolve.
+PATH_KEYS = ("model.pretrained_backbone", "model.init_from", "data.root", "data.classes",
+             "data.synthetic.cache_dir", "data.class_uniform.cache_dir")
+
+# Keys that were renamed: a recipe still using one gets told what replaced it.
+_RENAMED = {("data", "photometric"): "data.color_jitter (0.25 = the released code's jitter; 0 = off)"}
+
+
 def load_train_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a recipe YAML, apply ``a.b=value`` overrides, and validate (ConfigError names file + key)."""
+    """Read a recipe YAML, apply ``a.b=value`` overrides, and validate (ConfigError names file + key).
+
+    Relative paths written in the file resolve against the file's folder, those given as
+    overrides against the working directory (``PATH_KEYS``); ``~`` is expanded in both.
+    """
     from sfnet_core.yaml_config import apply_overrides
 
     data = load_yaml(path)
     source = str(path)
+    for (section, key), replacement in _RENAMED.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(f"{source}: {section}.{key}: this key was replaced by {replacement}")
+    _resolve_paths(data, Path(path).absolute().parent, source)  # a symlinked recipe: its own folder
     if overrides:
         data = apply_overrides(data, overrides)
         source = f"{path} (with overrides {' '.join(overrides)})"
-    cfg = from_dict(TrainConfig, data, source=source)
-    _resolve_paths(cfg, Path(path).parent)
-    return cfg
+        overridden = {item.partition("=")[0] for item in overrides}
+        _resolve_paths(data, Path.cwd(), source, only=overridden)
+    return from_dict(TrainConfig, data, source=source)
 
 
-def _resolve_paths(cfg: TrainConfig, base: Path) -> None:
-    """Relative ``pretrained_backbone`` paths are taken relative to the working directory first,
-    then to the recipe file, so recipes work both from the repository root and from anywhere."""
-    p = cfg.model.pretrained_backbone
-    if p and not Path(p).is_absolute() and not Path(p).exists() and (base / p).exists():
-        cfg.model.pretrained_backbone = str(base / p)
+def _resolve_paths(data: dict[str, Any], base: Path, source: str, only: set[str] | None = None) -> None:
+    """Make the ``PATH_KEYS`` present in ``data`` absolute against ``base`` (in place)."""
+    for dotted in PATH_KEYS:
+        if only is not None and dotted not in only:
+            continue
+        *parents, leaf = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
+            continue  # absent, null, or a wrong type that from_dict reports with file and key
+        value = node[leaf]
+        if not value.strip():
+            raise ConfigError(f"{source}: {dotted}: empty path (use null for none)")
+        # an absolute value stays as it is; normpath folds "../" without following symlinks
+        node[leaf] = os.path.normpath(base / Path(value).expanduser())
+
+
+def check_input_files(cfg: TrainConfig) -> None:
+    """Fail fast, before any rank starts, when a file the recipe names does not exist.
+
+    One line naming the key and the file, and where such files come from (docs/training.md).
+    """
+    checks = (("model.init_from", cfg.model.init_from,
+               "a checkpoint of this project (sfnet-train's best.pt / last.pt, or a released SFNet "
+               "file converted with sfnet-import)"),
+              ("model.pretrained_backbone", None if cfg.model.init_from else cfg.model.pretrained_backbone,
+               "download the ImageNet file named in the recipe (docs/training.md, 'ImageNet backbones') "
+               "or set model.pretrained_backbone=null to train from scratch"))
+    for key, value, hint in checks:
+        if value is not None and not Path(value).is_file():
+            what = "is a folder" if Path(value).is_dir() else "file not found"
+            raise ConfigError(f"{key}: {value}: {what}; {hint}")

@@ -9,10 +9,12 @@ replays exactly the batches an uninterrupted run would have seen, with any numbe
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,9 +60,45 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 
-def cleanup_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
+def cleanup_distributed(info: DistInfo | None = None, synchronize: bool = False) -> None:
+    """Leave the process group: on success (``synchronize``) all ranks first meet at a barrier.
+
+    The barrier makes every rank finish its last collective before any rank tears down, so no
+    rank exits while a peer still sends to it. It is skipped on error paths, where a peer may be
+    gone and a barrier would only wait for the gloo/NCCL timeout.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if synchronize and info is not None and info.enabled:
+            barrier(info)
+    finally:
         dist.destroy_process_group()
+
+
+def is_torchrun_worker() -> bool:
+    """True in a process started by ``torchrun`` for a job of more than one rank."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+
+
+def exit_torchrun_worker(status: int) -> None:
+    """End a ``torchrun`` worker with ``status`` without running interpreter finalisation.
+
+    Why: in the PyTorch releases we use, ``DistributedDataParallel`` keeps references to the
+    default process group that ``destroy_process_group`` cannot drop (measured on torch 2.14:
+    after it, gloo's ``pt_gloo_runloop`` / ``gloo_tcp_loop`` threads are still running). Native
+    threads that outlive ``destroy_process_group`` race CPython's finalisation: a thread that
+    releases a Python-owned object after finalisation has begun is unwound by
+    ``PyThread_exit_thread`` inside a ``noexcept`` C++ frame, which ends in ``std::terminate``
+    ("terminate called without an active exception", SIGABRT), the intermittent failure of
+    issue #9 (pytorch/pytorch#190489 describes the mechanism). By the time this is called every
+    output is written and closed (``train`` returned), so the only work finalisation would still
+    do is that race: flush the standard streams and leave with ``os._exit``.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or broken pipe: nothing left to save
+            stream.flush()
+    os._exit(status)
 
 
 def barrier(info: DistInfo) -> None:
@@ -139,17 +177,26 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Per-rank batches for iterations ``start .. stop-1`` as lists of ``(index, sample_seed)``.
+SampleKey = tuple  # (index, seed) or (index, seed, (x, y)): one sample of a batch
 
-    Epoch ``e`` is ``DistributedSampler(shuffle=True, drop_last=True, seed).set_epoch(e)``; iteration
-    ``i`` takes batch ``i % batches_per_epoch`` of epoch ``i // batches_per_epoch``. The sample seed
-    depends on (seed, epoch, rank, position) only, so the stream is independent of where a run
-    was (re)started and of the number of data-loading workers.
+
+class IterationBatchSampler(Sampler[list[SampleKey]]):
+    """Per-rank batches for iterations ``start .. stop-1`` as lists of ``(index, sample_seed[, centroid])``.
+
+    Epoch ``e`` is ``DistributedSampler(shuffle=True, drop_last=True, seed).set_epoch(e)`` over the
+    epoch's positions; iteration ``i`` takes batch ``i % batches_per_epoch`` of epoch
+    ``i // batches_per_epoch``. The sample seed depends on (seed, epoch, rank, position) only, so
+    the stream is independent of where a run was (re)started and of the number of data-loading
+    workers.
+
+    ``plan`` (class-uniform sampling, ``sfnet_core.data.class_uniform.epoch_plan``) maps an epoch
+    to ``(images (N,), centroids (N, 2))``; position ``p`` then stands for image ``images[p]``
+    with a crop covering ``centroids[p]`` (none when it is ``(-1, -1)``). The plan is a pure
+    function of (seed, epoch) too, so resuming stays exact.
     """
 
     def __init__(self, dataset_len: int, batch_size: int, world_size: int, rank: int, seed: int,
-                 start: int, stop: int) -> None:
+                 start: int, stop: int, plan: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         per_rank = dataset_len // world_size
         if per_rank < batch_size:
             raise ConfigError(
@@ -160,6 +207,7 @@ class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
         self.world_size, self.rank, self.seed = world_size, rank, seed
         self.start, self.stop = start, stop
         self.batches_per_epoch = per_rank // batch_size
+        self.plan = plan
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -172,19 +220,34 @@ class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
         sampler.set_epoch(epoch)
         return list(sampler)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[SampleKey]]:
         epoch, indices = -1, []
+        images = centroids = None
         for it in range(self.start, self.stop):
             e, b = divmod(it, self.batches_per_epoch)
             if e != epoch:
                 epoch, indices = e, self._epoch_indices(e)
+                if self.plan is not None:
+                    images, centroids = self.plan(e)
+                    if len(images) != self.dataset_len:
+                        raise ValueError(f"epoch plan has {len(images)} entries, expected {self.dataset_len}")
             chunk = indices[b * self.batch_size:(b + 1) * self.batch_size]
             first = b * self.batch_size
-            yield [(idx, derive_seed(self.seed, e, self.rank, first + j)) for j, idx in enumerate(chunk)]
+            batch: list[SampleKey] = []
+            for j, pos in enumerate(chunk):
+                seed = derive_seed(self.seed, e, self.rank, first + j)
+                if images is None:
+                    batch.append((pos, seed))
+                elif centroids[pos][0] < 0:
+                    batch.append((int(images[pos]), seed))
+                else:
+                    batch.append((int(images[pos]), seed, (int(centroids[pos][0]), int(centroids[pos][1]))))
+            yield batch
 
 
 class SeededDataset(Dataset):
-    """Wraps a dataset so ``ds[(index, seed)]`` runs its random transform under that seed.
+    """Wraps a dataset so ``ds[(index, seed)]`` runs its random transform under that seed;
+    ``ds[(index, seed, (x, y))]`` asks the dataset for a crop covering point (x, y) (``sample``).
 
     The transforms draw from the global python / numpy / torch generators; seeding them per
     sample (and restoring the caller's state afterwards) makes augmentation reproducible.
@@ -196,15 +259,18 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
+    def __getitem__(self, key: SampleKey):
+        index, seed = key[0], key[1]
+        centroid = key[2] if len(key) > 2 else None
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             random.seed(seed)
             np.random.seed(seed)
             torch.default_generator.manual_seed(seed)  # CPU only: leave the CUDA generators alone
             try:
-                return self.dataset[index]
+                if centroid is None:
+                    return self.dataset[index]
+                return self.dataset.sample(index, centroid)  # type: ignore[attr-defined]
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)

@@ -5,21 +5,28 @@ deterministic per-iteration data order, rank-0 logging and checkpoints). The rec
 paper's: SGD (momentum 0.9, weight decay 5e-4), lr 0.01 with poly decay (power 0.9) after an
 optional linear warm-up, OHEM cross-entropy plus auxiliary deep-supervision losses.
 
+The first weights come from ``--resume`` (``DIR/last.pt``), else ``model.init_from`` (a project
+checkpoint: fine-tuning, ``sfnet_core.training.init_from``), else ``model.pretrained_backbone``
+(ImageNet weights for the encoder), else the seeded random initialisation.
+
 Resuming (``--resume``) restores model, optimiser, scheduler, GradScaler, iteration, best mIoU
 and RNG states from ``DIR/last.pt``; because every batch is a pure function of (seed,
 iteration), an interrupted run continues bit-for-bit like an uninterrupted one (on CPU).
 
 Outputs under ``DIR``: ``config.yaml`` (resolved recipe), ``last.pt`` (with train_state),
-``best.pt`` (best validation mIoU), ``train.log``, ``tensorboard/`` (scalars and images),
-``metrics.json`` (last validation) and, under DDP, ``rank_digests.json``.
+``best.pt`` (best validation mIoU; the final weights when ``data.val_split`` is null),
+``train.log``, ``tensorboard/`` (scalars and images), ``metrics.json`` (last validation) and,
+under DDP, ``rank_digests.json``.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +37,10 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from sfnet_core.yaml_config import to_dict
+from sfnet_core.devices import autocast, resolve_precision
+from sfnet_core.errors import ConfigError, SFNetError
+from sfnet_core.io_utils import atomic_write
+from sfnet_core.training.config import TrainConfig, check_input_files
 from sfnet_core.training.distributed import (
     DistInfo,
     IterationBatchSampler,
@@ -46,10 +56,7 @@ from sfnet_core.training.distributed import (
     set_rng_state,
     tensor_digest,
 )
-from sfnet_core.devices import autocast, resolve_precision
-from sfnet_core.errors import ConfigError, SFNetError
-from sfnet_core.io_utils import atomic_write
-from sfnet_core.training.config import TrainConfig, load_train_config
+from sfnet_core.yaml_config import to_dict
 
 log = logging.getLogger("sfnet_core.training.engine")
 
@@ -78,22 +85,37 @@ class _TqdmHandler(logging.Handler):
 
         try:
             tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never kill training
+        except Exception:
             self.handleError(record)
 
 
-def _setup_logging(out_dir: Path | None) -> list[logging.Handler]:
-    """Rank 0: console + ``out_dir/train.log``; other ranks stay quiet except warnings."""
+def _setup_logging(out_dir: Path | None) -> Callable[[], None]:
+    """Rank 0: console + ``out_dir/train.log``; other ranks stay quiet except warnings.
+
+    The handlers sit on the ``sfnet_core`` logger, so what the library says during the run
+    (backbone and ``init_from`` loading reports, the class-uniform index, checkpoint writes)
+    lands in ``train.log`` too. Returns the function that undoes it.
+    """
+    root = logging.getLogger("sfnet_core")
+    previous = (root.level, root.propagate)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [_TqdmHandler()]
     if out_dir is not None:
         handlers.append(logging.FileHandler(out_dir / "train.log", encoding="utf-8"))
     for h in handlers:
         h.setFormatter(fmt)
-        log.addHandler(h)
-    log.setLevel(logging.INFO if out_dir is not None else logging.WARNING)
-    log.propagate = False
-    return handlers
+        root.addHandler(h)
+    root.setLevel(logging.INFO if out_dir is not None else logging.WARNING)
+    root.propagate = False
+
+    def undo() -> None:
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(previous[0])
+        root.propagate = previous[1]
+
+    return undo
 
 
 # ----------------------------------------------------------------------------- result
@@ -133,26 +155,39 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_iters: int | None = None, r
     if not resume and (out / "last.pt").exists():
         # checked on every rank (before joining the group) so that all of them stop alike
         raise ConfigError(f"{out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    if not (resume and (out / "last.pt").exists()):
+        check_input_files(cfg)  # a resumed run takes its weights from last.pt
     info = init_distributed(cfg.runtime.device)
-    handlers: list[logging.Handler] = []
+    undo_logging: Callable[[], None] | None = None
+    trainer: _Trainer | None = None
+    finished = False
     try:
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
         barrier(info)
-        handlers = _setup_logging(out if info.is_main else None)
-        return _Trainer(cfg, out, info, show_progress).run(max_iters, resume)
+        undo_logging = _setup_logging(out if info.is_main else None)
+        trainer = _Trainer(cfg, out, info, show_progress, resume)
+        result = trainer.run(max_iters, resume)
+        finished = True
+        return result
     finally:
-        for h in handlers:
-            log.removeHandler(h)
-            h.close()
-        cleanup_distributed()
+        # Teardown order (issue #9): the DDP wrapper (whose Reducer holds the process group),
+        # the data loader and the model go first, while the group still exists; then every
+        # rank meets at a barrier (success only) so none leaves while a peer still talks to it;
+        # then the group is destroyed.
+        trainer = None
+        gc.collect()
+        if undo_logging is not None:
+            undo_logging()
+        cleanup_distributed(info, synchronize=finished)
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, out: Path, info: DistInfo, show_progress: bool | None) -> None:
+    def __init__(self, cfg: TrainConfig, out: Path, info: DistInfo, show_progress: bool | None,
+                 resume: bool = False) -> None:
         from sfnet_core.data.factory import build_datasets
-        from sfnet_core.training.losses import SegmentationLoss
         from sfnet_core.models import build_model
+        from sfnet_core.training.losses import SegmentationLoss
 
         self.cfg, self.out, self.info = cfg, out, info
         self.device = info.device
@@ -168,13 +203,30 @@ class _Trainer:
         self.show_progress = (cfg.runtime.progress and sys.stderr.isatty()) if show_progress is None else show_progress
         mean, std = tuple(cfg.model.mean), tuple(cfg.model.std)
         self.train_set, self.val_set, self.classes = build_datasets(cfg.data, mean, std)
+        self.centroids = self._class_uniform_index() if cfg.data.class_uniform.pct > 0 else None
 
+        # Where the first weights come from: --resume (last.pt) > model.init_from > pretrained_backbone.
+        resuming = resume and (out / "last.pt").exists()
+        backbone = cfg.model.pretrained_backbone
+        if resuming or cfg.model.init_from:
+            if backbone and info.is_main:
+                log.info("model.pretrained_backbone %s not read: the weights come from %s", backbone,
+                         f"{out / 'last.pt'} (--resume)" if resuming else f"model.init_from {cfg.model.init_from}")
+            backbone = None
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
         seed_everything(cfg.runtime.seed)
         model = build_model(
             cfg.model.name, self.classes.num_classes, aux=cfg.model.aux,
-            pretrained_backbone=cfg.model.pretrained_backbone, **cfg.model.options,
-        ).to(self.device)
+            pretrained_backbone=backbone, **cfg.model.options,
+        )
+        if cfg.model.init_from and not resuming:
+            from sfnet_core.training.init_from import init_from_checkpoint
+
+            init_from_checkpoint(model, cfg.model.init_from, cfg.model.name, self.classes, cfg.model.aux,
+                                 cfg.model.options, mean, std)
+        elif cfg.model.init_from and info.is_main:
+            log.info("model.init_from %s not read: --resume continues from %s", cfg.model.init_from, out / "last.pt")
+        model = model.to(self.device)
         if cfg.runtime.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if info.enabled and cfg.runtime.sync_bn and self.device.type == "cuda":
@@ -198,6 +250,26 @@ class _Trainer:
         self.iteration = 0
         self.best_miou: float | None = None
         self.writer = None
+
+    def _class_uniform_index(self):
+        """The per-class centroid index of the training set: rank 0 builds (or loads) it, then the others load it."""
+        from sfnet_core.data.class_uniform import load_or_build_index
+
+        cu = self.cfg.data.class_uniform
+        result = None
+        if self.info.is_main:
+            result = load_or_build_index(self.train_set, self.classes.num_classes, cu.tile, cu.cache_dir)
+        barrier(self.info)
+        if not self.info.is_main:
+            result = load_or_build_index(self.train_set, self.classes.num_classes, cu.tile, cu.cache_dir)
+        index, path, built = result
+        if self.info.is_main:
+            counts = index.counts()
+            absent = [self.classes.names[c] for c in range(self.classes.num_classes) if counts[c] == 0]
+            log.info("class-uniform sampling: %.0f%% of the crops on one of %d classes (%s index %s)%s",
+                     100 * cu.pct, len(index.classes_present), "new" if built else "cached", path,
+                     f"; never labelled, not sampled: {', '.join(absent)}" if absent else "")
+        return index
 
     # ------------------------------------------------------------------ state
     def _train_state(self) -> dict[str, Any]:
@@ -233,7 +305,8 @@ class _Trainer:
             return False
         ck = load_checkpoint(path, expected_num_classes=self.classes.num_classes, map_location=self.device)
         if ck.model_name != self.cfg.model.name:
-            raise ConfigError(f"{path}: was trained as {ck.model_name!r} but the recipe says model.name {self.cfg.model.name!r}")
+            raise ConfigError(f"{path}: was trained as {ck.model_name!r} but the recipe says "
+                              f"model.name {self.cfg.model.name!r}")
         state = ck.train_state
         if not state:
             raise ConfigError(f"{path}: has no train_state to resume from (is it a best.pt copy?)")
@@ -297,6 +370,9 @@ class _Trainer:
             log.info("device %s, precision %s, %d rank(s), batch %d per rank, %d train / %d val samples, "
                      "iterations %d -> %d of %d", self.device, self.precision, self.info.world_size,
                      self.batch_per_rank, len(self.train_set), len(self.val_set or ()), self.iteration, stop, total)
+            if self.val_set is None:
+                log.warning("data.val_split is null: no validation, no mIoU; best.pt will hold the final "
+                            "weights (evaluate them with sfnet-eval on held-out data)")
         metrics: dict | None = None
         try:
             if self.iteration < stop:
@@ -308,9 +384,16 @@ class _Trainer:
         return TrainResult(self.out, self.iteration, metrics["miou"] if metrics else None, self.best_miou, metrics)
 
     def _loader(self, stop: int) -> DataLoader:
+        plan = None
+        if self.centroids is not None:
+            from functools import partial
+
+            from sfnet_core.data.class_uniform import epoch_plan
+
+            plan = partial(epoch_plan, self.centroids, self.cfg.data.class_uniform.pct, self.cfg.runtime.seed)
         sampler = IterationBatchSampler(
             len(self.train_set), self.batch_per_rank, self.info.world_size, self.info.rank,
-            self.cfg.runtime.seed, self.iteration, stop,
+            self.cfg.runtime.seed, self.iteration, stop, plan=plan,
         )
         workers = self.cfg.data.workers
         return DataLoader(
@@ -327,61 +410,70 @@ class _Trainer:
                    dynamic_ncols=True, unit="it", desc="train", file=sys.stderr)
         self.ddp.train()
         metrics = None
-        window_start, window_iters, loss_sum = time.perf_counter(), 0, 0.0
-        for images, targets in self._loader(stop):
-            it = self.iteration
-            # Model-side randomness (dropout) as a function of the iteration as well, so it
-            # survives a resume without depending on how much RNG the data pipeline consumed.
-            torch.manual_seed(derive_seed(rt.seed, it, self.info.rank, 1))
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            if rt.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.precision):
-                logits, aux_logits = self.ddp(images)
-                loss, parts = self.criterion(logits, aux_logits, targets)
-            if not torch.isfinite(loss):
-                raise SFNetError(f"iteration {it}: the loss is {loss.item()} (diverged); lower optim.lr or check the data")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.scheduler.step()
-            self.iteration = it + 1
-            loss_value = float(loss.detach())
-            loss_sum += loss_value
-            window_iters += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
+        try:
+            window_start, window_iters, loss_sum = time.perf_counter(), 0, 0.0
+            for images, targets in self._loader(stop):
+                it = self.iteration
+                # Model-side randomness (dropout) as a function of the iteration as well, so it
+                # survives a resume without depending on how much RNG the data pipeline consumed.
+                torch.manual_seed(derive_seed(rt.seed, it, self.info.rank, 1))
+                images = images.to(self.device, non_blocking=True)
+                targets = targets.to(self.device, non_blocking=True)
+                if rt.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with autocast(self.device, self.precision):
+                    logits, aux_logits = self.ddp(images)
+                    loss, parts = self.criterion(logits, aux_logits, targets)
+                if not torch.isfinite(loss):
+                    raise SFNetError(f"iteration {it}: the loss is {loss.item()} (diverged); "
+                                     "lower optim.lr or check the data")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
+                self.iteration = it + 1
+                loss_value = float(loss.detach())
+                loss_sum += loss_value
+                window_iters += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
 
-            if self.info.is_main and (self.iteration % rt.log_interval == 0 or self.iteration == stop):
-                elapsed = time.perf_counter() - window_start
-                speed = window_iters / elapsed if elapsed > 0 else float("nan")
-                eta = (stop - self.iteration) / speed if speed > 0 else float("nan")
-                log.info("iter %d/%d loss %.4f (main %.4f aux %.4f) lr %.3e %.2f it/s eta %s",
-                         self.iteration, cfg.schedule.iterations, loss_sum / window_iters, parts["main"],
-                         parts["aux"], lr, speed, _fmt_eta(eta))
-                self.writer.add_scalar("train/loss", loss_sum / window_iters, self.iteration)
-                self.writer.add_scalar("train/loss_main", parts["main"], self.iteration)
-                self.writer.add_scalar("train/loss_aux", parts["aux"], self.iteration)
-                self.writer.add_scalar("train/lr", lr, self.iteration)
-                self.writer.add_scalar("train/iters_per_s", speed, self.iteration)
-                window_start, window_iters, loss_sum = time.perf_counter(), 0, 0.0
-            if self.info.is_main and rt.image_interval and self.iteration % rt.image_interval == 0:
-                panel = _colour_panel(images[0], logits[0].argmax(0), targets[0], cfg.model.mean, cfg.model.std, palette)
-                self.writer.add_image("train/input_prediction_groundtruth", panel, self.iteration, dataformats="HWC")
+                if self.info.is_main and (self.iteration % rt.log_interval == 0 or self.iteration == stop):
+                    elapsed = time.perf_counter() - window_start
+                    speed = window_iters / elapsed if elapsed > 0 else float("nan")
+                    eta = (stop - self.iteration) / speed if speed > 0 else float("nan")
+                    log.info("iter %d/%d loss %.4f (main %.4f aux %.4f) lr %.3e %.2f it/s eta %s",
+                             self.iteration, cfg.schedule.iterations, loss_sum / window_iters, parts["main"],
+                             parts["aux"], lr, speed, _fmt_eta(eta))
+                    self.writer.add_scalar("train/loss", loss_sum / window_iters, self.iteration)
+                    self.writer.add_scalar("train/loss_main", parts["main"], self.iteration)
+                    self.writer.add_scalar("train/loss_aux", parts["aux"], self.iteration)
+                    self.writer.add_scalar("train/lr", lr, self.iteration)
+                    self.writer.add_scalar("train/iters_per_s", speed, self.iteration)
+                    window_start, window_iters, loss_sum = time.perf_counter(), 0, 0.0
+                if self.info.is_main and rt.image_interval and self.iteration % rt.image_interval == 0:
+                    panel = _colour_panel(images[0], logits[0].argmax(0), targets[0], cfg.model.mean,
+                                          cfg.model.std, palette)
+                    self.writer.add_image("train/input_prediction_groundtruth", panel, self.iteration,
+                                          dataformats="HWC")
 
-            at_end = self.iteration == stop
-            if self.val_set is not None and (
-                at_end or (rt.eval_interval and self.iteration % rt.eval_interval == 0)
-            ):
-                metrics = self._validate()
-                self._record_validation(metrics)
-            if at_end or self.iteration % rt.checkpoint_interval == 0:
-                self._save("last.pt", with_state=True)
-                barrier(self.info)
-        bar.close()
+                at_end = self.iteration == stop
+                if self.val_set is not None and (
+                    at_end or (rt.eval_interval and self.iteration % rt.eval_interval == 0)
+                ):
+                    metrics = self._validate()
+                    self._record_validation(metrics)
+                if at_end or self.iteration % rt.checkpoint_interval == 0:
+                    self._save("last.pt", with_state=True)
+                    if at_end and self.val_set is None:
+                        # No validation split, so nothing to choose the best weights by: best.pt
+                        # holds the last ones, so sfnet-eval / sfnet-export find it as always.
+                        self._save("best.pt", with_state=False)
+                    barrier(self.info)
+        finally:
+            bar.close()  # also on errors: tqdm's monitor thread must not outlive the run
         return metrics
 
     def _record_validation(self, metrics: dict) -> None:
