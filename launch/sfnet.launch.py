@@ -30,11 +30,11 @@ false`` drive it with a lifecycle manager or ``ros2 lifecycle set /<ns>/sfnet_no
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
+from launch import LaunchDescription
 from sfnet_ros.launch_support import PROFILE_FILE_NAME, camera_plan, fastdds_profile_environment
 
 

@@ -216,7 +216,7 @@ def _read(path: Path, map_location: Any) -> Any:
                 "sfnet_core.checkpoint.save_checkpoint)"
             ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways inside the unpickler
+    except Exception as exc:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or corrupt?): {type(exc).__name__}: {_one_line(exc)}"
         ) from None

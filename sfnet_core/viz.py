@@ -16,7 +16,8 @@ __all__ = ["colorize", "overlay", "class_masks", "render_outputs", "flow_to_colo
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """(H, W) uint8 train ids -> (H, W, 3) uint8 colours via the (256, 3) palette (one LUT gather)."""
     if labels.ndim != 2 or labels.dtype != np.uint8:
-        raise ValueError(f"colorize: expected an (H, W) uint8 label map, got shape {labels.shape}, dtype {labels.dtype}")
+        raise ValueError(
+            f"colorize: expected an (H, W) uint8 label map, got shape {labels.shape}, dtype {labels.dtype}")
     palette = np.asarray(palette, dtype=np.uint8)
     if palette.shape != (256, 3):
         raise ValueError(f"colorize: expected a (256, 3) palette (ClassTable.palette()), got {palette.shape}")
@@ -29,7 +30,8 @@ def overlay(image_rgb: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.
         raise ValueError(f"overlay: image {image_rgb.shape} and colour {color.shape} must be the same (H, W, 3)")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay: alpha must be in [0, 1], got {alpha}")
-    return cv2.addWeighted(image_rgb.astype(np.uint8, copy=False), 1.0 - alpha, color.astype(np.uint8, copy=False), alpha, 0.0)
+    return cv2.addWeighted(image_rgb.astype(np.uint8, copy=False), 1.0 - alpha,
+                           color.astype(np.uint8, copy=False), alpha, 0.0)
 
 
 def class_masks(labels: np.ndarray, class_ids: dict[str, int]) -> dict[str, np.ndarray]:

@@ -138,7 +138,8 @@ def test_inconsistent_class_table(tmp_path: Path, ckpt_path: Path) -> None:
     data = torch.load(ckpt_path, weights_only=True)
     data["num_classes"] = 18
     torch.save(data, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"bad\.pt: classes: the class table has 19 classes but num_classes is 18"):
+    message = r"bad\.pt: classes: the class table has 19 classes but num_classes is 18"
+    with pytest.raises(CheckpointError, match=message):
         load_checkpoint(tmp_path / "bad.pt")
 
 

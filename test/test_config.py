@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sfnet_core.yaml_config import apply_overrides, from_dict, load_yaml, to_dict
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import ConfigError
 from sfnet_core.io_utils import atomic_write
+from sfnet_core.yaml_config import apply_overrides, from_dict, load_yaml, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,10 +114,9 @@ def test_class_table_errors(tmp_path):
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_write(target) as tmp:
-            tmp.write_bytes(b"partial")
-            raise RuntimeError("crash half way")
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("crash half way")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
     with atomic_write(target) as tmp:

@@ -54,8 +54,8 @@ def test_two_gloo_ranks_stay_identical(tmp_path: Path) -> None:
     assert tensor_digest(dict(model.named_parameters())) == digests[0]["params"]
     assert ck.train_state["iteration"] == 4 and ck.train_state["world_size"] == 2
     # Training happened: the weights left their (seeded, rank-identical) initial values.
-    from sfnet_core.training.distributed import seed_everything
     from sfnet_core.models import build_model
+    from sfnet_core.training.distributed import seed_everything
 
     seed_everything(0)
     initial = build_model(MODEL, 19, aux=True, fpn_dim=64)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sfnet_core.yaml_config import from_dict
 from sfnet_core.errors import ConfigError
 from sfnet_core.training.losses import CrossEntropy, LossConfig, OhemCrossEntropy, SegmentationLoss
+from sfnet_core.yaml_config import from_dict
 
 # true-class probabilities of six pixels (class 0 is the truth); the last pixel is ignored
 P_TRUE = [0.9, 0.8, 0.6, 0.5, 0.3, 0.01]

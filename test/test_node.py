@@ -13,9 +13,6 @@ import signal
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from sensor_msgs.msg import Image
-from std_msgs.msg import String
-
 from node_harness import (
     NodeProcess,
     RosClient,
@@ -26,6 +23,9 @@ from node_harness import (
     sample_image,
     wait_until,
 )
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
 from sfnet_ros.conversions import image_to_rgb
 from sfnet_ros.node.params import PARAMETERS
 

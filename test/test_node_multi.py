@@ -8,8 +8,6 @@ import signal
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from sensor_msgs.msg import CompressedImage, Image
-
 from node_harness import (
     NodeProcess,
     RosClient,
@@ -19,6 +17,8 @@ from node_harness import (
     sample_image,
     wait_until,
 )
+from sensor_msgs.msg import CompressedImage, Image
+
 from sfnet_ros.conversions import rgb_to_compressed
 
 H, W = 64, 128

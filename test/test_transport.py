@@ -14,8 +14,8 @@ import threading
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from node_harness import FASTDDS_PROFILE, NodeProcess, RosClient, launch_environment, wait_until
+
 from sfnet_ros.launch_support import PROFILE_VARIABLES
 
 NS = "{http://www.eprosima.com}"
@@ -241,6 +241,7 @@ def test_transport_doc_commands():
     import shlex
 
     from node_harness import REPO_ROOT
+
     from sfnet_ros.launch_support import PROFILE_FILE_NAME, camera_plan, fastdds_profile_environment
 
     text = (REPO_ROOT / "docs" / "transport.md").read_text()

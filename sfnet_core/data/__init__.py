@@ -28,7 +28,7 @@ _LAZY = {
     "render_sequence": "sfnet_core.data.synthetic",
     "write_folder_dataset": "sfnet_core.data.synthetic",
 }
-__all__ = sorted(_LAZY)
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

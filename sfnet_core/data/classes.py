@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from sfnet_core.yaml_config import load_yaml
 from sfnet_core.errors import ConfigError
+from sfnet_core.yaml_config import load_yaml
 
 RGB = tuple[int, int, int]
 

@@ -190,7 +190,8 @@ class SyntheticDataset(Dataset):
     def __init__(self, num_frames: int, height: int, width: int, seed: int = 0, start: int = 0,
                  transform: Transform | None = None) -> None:
         if num_frames <= 0 or height < 8 or width < 8:
-            raise ValueError(f"synthetic dataset needs frames > 0 and size >= 8x8, got {num_frames} of {height}x{width}")
+            raise ValueError(
+                f"synthetic dataset needs frames > 0 and size >= 8x8, got {num_frames} of {height}x{width}")
         self.num_frames, self.height, self.width = int(num_frames), int(height), int(width)
         self.seed, self.start, self.transform = int(seed), int(start), transform
         self.classes = dataclasses.replace(ClassTable.cityscapes(), id_map=None)  # labels are train ids

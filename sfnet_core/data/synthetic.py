@@ -359,7 +359,8 @@ class _Scene:
                 parts += [_Part(outer, SIGN, (210.0, 30.0, 30.0)), _Part(inner, None, (240.0, 240.0, 240.0))]
             elif kind == 1:  # square blue with a white symbol
                 parts += [_Part(_quad_z(zs, sx - s / 2, sx + s / 2, y - s / 2, y + s / 2), SIGN, (30.0, 80.0, 200.0)),
-                          _Part(_quad_z(zs - 0.01, sx - s / 6, sx + s / 6, y - s / 4, y + s / 4), None, (240.0, 240.0, 240.0))]
+                          _Part(_quad_z(zs - 0.01, sx - s / 6, sx + s / 6, y - s / 4, y + s / 4), None,
+                                (240.0, 240.0, 240.0))]
             else:  # yellow diamond
                 d = np.array([(sx, y + s / 2, zs), (sx + s / 2, y, zs), (sx, y - s / 2, zs), (sx - s / 2, y, zs)])
                 parts.append(_Part(d, SIGN, (240.0, 200.0, 20.0)))
@@ -407,7 +408,8 @@ class _Scene:
         # lights on the end facing the camera
         light = (220.0, 30.0, 30.0) if speed >= 0 else (240.0, 240.0, 210.0)
         for lx in (x0 + 0.1, x1 - 0.45):
-            parts.append(_Part(_quad_z(z - 0.01, lx, lx + 0.35, hb - 0.3, hb - 0.1), None, light, np.array([0, 0, -1.0])))
+            parts.append(_Part(_quad_z(z - 0.01, lx, lx + 0.35, hb - 0.3, hb - 0.1), None, light,
+                               np.array([0, 0, -1.0])))
         # cabin: slanted windows front and back
         cz0, cz1, inset = z + length * 0.22, z1 - length * 0.25, 0.12
         cab = [
