@@ -7,24 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from doc_commands import bash_blocks, doc_environment, run_block
 from node_harness import REPO_ROOT, write_test_checkpoint
 
 from sfnet_ros.tools.bag_io import BagReader
 
 DOC = REPO_ROOT / "docs" / "evaluation-and-bags.md"
 TIMEOUT = 600
-
-
-def bash_blocks(text: str) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
 
 
 @pytest.fixture
@@ -47,20 +39,9 @@ def workspace(tmp_path: Path) -> Path:
 def test_every_command_block_runs(workspace: Path, ros_domain: dict[str, str]) -> None:
     blocks = bash_blocks(DOC.read_text(encoding="utf-8"))
     assert len(blocks) >= 6
-    env = dict(ros_domain, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               SFNET_CACHE=str(workspace.parent / "cache"), OMP_NUM_THREADS="1")
+    env = doc_environment(ros_domain, SFNET_CACHE=str(workspace.parent / "cache"), OMP_NUM_THREADS="1")
     for block in blocks:
-        # a block that fails stops there (-e), and whatever it started in the background goes too
-        script = "set -euo pipefail\ntrap 'kill -INT $(jobs -p) 2>/dev/null || true' EXIT\n" + block
-        proc = subprocess.Popen(["bash", "-c", script], cwd=workspace, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            output, _ = proc.communicate(timeout=TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        assert proc.returncode == 0, f"{block}\n---\n{output[-4000:]}"
+        run_block(block, workspace, env, TIMEOUT)
 
     # what the page says the commands leave behind
     assert json.loads((workspace / "runs" / "quick" / "val.json").read_text())["images"] == 2

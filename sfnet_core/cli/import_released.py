@@ -75,10 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from sfnet_core.checkpoint import save_checkpoint
+        # The checks that need no torch come first: a refused command line (an existing --out, an
+        # output that is an input, a bad class table) answers in a fraction of a second.
         from sfnet_core.data.classes import ClassTable
-        from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
         from sfnet_core.io_utils import check_output
+
+        out = check_output(args.out, inputs=[args.file, args.classes], overwrite=args.overwrite)
+        classes = ClassTable.from_yaml(args.classes) if args.classes else None
+
+        from sfnet_core.checkpoint import save_checkpoint
+        from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
         from sfnet_core.models import build_model
         from sfnet_core.models.pretrained import read_weights_file
         from sfnet_core.models.released import RELEASED_ARCHS, import_released, project_options
@@ -86,8 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.model is not None and args.model not in RELEASED_ARCHS:
             raise ConfigError(f"--model: {args.model!r} is not a network of the released code; "
                               f"choose one of {', '.join(RELEASED_ARCHS)}")
-        out = check_output(args.out, inputs=[args.file, args.classes], overwrite=args.overwrite)
-        classes = ClassTable.from_yaml(args.classes) if args.classes else None
         state, info = _released_state(read_weights_file(args.file), args.file)
         result = import_released(state, source=args.file, variant=args.model,
                                  fam_align_corners=args.fam_align_corners)
