@@ -80,6 +80,21 @@ def test_new_label_set_loads_everything_else_and_keeps_shared_class_rows(tmp_pat
     assert "re-initialised for the new class table" in text and "rows carried over by class name: road, Car" in text
 
 
+def test_options_written_out_equal_to_their_defaults_are_not_differences(tmp_path):
+    """sfnet-import writes every option; a recipe names none: the same network, no warning."""
+    from sfnet_core.models import variant_options
+
+    torch.manual_seed(0)
+    model = build_model(MODEL, 19)
+    path = tmp_path / "imported.pt"
+    save_checkpoint(path, model, MODEL, ClassTable.cityscapes(), model_options=variant_options(MODEL))
+    report = init_from_checkpoint(build_model(MODEL, 19), path, MODEL, ClassTable.cityscapes(), False, {})
+    assert report.option_changes == []
+    report = init_from_checkpoint(build_model(MODEL, 19, fpn_dim=96), path, MODEL, ClassTable.cityscapes(), False,
+                                  {"fpn_dim": 96})
+    assert report.option_changes == [f"fpn_dim: checkpoint {variant_options(MODEL)['fpn_dim']}, recipe 96"]
+
+
 def test_same_class_table_loads_the_classifiers_too(tmp_path):
     ck_path = _cityscapes_checkpoint(tmp_path / "city.pt")
     model = _fresh(19)

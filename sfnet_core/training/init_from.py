@@ -29,6 +29,7 @@ from torch import nn
 from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import CheckpointError, ConfigError
+from sfnet_core.models import MODEL_VARIANTS, variant_options
 
 __all__ = ["InitReport", "class_dependent_keys", "init_from_checkpoint"]
 
@@ -142,7 +143,12 @@ def init_from_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: 
                 for new, old in pairs:
                     target[new].copy_(value[old])
             report.carried_classes = [classes.names[i] for i, _ in pairs]
-    ck_options = {k: v for k, v in ck.model_options.items() if k not in _TRAIN_ONLY}
+    # Compare what each side builds: an option left at its default equals that default written out
+    # (sfnet-import writes every option; a recipe usually names none).
+    defaults = variant_options(model_name) if model_name in MODEL_VARIANTS else {}
+    ck_defaults = variant_options(ck.model_name) if ck.model_name in MODEL_VARIANTS else {}
+    ck_options = {**ck_defaults, **{k: v for k, v in ck.model_options.items() if k not in _TRAIN_ONLY}}
+    options = {**defaults, **options}
     for key in sorted(set(ck_options) | set(options)):
         if ck_options.get(key) != options.get(key):
             report.option_changes.append(
