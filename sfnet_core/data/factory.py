@@ -12,8 +12,9 @@ from sfnet_core.errors import DataError
 __all__ = ["build_datasets"]
 
 
-def build_datasets(cfg: DataConfig, mean, std) -> tuple[Dataset, Dataset | None, ClassTable]:
-    """``(train_dataset, val_dataset, classes)`` for ``cfg``.
+def build_datasets(cfg: DataConfig, mean, std, train: bool = True) -> tuple[Dataset | None, Dataset | None, ClassTable]:
+    """``(train_dataset, val_dataset, classes)`` for ``cfg``; with ``train=False`` (evaluation) the
+    training split is not opened at all (None), so a folder holding only a val split works.
 
     Train samples go through ``TrainTransform`` (random scale, crop, flip, optional colour jitter
     and blur; class-uniform crops come from the sampler, see ``sfnet_core.data.class_uniform``), val
@@ -39,25 +40,25 @@ def build_datasets(cfg: DataConfig, mean, std) -> tuple[Dataset, Dataset | None,
 
     if cfg.kind == "cityscapes":
         assert cfg.root is not None and cfg.train_split is not None
-        train = CityscapesDataset(cfg.root, cfg.train_split, train_tf)
+        train_set = CityscapesDataset(cfg.root, cfg.train_split, train_tf) if train else None
         val = CityscapesDataset(cfg.root, cfg.val_split, eval_tf) if cfg.val_split else None
-        return train, val, classes
+        return train_set, val, classes
     if cfg.kind == "folder":
         assert cfg.root is not None
-        train = FolderDataset(cfg.root, cfg.train_split, classes, train_tf)
+        train_set = FolderDataset(cfg.root, cfg.train_split, classes, train_tf) if train else None
         val = FolderDataset(cfg.root, cfg.val_split, classes, eval_tf) if cfg.val_split else None
-        return train, val, classes
+        return train_set, val, classes
 
     syn = cfg.synthetic
     if syn.cache_dir is None:
-        train = SyntheticDataset(syn.train_frames, syn.height, syn.width, syn.seed, 0, train_tf)
+        train_set = SyntheticDataset(syn.train_frames, syn.height, syn.width, syn.seed, 0, train_tf) if train else None
         val = (SyntheticDataset(syn.val_frames, syn.height, syn.width, syn.seed, syn.train_frames, eval_tf)
                if cfg.val_split else None)
-        return train, val, classes
+        return train_set, val, classes
     root = _synthetic_cache(syn)
-    train = FolderDataset(root, "train", classes, train_tf)
+    train_set = FolderDataset(root, "train", classes, train_tf) if train else None
     val = FolderDataset(root, "val", classes, eval_tf) if cfg.val_split and syn.val_frames else None
-    return train, val, classes
+    return train_set, val, classes
 
 
 def _synthetic_cache(syn: SyntheticConfig) -> Path:
@@ -72,7 +73,7 @@ def _synthetic_cache(syn: SyntheticConfig) -> Path:
     if marker.is_file() and marker.read_text() == stamp and (root / "images" / "train").is_dir():
         return root
     # Under DDP every rank builds its datasets: the atomic write keeps readers consistent, but
-    # fill the cache once beforehand (python -m sfnet_core.data.synthetic) to avoid duplicate work.
+    # fill the cache once beforehand (sfnet-synthetic) to avoid duplicate work.
     write_folder_dataset(root, syn.train_frames + syn.val_frames, syn.height, syn.width, seed=syn.seed,
                          splits=splits)
     return root
