@@ -33,10 +33,24 @@ so background load hits both alike. Counted: frames the publisher offered; frame
 callback received (``frames_received_total`` on /diagnostics, before and after each burst); frames
 the plain subscriber received. No timing enters a count; the load average is printed with them.
 The last line is a JSON summary.
+
+Backends (``--backends``): the node's latency per inference backend (the ``backend`` parameter,
+issue 12), side by side::
+
+    .venv/bin/python bench/node_latency.py --backends torch,onnxruntime,int8 [--height 512 --width 1024 --frames 20]
+
+Writes the random-weight checkpoint, exports it as a fixed-size self-describing ``.onnx`` (fp32)
+and quantises that to int8 (QDQ, calibrated on ``--calibration-frames`` frames that are not timed),
+starts one node per backend (``/bench_<name>``, ``input_size`` = the frame size, so nothing is
+resized), and sends every frame to each node in turn, one frame in flight, the order rotating
+frame by frame. Per backend: end-to-end latency (publish -> labels arrival), the node's own
+receive -> publish and inference times of each frame (from its ``segmentation/timing``), the
+speed-up over torch and the share of labels equal to the torch node's. Last line: JSON.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -154,10 +168,8 @@ class Client:
         self.thread.start()
 
     def _spin(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # ends with the context
             self.executor.spin()
-        except Exception:  # noqa: BLE001, S110 - ends with the context
-            pass
 
     def _on_labels(self, msg) -> None:
         now = self.clock.now().nanoseconds
@@ -233,15 +245,18 @@ def node_environment(base: dict[str, str], profile: str) -> dict[str, str]:
     return env
 
 
-def node_command(checkpoint: Path, device: str, namespace: str, extra: list[str]) -> list[str]:
-    """The command line launch/sfnet.launch.py amounts to for one camera on /camera/image_raw."""
+def node_command(checkpoint: Path, device: str, namespace: str, extra: list[str],
+                 image_topic: str | None = "/camera/image_raw") -> list[str]:
+    """The command line launch/sfnet.launch.py amounts to for one camera on ``image_topic``
+    (None: no remapping, the node's own ``<namespace>/image``)."""
     from sfnet_ros.launch_support import camera_plan
 
     command = [sys.executable, "-m", "sfnet_ros.node", "--ros-args",
                "--params-file", str(REPO_ROOT / "config" / "sfnet.yaml"),
                "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}", *extra]
-    for source, target in camera_plan("", "", "/camera/image_raw").remappings:
-        command += ["-r", f"{source}:={target}"]
+    if image_topic is not None:
+        for source, target in camera_plan("", "", image_topic).remappings:
+            command += ["-r", f"{source}:={target}"]
     return command + ["-r", f"__ns:={namespace}"]
 
 
@@ -274,7 +289,7 @@ class _LineProcess:
     answering on stdout; every wait is bounded."""
 
     def __init__(self, role: str, env: dict[str, str], log_path: Path, extra: list[str]) -> None:
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed by close()
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--role", role, *extra], env=env, cwd=REPO_ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
@@ -408,10 +423,8 @@ class _Diagnostics:
         threading.Thread(target=self._spin, daemon=True).start()
 
     def _spin(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # ends with the context
             self.executor.spin()
-        except Exception:  # noqa: BLE001, S110 - ends with the context
-            pass
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
@@ -570,6 +583,247 @@ def run_delivery(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- backends: one node per inference backend, the same frames interleaved ------------------------
+
+#: ``--backends`` names -> (what the row says, how the node is configured).
+BACKEND_ROWS = {
+    "torch": "torch eager fp32 (.pt)",
+    "onnxruntime": "onnxruntime fp32 (.onnx)",
+    "int8": "onnxruntime int8 (.onnx, QDQ)",
+}
+
+
+def _parse_backends(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKEND_ROWS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"--backends: expected distinct names from {', '.join(BACKEND_ROWS)}, got {text!r}")
+    return names
+
+
+def prepare_models(checkpoint: Path, folder: Path, height: int, width: int, backends: list[str],
+                   calibration: list[np.ndarray]) -> dict[str, Path]:
+    """The model file each backend's node loads: the checkpoint for torch, a fixed-size fp32
+    ``.onnx`` (sfnet-export's library call) and its int8 quantisation calibrated on
+    ``calibration`` frames (normalised exactly as the Segmenter feeds the network)."""
+    from sfnet_core.checkpoint import load_checkpoint
+    from sfnet_core.export import export_onnx, quantize_int8
+    from sfnet_core.inference import Segmenter
+    from sfnet_core.inference.predict import STRIDE
+
+    models = {"torch": checkpoint}
+    if not {"onnxruntime", "int8"} & set(backends):
+        return models
+    canvas = (-(-height // STRIDE) * STRIDE, -(-width // STRIDE) * STRIDE)
+    fp32 = export_onnx(load_checkpoint(checkpoint), folder / "model_fp32.onnx", height=canvas[0], width=canvas[1])
+    models["onnxruntime"] = fp32
+    if "int8" in backends:
+        segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32", input_size=(height, width),
+                                              warmup=False)
+        batches = [segmenter.preprocess(frame).numpy() for frame in calibration]
+        models["int8"] = quantize_int8(fp32, folder / "model_int8.onnx", batches,
+                                       calibration_source=f"{len(batches)} synthetic bench frames")
+    return {name: models[name] for name in backends}
+
+
+class BackendClient:
+    """Publishers of frames to each backend's node and subscribers of its labels (reliable, keep
+    last 1, as the nodes are told) and of its per-frame ``segmentation/timing``, spun in a thread."""
+
+    def __init__(self, names: list[str]) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("sfnet_backend_bench", context=self.context)
+        self.clock = self.node.get_clock()
+        self.lock = threading.Lock()
+        self.arrivals: dict[tuple[str, int], tuple[int, np.ndarray]] = {}  # (backend, stamp) -> (ns, labels)
+        self.timings: dict[tuple[str, int], dict[str, str]] = {}  # (backend, stamp) -> timing values
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.publishers = {name: self.node.create_publisher(Image, f"/bench_{name}/image", qos) for name in names}
+        for name in names:
+            self.node.create_subscription(Image, f"/bench_{name}/segmentation/labels",
+                                          lambda msg, name=name: self._on_labels(name, msg), qos)
+            self.node.create_subscription(DiagnosticArray, f"/bench_{name}/segmentation/timing",
+                                          lambda msg, name=name: self._on_timing(name, msg), qos)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        threading.Thread(target=self._spin, daemon=True).start()
+
+    def _spin(self) -> None:
+        with contextlib.suppress(Exception):  # ends with the context
+            self.executor.spin()
+
+    def _on_labels(self, name: str, msg) -> None:
+        from sfnet_ros.conversions import image_to_numpy
+
+        now = self.clock.now().nanoseconds
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        labels = np.array(image_to_numpy(msg))
+        with self.lock:
+            self.arrivals[(name, stamp)] = (now, labels)
+
+    def _on_timing(self, name: str, msg) -> None:
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self.lock:
+            self.timings[(name, stamp)] = {kv.key: kv.value for kv in msg.status[0].values}
+
+    def serve(self, name: str, msg, timeout: float) -> tuple[float, np.ndarray, dict[str, str]] | None:
+        """Publish ``msg`` to ``name``'s node now; (publish -> labels arrival ms, labels, the node's
+        timing of that frame) or None when the labels did not come."""
+        stamp = self.clock.now()
+        key = (name, stamp.nanoseconds)
+        msg.header.stamp = stamp.to_msg()
+        self.publishers[name].publish(msg)
+        try:
+            _wait(lambda: key in self.arrivals, timeout, f"labels from {name}")
+            # Published right after the labels, on a topic of its own.
+            _wait(lambda: key in self.timings, 30, f"the timing of a frame from {name}")
+        except TimeoutError:
+            return None
+        with self.lock:
+            arrived, labels = self.arrivals.pop(key)
+            timing = self.timings.pop(key)
+        return (arrived - stamp.nanoseconds) / 1e6, labels, timing
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def run_backends(args: argparse.Namespace) -> int:
+    """One node per backend (all started as the launch file starts them, at input_size = the frame
+    size, stretch = no resize), the same frames sent to each in turn, one in flight at a time,
+    the order rotating frame by frame; prints a row per backend and a JSON summary (last line)."""
+    from sfnet_ros.conversions import numpy_to_image
+
+    names = args.backends
+    frames = _frames(args.frames + args.calibration_frames, args.height, args.width)
+    frames, calibration = frames[: args.frames], frames[args.frames:]
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="sfnet_backends_") as tmp_name:
+        tmp = Path(tmp_name)
+        checkpoint = write_checkpoint(tmp / "sfnet_resnet18_random.pt")
+        prepare_started = time.monotonic()
+        models = prepare_models(checkpoint, tmp, args.height, args.width, names, calibration)
+        prepare_s = time.monotonic() - prepare_started
+        nodes: dict[str, subprocess.Popen] = {}
+        logs = {name: tmp / f"node_{name}.log" for name in names}
+        client = None
+        try:
+            for name in names:
+                extra = ["-p", f"input_size:=[{args.height}, {args.width}]", "-p", "diagnostics_period:=1.0",
+                         "-p", "qos_reliability:=reliable", "-p", "backend:=auto"]
+                env = dict(os.environ)
+                if args.threads:  # PyTorch's and (it follows torch's count) ONNX Runtime's intra-op threads
+                    env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+                with open(logs[name], "wb") as log:
+                    nodes[name] = subprocess.Popen(
+                        node_command(models[name], args.device, f"/bench_{name}", extra, image_topic=None),
+                        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        start_new_session=True)
+            for name in names:
+                _wait(lambda name=name: "active:" in logs[name].read_text() or nodes[name].poll() is not None, 600,
+                      f"the {name} node to activate")
+                if nodes[name].poll() is not None:
+                    raise RuntimeError(f"the {name} node exited:\n{logs[name].read_text()}")
+            described = {}
+            for name in names:
+                line = next(l for l in logs[name].read_text().splitlines() if "configured in" in l)
+                described[name] = line.split(", backend ", 1)[1].split(", input size")[0]
+            client = BackendClient(names)
+            messages = [numpy_to_image(frame, "rgb8") for frame in frames]
+            for name in names:  # discovery of our labels subscription: retry until served
+                _wait(lambda name=name: client.serve(name, messages[0], 30) is not None, 300, f"{name}'s first labels")
+            latencies: dict[str, list[float]] = {name: [] for name in names}
+            in_node: dict[str, list[float]] = {name: [] for name in names}
+            inference: dict[str, list[float]] = {name: [] for name in names}
+            labels: dict[str, list[np.ndarray | None]] = {name: [] for name in names}
+            for i, msg in enumerate(messages):
+                order = names[i % len(names):] + names[: i % len(names)]
+                got = {}
+                for name in order:
+                    got[name] = client.serve(name, msg, 600)
+                for name in names:
+                    if got[name] is not None:
+                        latencies[name].append(got[name][0])
+                        in_node[name].append(float(got[name][2]["receive_to_publish_ms"]))
+                        inference[name].append(float(got[name][2]["inference_ms"]))
+                    labels[name].append(None if got[name] is None else got[name][1])
+        finally:
+            if client is not None:
+                client.close()
+            codes = {}
+            for name, process in nodes.items():
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+                try:
+                    codes[name] = process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    codes[name] = process.wait()
+    load_after = os.getloadavg()
+    reference = "torch" if "torch" in names else names[0]
+    rows = []
+    threads = f"{args.threads} thread(s) per node" if args.threads else "the nodes' default threads"
+    print(f"\nnode latency per backend, {args.height}x{args.width} rgb8 frames, {args.frames} frames per backend "
+          f"interleaved (order rotating), device {args.device}, {threads}; {os.cpu_count()} CPU(s), load average "
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; models prepared in {prepare_s:.0f} s")
+    print("e2e = publish -> labels arrival over DDS; in node = receive -> publish and inference = the "
+          "Segmenter call, both from the node's segmentation/timing of each frame (medians)")
+    print(f"{'backend':32s} {'e2e':>9s} {'e2e p90':>9s} {'in node':>9s} {'inference':>10s} {'speed-up':>9s} "
+          f"{'labels = ' + reference:>16s}")
+    base = _percentile(latencies[reference], 50)
+    for name in names:
+        lat = latencies[name]
+        median = _percentile(lat, 50)
+        pairs = [(a, b) for a, b in zip(labels[name], labels[reference]) if a is not None and b is not None]
+        agree = float(np.mean([np.mean(a == b) for a, b in pairs])) if pairs else float("nan")
+        row = {"backend": name, "label": BACKEND_ROWS[name], "runs_in": described.get(name, ""),
+               "frames": len(lat), "e2e_median_ms": round(median, 2), "e2e_p90_ms": round(_percentile(lat, 90), 2),
+               "in_node_median_ms": round(_percentile(in_node[name], 50), 2),
+               "inference_median_ms": round(_percentile(inference[name], 50), 2),
+               "speedup_vs_" + reference: round(base / median, 3),
+               "labels_equal_to_" + reference: round(agree, 5), "exit_code": codes.get(name)}
+        rows.append(row)
+        print(f"{BACKEND_ROWS[name]:32s} {median:7.1f}ms {row['e2e_p90_ms']:7.1f}ms {row['in_node_median_ms']:7.1f}ms "
+              f"{row['inference_median_ms']:8.1f}ms {base / median:8.2f}x {agree:15.2%}")
+    for row in rows:
+        print(f"  {row['backend']}: {row['runs_in']}; node stopped with exit code {row['exit_code']}")
+    print(json.dumps({"backends": rows, "height": args.height, "width": args.width, "frames": args.frames,
+                      "threads": args.threads,
+                      "cpus": os.cpu_count(), "load_before": round(load_before[0], 2),
+                      "load_after": round(load_after[0], 2)}))
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+def _apply_profile(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """This process's ROS environment: a domain of its own, localhost, and the Fast DDS profile
+    the launch file gives the node (``--fastdds-profile``), for the nodes it starts and for its own
+    participant alike (Fast DDS reads the variable when a process's first participant is created:
+    nothing ROS ran before)."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 5))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+    from sfnet_ros.launch_support import LaunchArgumentError
+
+    try:
+        profiled = node_environment(dict(os.environ), args.fastdds_profile)
+    except LaunchArgumentError as exc:
+        parser.error(f"--fastdds-profile: {exc}")
+    for name in PROFILE_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(profiled)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=512)
@@ -600,6 +854,16 @@ def main(argv: list[str] | None = None) -> int:
                           help="seconds both counts must hold still after a burst (default 1.5)")
     delivery.add_argument("--quick", action="store_true",
                           help="smoke run: 320x240@10, one round of 10 frames")
+    backends = parser.add_argument_group("backends (--backends)")
+    backends.add_argument("--backends", type=_parse_backends, default=None, metavar="NAMES",
+                          help="instead of the latency run: one node per backend, comma-separated from "
+                               f"{', '.join(BACKEND_ROWS)} (e.g. torch,onnxruntime,int8), the same frames "
+                               "interleaved; --height/--width/--frames/--device as above")
+    backends.add_argument("--threads", type=int, default=0,
+                          help="intra-op threads of each node (OMP_NUM_THREADS; ONNX Runtime follows); "
+                               "0 = the node's default (one per core)")
+    backends.add_argument("--calibration-frames", type=int, default=4,
+                          help="frames the int8 model is calibrated on (other frames than the timed ones)")
     parser.add_argument("--role", choices=["publisher", "subscriber"], help=argparse.SUPPRESS)
     parser.add_argument("--subscribers", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -608,6 +872,11 @@ def main(argv: list[str] | None = None) -> int:
         return _role_publisher(args.subscribers)
     if args.role == "subscriber":
         return _role_subscriber()
+    if args.backends:
+        if args.frames < 1 or args.calibration_frames < 1:
+            parser.error("--frames and --calibration-frames must be >= 1")
+        _apply_profile(parser, args)
+        return run_backends(args)
     if args.delivery:
         if args.quick:
             args.sizes, args.rounds, args.burst_seconds = _parse_sizes("320x240@10"), 1, 1.0
@@ -615,20 +884,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--rounds must be >= 1, --burst-seconds > 0 and --settle >= 0")
         return run_delivery(args)
 
-    os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 5))
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
-    # The node as the launch file starts it, and this process's participant alike (Fast DDS reads
-    # the variable when the first participant of a process is created: nothing ROS ran before).
-    from sfnet_ros.launch_support import LaunchArgumentError
-
-    try:
-        profiled = node_environment(dict(os.environ), args.fastdds_profile)
-    except LaunchArgumentError as exc:
-        parser.error(f"--fastdds-profile: {exc}")
-    for name in PROFILE_VARIABLES:
-        os.environ.pop(name, None)
-    os.environ.update(profiled)
+    _apply_profile(parser, args)
     from sfnet_ros.conversions import numpy_to_image
 
     frames = _frames(args.frames, args.height, args.width)

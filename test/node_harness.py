@@ -19,12 +19,18 @@ Typical use (``ros_domain`` is the fixture of ``test/conftest.py``; pass its env
         msg = labels.wait_for_stamp(1)
 
 Everything waits by polling with a deadline (no blind sleeps) and raises ``TimeoutError``
-saying what it waited for; ``NodeProcess`` always stops its process (SIGINT, then SIGKILL).
+saying what it waited for; ``NodeProcess`` always stops its process (SIGINT, then SIGKILL), and
+then removes the Fast DDS shared-memory segments nobody holds any more (``clean_shm_segments``, the
+rule of ``fastdds shm clean``): a node ended by SIGKILL (or any process ended without destroying
+its participant) leaves them in /dev/shm, about 70 MB each with the large-frames profile.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,6 +56,14 @@ def launch_environment(env: Mapping[str, str]) -> dict[str, str]:
 
     return {**env, **fastdds_profile_environment(AUTO_PROFILE, env, FASTDDS_PROFILE, env.get("ROS_DISTRO"))}
 
+
+#: Where Fast DDS keeps its shared-memory segments and ports on Linux.
+SHM_DIR = Path("/dev/shm")
+#: The lock file of a Fast DDS segment or port (Fast DDS 2 names them fastrtps_*, 3 fastdds_*): its
+#: owner holds an flock on it while alive (``fastdds shm clean`` reads liveness the same way).
+_SHM_LOCK_FILE = re.compile(r"^(fastdds|fastrtps)_(port\d{1,5}|[0-9a-z]{16})_(el|sl)$")
+#: A lock file younger than this is left alone: its creator may not have locked it yet.
+SHM_MIN_AGE_S = 2.0
 
 #: Generous: DDS discovery and model loading are slow on a loaded 2-core machine.
 DISCOVERY_TIMEOUT_S = 60.0
@@ -115,7 +129,7 @@ class NodeProcess:
 
     def start(self) -> NodeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "wb")
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed by stop()
         # A session of its own: a Ctrl-C in the terminal running pytest reaches only pytest, and
         # the fixture decides how the node is stopped.
         self.process = subprocess.Popen(
@@ -187,7 +201,88 @@ class NodeProcess:
             if self._log_file is not None:
                 self._log_file.close()
                 self._log_file = None
+            if self.process is not None and self.process.poll() is not None:
+                # A node ended by SIGKILL or os._exit leaves its Fast DDS segments behind (about
+                # 70 MB each with the large-frames profile); /dev/shm is RAM.
+                clean_shm_segments()
         return code
+
+    def shm_files(self) -> list[Path]:
+        """The Fast DDS shared-memory files whose lock this (running) process holds: its
+        segments and ports, each with its ``_el`` lock file."""
+        return shm_files_locked_by(self.pid)
+
+
+# -- Fast DDS shared memory ----------------------------------------------------------------------
+
+
+def _shm_companions(lock_file: Path) -> list[Path]:
+    """The files of the segment or port ``lock_file`` (``<name>_el``) belongs to, lock file last."""
+    name = lock_file.name[:-3]
+    files = [lock_file.with_name(name)]
+    if "_port" in name:
+        files.append(lock_file.with_name(f"sem.{name}_mutex"))
+    return [*files, lock_file]
+
+
+def shm_files_locked_by(pid: int, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Fast DDS segment/port files (and their lock files) whose lock process ``pid`` holds,
+    read from /proc/locks (FLOCK entries name the pid and the lock file's device:inode)."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    inodes = set()
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF" (a blocked waiter has "->" first)
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4] == str(pid):
+            inodes.add(int(fields[5].rsplit(":", 1)[1]))
+    held: list[Path] = []
+    for lock_file in sorted(shm_dir.glob("*_[es]l")):
+        if not _SHM_LOCK_FILE.match(lock_file.name):
+            continue
+        try:
+            if lock_file.stat().st_ino in inodes:
+                held += [f for f in _shm_companions(lock_file) if f.exists()]
+        except FileNotFoundError:
+            continue
+    return held
+
+
+def clean_shm_segments(shm_dir: Path = SHM_DIR, min_age_s: float = SHM_MIN_AGE_S) -> list[Path]:
+    """Remove the Fast DDS segments and ports nobody holds (what ``fastdds shm clean`` does):
+    for each lock file, take its flock without blocking; if that succeeds no live process has
+    the segment open, so the segment, its lock file (and a port's ``sem.*_mutex``) are removed
+    while the lock is held. Lock files younger than ``min_age_s`` are skipped (a participant
+    creates the file, then locks it). Returns the removed files."""
+    removed: list[Path] = []
+    now = time.time()
+    for lock_file in sorted(shm_dir.glob("*_[es]l")):
+        if not _SHM_LOCK_FILE.match(lock_file.name):
+            continue
+        try:
+            if now - lock_file.stat().st_ctime < min_age_s:
+                continue
+            fd = os.open(lock_file, os.O_RDONLY)  # never O_CREAT: a vanished file stays vanished
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # held: a live participant uses it
+            for path in _shm_companions(lock_file):
+                try:
+                    path.unlink()
+                    removed.append(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    break  # not ours to remove (permissions): leave the rest as it is
+        finally:
+            os.close(fd)
+    return removed
 
 
 # -- checkpoints and images ----------------------------------------------------------------------
@@ -327,10 +422,8 @@ class RosClient:
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
 
-        try:
+        with contextlib.suppress(ExternalShutdownException, Exception):  # ends with the context
             self.executor.spin()
-        except (ExternalShutdownException, Exception):  # noqa: BLE001 - ends with the context
-            pass
 
     def __enter__(self) -> RosClient:
         return self

@@ -3,6 +3,7 @@ asserted: the numbers belong to the README, measured on a quiet machine)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,21 +15,69 @@ def test_speed_bench_quick_reports_all_ratios() -> None:
     run = subprocess.run(
         [sys.executable, str(REPO / "bench" / "speed.py"), "--quick", "--no-cuda", "--repeats", "1",
          "--warmup", "0", "--threads", "1"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=600, check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     cpu = result["cpu"]
     assert cpu["errors"] == {}
+    segmenter_rows = {"segmenter torch fp32", "segmenter onnxruntime fp32", "segmenter onnxruntime int8"}
+    if cpu["cpu"]["bf16_native"]:
+        segmenter_rows.add("segmenter torch bf16")
+    else:
+        assert "avx512_bf16" in cpu["skipped"]["segmenter torch bf16"]
     assert set(cpu["median_ms"]) == {"sfnet_resnet18", "fpn_resnet18", "deeplabv3_resnet50", "fcn_resnet50",
-                                     "sfnet_resnet18_onnxruntime"}
+                                     "sfnet_resnet18_onnxruntime", "deeplabv3_resnet50_onnxruntime"} | segmenter_rows
     assert all(ms > 0 for ms in cpu["median_ms"].values())
-    assert set(cpu["ratios"]) == {"deeplabv3_over_sfnet", "fcn_over_sfnet", "sfnet_over_fpn", "torch_over_onnxruntime"}
-    assert set(cpu["checks"]) == {"sfnet_at_least_4x_faster_than_deeplabv3", "fam_overhead_at_most_10pct"}
+    assert set(cpu["ratios"]) == {"deeplabv3_over_sfnet", "fcn_over_sfnet", "sfnet_over_fpn", "torch_over_onnxruntime",
+                                  "deeplabv3_over_sfnet_onnxruntime", "segmenter_best_over_torch_fp32"}
+    assert set(cpu["checks"]) == {"sfnet_at_least_4x_faster_than_deeplabv3", "fam_overhead_at_most_10pct",
+                                  "sfnet_at_least_4x_faster_than_deeplabv3_onnxruntime",
+                                  "best_cpu_backend_at_least_3.5x_torch_fp32"}
+    assert cpu["segmenter_best"] in segmenter_rows
     # FLOPs are counted, not timed: SFNet-R18 at 128x256 is 1/16 of 121.5 GFLOP at 512x1024
     assert abs(cpu["sfnet_gflops_per_frame"] - 121.5 / 16) < 0.2
-    assert 0 < cpu["sfnet_fraction_of_gemm_throughput"]
-    assert "DeepLabV3-R50 / SFNet-R18 time" in run.stdout
+    # the machine's limit: a measured GEMM per size, and peaks derived from flags and clock
+    assert set(cpu["gemm"]["per_size_gflops"]) == {"256", "512"}  # JSON keys are strings
+    assert cpu["gemm_gflop_per_s"] == max(cpu["gemm"]["per_size_gflops"].values())
+    peaks = cpu["cpu"]
+    assert peaks["cores"] == 1 and peaks["fp32_gflops"] > 0 and peaks["int8_gops"] >= peaks["fp32_gflops"]
+    assert peaks["clock_source"] and peaks["fp32_how"] and peaks["int8_how"]
+    assert 0 < cpu["sfnet_fraction_of_fp32_limit"] <= 1.0  # never above 100% of the limit
+    assert 0 < cpu["sfnet_int8_fraction_of_int8_peak"] <= 1.0
+    for line in ("DeepLabV3-R50 / SFNet-R18 time:", "DeepLabV3-R50 / SFNet-R18 time in ONNX Runtime",
+                 "Segmenter end to end, best CPU backend", "measured fp32 GEMM: best", "theoretical fp32:",
+                 "theoretical int8:"):
+        assert line in run.stdout, line
+
+
+def test_theoretical_peaks_follow_the_vector_units() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from speed import theoretical_peaks
+    finally:
+        sys.path.pop(0)
+    base = {"clock_ghz": 2.0, "clock_source": "test"}
+    avx2 = theoretical_peaks({**base, "flags": ["avx", "avx2", "fma"]}, cores=2)
+    assert (avx2["fp32_gflops"], avx2["int8_gops"], avx2["bf16_native"]) == (128.0, 256.0, False)
+    avx512 = theoretical_peaks({**base, "flags": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]}, cores=1)
+    assert (avx512["fp32_gflops"], avx512["int8_gops"], avx512["bf16_native"]) == (128.0, 512.0, True)
+    amx = theoretical_peaks({**base, "flags": ["avx512f", "amx_int8", "amx_bf16"]}, cores=1)
+    assert amx["int8_gops"] == 4096.0
+
+
+def test_gpu_check_script_writes_its_table(tmp_path: Path) -> None:
+    """bench/gpu_check.sh on a machine without CUDA: it still runs both steps and writes the report."""
+    report = tmp_path / "gpu.md"
+    run = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), str(report)], capture_output=True,
+                         text=True, timeout=400, check=False, env={**os.environ, "PYTHON": sys.executable})
+    text = report.read_text()
+    assert "## bench/speed.py --no-cpu" in text and "## test/test_cuda.py" in text
+    import torch
+
+    if not torch.cuda.is_available():
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        assert "SKIPPED" in text and "skipped" in text  # every CUDA test skips here, and says so
 
 
 # -- bench/node_latency.py (the node through real DDS; counts and printed reports, no timing) -------
@@ -63,3 +112,27 @@ def test_node_latency_delivery_quick_counts_frames_with_and_without_the_profile(
         assert 0 <= row["node"] <= row["offered"] and 0 <= row["plain"] <= row["offered"]
     assert rows["profile"]["node"] >= 1  # frames reach the node's callback through the profile
     assert "320x240@10Hz with the profile:" in run.stdout and "load average" in run.stdout
+
+
+def test_node_latency_backends_quick_reports_a_row_per_backend() -> None:
+    """The documented `--backends` run, shortened to 64x128 frames: one node per backend, the
+    same frames, labels compared with the torch node's (counts and agreement, no timing)."""
+    doc = (REPO / "docs" / "node.md").read_text()
+    command = ".venv/bin/python bench/node_latency.py --backends torch,onnxruntime,int8"
+    assert command in doc, "docs/node.md shows the command this test runs"
+    run = _node_latency("--backends", "torch,onnxruntime,int8", "--height", "64", "--width", "128",
+                        "--frames", "2", "--threads", "1", "--calibration-frames", "1", "--device", "cpu")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    rows = {row["backend"]: row for row in result["backends"]}
+    assert list(rows) == ["torch", "onnxruntime", "int8"]
+    for row in rows.values():
+        assert row["frames"] == 2 and row["exit_code"] == 0
+        assert row["e2e_median_ms"] > 0 and row["in_node_median_ms"] > 0 and row["inference_median_ms"] > 0
+    assert rows["torch"]["runs_in"].startswith("torch fp32")
+    assert rows["onnxruntime"]["runs_in"].startswith("onnxruntime fp32")
+    assert rows["int8"]["runs_in"].startswith("onnxruntime int8")
+    assert rows["onnxruntime"]["labels_equal_to_torch"] >= 0.999  # the same network in another runtime
+    assert 0 < rows["int8"]["labels_equal_to_torch"] <= 1
+    assert result["threads"] == 1 and "1 thread(s) per node" in run.stdout
+    assert "onnxruntime int8 (.onnx, QDQ)" in run.stdout and "load average" in run.stdout

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from node_harness import DEFAULT_PARAMS_FILE, FASTDDS_PROFILE, NODE_NAME, REPO_ROOT, NodeProcess, node_command
+
 from sfnet_core.errors import ConfigError
 from sfnet_ros.launch_support import (
     PROFILE_FILE_NAME,
@@ -417,7 +417,8 @@ def test_node_declares_exactly_the_parameter_table(ros_domain):
                 assert descriptor.read_only == p.read_only
                 if p.kind == "integer":
                     assert descriptor.type == ParameterType.PARAMETER_INTEGER
-                    assert (descriptor.integer_range[0].from_value, descriptor.integer_range[0].to_value) == p.value_range
+                    bounds = descriptor.integer_range[0]
+                    assert (bounds.from_value, bounds.to_value) == p.value_range
                 if p.kind == "double" and p.value_range:
                     r = descriptor.floating_point_range[0]
                     assert (r.from_value, r.to_value) == p.value_range
@@ -480,6 +481,32 @@ def test_invalid_values_name_the_parameter(tmp_path, name, value, message):
     assert str(info.value).startswith(message)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"resize": "letterbox"}, "parameter 'resize': letterbox needs input_size"),
+    ({"resize": "fit"}, "parameter 'resize': 'fit' is not one of: stretch, letterbox, crop"),
+    ({"output_resolution": "network"}, "parameter 'output_resolution': network needs input_size"),
+    ({"output_resolution": "half", "input_size": [64, 64]},
+     "parameter 'output_resolution': 'half' is not one of: input, network"),
+    ({"backend": "tensorrt"}, "parameter 'backend': 'tensorrt' is not one of: auto, torch, onnxruntime"),
+    ({"backend": "onnxruntime", "publish_flow": True}, "parameter 'publish_flow': needs the torch backend"),
+    ({"precision": "int8"}, "parameter 'precision': int8 needs an int8 .onnx model"),
+])
+def test_invalid_combinations_name_the_parameter(tmp_path, overrides, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_values(_values(tmp_path, **overrides))
+    assert str(info.value).startswith(message)
+
+
+def test_onnx_checkpoint_with_the_torch_backend_is_refused(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="parameter 'backend': torch cannot run the exported model m.onnx"):
+        config_from_values({"checkpoint": str(model), "backend": "torch"})
+    config = config_from_values({"checkpoint": str(model), "input_size": [48, 64], "resize": "crop",
+                                 "output_resolution": "network"})
+    assert (config.backend, config.resize, config.output_resolution) == ("auto", "crop", "network")
+
+
 def test_unknown_parameter_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match="unknown parameter"):
         config_from_values(_values(tmp_path, colour=True))
@@ -521,8 +548,9 @@ def test_launch_description_builds_on_a_ros_install():
     assert names == LAUNCH_ARGUMENTS
     # The OpaqueFunction's body on a real LaunchContext: mismatched lists end the launch with the
     # LaunchArgumentError's message; matching ones give one scoped group holding the node.
-    from launch import LaunchContext
     from launch.actions import GroupAction
+
+    from launch import LaunchContext
 
     context = LaunchContext()
     context.launch_configurations.update({

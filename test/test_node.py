@@ -223,7 +223,7 @@ def test_bad_inputs_are_dropped_counted_and_followed_by_good_frames(io, node, se
         bad_stamp = io.send(bad)
         # The drop is counted before the next frame goes out, so the good frame cannot simply
         # replace the bad one in the node's one-frame mailbox.
-        values = _camera_values(io, lambda v: int(v["dropped_bad_input_total"]) >= start + count)
+        values = _camera_values(io, lambda v, count=count: int(v["dropped_bad_input_total"]) >= start + count)
         assert int(values["dropped_bad_input_total"]) == start + count, kind
         rgb = sample_image(H, W, seed=10 + count)
         good_stamp = io.send(make_image(rgb, "rgb8", 0))

@@ -152,12 +152,16 @@ def test_signals_during_a_forward_pass_exit_0_without_waiting(ros_domain, checkp
                     node.wait_for_log("active:")
                     _start_inference(ros, diagnostics, node, node.fqn.rsplit("/", 1)[0], attempt + 1,
                                      SIGNAL_H, SIGNAL_W)
+                    # Its own Fast DDS segments (ports may be shared with the other processes).
+                    segments = [f for f in node.shm_files() if "_port" not in f.name]
                     sent = time.monotonic()
                     node.send_signal(sig)
                     code = node.wait(60)  # a hang guard, not a speed claim
                     exit_s[sig.name].append(time.monotonic() - sent)
                     log = node.log()
                     assert code == 0, f"{node.fqn}: exit code {code}\n{log}"
+                    # Left with os._exit, but after releasing its participant: nothing in /dev/shm.
+                    assert segments and not [f for f in segments if f.exists()], segments
                     assert "stop requested (SIGINT/SIGTERM): shutting down" in log, log
                     # The hard case was exercised: the pass was still running when the node left.
                     assert "inference still running (batch started" in log, log

@@ -1,4 +1,5 @@
-"""The segmentation node: lifecycle node, parameter table, frame mailboxes + inference thread, diagnostics.
+"""The segmentation node: lifecycle node, parameter table, frame mailboxes + inference thread, diagnostics,
+and the side messages beside the label images (outputs: camera_info, LabelInfo, timing, flow).
 
 ``SegmentationNode`` and ``main`` resolve lazily, so importing ``sfnet_ros.node.params`` (the
 parameter table, used by tests and tools) does not load rclpy's node machinery.

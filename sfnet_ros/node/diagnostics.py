@@ -14,8 +14,12 @@ Keys in each camera's DiagnosticStatus (values are strings, as KeyValue requires
 ``frames_published_total``, ``last_bad_input`` / ``last_too_large`` (why the last such frame was
 dropped), ``seconds_since_last_frame`` (since activation while none came), ``output_subscribers``
 (subscriptions matched on this camera's image outputs), ``qos_incompatible`` (the incompatible
-QoS peers of this camera's topics, offered and requested policies; empty when none) and
-``qos_incompatible_events_total``.
+QoS peers of this camera's topics, offered and requested policies; empty when none),
+``qos_incompatible_events_total``, and the camera_info counts since activation:
+``camera_info_received_total``, ``camera_info_published_total`` (segmentation/camera_info
+messages sent), ``camera_info_stamp_mismatch_total`` (of those, sent with the newest camera_info
+because none carried the frame's stamp) and ``frames_without_camera_info_total`` (frames published
+before any camera_info arrived: no segmentation/camera_info for them).
 
 Levels: ERROR when no frame came for ``input_timeout_error`` s; WARN when the node is not active,
 no frame came for ``input_timeout_warn`` s, a peer has incompatible QoS, or frames were dropped
@@ -70,6 +74,10 @@ class CameraStats:
         self.last_too_large = ""
         self.last_received: float | None = None  # time.monotonic() of the newest frame
         self.qos_events_total = 0
+        self.camera_info_received_total = 0
+        self.camera_info_published_total = 0
+        self.camera_info_stamp_mismatch_total = 0
+        self.frames_without_camera_info_total = 0
         # endpoint ("input" or an output topic) -> (text of the incompatibility, time.monotonic()
         # of the event), kept while the incompatible peer exists (the node re-checks the graph).
         self._qos_incompatible: dict[str, tuple[str, float]] = {}
@@ -111,6 +119,20 @@ class CameraStats:
             self.totals.published += 1
             self._window.receive_to_publish_ms.append(receive_to_publish_ms)
             self._window.stamp_to_publish_ms.append(stamp_to_publish_ms)
+
+    def camera_info_received(self) -> None:
+        with self._lock:
+            self.camera_info_received_total += 1
+
+    def camera_info_published(self, stamp_matched: bool) -> None:
+        with self._lock:
+            self.camera_info_published_total += 1
+            if not stamp_matched:
+                self.camera_info_stamp_mismatch_total += 1
+
+    def camera_info_missing(self) -> None:
+        with self._lock:
+            self.frames_without_camera_info_total += 1
 
     def qos_event(self, endpoint: str, text: str) -> None:
         """An incompatible-QoS event on ``endpoint`` ("input" or the output's topic)."""
@@ -237,6 +259,10 @@ def camera_status(name: str, hardware_id: str, window: StatsWindow, stats: Camer
         _kv("output_subscribers", output_subscribers),
         _kv("qos_incompatible", "; ".join(qos.values())),
         _kv("qos_incompatible_events_total", stats.qos_events_total),
+        _kv("camera_info_received_total", stats.camera_info_received_total),
+        _kv("camera_info_published_total", stats.camera_info_published_total),
+        _kv("camera_info_stamp_mismatch_total", stats.camera_info_stamp_mismatch_total),
+        _kv("frames_without_camera_info_total", stats.frames_without_camera_info_total),
     ]
     return status
 

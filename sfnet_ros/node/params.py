@@ -25,6 +25,9 @@ __all__ = [
     "APPLIED_AT_CONFIGURE",
     "APPLIED_AT_RUNTIME",
     "APPLIED_AT_STARTUP",
+    "BACKENDS",
+    "OUTPUT_RESOLUTIONS",
+    "RESIZE_POLICIES",
     "NodeConfig",
     "PARAMETERS",
     "ParamSpec",
@@ -40,6 +43,12 @@ __all__ = [
 APPLIED_AT_STARTUP = "startup"      # read once when the process starts (descriptor read_only)
 APPLIED_AT_CONFIGURE = "configure"  # read at configure; settable only while unconfigured
 APPLIED_AT_RUNTIME = "runtime"      # settable any time, used from the next frame on
+
+# The Segmenter's choices (sfnet_core.inference: BACKENDS, RESIZE_POLICIES, OUTPUT_RESOLUTIONS),
+# repeated so this table imports no torch; test_node_messages.py keeps them equal.
+BACKENDS = ("auto", "torch", "onnxruntime")
+RESIZE_POLICIES = ("stretch", "letterbox", "crop")
+OUTPUT_RESOLUTIONS = ("input", "network")
 
 # Value kinds, named as in rcl_interfaces/ParameterType (lower case).
 _KINDS = ("bool", "integer", "double", "string", "integer_array", "string_array")
@@ -86,7 +95,16 @@ def _fmt(number: float) -> str:
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "checkpoint", "string", "",
-        "Path of the SFNet checkpoint (.pt, written by sfnet-train); loaded and warmed up at configure.",
+        "Path of the model: a .pt checkpoint (written by sfnet-train) or a self-describing .onnx "
+        "(written by sfnet-export); loaded and warmed up at configure.",
+    ),
+    ParamSpec(
+        "backend", "string", "auto",
+        "Inference runtime: auto (PyTorch for a .pt, ONNX Runtime for a .onnx), torch, or "
+        "onnxruntime (a .pt is exported once into the export cache, $SFNET_ROS_CACHE or "
+        "~/.cache/sfnet_ros). ONNX Runtime uses the CPU execution provider, or CUDA / TensorRT "
+        "when the installed onnxruntime has them and the device is CUDA.",
+        choices=BACKENDS,
     ),
     ParamSpec(
         "device", "string", "auto",
@@ -95,8 +113,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "precision", "string", "auto",
-        "Arithmetic precision: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.",
-        choices=("auto", "fp32", "fp16", "bf16"),
+        "Arithmetic precision: auto (torch: fp16 on CUDA, fp32 on CPU; onnxruntime: the model's "
+        "own, fp32 or int8), fp32, fp16, bf16, or int8 (an int8 .onnx from sfnet-export --int8).",
+        choices=("auto", "fp32", "fp16", "bf16", "int8"),
     ),
     ParamSpec(
         "compile", "bool", False,
@@ -106,8 +125,23 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "input_size", "integer_array", [],
-        "Network input size [H, W]; frames are resized to it and labels resized back to the "
-        "frame's resolution. [] runs at each frame's native resolution.",
+        "Network input size [H, W]; frames are brought to it by the resize policy and labels come "
+        "back at output_resolution. [] runs at each frame's native resolution.",
+    ),
+    ParamSpec(
+        "resize", "string", "stretch",
+        "How a frame reaches input_size: stretch (both axes scaled independently), letterbox "
+        "(aspect kept, centred, bands of the mean colour; the bands are 255 = unlabeled) or crop "
+        "(aspect kept, the largest centred window of the frame; pixels outside it are 255 = "
+        "unlabeled). Needs input_size.",
+        choices=RESIZE_POLICIES,
+    ),
+    ParamSpec(
+        "output_resolution", "string", "input",
+        "Resolution of the published labels, colour, masks, confidence and camera_info: input (the "
+        "frame's) or network (input_size, as Isaac ROS publishes: no upsampling, less bandwidth). "
+        "network needs input_size.",
+        choices=OUTPUT_RESOLUTIONS,
     ),
     ParamSpec(
         "max_input_pixels", "integer", 8_294_400,
@@ -155,15 +189,27 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         applied=APPLIED_AT_RUNTIME,
     ),
     ParamSpec(
+        "publish_timing", "bool", True,
+        "Publish segmentation/timing (diagnostic_msgs/DiagnosticArray, the frame's header): receive, "
+        "inference and publish times of every output frame; built only while someone subscribes.",
+        applied=APPLIED_AT_RUNTIME,
+    ),
+    ParamSpec(
+        "publish_flow", "bool", False,
+        "Publish segmentation/flow (rgb8, the finest FAM's semantic flow colour-coded, at the "
+        "labels' resolution) for debugging; costs a flow download per frame while someone "
+        "subscribes. Needs the torch backend.",
+    ),
+    ParamSpec(
         "qos_reliability", "string", "best_effort",
-        "Reliability of the image subscriptions and the segmentation publishers: best_effort "
-        "(sensor data QoS, matches camera drivers) or reliable.",
+        "Reliability of the image and camera_info subscriptions and the segmentation publishers: "
+        "best_effort (sensor data QoS, matches camera drivers) or reliable.",
         choices=("best_effort", "reliable"),
     ),
     ParamSpec(
         "qos_depth", "integer", 1,
-        "History depth (keep last) of the image subscriptions and segmentation publishers. The "
-        "node only ever processes the newest frame per camera, whatever the depth.",
+        "History depth (keep last) of the image and camera_info subscriptions and the segmentation "
+        "publishers. The node only ever processes the newest frame per camera, whatever the depth.",
         value_range=(1, 100),
     ),
     ParamSpec(
@@ -212,10 +258,13 @@ class NodeConfig:
     """Validated parameter values, as the node uses them."""
 
     checkpoint: Path
+    backend: str
     device: str
     precision: str
     compile: bool
     input_size: tuple[int, int] | None
+    resize: str
+    output_resolution: str
     max_input_pixels: int
     cameras: tuple[str, ...]
     transport: str
@@ -224,6 +273,8 @@ class NodeConfig:
     color_overlay: bool
     overlay_alpha: float
     publish_confidence: bool
+    publish_timing: bool
+    publish_flow: bool
     qos_reliability: str
     qos_depth: int
     autostart: bool
@@ -300,10 +351,13 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
 
     checkpoint = checked["checkpoint"].strip()
     if not checkpoint:
-        raise _bad("checkpoint", "not set; give the path of a .pt file (-p checkpoint:=/path/model.pt)")
+        raise _bad("checkpoint", "not set; give the path of a .pt or .onnx file (-p checkpoint:=/path/model.pt)")
     checkpoint_path = Path(checkpoint).expanduser()
     if not checkpoint_path.is_file():
         raise _bad("checkpoint", f"file not found: {checkpoint_path}")
+    if checkpoint_path.suffix.lower() == ".onnx" and checked["backend"] == "torch":
+        raise _bad("backend", f"torch cannot run the exported model {checkpoint_path.name}: use onnxruntime "
+                   "(or auto), or give the .pt checkpoint")
 
     device = checked["device"].strip().lower()
     if not _DEVICE_RE.match(device):
@@ -312,6 +366,18 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
     size = _as_list("input_size", raw["input_size"], int, "two integers [H, W]")
     if size and (len(size) != 2 or min(size) < 1):
         raise _bad("input_size", f"expected [H, W] with H, W >= 1, or [] for native size, got {size!r}")
+    if not size and checked["resize"] != "stretch":
+        raise _bad("resize", f"{checked['resize']} needs input_size (at the native resolution nothing is resized)")
+    if not size and checked["output_resolution"] == "network":
+        raise _bad("output_resolution", "network needs input_size (at the native resolution the network's "
+                   "size is the frame's)")
+    runs_torch = checked["backend"] == "torch" or (
+        checked["backend"] == "auto" and checkpoint_path.suffix.lower() != ".onnx")
+    if checked["precision"] == "int8" and runs_torch:
+        raise _bad("precision", "int8 needs an int8 .onnx model (sfnet-export --int8) in ONNX Runtime; "
+                   f"{checkpoint_path.name} runs in PyTorch (fp32, fp16 or bf16)")
+    if checked["publish_flow"] and checked["backend"] == "onnxruntime":
+        raise _bad("publish_flow", "needs the torch backend (an ONNX Runtime model returns class scores only)")
 
     cameras = _as_list("cameras", raw["cameras"], str, "camera names")
     for camera in cameras:
@@ -332,10 +398,13 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
 
     return NodeConfig(
         checkpoint=checkpoint_path,
+        backend=checked["backend"],
         device=device,
         precision=checked["precision"],
         compile=checked["compile"],
         input_size=(size[0], size[1]) if size else None,
+        resize=checked["resize"],
+        output_resolution=checked["output_resolution"],
         max_input_pixels=checked["max_input_pixels"],
         cameras=tuple(cameras),
         transport=checked["transport"],
@@ -344,6 +413,8 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
         color_overlay=checked["color_overlay"],
         overlay_alpha=checked["overlay_alpha"],
         publish_confidence=checked["publish_confidence"],
+        publish_timing=checked["publish_timing"],
+        publish_flow=checked["publish_flow"],
         qos_reliability=checked["qos_reliability"],
         qos_depth=checked["qos_depth"],
         autostart=checked["autostart"],

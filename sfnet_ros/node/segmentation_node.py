@@ -14,10 +14,15 @@ unconfigured and alive, so a lifecycle manager or ``change_state`` can retry aft
 fixed (configure-time parameters may be changed while unconfigured).
 
 Topics, relative to the node's namespace and ``<camera>/`` for each entry of ``cameras``:
-  in   image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage)
+  in   image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage),
+       camera_info (sensor_msgs/CameraInfo, optional)
   out  segmentation/labels, segmentation/color, segmentation/mask/<class>,
-       segmentation/confidence (sensor_msgs/Image), segmentation/classes (std_msgs/String JSON,
-       transient local); /diagnostics (diagnostic_msgs/DiagnosticArray)
+       segmentation/confidence, segmentation/flow (opt-in) (sensor_msgs/Image),
+       segmentation/camera_info (sensor_msgs/CameraInfo of the label image),
+       segmentation/classes (std_msgs/String JSON, transient local), segmentation/label_info
+       (vision_msgs/LabelInfo, transient local, when vision_msgs is installed),
+       segmentation/timing (diagnostic_msgs/DiagnosticArray per output frame);
+       /diagnostics (diagnostic_msgs/DiagnosticArray)
 
 Threads: the main thread only waits for a stop request (SIGINT, SIGTERM, lifecycle shutdown) and
 then leaves (see ``main``); the executor thread runs subscription callbacks (which only drop the
@@ -51,18 +56,23 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header, String
 
 try:
     from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 except ImportError:  # Humble: the same classes, in their older module
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
+try:  # on every ROS install with the vision packages; optional here (not on PyPI)
+    from vision_msgs.msg import LabelInfo, VisionClass
+except ImportError:
+    LabelInfo = VisionClass = None
+
 from sfnet_core.errors import ConfigError, SFNetError
 from sfnet_core.viz import render_outputs
 from sfnet_ros.conversions import ImageConversionError, compressed_to_rgb, image_to_numpy, image_to_rgb, numpy_to_image
-from sfnet_ros.node import diagnostics
+from sfnet_ros.node import diagnostics, outputs
 from sfnet_ros.node.params import (
     APPLIED_AT_CONFIGURE,
     APPLIED_AT_RUNTIME,
@@ -112,28 +122,38 @@ class DrawOptions:
     color_overlay: bool
     overlay_alpha: float
     publish_confidence: bool
+    publish_timing: bool
 
 
 @dataclass
 class CameraIO:
-    """Subscription, publishers and counters of one camera (of one activation)."""
+    """Subscriptions, publishers and counters of one camera (of one activation)."""
 
     name: str                          # "" = the node's own namespace
     input_topic: str                   # as subscribed (relative, or resolved for compressed)
     stats: diagnostics.CameraStats
+    camera_info_topic: str = ""        # as subscribed (resolved once subscribed)
+    camera_infos: outputs.CameraInfoCache = field(default_factory=outputs.CameraInfoCache)
     subscription: Any = None
+    camera_info_subscription: Any = None
     labels: Any = None
     color: Any = None
     confidence: Any = None
+    flow: Any = None                   # only with publish_flow
+    camera_info: Any = None
+    timing: Any = None
     classes: Any = None
+    label_info: Any = None             # only when vision_msgs is installed
     masks: dict[str, tuple[int, Any]] = field(default_factory=dict)  # token -> (class id, publisher)
+    camera_info_warned: bool = False   # a camera_info / frame size mismatch was logged
 
     def image_outputs(self) -> list[Any]:
-        return [p for p in (self.labels, self.color, self.confidence) if p is not None] + [
+        return [p for p in (self.labels, self.color, self.confidence, self.flow) if p is not None] + [
             pub for _, pub in self.masks.values()]
 
     def publishers(self) -> list[Any]:
-        return self.image_outputs() + ([self.classes] if self.classes is not None else [])
+        return self.image_outputs() + [p for p in (self.camera_info, self.timing, self.classes, self.label_info)
+                                       if p is not None]
 
 
 @dataclass
@@ -148,6 +168,9 @@ class _Pending:
     want_confidence: bool
     want_labels: bool
     masks: list[tuple[int, Any]]
+    want_flow: bool = False
+    taken_ns: int = 0         # time.monotonic_ns() when the inference thread took the frame
+    decoded_ns: int = 0
 
 
 def _data_qos(config: NodeConfig) -> QoSProfile:
@@ -246,6 +269,7 @@ class SegmentationNode(LifecycleNode):
         self._mask_ids: dict[str, int] = {}
         self._palette: np.ndarray | None = None  # (256, 3) uint8 of the loaded class table
         self._device_text = "none"
+        self._backend_text = "none"
         self._cameras: dict[str, CameraIO] = {}
         # One mailbox and one inference thread for the node's whole life (see worker.py): a new
         # activation never starts a second forward pass next to one that is still running.
@@ -294,6 +318,7 @@ class SegmentationNode(LifecycleNode):
             color_overlay=bool(self.get_parameter("color_overlay").value),
             overlay_alpha=float(self.get_parameter("overlay_alpha").value),
             publish_confidence=bool(self.get_parameter("publish_confidence").value),
+            publish_timing=bool(self.get_parameter("publish_timing").value),
         )
 
     def _initial_diagnostics_period(self) -> float:
@@ -334,6 +359,9 @@ class SegmentationNode(LifecycleNode):
                 mask_ids = {name: segmenter.classes.index(name) for name in config.mask_classes}
             except ConfigError as exc:
                 raise ConfigError(f"parameter 'mask_classes': {exc}") from None
+            if config.publish_flow and not segmenter.backend.supports_flows:
+                raise ConfigError(f"parameter 'publish_flow': needs the torch backend; the {segmenter.backend.name} "
+                                  "backend returns class scores only")
         except (SFNetError, ValueError, OSError, RuntimeError) as exc:
             return self._configure_failed(str(exc))
         except Exception as exc:  # an unforeseen cause must still fail cleanly
@@ -342,6 +370,7 @@ class SegmentationNode(LifecycleNode):
         self._config, self._segmenter, self._mask_ids = config, segmenter, mask_ids
         self._palette = segmenter.classes.palette()
         self._device_text = f"{segmenter.device} {segmenter.precision}"
+        self._backend_text = segmenter.backend.describe()
         if config.diagnostics_period != self._diag_period:
             self.destroy_timer(self._diag_timer)
             self._diag_period = config.diagnostics_period
@@ -350,8 +379,9 @@ class SegmentationNode(LifecycleNode):
         self._state = "inactive"
         self.get_logger().info(
             f"configured in {time.monotonic() - started:.1f} s: {getattr(segmenter, 'model_name', 'model')} "
-            f"from {config.checkpoint} on {segmenter.device} ({segmenter.precision}), "
-            f"input size {list(config.input_size) if config.input_size else 'native'}, "
+            f"from {config.checkpoint} on {segmenter.device} ({segmenter.precision}), backend "
+            f"{self._backend_text}, input size {list(config.input_size) if config.input_size else 'native'}, "
+            f"resize {config.resize}, output resolution {config.output_resolution}, "
             f"cameras {list(config.cameras) or ['<namespace>']}")
         return TransitionCallbackReturn.SUCCESS
 
@@ -369,8 +399,10 @@ class SegmentationNode(LifecycleNode):
         device = resolve_device(config.device, "parameter 'device'", fallback=True)
         segmenter = Segmenter.from_checkpoint(
             config.checkpoint, device=device, precision=config.precision, input_size=config.input_size,
-            compile=config.compile, warmup=True)
-        if segmenter.device.type == "cpu" and config.precision in ("auto", "fp16"):
+            compile=config.compile, warmup=True, backend=config.backend, resize=config.resize,
+            output=config.output_resolution)
+        on_cpu = segmenter.device.type == "cpu"
+        if segmenter.backend.name == "torch" and on_cpu and config.precision in ("auto", "fp16"):
             self.get_logger().warning("running on the CPU in fp32: expect a low frame rate")
         return segmenter
 
@@ -432,6 +464,7 @@ class SegmentationNode(LifecycleNode):
     def _release_model(self) -> None:
         segmenter, self._segmenter, self._config = self._segmenter, None, None
         self._device_text = "none"
+        self._backend_text = "none"
         if segmenter is not None and getattr(segmenter.device, "type", "cpu") == "cuda":
             import torch
 
@@ -483,26 +516,42 @@ class SegmentationNode(LifecycleNode):
                     topic = self.resolve_topic_name(f"{prefix}image") + "/compressed"
                 else:
                     topic = f"{prefix}image"
-                io = CameraIO(name=camera, input_topic=topic, stats=diagnostics.CameraStats())
+                io = CameraIO(name=camera, input_topic=topic, stats=diagnostics.CameraStats(),
+                              camera_info_topic=f"{prefix}camera_info")
                 cameras[camera] = io
                 out = f"{prefix}segmentation/"
                 io.labels = self._output(io, Image, out + "labels", qos)
                 io.color = self._output(io, Image, out + "color", qos)
                 io.confidence = self._output(io, Image, out + "confidence", qos)
+                if config.publish_flow:
+                    io.flow = self._output(io, Image, out + "flow", qos)
+                io.camera_info = self._output(io, CameraInfo, out + "camera_info", qos)
+                io.timing = self._output(io, DiagnosticArray, out + "timing", qos)
                 io.classes = self._output(io, String, out + "classes", CLASSES_QOS)
                 for name, class_id in self._mask_ids.items():
                     token = topic_token(name)
                     io.masks[token] = (class_id, self._output(io, Image, f"{out}mask/{token}", qos))
                 io.classes.publish(String(data=classes_json))
+                if LabelInfo is not None:
+                    io.label_info = self._output(io, LabelInfo, out + "label_info", CLASSES_QOS)
+                    io.label_info.publish(outputs.fill_label_info(
+                        LabelInfo, VisionClass, self._segmenter.classes.names,
+                        Header(stamp=self.get_clock().now().to_msg())))
             with self._io_lock:
                 self._cameras = cameras
                 self._io_open = True
             for io in cameras.values():
+                # camera_info first: the info of a camera's first frame may then already be here.
+                io.camera_info_subscription = self.create_subscription(
+                    CameraInfo, io.camera_info_topic, partial(self._on_camera_info, io), qos,
+                    event_callbacks=SubscriptionEventCallbacks(
+                        incompatible_qos=partial(self._on_input_qos_incompatible, io, qos, "camera_info")))
+                io.camera_info_topic = io.camera_info_subscription.topic_name
                 msg_type = CompressedImage if config.transport == "compressed" else Image
                 io.subscription = self.create_subscription(
                     msg_type, io.input_topic, partial(self._on_image, io), qos,
                     event_callbacks=SubscriptionEventCallbacks(
-                        incompatible_qos=partial(self._on_input_qos_incompatible, io, qos)))
+                        incompatible_qos=partial(self._on_input_qos_incompatible, io, qos, "input")))
                 io.input_topic = io.subscription.topic_name  # resolved: what remaps made of it
         except Exception:
             # _close_io (called by on_activate) destroys what self._cameras holds.
@@ -533,9 +582,10 @@ class SegmentationNode(LifecycleNode):
             if frame.camera in cameras:
                 cameras[frame.camera].stats.dropped_stale()
         for io in cameras.values():
-            if io.subscription is not None:
-                self.destroy_subscription(io.subscription)
-                io.subscription = None
+            for subscription in (io.subscription, io.camera_info_subscription):
+                if subscription is not None:
+                    self.destroy_subscription(subscription)
+            io.subscription = io.camera_info_subscription = None
             for publisher in io.publishers():
                 self.destroy_publisher(publisher)
 
@@ -556,6 +606,11 @@ class SegmentationNode(LifecycleNode):
             return  # a late callback of an earlier activation's subscription
         io.stats.received(replaced_stale=replaced is not None)
 
+    def _on_camera_info(self, io: CameraIO, msg: CameraInfo) -> None:
+        """Subscription callback: keep it for the frames of the same stamp (or later ones)."""
+        io.camera_infos.put(msg)
+        io.stats.camera_info_received()
+
     def _on_worker_error(self, exc: BaseException) -> None:
         if self._leaving:
             return
@@ -565,13 +620,15 @@ class SegmentationNode(LifecycleNode):
 
     # -- incompatible QoS ------------------------------------------------------------------
 
-    def _input_incompatibility(self, io: CameraIO, ours: QoSProfile) -> str:
-        """Text naming each publisher of ``io``'s input whose QoS does not match ours ("" if none)."""
+    def _input_incompatibility(self, io: CameraIO, ours: QoSProfile, endpoint: str = "input") -> str:
+        """Text naming each publisher of ``io``'s input (``endpoint`` "input" or "camera_info") whose
+        QoS does not match ours ("" if none)."""
+        topic = io.input_topic if endpoint == "input" else io.camera_info_topic
         bad = []
-        for info in self.get_publishers_info_by_topic(io.input_topic):
+        for info in self.get_publishers_info_by_topic(topic):
             rules = incompatible_policies(info.qos_profile, ours)
             if rules:
-                bad.append(f"publisher {_endpoint_name(info)} on {io.input_topic}: {', '.join(rules)}")
+                bad.append(f"publisher {_endpoint_name(info)} on {topic}: {', '.join(rules)}")
         return "; ".join(bad)
 
     def _output_incompatibility(self, topic: str, ours: QoSProfile) -> str:
@@ -583,14 +640,17 @@ class SegmentationNode(LifecycleNode):
                 bad.append(f"subscription {_endpoint_name(info)} on {topic}: {', '.join(rules)}")
         return "; ".join(bad)
 
-    def _on_input_qos_incompatible(self, io: CameraIO, ours: QoSProfile, event: Any) -> None:
-        """Event: a publisher of our input offers QoS our subscription cannot accept."""
+    def _on_input_qos_incompatible(self, io: CameraIO, ours: QoSProfile, endpoint: str, event: Any) -> None:
+        """Event: a publisher of our input (``endpoint`` "input" or "camera_info") offers QoS our
+        subscription cannot accept."""
         policy = _policy_name(getattr(event, "last_policy_kind", "?"))
-        text = self._input_incompatibility(io, ours) or (
-            f"a publisher on {io.input_topic} offers an incompatible {policy} "
+        topic = io.input_topic if endpoint == "input" else io.camera_info_topic
+        text = self._input_incompatibility(io, ours, endpoint) or (
+            f"a publisher on {topic} offers an incompatible {policy} "
             f"(this node requests {_enum_name(ours.reliability)}, {_enum_name(ours.durability)})")
-        io.stats.qos_event("input", text)
-        self.get_logger().warning(f"incompatible QoS, no frames will come from that publisher: {text}")
+        io.stats.qos_event(endpoint, text)
+        what = "frames" if endpoint == "input" else "camera_info messages"
+        self.get_logger().warning(f"incompatible QoS, no {what} will come from that publisher: {text}")
 
     def _on_output_qos_incompatible(self, io: CameraIO, relative_topic: str, ours: QoSProfile, event: Any) -> None:
         """Event: a subscription of one of our outputs requests QoS our publisher does not offer."""
@@ -608,10 +668,10 @@ class SegmentationNode(LifecycleNode):
         for endpoint, (_, since) in io.stats.qos_entries().items():
             if now - since < QOS_EVENT_MIN_AGE_S:
                 continue
-            if endpoint == "input":
-                text = self._input_incompatibility(io, _data_qos(config))
+            if endpoint in ("input", "camera_info"):
+                text = self._input_incompatibility(io, _data_qos(config), endpoint)
             else:
-                ours = CLASSES_QOS if endpoint.endswith("/classes") else _data_qos(config)
+                ours = CLASSES_QOS if endpoint.endswith(("/classes", "/label_info")) else _data_qos(config)
                 text = self._output_incompatibility(endpoint, ours)
             if text:
                 io.stats.qos_update(endpoint, text)
@@ -622,6 +682,7 @@ class SegmentationNode(LifecycleNode):
 
     def _process(self, frames: list[Frame]) -> None:
         """Convert, segment (one forward per input colour order), publish; runs in the worker."""
+        taken_ns = time.monotonic_ns()
         segmenter, draw, config = self._segmenter, self._draw, self._config
         with self._io_lock:
             generation = self._generation if self._io_open else -1
@@ -633,15 +694,20 @@ class SegmentationNode(LifecycleNode):
             self._discard(len(frames) - len(current))
         if segmenter is None or config is None or not plans:
             return
-        pending = [p for p in (self._decode(plan, config) for plan in plans) if p is not None]
+        pending = [p for p in (self._decode(replace(plan, taken_ns=taken_ns), config) for plan in plans)
+                   if p is not None]
         for bgr in (False, True):
             group = [p for p in pending if p.bgr == bgr]
             if not group:
                 continue
+            flows = "finest" if any(p.want_flow for p in group) else False
+            start_ns = time.monotonic_ns()
             results = segmenter.segment([p.image for p in group], bgr=bgr,
-                                        return_confidence=any(p.want_confidence for p in group))
+                                        return_confidence=any(p.want_confidence for p in group),
+                                        return_flows=flows)
+            end_ns = time.monotonic_ns()
             for item, result in zip(group, results):
-                self._publish(item, result, draw, generation)
+                self._publish(item, result, draw, generation, (start_ns, end_ns, len(group)))
 
     def _discard(self, count: int) -> None:
         with self._io_lock:
@@ -670,11 +736,12 @@ class SegmentationNode(LifecycleNode):
         want_labels = io.labels.get_subscription_count() > 0
         want_color = draw.publish_color and io.color.get_subscription_count() > 0
         want_confidence = draw.publish_confidence and io.confidence.get_subscription_count() > 0
+        want_flow = io.flow is not None and io.flow.get_subscription_count() > 0
         masks = [(cid, pub) for cid, pub in io.masks.values() if pub.get_subscription_count() > 0]
-        if not (want_labels or want_color or want_confidence or masks):
+        if not (want_labels or want_color or want_confidence or want_flow or masks):
             io.stats.skipped()
             return None
-        return _Pending(frame, io, None, False, want_color, want_confidence, want_labels, masks)
+        return _Pending(frame, io, None, False, want_color, want_confidence, want_labels, masks, want_flow)
 
     def _decode(self, item: _Pending, config: NodeConfig) -> _Pending | None:
         """Decode the frame of a planned item (outside the lock); None when it is dropped."""
@@ -696,35 +763,79 @@ class SegmentationNode(LifecycleNode):
         if limit and image.shape[0] * image.shape[1] > limit:  # compressed: known once decoded
             self._too_large(io, image.shape[1], image.shape[0], limit)
             return None
-        return replace(item, image=image, bgr=bgr)
+        return replace(item, image=image, bgr=bgr, decoded_ns=time.monotonic_ns())
 
-    def _publish(self, item: _Pending, result: Any, draw: DrawOptions, generation: int) -> None:
+    def _camera_info_for(self, item: _Pending, geometry: Any, header: Any) -> tuple[CameraInfo | None, bool]:
+        """The segmentation/camera_info of this frame's outputs, and whether it matched the stamp."""
+        io = item.io
+        info, matched = io.camera_infos.lookup(_stamp_ns(header))
+        if info is None:
+            return None, False
+        if not io.camera_info_warned and outputs.info_image_size(info) != tuple(geometry.input_size):
+            # Passed on (scaled) as received: the camera's calibration is not ours to correct.
+            io.camera_info_warned = True
+            h, w = outputs.info_image_size(info)
+            self.get_logger().warning(
+                f"{io.camera_info_topic} describes a {w}x{h} image (after binning and ROI), but the frames on "
+                f"{io.input_topic} are {geometry.input_size[1]}x{geometry.input_size[0]}: the published "
+                "camera_info is scaled from it all the same")
+        return outputs.output_camera_info(info, geometry, header), matched
+
+    def _publish(self, item: _Pending, result: Any, draw: DrawOptions, generation: int,
+                 inference: tuple[int, int, int]) -> None:
         header = item.frame.msg.header
+        geometry = result.geometry
         overlay_on = None
         if item.want_color and draw.color_overlay:
-            overlay_on = item.image[..., ::-1] if item.bgr else item.image
+            overlay_on = outputs.frame_in_output(item.image[..., ::-1] if item.bgr else item.image, geometry)
         images = render_outputs(
             result.labels, self._palette if item.want_color else None, with_labels=item.want_labels,
             masks={str(class_id): class_id for class_id, _ in item.masks},
             confidence=result.confidence if item.want_confidence else None,
             overlay_on=overlay_on, overlay_alpha=draw.overlay_alpha)
+        if item.want_flow and result.flows:
+            images["flow"] = outputs.flow_image(result.flows[-1], geometry)
         publishers = {"labels": item.io.labels, "color": item.io.color, "confidence": item.io.confidence,
-                      **{f"mask/{class_id}": pub for class_id, pub in item.masks}}
-        outputs = [(publishers[name], numpy_to_image(image, "rgb8" if name == "color" else "mono8", header=header))
-                   for name, image in images.items()]
+                      "flow": item.io.flow, **{f"mask/{class_id}": pub for class_id, pub in item.masks}}
+        messages = [(publishers[name], numpy_to_image(image, "mono8" if image.ndim == 2 else "rgb8", header=header))
+                    for name, image in images.items()]
+        io = item.io
+        info_msg, info_matched, want_timing = None, False, False
         with self._io_lock:
+            # The publishers of an earlier activation are destroyed: only look at them while current.
             current = self._io_open and self._generation == generation
             if current:
-                for publisher, msg in outputs:
+                if io.camera_info.get_subscription_count() > 0:
+                    info_msg, info_matched = self._camera_info_for(item, geometry, header)
+                    if info_msg is not None:
+                        messages.append((io.camera_info, info_msg))
+                for publisher, msg in messages:
                     publisher.publish(msg)
                 now_ns = time.monotonic_ns()
+                now_ros_ns = self.get_clock().now().nanoseconds
+                want_timing = draw.publish_timing and io.timing.get_subscription_count() > 0
         if not current:
             # Deactivated (or re-activated) while this frame was in the network.
             self._discard(1)
             return
+        if info_msg is not None:
+            io.stats.camera_info_published(info_matched)
+        elif io.camera_info_subscription is not None and io.camera_infos.lookup(0)[0] is None:
+            io.stats.camera_info_missing()
         receive_ms = (now_ns - item.frame.received_ns) / 1e6
-        stamp_ms = (self.get_clock().now().nanoseconds - _stamp_ns(header)) / 1e6
-        item.io.stats.published(receive_ms, stamp_ms)
+        stamp_ms = (now_ros_ns - _stamp_ns(header)) / 1e6
+        io.stats.published(receive_ms, stamp_ms)
+        if want_timing:
+            start_ns, end_ns, batch = inference
+            timing = outputs.FrameTiming(
+                received_ns=item.frame.received_ns, taken_ns=item.taken_ns, decoded_ns=item.decoded_ns,
+                inference_start_ns=start_ns, inference_end_ns=end_ns, published_ns=now_ns,
+                published_ros_ns=now_ros_ns, batch_size=batch)
+            msg = outputs.timing_array(header, f"{self.get_fully_qualified_name()}: {io.input_topic}",
+                                       self._device_text, timing)
+            with self._io_lock:
+                if self._io_open and self._generation == generation:
+                    io.timing.publish(msg)
 
     # -- diagnostics -----------------------------------------------------------------------
 
@@ -736,6 +847,7 @@ class SegmentationNode(LifecycleNode):
         if config is not None:
             details.update(checkpoint=str(config.checkpoint),
                            model=getattr(self._segmenter, "model_name", ""),
+                           backend=self._backend_text,
                            cameras=", ".join(config.cameras) or "<namespace>")
         busy = self.worker_busy_for()
         details["inference_busy_s"] = 0.0 if busy is None else float(busy)
@@ -872,6 +984,26 @@ def _hard_exit(code: int) -> None:
     os._exit(code)
 
 
+def _release_participant(node: SegmentationNode) -> None:
+    """Destroy the node's ROS entities and its DDS participant before an ``os._exit``.
+
+    Without this, Fast DDS's shared-memory segments of the process (``/dev/shm/fastdds_*``, 70 MB
+    each with the large-frames profile) outlive it: nothing else removes them until a
+    ``fastdds shm clean``. The participant goes with the last rcl node of the context, and the
+    lifecycle state machine holds a reference to the node, so it is released too. Entities a
+    still-running thread uses are released when it lets go of them (never, if it is the one
+    that keeps the process from exiting normally: only those leak).
+    """
+    with contextlib.suppress(Exception):
+        node.destroy_node()
+    state_machine = getattr(node, "_state_machine", None)  # rclpy LifecycleNode internals
+    if state_machine is not None:
+        with contextlib.suppress(Exception):
+            state_machine.destroy_when_not_in_use()
+    with contextlib.suppress(Exception):
+        rclpy.try_shutdown()
+
+
 def _leave(node: SegmentationNode, spin_stop: threading.Event, spin_thread: threading.Thread,
            autostart_thread: threading.Thread | None, reason: str, code: int) -> int:
     """Release the ROS entities and end, without waiting on work that cannot be interrupted."""
@@ -885,6 +1017,7 @@ def _leave(node: SegmentationNode, spin_stop: threading.Event, spin_thread: thre
         # no subscription or output publisher yet (those are made by activate).
         logger.warning("a lifecycle transition (configure) is still running: leaving without waiting for it")
         node.prepare_exit()
+        _release_participant(node)
         _hard_exit(code)
     node.release()
     if not node.stop_worker(EXIT_WORKER_GRACE_S):
@@ -892,10 +1025,11 @@ def _leave(node: SegmentationNode, spin_stop: threading.Event, spin_thread: thre
         since = "" if busy is None else f" (batch started {busy:.1f} s ago)"
         logger.warning(f"inference still running{since}: leaving without waiting for it, results discarded")
     node.prepare_exit()
+    if node.worker_alive():
+        _release_participant(node)
+        _hard_exit(code)
     node.destroy_node()
     rclpy.try_shutdown()
-    if node.worker_alive():
-        _hard_exit(code)
     return code
 
 
