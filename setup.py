@@ -36,7 +36,7 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "sfnet_node = sfnet_ros.node.segmentation_node:main",
+            "sfnet_node = sfnet_ros.node.main:main",
             "sfnet-export = sfnet_core.cli.export:main",
             "sfnet-train = sfnet_core.cli.train:main",
             "sfnet-eval = sfnet_core.cli.evaluate:main",

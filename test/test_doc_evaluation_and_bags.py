@@ -5,7 +5,6 @@ taken from its cache (``SFNET_CACHE``), pre-filled with that checkpoint, so the 
 documented command without minutes of training."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -21,15 +20,15 @@ TIMEOUT = 600
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
-    from sfnet_ros.tools.demo import DEFAULT_CONFIG
+    from sfnet_ros.tools.demo import DEFAULT_CONFIG, cache_key
 
     work = tmp_path / "work"
     work.mkdir()
     for name in ("training", "config"):
         (work / name).symlink_to(REPO_ROOT / name)
     checkpoint = write_test_checkpoint(work / "runs" / "quick" / "last.pt", model_name="sfnet_shufflenetv2")
-    # the cache entry sfnet-demo looks for (its key: the recipe's bytes and no overrides)
-    cached = tmp_path / "cache" / hashlib.sha256(DEFAULT_CONFIG.read_bytes()).hexdigest()[:16]
+    # the cache entry sfnet-demo looks for (the default recipe, no overrides)
+    cached = tmp_path / "cache" / cache_key(DEFAULT_CONFIG)
     cached.mkdir(parents=True)
     (cached / "last.pt").write_bytes(checkpoint.read_bytes())
     (cached / "demo_done.json").write_text(json.dumps({"iterations": 0}))

@@ -233,7 +233,7 @@ def test_harness_environment_is_what_the_launch_file_sets(tmp_path, monkeypatch)
 def test_setup_installs_launch_and_config():
     setup_py = (REPO_ROOT / "setup.py").read_text()
     assert 'glob("launch/*.launch.py")' in setup_py and 'glob("config/*.yaml")' in setup_py
-    assert "sfnet_node = sfnet_ros.node.segmentation_node:main" in setup_py
+    assert "sfnet_node = sfnet_ros.node.main:main" in setup_py
 
 
 def test_setup_installs_the_fastdds_profile():

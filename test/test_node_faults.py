@@ -449,7 +449,7 @@ def test_camera_status_levels():
 def test_incompatible_policies_follow_the_dds_rules():
     from rclpy.duration import Duration
 
-    from sfnet_ros.node.segmentation_node import incompatible_policies
+    from sfnet_ros.node.qos import incompatible_policies
 
     be, rel = _best_effort(), _reliable()
     assert incompatible_policies(be, rel) == ["reliability offered BEST_EFFORT, requested RELIABLE"]

@@ -1,5 +1,5 @@
-"""The segmentation node: lifecycle node, parameter table, frame mailboxes + inference thread, diagnostics,
-and the side messages beside the label images (outputs: camera_info, LabelInfo, timing, flow).
+"""The segmentation node: the process (main), the lifecycle node, its parameter table, frame
+mailboxes + inference thread, output messages, QoS and diagnostics.
 
 ``SegmentationNode`` and ``main`` resolve lazily, so importing ``sfnet_ros.node.params`` (the
 parameter table, used by tests and tools) does not load rclpy's node machinery.
@@ -10,9 +10,11 @@ import importlib
 from typing import Any
 
 __all__ = ["SegmentationNode", "main", "NODE_NAME"]
+_LAZY = {"SegmentationNode": "sfnet_ros.node.segmentation_node", "NODE_NAME": "sfnet_ros.node.segmentation_node",
+         "main": "sfnet_ros.node.main"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("sfnet_ros.node.segmentation_node"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'sfnet_ros.node' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """``python -m sfnet_ros.node --ros-args ...`` = the ``sfnet_node`` executable."""
 import sys
 
-from sfnet_ros.node.segmentation_node import main
+from sfnet_ros.node.main import main
 
 sys.exit(main())

@@ -25,7 +25,7 @@ Topics, relative to the node's namespace and ``<camera>/`` for each entry of ``c
        /diagnostics (diagnostic_msgs/DiagnosticArray)
 
 Threads: the main thread only waits for a stop request (SIGINT, SIGTERM, lifecycle shutdown) and
-then leaves (see ``main``); the executor thread runs subscription callbacks (which only drop the
+then leaves (see ``main.py``); the executor thread runs subscription callbacks (which only drop the
 message into the camera's one-slot mailbox), QoS event callbacks, services, lifecycle transitions
 requested over ``change_state`` and the diagnostics timer; the autostart thread runs the start-up
 configure + activate; one inference thread converts, segments (one batch for all waiting
@@ -33,29 +33,20 @@ cameras) and publishes. See docs/node.md.
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
-import logging
-import os
-import signal
-import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
@@ -84,9 +75,10 @@ from sfnet_ros.node.params import (
     spec,
     topic_token,
 )
+from sfnet_ros.node.qos import CLASSES_QOS, data_qos, endpoint_name, enum_name, incompatible_policies, policy_name
 from sfnet_ros.node.worker import Frame, InferenceWorker, LatestFrameMailbox
 
-__all__ = ["SegmentationNode", "main", "NODE_NAME"]
+__all__ = ["SegmentationNode", "NODE_NAME"]
 
 NODE_NAME = "sfnet_node"
 
@@ -173,83 +165,8 @@ class _Pending:
     decoded_ns: int = 0
 
 
-def _data_qos(config: NodeConfig) -> QoSProfile:
-    reliability = ReliabilityPolicy.RELIABLE if config.qos_reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=config.qos_depth, reliability=reliability,
-                      durability=DurabilityPolicy.VOLATILE)
-
-
-# Late joiners (rviz, a recorder started later) must still learn what the label ids mean.
-CLASSES_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
 def _stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
-# -- QoS compatibility (what the incompatible-QoS events are about) -----------------------------
-
-
-def _policy_name(kind: Any) -> str:
-    try:
-        from rclpy.qos import QoSPolicyKind
-
-        return QoSPolicyKind(int(kind)).name
-    except (ImportError, ValueError, TypeError):
-        return str(kind)
-
-
-def _enum_name(value: Any) -> str:
-    return getattr(value, "name", str(value))
-
-
-def _duration_ns(value: Any) -> int | None:
-    """A QoS duration in ns; None for "infinite" (0, or the huge values DDS reports for it)."""
-    ns = getattr(value, "nanoseconds", None)
-    if ns is None:
-        ns = int(getattr(value, "sec", 0)) * 1_000_000_000 + int(getattr(value, "nanosec", 0))
-    return None if ns <= 0 or ns >= 10**15 else int(ns)
-
-
-def _duration_text(ns: int | None) -> str:
-    return "infinite" if ns is None else f"{ns / 1e9:g} s"
-
-
-def incompatible_policies(offered: QoSProfile, requested: QoSProfile) -> list[str]:
-    """The DDS request/offer rules a publisher (``offered``) and a subscription (``requested``)
-    break, each as ``"<policy> offered <x>, requested <y>"``; [] when they match."""
-    out: list[str] = []
-    def rule(policy: str, offer: Any, request: Any) -> str:
-        return f"{policy} offered {offer}, requested {request}"
-
-    if offered.reliability == ReliabilityPolicy.BEST_EFFORT and requested.reliability == ReliabilityPolicy.RELIABLE:
-        out.append(rule("reliability", _enum_name(offered.reliability), _enum_name(requested.reliability)))
-    if offered.durability == DurabilityPolicy.VOLATILE and requested.durability == DurabilityPolicy.TRANSIENT_LOCAL:
-        out.append(rule("durability", _enum_name(offered.durability), _enum_name(requested.durability)))
-    offered_deadline, requested_deadline = _duration_ns(offered.deadline), _duration_ns(requested.deadline)
-    if requested_deadline is not None and (offered_deadline is None or offered_deadline > requested_deadline):
-        out.append(rule("deadline", _duration_text(offered_deadline), _duration_text(requested_deadline)))
-    liveliness_order = {"AUTOMATIC": 0, "MANUAL_BY_TOPIC": 2}
-    offered_live = liveliness_order.get(_enum_name(offered.liveliness))
-    requested_live = liveliness_order.get(_enum_name(requested.liveliness))
-    if offered_live is not None and requested_live is not None and offered_live < requested_live:
-        out.append(rule("liveliness", _enum_name(offered.liveliness), _enum_name(requested.liveliness)))
-    offered_lease, requested_lease = (_duration_ns(offered.liveliness_lease_duration),
-                                      _duration_ns(requested.liveliness_lease_duration))
-    if requested_lease is not None and (offered_lease is None or offered_lease > requested_lease):
-        out.append(rule("liveliness lease", _duration_text(offered_lease), _duration_text(requested_lease)))
-    return out
-
-
-def _endpoint_name(info: Any) -> str:
-    namespace = getattr(info, "node_namespace", "") or "/"
-    node = getattr(info, "node_name", "") or ""
-    if not node or "_UNKNOWN_" in node or "_UNKNOWN_" in namespace:
-        # The DDS endpoint is known before the ROS node that owns it (the graph check every
-        # diagnostics period fills the name in once discovery has it).
-        return "(node not yet known)"
-    return namespace.rstrip("/") + "/" + node
 
 
 class SegmentationNode(LifecycleNode):
@@ -499,7 +416,7 @@ class SegmentationNode(LifecycleNode):
     def _open_io(self) -> None:
         config = self._config
         assert config is not None and self._segmenter is not None
-        qos = _data_qos(config)
+        qos = data_qos(config)
         classes_json = self._classes_json()
         with self._io_lock:
             self._generation += 1
@@ -628,7 +545,7 @@ class SegmentationNode(LifecycleNode):
         for info in self.get_publishers_info_by_topic(topic):
             rules = incompatible_policies(info.qos_profile, ours)
             if rules:
-                bad.append(f"publisher {_endpoint_name(info)} on {topic}: {', '.join(rules)}")
+                bad.append(f"publisher {endpoint_name(info)} on {topic}: {', '.join(rules)}")
         return "; ".join(bad)
 
     def _output_incompatibility(self, topic: str, ours: QoSProfile) -> str:
@@ -637,28 +554,28 @@ class SegmentationNode(LifecycleNode):
         for info in self.get_subscriptions_info_by_topic(topic):
             rules = incompatible_policies(ours, info.qos_profile)
             if rules:
-                bad.append(f"subscription {_endpoint_name(info)} on {topic}: {', '.join(rules)}")
+                bad.append(f"subscription {endpoint_name(info)} on {topic}: {', '.join(rules)}")
         return "; ".join(bad)
 
     def _on_input_qos_incompatible(self, io: CameraIO, ours: QoSProfile, endpoint: str, event: Any) -> None:
         """Event: a publisher of our input (``endpoint`` "input" or "camera_info") offers QoS our
         subscription cannot accept."""
-        policy = _policy_name(getattr(event, "last_policy_kind", "?"))
+        policy = policy_name(getattr(event, "last_policy_kind", "?"))
         topic = io.input_topic if endpoint == "input" else io.camera_info_topic
         text = self._input_incompatibility(io, ours, endpoint) or (
             f"a publisher on {topic} offers an incompatible {policy} "
-            f"(this node requests {_enum_name(ours.reliability)}, {_enum_name(ours.durability)})")
+            f"(this node requests {enum_name(ours.reliability)}, {enum_name(ours.durability)})")
         io.stats.qos_event(endpoint, text)
         what = "frames" if endpoint == "input" else "camera_info messages"
         self.get_logger().warning(f"incompatible QoS, no {what} will come from that publisher: {text}")
 
     def _on_output_qos_incompatible(self, io: CameraIO, relative_topic: str, ours: QoSProfile, event: Any) -> None:
         """Event: a subscription of one of our outputs requests QoS our publisher does not offer."""
-        policy = _policy_name(getattr(event, "last_policy_kind", "?"))
+        policy = policy_name(getattr(event, "last_policy_kind", "?"))
         topic = self.resolve_topic_name(relative_topic)
         text = self._output_incompatibility(topic, ours) or (
             f"a subscription on {topic} requests an incompatible {policy} "
-            f"(this node offers {_enum_name(ours.reliability)}, {_enum_name(ours.durability)})")
+            f"(this node offers {enum_name(ours.reliability)}, {enum_name(ours.durability)})")
         io.stats.qos_event(topic, text)
         self.get_logger().warning(f"incompatible QoS, that subscription receives nothing: {text}")
 
@@ -669,9 +586,9 @@ class SegmentationNode(LifecycleNode):
             if now - since < QOS_EVENT_MIN_AGE_S:
                 continue
             if endpoint in ("input", "camera_info"):
-                text = self._input_incompatibility(io, _data_qos(config), endpoint)
+                text = self._input_incompatibility(io, data_qos(config), endpoint)
             else:
-                ours = CLASSES_QOS if endpoint.endswith(("/classes", "/label_info")) else _data_qos(config)
+                ours = CLASSES_QOS if endpoint.endswith(("/classes", "/label_info")) else data_qos(config)
                 text = self._output_incompatibility(endpoint, ours)
             if text:
                 io.stats.qos_update(endpoint, text)
@@ -901,184 +818,3 @@ class SegmentationNode(LifecycleNode):
             if stop is not None and stop.is_set():
                 return  # the process is leaving under us
             self.get_logger().error(f"autostart failed: {type(exc).__name__}: {exc}")
-
-
-def _install_core_logging() -> None:
-    # sfnet_core reports (device choice, precision fallbacks) through `logging`; show them next to
-    # the ROS log lines instead of losing them.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[sfnet_core] [%(levelname)s] %(message)s"))
-    core = logging.getLogger("sfnet_core")
-    core.addHandler(handler)
-    core.setLevel(logging.INFO)
-    core.propagate = False
-
-
-class StopRequest:
-    """Why the process should end (None while it should not). Set from signal handlers and
-    threads: a plain attribute, no lock, because a signal handler that waits for a lock the
-    interrupted main thread holds would deadlock."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-
-    def request(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-
-    def is_set(self) -> bool:
-        return self.reason is not None
-
-
-def _stop_on_signals(stop: StopRequest | None = None) -> StopRequest:
-    """Ctrl-C / SIGTERM set the returned request instead of tearing the context down mid-work.
-
-    rclpy's own handlers shut the context down at once: a signal during the (seconds long)
-    checkpoint load then makes every later call fail noisily. Here the signal only asks the
-    main thread, which does nothing but wait for such a request, to leave (see ``_leave``).
-    """
-    stop = StopRequest() if stop is None else stop
-
-    def request_stop(signum: int, frame: Any) -> None:
-        stop.request(STOP_SIGNAL_MESSAGE)
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    return stop
-
-
-def _spin(executor: SingleThreadedExecutor, spin_stop: threading.Event, failure: list[BaseException]) -> None:
-    """The executor thread: callbacks until ``spin_stop`` is set or the context shuts down."""
-    try:
-        while not spin_stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=SPIN_STEP_S)
-    except ExternalShutdownException:
-        pass
-    except Exception as exc:  # reported by main, which then leaves with code 1
-        if not spin_stop.is_set():
-            failure.append(exc)
-            traceback.print_exc()
-
-
-def _hard_exit(code: int) -> None:
-    """End the process now, skipping interpreter finalisation (only while a thread is busy).
-
-    Why: a thread (the inference worker, or a transition loading the model) is inside a PyTorch
-    op, which cannot be interrupted. If the interpreter finalised now, that thread would try to
-    take the GIL back when the op returns, and CPython (before 3.14) ends such a daemon thread
-    with pthread_exit(); its forced unwinding runs through C++ frames of libtorch_python that
-    must not throw (pybind11::gil_scoped_release's destructor), so std::terminate() aborts the
-    process: "terminate called without an active exception", exit code -6 (SIGABRT), seen in 7
-    of 8 tries of issue 9 (core dump: THPVariable_matmul -> ~gil_scoped_release ->
-    PyEval_RestoreThread -> take_gil -> PyThread_exit_thread -> pthread_exit -> std::terminate).
-    os._exit runs no atexit handlers and flushes no buffers, so everything printed is flushed
-    first; the ROS entities have been destroyed by the caller where that was safe.
-    """
-    for handler in logging.getLogger("sfnet_core").handlers:
-        handler.flush()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).fflush(None)  # C stdio buffers (rcutils console output)
-    os._exit(code)
-
-
-def _release_participant(node: SegmentationNode) -> None:
-    """Destroy the node's ROS entities and its DDS participant before an ``os._exit``.
-
-    Without this, Fast DDS's shared-memory segments of the process (``/dev/shm/fastdds_*``, 70 MB
-    each with the large-frames profile) outlive it: nothing else removes them until a
-    ``fastdds shm clean``. The participant goes with the last rcl node of the context, and the
-    lifecycle state machine holds a reference to the node, so it is released too. Entities a
-    still-running thread uses are released when it lets go of them (never, if it is the one
-    that keeps the process from exiting normally: only those leak).
-    """
-    with contextlib.suppress(Exception):
-        node.destroy_node()
-    state_machine = getattr(node, "_state_machine", None)  # rclpy LifecycleNode internals
-    if state_machine is not None:
-        with contextlib.suppress(Exception):
-            state_machine.destroy_when_not_in_use()
-    with contextlib.suppress(Exception):
-        rclpy.try_shutdown()
-
-
-def _leave(node: SegmentationNode, spin_stop: threading.Event, spin_thread: threading.Thread,
-           autostart_thread: threading.Thread | None, reason: str, code: int) -> int:
-    """Release the ROS entities and end, without waiting on work that cannot be interrupted."""
-    logger = node.get_logger()
-    logger.info(reason)
-    spin_stop.set()
-    spin_thread.join(EXIT_CALLBACK_GRACE_S)
-    if spin_thread.is_alive() or (autostart_thread is not None and autostart_thread.is_alive()):
-        # A lifecycle transition (in practice: configure, loading and warming up the model) is
-        # still running. Destroying the node under it would make it fail noisily, and it holds
-        # no subscription or output publisher yet (those are made by activate).
-        logger.warning("a lifecycle transition (configure) is still running: leaving without waiting for it")
-        node.prepare_exit()
-        _release_participant(node)
-        _hard_exit(code)
-    node.release()
-    if not node.stop_worker(EXIT_WORKER_GRACE_S):
-        busy = node.worker_busy_for()
-        since = "" if busy is None else f" (batch started {busy:.1f} s ago)"
-        logger.warning(f"inference still running{since}: leaving without waiting for it, results discarded")
-    node.prepare_exit()
-    if node.worker_alive():
-        _release_participant(node)
-        _hard_exit(code)
-    node.destroy_node()
-    rclpy.try_shutdown()
-    return code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the node until Ctrl-C / SIGTERM (or a lifecycle shutdown with ``exit_on_shutdown``);
-    returns the exit code (0 on a normal stop). Leaves within about 2 s of the request, whatever
-    the inference thread is doing."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args) and "--ros-args" not in args:
-        print(__doc__)
-        print("usage: sfnet_node [--ros-args --params-file config/sfnet.yaml -p checkpoint:=model.pt "
-              "-r image:=/camera/image_raw -r __ns:=/perception]")
-        return 0
-    _install_core_logging()
-    stop = _stop_on_signals()  # from here on a signal never kills the process mid-way
-    try:
-        from rclpy.signals import SignalHandlerOptions
-
-        rclpy.init(args=["sfnet_node", *args], signal_handler_options=SignalHandlerOptions.NO)
-    except ImportError:  # an rclpy without SignalHandlerOptions installs its own: replace them
-        rclpy.init(args=["sfnet_node", *args])
-        _stop_on_signals(stop)
-    try:
-        node = SegmentationNode()
-    except BaseException:
-        rclpy.try_shutdown()
-        raise
-    node.on_exit_request = partial(stop.request, STOP_SHUTDOWN_MESSAGE)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spin_stop, failure = threading.Event(), []
-    spin_thread = threading.Thread(target=_spin, args=(executor, spin_stop, failure), name="sfnet_executor",
-                                   daemon=True)
-    spin_thread.start()
-    autostart_thread = None
-    if node.autostart:
-        autostart_thread = threading.Thread(target=node.autostart_transitions, args=(stop,), name="sfnet_autostart",
-                                            daemon=True)
-        autostart_thread.start()
-    # The main thread only waits: Python runs signal handlers in the main thread, so it must
-    # never be inside a long native call (a forward pass, a model load) when a signal comes.
-    while not stop.is_set() and spin_thread.is_alive():
-        time.sleep(SPIN_STEP_S)
-    if stop.reason is not None:
-        return _leave(node, spin_stop, spin_thread, autostart_thread, stop.reason, 0)
-    return _leave(node, spin_stop, spin_thread, autostart_thread,
-                  f"executor stopped ({'; '.join(map(str, failure)) or 'context shut down'}): shutting down",
-                  1 if failure else 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

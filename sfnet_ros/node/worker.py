@@ -120,7 +120,7 @@ class InferenceWorker:
         self._on_error = on_error
         self._busy_since: float | None = None  # time.monotonic() when the batch in flight started
         # A daemon: a forward pass cannot be interrupted, and the process must be able to end
-        # without it (see segmentation_node.main for how the process then leaves).
+        # without it (see sfnet_ros/node/main.py for how the process then leaves).
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:

@@ -2,7 +2,7 @@
 
 1. writes a synthetic driving bag with ground-truth labels (``sfnet_ros.tools.synthetic_bag``);
 2. trains a small checkpoint with ``training/configs/synthetic_quick.yaml`` (cached under
-   ``~/.cache/sfnet_ros/demo/<hash of the recipe>/``, reused on the next run);
+   ``~/.cache/sfnet_ros/demo/<hash of the recipe and the model code>/``, reused on the next run);
 3. evaluates it offline over the bag (``sfnet-bag-eval``: model FPS, mIoU, a segmented MCAP);
 4. starts ``sfnet_node`` as a process, exactly as the launch file does, on a ROS domain of its own
    with localhost-only discovery; records its outputs (``sfnet-bag-record``) while
@@ -79,13 +79,26 @@ def is_previous_demo(path: Path) -> bool:
     return (path / "report.json").is_file() and all(p.name in DEMO_FILES for p in path.iterdir())
 
 
+def cache_key(config: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """The cache folder name of a demo training: the recipe's bytes, the overrides and the model's code.
+
+    The code is part of the key: a checkpoint trained by an earlier definition of the network
+    (e.g. before the PPM matched the released code) must not be reused silently.
+    """
+    import sfnet_core.models
+
+    digest = hashlib.sha256(config.read_bytes() + "\n".join(overrides).encode())
+    for source in sorted(Path(sfnet_core.models.__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def checkpoint_for(config: Path, overrides: list[str] | tuple[str, ...], cache_dir: Path) -> Path:
     """Train ``config`` (+ overrides) once; later runs with the same recipe reuse the result."""
     from sfnet_core.training.config import load_train_config
     from sfnet_core.training.engine import train
 
-    key = hashlib.sha256(config.read_bytes() + "\n".join(overrides).encode()).hexdigest()[:16]
-    run_dir = cache_dir / key
+    run_dir = cache_dir / cache_key(config, overrides)
     done = run_dir / "demo_done.json"
     if done.exists() and (run_dir / "last.pt").exists():
         log(f"reusing the checkpoint trained earlier: {run_dir / 'last.pt'}")
