@@ -1,6 +1,7 @@
 # One setup path on a fresh machine (no ROS install needed): a virtual environment with pinned
 # PyTorch, ROS 2 (kilted) from PyPI wheels, and this project in editable mode.
-#   make test   set up, then run the whole test suite
+#   make test   set up, lint (ruff), then run the whole test suite
+#   make lint   ruff only
 #   make demo   set up, then run the end-to-end demo (synthetic bag -> train -> node -> metrics)
 #   make bench  set up, then run the benchmarks (model table, speed ratios, node latency)
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sfnet-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test demo bench model-stats clean
+.PHONY: setup lint test demo bench model-stats clean
 
 setup: $(STAMP)
 
@@ -20,7 +21,10 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest test
 
 demo: setup

@@ -37,7 +37,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sfnet_node = sfnet_ros.node.main:main",
-            "sfnet-export = sfnet_core.cli.export:main",
+            "sfnet-export = sfnet_ros.tools.export:main",
             "sfnet-train = sfnet_core.cli.train:main",
             "sfnet-eval = sfnet_core.cli.evaluate:main",
             "sfnet-import = sfnet_core.cli.import_released:main",

@@ -1,23 +1,35 @@
 #!/usr/bin/env python3
-"""Inference speed of SFNet against its baselines, measured side by side in one run.
+"""Inference speed of SFNet against its baselines and across backends, measured side by side in one run.
 
-CPU (always; ``--threads`` threads, default 2), at ``--size`` (default 512x1024), batch 1:
+CPU (always; ``--threads`` threads, pinned to that many cores; default 2), at ``--size`` (default
+512x1024), batch 1, random weights, 19 classes:
 
-* sfnet_resnet18 vs torchvision ``deeplabv3_resnet50`` and ``fcn_resnet50`` (random weights,
-  19 classes): SFNet must be at least 4x faster than DeepLabV3;
-* the cost of the flow alignment modules: sfnet_resnet18 vs fpn_resnet18 (same network with
-  bilinear upsampling instead of FAMs): at most 10% slower;
-* ONNX Runtime vs PyTorch eager for sfnet_resnet18;
-* sfnet_resnet18's achieved GFLOP/s (FLOPs from ``torch.utils.flop_counter``) against the
-  machine's own fp32 GEMM throughput (a large ``torch.mm``), i.e. a fraction of the physical
-  limit.
+* networks, PyTorch eager: sfnet_resnet18 vs torchvision ``deeplabv3_resnet50`` and
+  ``fcn_resnet50`` (SFNet must be at least 4x faster than DeepLabV3), and fpn_resnet18 (the same
+  network with bilinear upsampling instead of FAMs: at most 10% faster);
+* networks, ONNX Runtime fp32: sfnet_resnet18 and deeplabv3_resnet50 (the 4x in the same runtime);
+* the ``Segmenter`` end to end, every backend x precision this machine offers (uint8 frame in,
+  uint8 labels out: upload, normalise, pad, network, argmax, download): torch fp32 (eager,
+  channels_last: what the node runs by default), torch bf16 (only on CPUs with avx512_bf16 or
+  AMX; otherwise the row is skipped and says why), onnxruntime fp32 (the export cache's model) and
+  onnxruntime int8 (static QDQ quantisation calibrated on ``--calib-frames`` synthetic frames).
+  Target: the best >= 3.5x faster than torch fp32;
+* the machine's limit: an fp32 GEMM measured robustly (after warm-up, the best over several
+  sizes and repetitions, threads pinned) and the theoretical fp32 / int8 peaks of the cores in use,
+  from their vector units (``/proc/cpuinfo`` flags) and clock (``lscpu``), each printed with how
+  it was obtained; SFNet's achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) as a
+  fraction of each.
 
 Every timed thing runs once per round, round after round (A, B, C, A, B, C, ...), so load from
-other processes hits all of them alike; the table shows medians over ``--repeats`` rounds.
+other processes hits all of them alike; the table shows the fastest and the median round of
+``--repeats``, and the ratios and checks use the fastest (load only ever adds time: on a shared
+machine the minimum is the least disturbed figure).
 
-CUDA (when available): FPS of sfnet_resnet18 at ``--cuda-size`` (default 1024x2048) in fp32 /
-fp16 (autocast, as the Segmenter runs it), with and without channels_last and torch.compile,
-plus the Segmenter end to end (uint8 image in, uint8 labels out).
+CUDA (when available): FPS at ``--cuda-size`` (default 1024x2048) of the bare network (fp32 /
+fp16, channels_last, torch.compile), the baselines, and the ``Segmenter`` end to end: eager fp16,
+``pipeline="compiled"`` and ``pipeline="cuda_graph"`` (the whole step as one compiled region /
+one CUDA graph), one camera and ``--cameras`` cameras batched, and onnxruntime when the installed
+onnxruntime has the CUDA provider.
 
 Prints a table and, as the last line, one JSON object. Exit status 1 when a check fails
 (not in ``--quick`` mode, whose small inputs are only a smoke test).
@@ -28,9 +40,13 @@ Prints a table and, as the last line, one JSON object. Exit status 1 when a chec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,12 +59,13 @@ import torch
 if __package__ in (None, ""):  # run as a script from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sfnet_core.models import build_model  # noqa: E402
+from sfnet_core.models import build_model
 
 NUM_CLASSES = 19
 
 
-def interleaved(runners: dict[str, Callable[[], object]], repeats: int, warmup: int, sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+def interleaved(runners: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
     """Seconds per call of each runner; one call of each per round, rounds repeated."""
     for _ in range(warmup):
         for run in runners.values():
@@ -80,23 +97,191 @@ def torchvision_model(name: str) -> torch.nn.Module:
     return getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=NUM_CLASSES).eval()
 
 
-def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, workdir: Path) -> Callable[[], object]:
+class _OutOnly(torch.nn.Module):
+    """torchvision segmentation models return {"out": ...}: ONNX export wants a tensor."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
-    from sfnet_core.export import INPUT_NAME, export_module
-
-    path = export_module(model, workdir / "sfnet_resnet18.onnx", height=x.shape[2], width=x.shape[3])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, path: Path) -> Callable[[], object]:
+    from sfnet_core.export import INPUT_NAME, export_module
+
+    export_module(model, path, height=x.shape[2], width=x.shape[3])
+    session = ort_session(path, threads)
     feed = {INPUT_NAME: x.numpy()}
     return lambda: session.run(None, feed)
 
 
+# -- the machine's limit ------------------------------------------------------------------------
+
+def pin_threads(threads: int) -> list[int]:
+    """Pin this process to ``threads`` of its allowed CPUs (so OpenMP / ORT threads do not migrate)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+        chosen = allowed[: max(1, threads)]
+        os.sched_setaffinity(0, chosen)
+        return chosen
+    except (AttributeError, OSError):
+        return []
+
+
+def cpu_description() -> dict:
+    """Flags (/proc/cpuinfo) and clock (lscpu, else /proc/cpuinfo) of this machine, with sources."""
+    info: dict = {"model": "?", "flags": [], "clock_ghz": None, "clock_source": "unknown"}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        info["model"] = m.group(1).strip() if m else "?"
+        m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+        info["flags"] = m.group(1).split() if m else []
+        m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
+        cpuinfo_mhz = float(m.group(1)) if m else None
+    except OSError:
+        cpuinfo_mhz = None
+    lscpu = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=20).stdout
+    m = re.search(r"^CPU max MHz:\s*([\d.]+)", lscpu, re.M)
+    if m:
+        info["clock_ghz"], info["clock_source"] = float(m.group(1)) / 1000, "lscpu 'CPU max MHz' (maximum boost)"
+    elif cpuinfo_mhz:
+        info["clock_ghz"] = cpuinfo_mhz / 1000
+        info["clock_source"] = ("/proc/cpuinfo 'cpu MHz' (lscpu shows no max MHz, as in VMs: the "
+                                "nominal clock; boost may run higher)")
+    m = re.search(r"^Model name:\s*(.+)$", lscpu, re.M)
+    if m:
+        info["model"] = m.group(1).strip()
+    return info
+
+
+def theoretical_peaks(info: dict, cores: int) -> dict:
+    """Theoretical fp32 FLOP/s and int8 op/s of ``cores`` cores from their vector units and clock.
+
+    Per core and cycle, assuming two vector pipes able to multiply (true of Intel since Haswell
+    and AMD Zen 2-4 for 256-bit; Xeon Gold 5xxx / Silver have one 512-bit FMA port):
+    fp32: 2 FMA x lanes x 2; int8: AMX 1024 MACs; AVX-512 VNNI vpdpbusd 2 x 64 MACs; AVX-VNNI
+    2 x 32 MACs; AVX2 without VNNI vpmaddubsw + vpmaddwd: 32 MACs per cycle (each MAC = 2 ops).
+    """
+    flags = set(info["flags"])
+    if "avx512f" in flags:
+        fp32, fp32_how = 2 * 16 * 2, "AVX-512: 2 FMA pipes x 16 fp32 lanes x 2 flops"
+    elif "avx2" in flags and "fma" in flags:
+        fp32, fp32_how = 2 * 8 * 2, "AVX2 + FMA: 2 FMA pipes x 8 fp32 lanes x 2 flops"
+    elif "avx" in flags:
+        fp32, fp32_how = 8 + 8, "AVX without FMA: 8-lane multiply + 8-lane add"
+    else:
+        fp32, fp32_how = 4 + 4, "SSE: 4-lane multiply + 4-lane add"
+    if "amx_int8" in flags:
+        int8, int8_how = 2 * 1024, "AMX: 1024 int8 MACs per cycle (tile multiply)"
+    elif "avx512_vnni" in flags:
+        int8, int8_how = 2 * 2 * 64, "AVX-512 VNNI: 2 x vpdpbusd x 64 MACs"
+    elif "avx_vnni" in flags:
+        int8, int8_how = 2 * 2 * 32, "AVX-VNNI: 2 x vpdpbusd (256-bit) x 32 MACs"
+    elif "avx2" in flags:
+        int8, int8_how = 2 * 32, "AVX2 without VNNI: vpmaddubsw + vpmaddwd, 32 u8 x s8 MACs per cycle"
+    else:
+        int8, int8_how = fp32, "no int8 dot-product instructions: as fp32"
+    ghz = info["clock_ghz"] or 0.0
+    return {
+        "cores": cores, "clock_ghz": ghz, "clock_source": info["clock_source"],
+        "fp32_gflops": cores * ghz * fp32, "fp32_per_cycle": fp32, "fp32_how": fp32_how,
+        "int8_gops": cores * ghz * int8, "int8_per_cycle": int8, "int8_how": int8_how,
+        "bf16_native": bool({"avx512_bf16", "amx_bf16"} & flags),
+    }
+
+
+def measure_gemm(sizes: list[int], repeats: int) -> dict:
+    """Best fp32 GEMM GFLOP/s over ``sizes`` (n x n x n), each warmed up then timed ``repeats`` times."""
+    best: dict[int, float] = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        for _ in range(2):
+            torch.mm(a, b, out=out)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            times.append(time.perf_counter() - start)
+        best[n] = 2 * n**3 / min(times) / 1e9
+    top = max(best, key=best.get)
+    return {"per_size_gflops": best, "best_gflops": best[top], "best_size": top, "repeats": repeats}
+
+
+# -- the Segmenter end to end -------------------------------------------------------------------
+
+def calibration_frames(count: int, height: int, width: int) -> list[np.ndarray]:
+    from sfnet_core.data.synthetic import render_scene
+
+    return [render_scene(seed=9000 + i, height=height, width=width)[0] for i in range(count)]
+
+
+def segmenter_runners(args: argparse.Namespace, model: torch.nn.Module, workdir: Path, cpu: dict,
+                      errors: dict, skipped: dict) -> dict[str, Callable[[], object]]:
+    """``segmenter <backend> <precision>`` -> a call labelling one uint8 frame, for each combination."""
+    from sfnet_core.checkpoint import load_checkpoint, save_checkpoint
+    from sfnet_core.data.classes import ClassTable
+    from sfnet_core.export import export_onnx, quantize_int8
+    from sfnet_core.inference import Segmenter
+
+    h, w = args.size
+    classes = ClassTable(tuple(f"c{i}" for i in range(NUM_CLASSES)), tuple((i, i, i) for i in range(NUM_CLASSES)))
+    ck = workdir / "sfnet_resnet18.pt"
+    save_checkpoint(ck, model, "sfnet_resnet18", classes)
+    frame = calibration_frames(1, h, w)[0]
+    runners: dict[str, Callable[[], object]] = {}
+
+    def add(name: str, make: Callable[[], Segmenter]) -> None:
+        try:
+            seg = make()
+            seg.segment(frame)
+            runners[name] = lambda: seg.segment(frame)
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+
+    add("segmenter torch fp32", lambda: Segmenter.from_checkpoint(ck, device="cpu", precision="fp32", warmup=False))
+    if cpu["bf16_native"]:
+        add("segmenter torch bf16", lambda: Segmenter.from_checkpoint(ck, device="cpu", precision="bf16", warmup=False))
+    else:
+        skipped["segmenter torch bf16"] = "no avx512_bf16 / AMX on this CPU (bf16 would be emulated: not offered)"
+    cache = workdir / "cache"
+    add("segmenter onnxruntime fp32", lambda: Segmenter.from_checkpoint(
+        ck, backend="onnxruntime", device="cpu", input_size=(h, w), threads=args.threads, cache_dir=cache,
+        warmup=False))
+
+    def int8() -> Segmenter:
+        fp32 = export_onnx(load_checkpoint(ck), workdir / "fp32.onnx", height=h, width=w)
+        prep = Segmenter(build_model("sfnet_resnet18", NUM_CLASSES), classes, device="cpu", input_size=(h, w),
+                         channels_last=False)
+        batches = [prep.preprocess(f).numpy() for f in calibration_frames(args.calib_frames, h, w)]
+        path = quantize_int8(fp32, workdir / "int8.onnx", batches, calibration_source="synthetic frames")
+        return Segmenter.from_checkpoint(path, device="cpu", threads=args.threads, warmup=False)
+
+    add("segmenter onnxruntime int8", int8)
+    return runners
+
+
 def cpu_suite(args: argparse.Namespace) -> dict:
+    pinned = pin_threads(args.threads)
     torch.set_num_threads(args.threads)
+    info = cpu_description()
+    peaks = theoretical_peaks(info, len(pinned) or args.threads)
     h, w = args.size
     torch.manual_seed(0)
     x = torch.randn(1, 3, h, w)
@@ -113,22 +298,28 @@ def cpu_suite(args: argparse.Namespace) -> dict:
                 return model(x)
         return run
 
-    n = args.gemm_size
-    a, b = torch.randn(n, n), torch.randn(n, n)
     runners: dict[str, Callable[[], object]] = {name: forward(m) for name, m in models.items()}
+    errors: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        errors: dict[str, str] = {}
-        try:
-            runners["sfnet_resnet18_onnxruntime"] = onnx_runner(models["sfnet_resnet18"], x, args.threads, Path(tmp))
-        except Exception as exc:  # report and carry on: the other comparisons stay valid
-            errors["sfnet_resnet18_onnxruntime"] = f"{type(exc).__name__}: {exc}"[:300]
-        runners["gemm"] = lambda: torch.mm(a, b)
+        work = Path(tmp)
+        for name, model in (("sfnet_resnet18", models["sfnet_resnet18"]),
+                            ("deeplabv3_resnet50", _OutOnly(models["deeplabv3_resnet50"]))):
+            try:
+                runners[f"{name}_onnxruntime"] = onnx_runner(model, x, args.threads, work / f"{name}.onnx")
+            except Exception as exc:  # report and carry on: the other comparisons stay valid
+                errors[f"{name}_onnxruntime"] = f"{type(exc).__name__}: {exc}"[:300]
+        seg_runners = segmenter_runners(args, copy.deepcopy(models["sfnet_resnet18"]), work, peaks, errors, skipped)
+        runners.update(seg_runners)
         times = interleaved(runners, args.repeats, args.warmup)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    # Ratios come from the fastest round of each: load from other processes only ever adds time,
+    # so on a shared machine the minimum is the least disturbed measurement (medians are printed too).
+    med = {name: min(t) for name, t in times.items()}
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    gemm = measure_gemm(args.gemm_sizes, args.gemm_repeats)
 
     flops = count_flops(models["sfnet_resnet18"], x)
     achieved = flops / med["sfnet_resnet18"] / 1e9
-    gemm = 2 * n**3 / med["gemm"] / 1e9
     ratios = {
         "deeplabv3_over_sfnet": med["deeplabv3_resnet50"] / med["sfnet_resnet18"],
         "fcn_over_sfnet": med["fcn_resnet50"] / med["sfnet_resnet18"],
@@ -136,23 +327,50 @@ def cpu_suite(args: argparse.Namespace) -> dict:
     }
     if "sfnet_resnet18_onnxruntime" in med:
         ratios["torch_over_onnxruntime"] = med["sfnet_resnet18"] / med["sfnet_resnet18_onnxruntime"]
+        if "deeplabv3_resnet50_onnxruntime" in med:
+            ratios["deeplabv3_over_sfnet_onnxruntime"] = (med["deeplabv3_resnet50_onnxruntime"]
+                                                          / med["sfnet_resnet18_onnxruntime"])
+    seg = {k: v for k, v in med.items() if k.startswith("segmenter ")}
     checks = {
         "sfnet_at_least_4x_faster_than_deeplabv3": ratios["deeplabv3_over_sfnet"] >= 4.0,
         "fam_overhead_at_most_10pct": ratios["sfnet_over_fpn"] <= 1.10,
     }
+    if "deeplabv3_over_sfnet_onnxruntime" in ratios:
+        checks["sfnet_at_least_4x_faster_than_deeplabv3_onnxruntime"] = (
+            ratios["deeplabv3_over_sfnet_onnxruntime"] >= 4.0)
+    base = seg.get("segmenter torch fp32")
+    if base:
+        best_name = min(seg, key=seg.get)
+        ratios["segmenter_best_over_torch_fp32"] = base / seg[best_name]
+        checks["best_cpu_backend_at_least_3.5x_torch_fp32"] = base / seg[best_name] >= 3.5
+    int8_ms = seg.get("segmenter onnxruntime int8")
     return {
+        "segmenter_best": min(seg, key=seg.get) if seg else None,
         "threads": args.threads,
+        "pinned_cpus": pinned,
         "size": [h, w],
         "repeats": args.repeats,
-        "median_ms": {k: v * 1e3 for k, v in med.items() if k != "gemm"},
+        "min_ms": {k: v * 1e3 for k, v in med.items()},
+        "median_ms": {k: v * 1e3 for k, v in medians.items()},
         "all_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
         "ratios": ratios,
         "checks": checks,
+        "skipped": skipped,
+        "cpu": {"model": info["model"], **peaks},
         "sfnet_gflops_per_frame": flops / 1e9,
         "sfnet_achieved_gflop_per_s": achieved,
-        "gemm_size": n,
-        "gemm_gflop_per_s": gemm,
-        "sfnet_fraction_of_gemm_throughput": achieved / gemm,
+        "gemm": gemm,
+        "gemm_gflop_per_s": gemm["best_gflops"],
+        "sfnet_fraction_of_gemm_throughput": achieved / gemm["best_gflops"],
+        # The limit: the theoretical peak at the stated clock, or the measured GEMM when it beats that
+        # (cores boosting above a nominal clock): a fraction of it can never exceed 100%.
+        "fp32_limit_gflops": max(gemm["best_gflops"], peaks["fp32_gflops"]),
+        "effective_clock_ghz_from_gemm": gemm["best_gflops"] / peaks["cores"] / peaks["fp32_per_cycle"],
+        "sfnet_fraction_of_fp32_limit": achieved / max(gemm["best_gflops"], peaks["fp32_gflops"]),
+        "sfnet_int8_fraction_of_int8_peak": (flops / int8_ms / 1e9 / peaks["int8_gops"] * peaks["clock_ghz"]
+                                             / max(peaks["clock_ghz"], gemm["best_gflops"] / peaks["cores"]
+                                                   / peaks["fp32_per_cycle"])
+                                             if int8_ms and peaks["int8_gops"] else None),
         "errors": errors,
     }
 
@@ -169,28 +387,31 @@ def cuda_suite(args: argparse.Namespace) -> dict:
     x = torch.randn(1, 3, h, w, device=device)
     runners: dict[str, Callable[[], object]] = {}
     errors: dict[str, str] = {}
-    for compiled in (False, True) if args.compile else (False,):
-        for channels_last in (False, True):
-            model = build_model("sfnet_resnet18", NUM_CLASSES).eval().to(device)
-            model.load_state_dict(base.state_dict())
-            inp = x
-            if channels_last:
-                model = model.to(memory_format=torch.channels_last)
-                inp = x.contiguous(memory_format=torch.channels_last)
-            net = torch.compile(model) if compiled else model
-            for precision in ("fp32", "fp16"):
-                name = f"{precision}{' channels_last' if channels_last else ''}{' compile' if compiled else ''}"
+    # Network rows: eager fp32 / fp16, channels_last, and one torch.compile (fp16 channels_last,
+    # the fastest eager layout): each compile costs about a minute, gpu_check.sh has five in all.
+    configs = [("fp32", False, False), ("fp16", False, False), ("fp32", True, False), ("fp16", True, False)]
+    if args.compile:
+        configs.append(("fp16", True, True))
+    for precision, channels_last, compiled in configs:
+        model = build_model("sfnet_resnet18", NUM_CLASSES).eval().to(device)
+        model.load_state_dict(base.state_dict())
+        inp = x
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            inp = x.contiguous(memory_format=torch.channels_last)
+        net = torch.compile(model) if compiled else model
+        name = f"{precision}{' channels_last' if channels_last else ''}{' compile' if compiled else ''}"
 
-                def run(net=net, inp=inp, half=precision == "fp16") -> object:
-                    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
-                        return net(inp)
+        def run(net=net, inp=inp, half=precision == "fp16") -> object:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
+                return net(inp)
 
-                try:
-                    run()  # compile (if any) happens here, outside the timed rounds
-                    torch.cuda.synchronize()
-                    runners[name] = run
-                except Exception as exc:  # e.g. torch.compile without a working triton
-                    errors[name] = f"{type(exc).__name__}: {exc}"[:200]
+        try:
+            run()  # compile (if any) happens here, outside the timed rounds
+            torch.cuda.synchronize()
+            runners[name] = run
+        except Exception as exc:  # e.g. torch.compile without a working triton
+            errors[name] = f"{type(exc).__name__}: {exc}"[:200]
     # The paper's comparison on the GPU too: same precision and memory format for every network.
     baselines = {"fpn_resnet18": build_model("fpn_resnet18", NUM_CLASSES),
                  "deeplabv3_resnet50": torchvision_model("deeplabv3_resnet50"),
@@ -205,23 +426,49 @@ def cuda_suite(args: argparse.Namespace) -> dict:
 
         runners[f"{name} fp16 channels_last"] = run_baseline
     classes = ClassTable(tuple(f"c{i}" for i in range(NUM_CLASSES)), tuple((i, i, i) for i in range(NUM_CLASSES)))
-    segmenter = Segmenter(base, classes, device="cuda", precision="fp16", warmup=False)
-    frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    runners["segmenter fp16 channels_last (uint8 in, labels out)"] = lambda: segmenter.segment(frame)
-    if args.compile:  # what the node runs with its `compile` parameter
-        compiled = Segmenter(copy.deepcopy(base), classes, device="cuda", precision="fp16", compile=True,
-                             warmup=False)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    cams = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(args.cameras)]
+    pipelines = ["eager"] + (["compiled", "cuda_graph"] if args.compile else ["cuda_graph"])
+    for pipeline in pipelines:
         try:
-            compiled.segment(frame)
-            runners["segmenter fp16 channels_last compile (uint8 in, labels out)"] = lambda: compiled.segment(frame)
-        except Exception as exc:  # noqa: BLE001 - reported with the other failures
-            errors["segmenter compile"] = f"{type(exc).__name__}: {exc}"[:200]
+            seg = Segmenter(copy.deepcopy(base), classes, device="cuda", precision="fp16", input_size=(h, w),
+                            pipeline=pipeline, warmup=False)
+            seg.segment(frame)
+            runners[f"segmenter fp16 {pipeline} (uint8 in, labels out)"] = lambda seg=seg: seg.segment(frame)
+            if pipeline != "compiled":  # a second compile (another batch shape) would cost another minute
+                seg.segment(cams)
+                runners[f"segmenter fp16 {pipeline}, {args.cameras} cameras batched"] = \
+                    lambda seg=seg: seg.segment(cams)
+        except Exception as exc:
+            errors[f"segmenter {pipeline}"] = f"{type(exc).__name__}: {exc}"[:300]
+    try:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            from sfnet_core.checkpoint import save_checkpoint
+
+            with tempfile.TemporaryDirectory() as tmp:
+                ck = Path(tmp) / "ck.pt"
+                save_checkpoint(ck, base.cpu(), "sfnet_resnet18", classes)
+                base.to(device)
+                ort_seg = Segmenter.from_checkpoint(ck, backend="onnxruntime", device="cuda", input_size=(h, w),
+                                                    cache_dir=Path(tmp) / "cache", warmup=False)
+                ort_seg.segment(frame)
+            runners[f"segmenter onnxruntime ({ort_seg.backend.providers[0]})"] = lambda: ort_seg.segment(frame)
+    except Exception as exc:
+        errors["segmenter onnxruntime cuda"] = f"{type(exc).__name__}: {exc}"[:300]
     times = interleaved(runners, args.repeats, max(args.warmup, 3), sync=torch.cuda.synchronize)
+    fps = {name: 1.0 / statistics.median(t) for name, t in times.items()}
+    for name in list(fps):
+        if "cameras batched" in name:
+            fps[name] *= args.cameras
     return {
         "device": torch.cuda.get_device_name(0),
         "size": [h, w],
         "repeats": args.repeats,
-        "fps": {name: 1.0 / statistics.median(t) for name, t in times.items()},
+        "cameras": args.cameras,
+        "fps": fps,
         "errors": errors,
     }
 
@@ -232,60 +479,97 @@ def print_report(result: dict) -> None:
     if "cuda" in result:
         cuda = result["cuda"]
         ch, cw = cuda["size"]
-        print(f"\nCUDA {cuda['device']}, {ch}x{cw}, batch 1, median of {cuda['repeats']} interleaved rounds")
-        base = cuda["fps"].get("fp16 channels_last")
-        print(f"{'configuration':56s} {'FPS':>8s}     {'time vs fp16 channels_last' if base else ''}")
+        print(f"\nCUDA {cuda['device']}, {ch}x{cw}, median of {cuda['repeats']} interleaved rounds (FPS; "
+              f"batched rows: frames per second over {cuda['cameras']} cameras)")
+        base = cuda["fps"].get("fp16 channels_last compile") or cuda["fps"].get("fp16 channels_last")
+        print(f"{'configuration':66s} {'FPS':>8s}     {'vs bare fp16 network' if base else ''}")
         for name, fps in cuda["fps"].items():
-            relative = f"{base / fps:8.2f}x" if base else ""
-            print(f"{name:56s} {fps:8.1f} FPS {relative}")
+            relative = f"{fps / base:8.2f}" if base else ""
+            print(f"{name:66s} {fps:8.1f} FPS {relative}")
         for name, err in cuda["errors"].items():
-            print(f"{name:56s} failed: {err}")
+            print(f"{name:66s} failed: {err}")
 
 
 def print_cpu_report(cpu: dict) -> None:
     h, w = cpu["size"]
-    print(f"\nCPU, {cpu['threads']} threads, {h}x{w}, batch 1, median of {cpu['repeats']} interleaved rounds")
-    print(f"{'model':32s} {'ms':>10s} {'vs sfnet':>9s}")
-    base = cpu["median_ms"]["sfnet_resnet18"]
-    for name, ms in cpu["median_ms"].items():
-        print(f"{name:32s} {ms:10.1f} {ms / base:8.2f}x")
+    print(f"\nCPU {cpu['cpu']['model']}, {cpu['threads']} threads pinned to CPUs {cpu['pinned_cpus']}, {h}x{w}, "
+          f"batch 1, {cpu['repeats']} interleaved rounds (ratios from the fastest round of each)")
+    print(f"{'configuration':40s} {'min ms':>10s} {'median ms':>10s} {'vs sfnet':>9s}")
+    base = cpu["min_ms"]["sfnet_resnet18"]
+    for name, ms in cpu["min_ms"].items():
+        print(f"{name:40s} {ms:10.1f} {cpu['median_ms'][name]:10.1f} {ms / base:8.2f}x")
+    for name, why in cpu["skipped"].items():
+        print(f"{name:40s} skipped: {why}")
     r, c = cpu["ratios"], cpu["checks"]
     verdict = {True: "PASS", False: "FAIL"}
     print(f"\nDeepLabV3-R50 / SFNet-R18 time: {r['deeplabv3_over_sfnet']:.2f}x (need >= 4x)  "
           f"{verdict[c['sfnet_at_least_4x_faster_than_deeplabv3']]}")
+    if "deeplabv3_over_sfnet_onnxruntime" in r:
+        print(f"DeepLabV3-R50 / SFNet-R18 time in ONNX Runtime: {r['deeplabv3_over_sfnet_onnxruntime']:.2f}x "
+              f"(need >= 4x)  {verdict[c['sfnet_at_least_4x_faster_than_deeplabv3_onnxruntime']]}")
     print(f"FCN-R50 / SFNet-R18 time:       {r['fcn_over_sfnet']:.2f}x")
     print(f"SFNet-R18 / FPN-R18 time (FAM cost): {r['sfnet_over_fpn']:.3f} (need <= 1.10)  "
           f"{verdict[c['fam_overhead_at_most_10pct']]}")
     if "torch_over_onnxruntime" in r:
-        print(f"PyTorch eager / ONNX Runtime time:   {r['torch_over_onnxruntime']:.2f}x")
+        print(f"PyTorch eager / ONNX Runtime time (network): {r['torch_over_onnxruntime']:.2f}x")
+    if "segmenter_best_over_torch_fp32" in r:
+        print(f"Segmenter end to end, best CPU backend ({cpu['segmenter_best']}) vs torch fp32: "
+              f"{r['segmenter_best_over_torch_fp32']:.2f}x faster (need >= 3.5x)  "
+              f"{verdict[c['best_cpu_backend_at_least_3.5x_torch_fp32']]}")
     for name, err in cpu["errors"].items():
         print(f"{name} failed: {err}")
-    print(f"SFNet-R18: {cpu['sfnet_gflops_per_frame']:.1f} GFLOP/frame, {cpu['sfnet_achieved_gflop_per_s']:.1f} GFLOP/s "
-          f"achieved; fp32 GEMM ({cpu['gemm_size']}^3) {cpu['gemm_gflop_per_s']:.1f} GFLOP/s -> "
-          f"{100 * cpu['sfnet_fraction_of_gemm_throughput']:.1f}% of the GEMM peak")
+    p, g = cpu["cpu"], cpu["gemm"]
+    sizes = ", ".join(f"{n}: {v:.1f}" for n, v in g["per_size_gflops"].items())
+    print(f"\nMachine limit, {p['cores']} cores:")
+    print(f"  measured fp32 GEMM: best {g['best_gflops']:.1f} GFLOP/s (n={g['best_size']}; best of {g['repeats']} "
+          f"after warm-up, per size {sizes})")
+    print(f"  theoretical fp32:   {p['fp32_gflops']:.1f} GFLOP/s = {p['cores']} cores x {p['clock_ghz']:.3f} GHz x "
+          f"{p['fp32_per_cycle']} flop/cycle ({p['fp32_how']}; clock: {p['clock_source']})")
+    print(f"  theoretical int8:   {p['int8_gops']:.1f} Gop/s = {p['cores']} cores x {p['clock_ghz']:.3f} GHz x "
+          f"{p['int8_per_cycle']} op/cycle ({p['int8_how']})")
+    if g["best_gflops"] > p["fp32_gflops"]:
+        print(f"  the measured GEMM beats the theoretical peak at {p['clock_ghz']:.3f} GHz: the cores run at "
+              f">= {cpu['effective_clock_ghz_from_gemm']:.2f} GHz (boost); the limit below is the measured GEMM")
+    print(f"SFNet-R18: {cpu['sfnet_gflops_per_frame']:.1f} GFLOP/frame, "
+          f"{cpu['sfnet_achieved_gflop_per_s']:.1f} GFLOP/s "
+          f"achieved in PyTorch fp32 -> {100 * cpu['sfnet_fraction_of_gemm_throughput']:.1f}% of the measured GEMM, "
+          f"{100 * cpu['sfnet_fraction_of_fp32_limit']:.1f}% of the fp32 limit "
+          f"({cpu['fp32_limit_gflops']:.1f} GFLOP/s)")
+    if cpu["sfnet_int8_fraction_of_int8_peak"]:
+        print(f"SFNet-R18 int8, Segmenter end to end: {100 * cpu['sfnet_int8_fraction_of_int8_peak']:.1f}% of the "
+              "theoretical int8 peak (at the clock the GEMM implies, if higher)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="CPU input size (default 512 1024)")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="CPU input size (default 512 1024)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; quick 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime (default 2)")
-    parser.add_argument("--gemm-size", type=int, default=None, help="n of the n x n fp32 GEMM (default 2048; quick 512)")
-    parser.add_argument("--cuda-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="CUDA input size (default 1024 2048)")
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile CUDA configurations")
+    parser.add_argument("--gemm-sizes", type=int, nargs="+", default=None,
+                        help="n of the n x n fp32 GEMMs (default 512 1024 2048; quick 256 512)")
+    parser.add_argument("--gemm-repeats", type=int, default=None, help="timed GEMMs per size (default 5; quick 2)")
+    parser.add_argument("--calib-frames", type=int, default=None, help="int8 calibration frames (default 8; quick 2)")
+    parser.add_argument("--cuda-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="CUDA input size (default 1024 2048)")
+    parser.add_argument("--cameras", type=int, default=4, help="cameras batched in the CUDA Segmenter rows (default 4)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip the torch.compile CUDA configurations")
     parser.add_argument("--no-cuda", dest="cuda", action="store_false", help="skip the CUDA section")
     parser.add_argument("--no-cpu", dest="cpu", action="store_false", help="skip the CPU section (GPU machines)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 rounds: checks that the benchmark runs")
     args = parser.parse_args(argv)
     args.size = args.size or ([128, 256] if args.quick else [512, 1024])
     args.repeats = args.repeats or (2 if args.quick else 7)
-    args.gemm_size = args.gemm_size or (512 if args.quick else 2048)
+    args.gemm_sizes = args.gemm_sizes or ([256, 512] if args.quick else [512, 1024, 2048])
+    args.gemm_repeats = args.gemm_repeats or (2 if args.quick else 5)
+    args.calib_frames = args.calib_frames or (2 if args.quick else 8)
     args.cuda_size = args.cuda_size or ([256, 512] if args.quick else [1024, 2048])
     if args.quick:
         args.compile = False
-    if min(args.size) < 32 or args.repeats < 1:
-        parser.error("--size must be at least 32x32 and --repeats at least 1")
+    if min(args.size) < 32 or args.repeats < 1 or any(s % 32 for s in args.size):
+        parser.error("--size must be multiples of 32 (at least 32x32) and --repeats at least 1")
 
     result: dict = {"torch": torch.__version__, "quick": args.quick}
     if args.cpu:

@@ -82,7 +82,8 @@ class Checkpoint:
         try:
             model = build_model(self.model_name, self.num_classes, aux=aux, **options)
         except (ConfigError, TypeError) as exc:
-            raise CheckpointError(f"{self.path}: model.options {options} do not build {self.model_name!r}: {exc}") from None
+            raise CheckpointError(
+                f"{self.path}: model.options {options} do not build {self.model_name!r}: {exc}") from None
         own = set(model.state_dict())
         stored = set(self.state_dict)
         unexpected, missing = stored - own, own - stored
@@ -251,7 +252,8 @@ def load_checkpoint(
         if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
             hint = "it looks like a raw state_dict (weights only, no model name or class table)"
         else:
-            hint = f"got a {type(data).__name__}" + (f" with keys {sorted(map(str, data))[:8]}" if isinstance(data, dict) else "")
+            keys = f" with keys {sorted(map(str, data))[:8]}" if isinstance(data, dict) else ""
+            hint = f"got a {type(data).__name__}{keys}"
         raise CheckpointError(
             f"{path}: not an sfnet_ros checkpoint ({hint}); write checkpoints with "
             "sfnet_core.checkpoint.save_checkpoint"

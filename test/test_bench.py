@@ -29,6 +29,8 @@ def test_speed_bench_quick_reports_all_ratios() -> None:
     assert set(cpu["median_ms"]) == {"sfnet_resnet18", "fpn_resnet18", "deeplabv3_resnet50", "fcn_resnet50",
                                      "sfnet_resnet18_onnxruntime", "deeplabv3_resnet50_onnxruntime"} | segmenter_rows
     assert all(ms > 0 for ms in cpu["median_ms"].values())
+    assert set(cpu["min_ms"]) == set(cpu["median_ms"])  # ratios use the fastest round of each
+    assert all(cpu["min_ms"][k] <= cpu["median_ms"][k] for k in cpu["min_ms"])
     assert set(cpu["ratios"]) == {"deeplabv3_over_sfnet", "fcn_over_sfnet", "sfnet_over_fpn", "torch_over_onnxruntime",
                                   "deeplabv3_over_sfnet_onnxruntime", "segmenter_best_over_torch_fp32"}
     assert set(cpu["checks"]) == {"sfnet_at_least_4x_faster_than_deeplabv3", "fam_overhead_at_most_10pct",
@@ -64,6 +66,20 @@ def test_theoretical_peaks_follow_the_vector_units() -> None:
     assert (avx512["fp32_gflops"], avx512["int8_gops"], avx512["bf16_native"]) == (128.0, 512.0, True)
     amx = theoretical_peaks({**base, "flags": ["avx512f", "amx_int8", "amx_bf16"]}, cores=1)
     assert amx["int8_gops"] == 4096.0
+
+
+def test_segmenter_memory_bench_measures_each_case_in_its_own_process() -> None:
+    reference = REPO / "sfnet_core" / "inference" / "segmenter.py"  # any segmenter.py, loaded by path
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "segmenter_memory.py"), "--frame", "300", "400",
+                          "--input-size", "64", "96", "--band-mb", "1", "--reference", str(reference)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    rows = json.loads(run.stdout.strip().splitlines()[-1])
+    assert [(r["case"].split(" ")[0], r["confidence"]) for r in rows] == [
+        ("reference", False), ("reference", True), ("current,", False), ("current,", True)]
+    for row in rows:
+        assert row["labels"] == [300, 400] and row["peak_mb"] >= row["baseline_mb"] > 0
+    assert "Peak RSS (VmHWM) of one segment() call, 300x400 frame" in run.stdout
 
 
 def test_gpu_check_script_writes_its_table(tmp_path: Path) -> None:

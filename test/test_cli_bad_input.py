@@ -31,7 +31,7 @@ NO_CUDA = "cuda" if not Path("/dev/nvidia0").exists() else "cuda:99"
 
 MODULES = {  # console script -> module, for a checkout whose scripts are not installed
     "sfnet-train": "sfnet_core.cli.train", "sfnet-eval": "sfnet_core.cli.evaluate",
-    "sfnet-export": "sfnet_core.cli.export", "sfnet-import": "sfnet_core.cli.import_released",
+    "sfnet-export": "sfnet_ros.tools.export", "sfnet-import": "sfnet_core.cli.import_released",
     "sfnet-synthetic": "sfnet_core.cli.synthetic", "sfnet-bag-eval": "sfnet_ros.tools.bag_eval",
     "sfnet-bag-play": "sfnet_ros.tools.bag_play", "sfnet-bag-record": "sfnet_ros.tools.bag_record",
     "sfnet-live-eval": "sfnet_ros.tools.live_eval", "sfnet-extract": "sfnet_ros.tools.extract",

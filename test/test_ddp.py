@@ -12,7 +12,7 @@ from sfnet_core.training.distributed import IterationBatchSampler, tensor_digest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_engine import MODEL, tiny_recipe
+from test_engine import MODEL, tiny_recipe  # noqa: E402 - after the sys.path line
 
 
 def test_batch_sampler_partitions_each_epoch_between_ranks() -> None:

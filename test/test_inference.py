@@ -46,7 +46,8 @@ def normalised(img: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-def reference_logits(model: torch.nn.Module, img: np.ndarray, input_size: tuple[int, int] | None = None) -> torch.Tensor:
+def reference_logits(model: torch.nn.Module, img: np.ndarray,
+                     input_size: tuple[int, int] | None = None) -> torch.Tensor:
     """(1, C, H, W) logits at the original size: resize, pad to 32, forward, crop, upsample."""
     h, w = img.shape[:2]
     x = normalised(img)
@@ -156,7 +157,7 @@ def test_precision_on_cpu(model: torch.nn.Module) -> None:
     assert bf16.precision == "bf16"
     labels = bf16.segment(image(64, 64, seed=12)).labels
     assert labels.shape == (64, 64) and labels.dtype == np.uint8
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="precision: expected one of"):
         Segmenter(model, CLASSES, device="cpu", precision="int8")
 
 
@@ -204,3 +205,169 @@ def test_from_checkpoint(tmp_path: Path, model: torch.nn.Module, segmenter: Segm
     assert seg.device == torch.device("cpu") and seg.precision == "fp32" and seg.classes == CLASSES
     img = image(64, 64, seed=15)
     assert np.array_equal(seg.segment(img).labels, segmenter.segment(img).labels)
+
+
+# -- banded resampling (issue #9: post-processing memory) --------------------------------------
+
+from sfnet_core.inference.geometry import plan_geometry  # noqa: E402
+from sfnet_core.inference.postprocess import resample_argmax  # noqa: E402
+
+RESAMPLE_CASES = [((15, 20), (97, 131)),   # odd upsampling on both axes
+                  ((64, 96), (50, 40)),     # downsampling
+                  ((64, 96), (64, 130)),    # width only
+                  ((30, 40), (61, 40)),     # height only
+                  ((8, 12), (61, 33)),
+                  ((24, 32), (300, 400))]   # 12.5x, as 240x320 -> 3000x4000
+
+
+@pytest.mark.parametrize(("src", "dst"), RESAMPLE_CASES)
+def test_banded_resample_is_exact_for_any_band(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    torch.manual_seed(sum(src) + sum(dst))
+    scores = torch.randn(2, 19, *src) * 3
+    whole, whole_conf = resample_argmax(scores, dst, confidence=True, band_bytes=1 << 40)
+    for band_bytes in (1, 19 * 4 * dst[1] * 2 * 3, 1 << 16):  # one row, three rows, a few rows
+        labels, conf = resample_argmax(scores, dst, confidence=True, band_bytes=band_bytes)
+        assert torch.equal(labels, whole), band_bytes  # bit for bit, whatever the band height
+        assert torch.equal(conf, whole_conf), band_bytes
+        assert torch.equal(resample_argmax(scores, dst, band_bytes=band_bytes)[0], whole)
+    # The same labels as a 2-D F.interpolate up to its last-bit rounding (ties on ~1e-5 of pixels).
+    ref = F.interpolate(scores, size=dst, mode="bilinear", align_corners=False)
+    assert agreement(whole.numpy(), ref.argmax(1).to(torch.uint8).numpy()) >= 0.999
+    ref_conf = ref.softmax(1).amax(1).mul(255)
+    assert (whole_conf.float() - ref_conf).abs().max() <= 1.0
+    # Probabilities in (multi-scale + flip): the confidence is their maximum, no softmax.
+    probs = scores.softmax(1)
+    labels, conf = resample_argmax(probs, dst, confidence=True, are_probs=True, band_bytes=1)
+    ref_p = F.interpolate(probs, size=dst, mode="bilinear", align_corners=False)
+    assert (conf.float() - ref_p.amax(1) * 255).abs().max() <= 1.0
+
+
+def test_segmenter_labels_do_not_depend_on_band_size(model: torch.nn.Module) -> None:
+    img = image(150, 250, seed=20)  # 96x160 network input upsampled to 150x250
+    small = Segmenter(model, CLASSES, device="cpu", input_size=(96, 160), band_bytes=1)
+    big = Segmenter(model, CLASSES, device="cpu", input_size=(96, 160), band_bytes=1 << 40)
+    a, b = small.segment(img, return_confidence=True), big.segment(img, return_confidence=True)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.confidence, b.confidence)
+    ref = reference_logits(model, img, input_size=(96, 160)).argmax(1)[0].numpy()
+    assert agreement(a.labels, ref) >= 0.999
+
+
+# -- resize policies, output resolution, geometry (issue #13) ----------------------------------
+
+def test_plan_geometry_windows() -> None:
+    g = plan_geometry((480, 640), (256, 256), "letterbox", "network")  # 4:3 into a square
+    assert g.window == (0, 0, 480, 640) and g.content == (32, 0, 192, 256)
+    assert g.output_size == (256, 256) and g.valid == (32, 0, 192, 256)
+    assert g.to_output(0, 0) == (0.0, 32.0) and g.to_output(640, 480) == (256.0, 224.0)
+    g = plan_geometry((480, 640), (256, 256), "crop", "network")  # the centred 480x480 window
+    assert g.window == (0, 80, 480, 480) and g.content == (0, 0, 256, 256)
+    assert g.to_output(80, 0) == (0.0, 0.0) and g.to_output(560, 480) == (256.0, 256.0)
+    g = plan_geometry((480, 640), (256, 256), "crop", "input")
+    assert g.output_size == (480, 640) and g.valid == (0, 80, 480, 480)
+    assert (g.scale_x, g.scale_y, g.offset_x, g.offset_y) == (1.0, 1.0, 0.0, 0.0)
+    g = plan_geometry((480, 640), (240, 320), "stretch", "network")
+    assert (g.scale_x, g.scale_y) == (0.5, 0.5)
+    # camera_info: pixel centres (ROS convention): centre of frame pixel (1, 1) is output (0.25, 0.25)
+    k = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    k2 = g.camera_matrix(k)
+    np.testing.assert_allclose(k2, [[250, 0, 159.75], [0, 250, 119.75], [0, 0, 1]])
+    point = np.array([1.0, -0.5, 4.0])  # a 3-D point projects where the frame's projection maps to
+    u_frame = k @ point / point[2]
+    u_out = k2 @ point / point[2]
+    np.testing.assert_allclose(g.pixel_transform() @ u_frame, u_out)
+    p = np.hstack([k, [[10.0], [0], [0]]])
+    np.testing.assert_allclose(g.projection_matrix(p.ravel())[:, 3], [5.0, 0, 0])
+    with pytest.raises(ValueError, match="resize must be one of"):
+        plan_geometry((4, 4), (4, 4), "fit")
+
+
+def test_letterbox_canvas_and_network_output(model: torch.nn.Module) -> None:
+    img = image(60, 130, seed=21)
+    seg = Segmenter(model, CLASSES, device="cpu", input_size=(64, 96), resize="letterbox", output="network")
+    geom = seg.geometry((60, 130))
+    top, left, ch, cw = geom.content
+    assert (left, cw) == (0, 96) and ch == round(60 * 96 / 130) and top == (64 - ch) // 2
+    canvas = seg.preprocess(img)
+    assert canvas.shape == (1, 3, 64, 96)
+    # the bands hold the mean colour (0 after normalisation), the content the resized frame
+    assert canvas[..., :top, :].abs().max() == 0 and canvas[..., top + ch :, :].abs().max() == 0
+    resized = F.interpolate(normalised(img), size=(ch, cw), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(canvas[..., top : top + ch, left : left + cw], resized, atol=1e-4, rtol=0)
+    result = seg.segment(img, return_confidence=True)
+    assert result.labels.shape == (64, 96) and result.geometry == geom
+    assert (result.labels[:top] == 255).all() and (result.labels[top + ch :] == 255).all()
+    assert (result.confidence[:top] == 0).all()
+    with torch.inference_mode():
+        ref = model(canvas)[0, :, top : top + ch].argmax(0).numpy()
+    assert agreement(result.labels[top : top + ch], ref) >= 0.999
+    # back at the frame's resolution every pixel is labelled
+    full = Segmenter(model, CLASSES, device="cpu", input_size=(64, 96), resize="letterbox").segment(img)
+    assert full.labels.shape == (60, 130) and full.labels.max() < 19
+    with torch.inference_mode():
+        up = F.interpolate(model(canvas)[..., top : top + ch, :], size=(60, 130), mode="bilinear",
+                           align_corners=False)
+    assert agreement(full.labels, up.argmax(1)[0].numpy()) >= 0.999
+
+
+def test_crop_policy_labels_the_window_only(model: torch.nn.Module) -> None:
+    img = image(70, 200, seed=22)
+    crop = Segmenter(model, CLASSES, device="cpu", input_size=(64, 96), resize="crop")
+    geom = crop.geometry((70, 200))
+    y, x, h, w = geom.window
+    assert (y, h) == (0, 70) and w == round(96 * 70 / 64) and x == (200 - w) // 2
+    labels = crop.segment(img).labels
+    assert labels.shape == (70, 200)
+    assert (labels[:, :x] == 255).all() and (labels[:, x + w :] == 255).all()
+    # inside: the labels of the window alone, stretched to the network size
+    stretch = Segmenter(model, CLASSES, device="cpu", input_size=(64, 96))
+    assert agreement(labels[:, x : x + w], stretch.segment(np.ascontiguousarray(img[:, x : x + w])).labels) >= 0.999
+    net = Segmenter(model, CLASSES, device="cpu", input_size=(64, 96), resize="crop", output="network")
+    assert net.segment(img).labels.shape == (64, 96) and net.segment(img).labels.max() < 19
+
+
+def test_finest_flow_only(segmenter: Segmenter) -> None:
+    img = image(70, 130, seed=23)
+    every = segmenter.segment(img, return_flows=True)
+    finest = segmenter.segment(img, return_flows="finest")
+    assert len(finest.flows) == 1 and len(every.flows) > 1
+    np.testing.assert_array_equal(finest.flows[0], every.flows[-1])
+    assert finest.flow_strides == every.flow_strides[-1:]
+    stride = finest.flow_strides[0]  # network pixels per cell of the finest FAM's grid (1/4 resolution)
+    assert stride == 4.0 and every.flow_strides == sorted(every.flow_strides, reverse=True)
+    assert finest.flows[0].shape == (2, math.ceil(70 / stride), math.ceil(130 / stride))
+    with pytest.raises(ValueError, match="return_flows must be"):
+        segmenter.segment(img, return_flows="coarse")
+
+
+class TinyNet(torch.nn.Module):
+    """A 2-layer stand-in network: compiling SFNet-R18 on this 2-core machine takes minutes."""
+
+    num_classes = 5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.b = torch.nn.Conv2d(8, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.b(torch.relu(self.a(x))), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_compiled_pipeline_matches_eager(one_torch_thread: None) -> None:
+    torch.manual_seed(3)
+    net = TinyNet().eval()
+    classes = ClassTable(names=tuple(f"c{i}" for i in range(5)), colors=tuple((i, i, i) for i in range(5)))
+    eager = Segmenter(net, classes, device="cpu", input_size=(64, 96), channels_last=False)
+    compiled = Segmenter(net, classes, device="cpu", input_size=(64, 96), channels_last=False, pipeline="compiled")
+    frames = [image(70, 130, seed=24), image(50, 60, seed=25)]  # two cameras, one forward
+    for _ in range(2):  # the second call reuses the compiled step
+        got = compiled.segment(frames, return_confidence=True)
+        for g, e in zip(got, eager.segment(frames, return_confidence=True)):
+            assert g.labels.shape == e.labels.shape and g.geometry == e.geometry
+            assert agreement(g.labels, e.labels) >= 0.999
+            assert np.abs(g.confidence.astype(int) - e.confidence.astype(int)).max() <= 1
+    assert len(compiled._static) == 1
+    with pytest.raises(ValueError, match="needs a fixed input_size"):
+        Segmenter(net, classes, device="cpu", pipeline="compiled")
+    with pytest.raises(ValueError, match="cuda_graph needs a CUDA device"):
+        Segmenter(net, classes, device="cpu", input_size=(64, 96), pipeline="cuda_graph")

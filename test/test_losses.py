@@ -83,7 +83,8 @@ def test_aux_heads_are_weighted(ohem):
     assert parts["main"] == pytest.approx(base(main, target).item())
     assert parts["aux"] == pytest.approx(expected_aux.item())
     assert total.item() == pytest.approx(parts["main"] + parts["aux"])
-    double, _ = SegmentationLoss(LossConfig(ohem=ohem, ohem_min_kept=10, aux_weight=0.8), IGNORE)(main, [aux1, aux2], target)
+    loss = SegmentationLoss(LossConfig(ohem=ohem, ohem_min_kept=10, aux_weight=0.8), IGNORE)
+    double, _ = loss(main, [aux1, aux2], target)
     assert double.item() == pytest.approx(parts["main"] + 2 * parts["aux"])
     alone, parts_alone = loss_fn(main, [], target)
     assert alone.item() == pytest.approx(parts["main"]) and parts_alone["aux"] == 0.0

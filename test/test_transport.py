@@ -122,7 +122,7 @@ class _Camera:
     """The camera process, its answers read by a thread so that every wait has a deadline."""
 
     def __init__(self, env: dict[str, str], height: int, width: int, log_path) -> None:
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed by close(), the process writes to it
         self.log_path = log_path
         self.process = subprocess.Popen([sys.executable, "-c", _CAMERA, str(height), str(width)], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,

@@ -28,7 +28,7 @@ def build_parser():
     p = make_parser("sfnet-eval", DESCRIPTION)
     ck = p.add_argument_group("checkpoint mode")
     ck.add_argument("--config", help="recipe YAML whose data section names the validation split")
-    ck.add_argument("--checkpoint", help="checkpoint (.pt) to evaluate")
+    ck.add_argument("--checkpoint", help="checkpoint to evaluate: .pt, or a self-describing .onnx (sfnet-export)")
     ck.add_argument("--mode", choices=("whole", "slide", "msf"), default="whole",
                     help="whole image, sliding window, or multi-scale + flip")
     ck.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
@@ -36,6 +36,9 @@ def build_parser():
     ck.add_argument("--scales", type=float, nargs="+",
                     help=f"msf scales (default: {' '.join(map(str, MSF_SCALES))})")
     ck.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda or cuda:N")
+    ck.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                    help="auto: PyTorch for a .pt, ONNX Runtime for a .onnx; onnxruntime runs a .pt through "
+                    "the export cache")
     ck.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="fp32",
                     help="inference precision (auto: bf16/fp16 on CUDA, fp32 on CPU)")
     ck.add_argument("--max-images", type=non_negative_int, default=0,
@@ -145,7 +148,7 @@ def _evaluate(args) -> dict:
         data=cfg.data, source=source, checkpoint=Path(args.checkpoint), mode=args.mode,
         window=tuple(args.window) if args.window else None,
         scales=tuple(args.scales) if args.scales else None, device=args.device,
-        precision=args.precision, max_images=args.max_images,
+        precision=args.precision, max_images=args.max_images, backend=args.backend,
         save_pred=Path(args.save_pred) if args.save_pred else None, overwrite=args.overwrite))
 
 

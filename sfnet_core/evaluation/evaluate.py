@@ -92,7 +92,8 @@ class CheckpointEvaluation:
     window: tuple[int, int] | None = None         # slide: tile size (default: the recipe's crop)
     scales: tuple[float, ...] | None = None       # msf: scales (default MSF_SCALES)
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"                       # fp32 | fp16 | bf16 | auto; an .onnx runs its own (fp32 or int8)
+    backend: str = "auto"                         # auto (torch for .pt, onnxruntime for .onnx) | torch | onnxruntime
     max_images: int = 0                           # 0 = all
     save_pred: Path | None = None                 # folder for <name>.png and <name>_color.png
     overwrite: bool = False                       # replace an existing save_pred folder of ours
@@ -100,10 +101,14 @@ class CheckpointEvaluation:
 
 
 def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
-    """The report of ``job.checkpoint`` on the validation split of ``job.data``."""
-    from sfnet_core.checkpoint import load_checkpoint
+    """The report of ``job.checkpoint`` (a ``.pt`` checkpoint or an ``.onnx`` exported by
+    sfnet-export, see ``sfnet_core.inference.loader``) on the validation split of ``job.data``.
+
+    A fixed-size ``.onnx`` takes only inputs of its size: whole-image evaluation needs validation
+    images that pad to it, sliding-window evaluation needs ``window`` = that size.
+    """
     from sfnet_core.data.factory import build_datasets
-    from sfnet_core.devices import autocast, resolve_device, resolve_precision
+    from sfnet_core.inference.loader import open_model
 
     if job.mode not in ("whole", "slide", "msf"):
         raise ConfigError(f"mode: expected whole, slide or msf, got {job.mode!r}")
@@ -118,31 +123,56 @@ def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
         save_dir = check_output(job.save_pred, inputs=(job.checkpoint, job.data.root),
                                 overwrite=job.overwrite, kind="dir", what="save_pred",
                                 is_previous_output=lambda p: (p / PREDICTIONS_MARKER).is_file())
-    device = resolve_device(job.device, "device")
-    precision = resolve_precision(job.precision, device, "precision")
-    ck = load_checkpoint(job.checkpoint)
-    _, val_set, classes = build_datasets(job.data, ck.mean, ck.std)
+    is_onnx = Path(job.checkpoint).suffix.lower() == ".onnx"
+    # An exported model runs in its own precision: fp32 (the default) and auto mean "as stored".
+    precision = "auto" if is_onnx and job.precision == "fp32" else job.precision
+    loaded = open_model(job.checkpoint, backend=job.backend, device=job.device, precision=precision,
+                        channels_last=False)
+    model, ck_classes = loaded.backend, loaded.classes
+    _, val_set, classes = build_datasets(job.data, loaded.mean, loaded.std, train=False)
     if val_set is None:
         raise ConfigError(f"{job.source}: data.val_split is null: no validation split to evaluate")
-    if classes.num_classes != ck.num_classes:
+    if classes.num_classes != ck_classes.num_classes:
         raise ConfigError(
-            f"{job.checkpoint}: predicts {ck.num_classes} classes but the recipe {job.source} has {classes.num_classes}"
+            f"{job.checkpoint}: predicts {ck_classes.num_classes} classes but the recipe {job.source} has "
+            f"{classes.num_classes}"
         )
-    model = ck.build_model().to(device)
     window = None
     if job.mode == "slide":
         window = tuple(job.window or job.data.crop_size)
     scales, flip = (tuple(job.scales or MSF_SCALES), True) if job.mode == "msf" else ((1.0,), False)
+    _check_fixed_size(loaded, val_set, job.mode, window)
     indices = range(min(len(val_set), job.max_images)) if job.max_images else None
-    with _prediction_writer(save_dir, val_set, ck.classes.palette()) as save:
-        with autocast(device, precision):
-            cm = evaluate_dataset(model, val_set, ck.num_classes, ck.classes.ignore_index, device, scales=scales,
-                                  flip=flip, window=window, indices=indices, on_prediction=save)
-    report = cm.report(ck.classes.names)
+    with _prediction_writer(save_dir, val_set, ck_classes.palette()) as save:
+        cm = evaluate_dataset(model, val_set, ck_classes.num_classes, ck_classes.ignore_index, model.device,
+                              scales=scales, flip=flip, window=window, indices=indices, on_prediction=save)
+    report = cm.report(ck_classes.names)
+    report.update({"backend": model.describe(), "precision": model.precision})
     report.update({"mode": job.mode, "checkpoint": str(job.checkpoint), "config": job.source,
                    "images": len(indices) if indices is not None else len(val_set),
                    "scales": list(scales), "flip": flip, "window": list(window) if window else None})
     return report
+
+
+def _check_fixed_size(loaded: Any, dataset: Any, mode: str, window: tuple[int, ...] | None) -> None:
+    """A clear error before the first image when a fixed-size model cannot take the inputs."""
+    fixed = loaded.backend.fixed_size
+    if fixed is None or len(dataset) == 0:
+        return
+    if mode == "msf":
+        raise ConfigError(f"{loaded.path}: a fixed-size model ({fixed[0]}x{fixed[1]}) cannot run multi-scale "
+                          "evaluation; export with --dynamic")
+    if mode == "slide":
+        if window is None or tuple(window) != tuple(fixed):
+            raise ConfigError(f"{loaded.path}: a fixed-size model takes {fixed[0]}x{fixed[1]} tiles: pass --window "
+                              f"{fixed[0]} {fixed[1]}")
+        return
+    image, _ = dataset[0]
+    h, w = image.shape[-2:]
+    padded = (math.ceil(h / 32) * 32, math.ceil(w / 32) * 32)
+    if padded != tuple(fixed):
+        raise ConfigError(f"{loaded.path}: the model takes {fixed[0]}x{fixed[1]} inputs, the validation images are "
+                          f"{h}x{w}: use --mode slide --window {fixed[0]} {fixed[1]}, or export with --dynamic")
 
 
 class _prediction_writer:
@@ -264,7 +294,8 @@ def evaluate_pred_dir(pred_dir: str | Path, gt_dir: str | Path, classes: str | P
         gt = _read_label(gts[key])
         pred = _read_label(preds[key])
         if gt.shape != pred.shape:
-            raise DataError(f"{preds[key]}: size {pred.shape[::-1]} differs from ground truth {gts[key]} {gt.shape[::-1]}")
+            raise DataError(
+                f"{preds[key]}: size {pred.shape[::-1]} differs from ground truth {gts[key]} {gt.shape[::-1]}")
         if gt_format == "raw" or (gt_format == "auto" and gts[key].stem.endswith("_labelIds")):
             if lut is None:
                 raise ConfigError(f"{classes}: raw label ids in {gts[key]} need an id_map in the class table "

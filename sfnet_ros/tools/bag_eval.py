@@ -165,6 +165,7 @@ def evaluate_bag(
     progress: bool = True,
     segmenter: Any = None,
     overwrite: bool = False,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate; returns the report dict (see module docstring). Raises SFNetError subclasses.
 
@@ -188,7 +189,8 @@ def evaluate_bag(
 
         if segmenter is None:
             resolve_device(device, "--device")  # names the option; Segmenter would say "Segmenter: device"
-            segmenter = Segmenter.from_checkpoint(checkpoint, device=device, precision=precision, warmup=False)
+            segmenter = Segmenter.from_checkpoint(checkpoint, device=device, precision=precision, warmup=False,
+                                                  backend=backend)
         classes = segmenter.classes
         mask_ids = {name: classes.index(name) for name in mask_classes}  # ConfigError on unknown names
         palette = classes.palette()
@@ -309,7 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     parser.add_argument("--label-topic", help="mono8 train-id Image topic, matched to images by header stamp "
                                               "(default: none, no mIoU)")
-    parser.add_argument("--checkpoint", required=True, help="sfnet_ros checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint: .pt, or a self-describing .onnx (sfnet-export)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                        help="auto: PyTorch for a .pt, ONNX Runtime for a .onnx; onnxruntime runs a .pt through "
+                        "the export cache")
     parser.add_argument("--out", help="write a bag with the inputs and <ns>/segmentation/* topics "
                                       "(name ending .mcap: one MCAP file; otherwise a rosbag2 MCAP directory; "
                                       "default: no output bag)")
@@ -339,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             args.bag, args.image_topic, args.checkpoint, label_topic=args.label_topic, out=args.out,
             batch_size=args.batch_size, device=args.device, precision=args.precision,
             mask_classes=mask_classes, progress=not args.no_progress, overwrite=args.overwrite,
+            backend=args.backend,
         )
         print(_summary(report), file=sys.stderr)
         print(json.dumps(report))

@@ -468,3 +468,25 @@ def image_topic_namespace(topic: str) -> str:
     """``/front/image_raw`` -> ``/front``; ``image`` or ``/image`` -> ``""`` (root)."""
     topic = "/" + topic.lstrip("/")
     return topic.rsplit("/", 1)[0]
+
+
+def sample_frames(path: str | os.PathLike, topic: str | None, count: int) -> Iterator[np.ndarray]:
+    """``count`` RGB uint8 frames of image ``topic``, spread evenly over the bag (e.g. int8
+    calibration); ``topic`` may be None when the bag holds exactly one image topic."""
+    with BagReader(path) as reader:
+        images = [t for t in reader.topics.values() if t.msgtype in IMAGE_TYPES]
+        if topic is None:
+            if len(images) != 1:
+                names = ", ".join(t.name for t in images) or "none"
+                raise BagError(f"--image-topic: {path} holds {len(images)} image topics ({names}); name one")
+            topic = images[0].name
+        info = reader.check_topic(topic)
+        total = info.count
+        keep = set(range(total)) if count >= total else {round(i * (total - 1) / max(1, count - 1))
+                                                         for i in range(count)}
+        for i, message in enumerate(reader.messages([topic])):
+            if i in keep:
+                try:
+                    yield decode_image(message.msg, message.msgtype)
+                except ValueError as exc:
+                    raise BagError(f"{path}: {topic} message {i}: {exc}") from None

@@ -1,0 +1,126 @@
+"""The export cache: a ``.pt`` checkpoint run in ONNX Runtime is exported once, then reused.
+
+Like the TensorRT engine caches of Autoware's nodes, the exported model lives under
+``~/.cache/sfnet_ros/onnx`` (``$SFNET_ROS_CACHE`` overrides the folder, else
+``$XDG_CACHE_HOME/sfnet_ros``), named by what determines it:
+
+    <checkpoint stem>-<sha256 of the checkpoint file, 16 hex>-<HxW | dynamic>-<precision>-<code, 12 hex>.onnx
+
+where "code" hashes the model and export source files, the PyTorch version and the opset (an
+export made by other code is never reused). Writes are atomic (a staging file renamed into
+place), and an exclusive ``flock`` on ``<name>.lock`` makes concurrent processes (two nodes
+starting together) export once: the second waits, then finds the file. An entry is reused only
+when its metadata names the same checkpoint hash; anything else is exported again.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from sfnet_core.errors import CheckpointError, ConfigError
+
+__all__ = ["CACHE_ENV", "cache_root", "cached_onnx", "cache_key"]
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "SFNET_ROS_CACHE"
+
+
+def cache_root() -> Path:
+    """The cache folder (see the module docstring)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "sfnet_ros"
+
+
+def _code_fingerprint(opset: int) -> str:
+    """Hash of everything besides the checkpoint that shapes the exported graph."""
+    import sfnet_core
+
+    root = Path(sfnet_core.__file__).resolve().parent
+    digest = hashlib.sha256(f"torch {torch.__version__} opset {opset}".encode())
+    for path in sorted((root / "models").glob("*.py")) + [root / "export.py"]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def cache_key(checkpoint_sha256: str, stem: str, canvas: tuple[int, int] | None, precision: str, opset: int) -> str:
+    size = "dynamic" if canvas is None else f"{canvas[0]}x{canvas[1]}"
+    safe_stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:40] or "model"
+    return f"{safe_stem}-{checkpoint_sha256[:16]}-{size}-{precision}-{_code_fingerprint(opset)}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the handle closes, even on a crash
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _usable(path: Path, sha: str) -> bool:
+    from sfnet_core.inference.onnx_model import read_onnx_info
+
+    if not path.is_file():
+        return False
+    try:
+        return read_onnx_info(path).checkpoint_sha256 == sha
+    except CheckpointError as exc:
+        log.warning("export cache: ignoring %s: %s", path, exc)
+        return False
+
+
+def cached_onnx(
+    checkpoint: str | os.PathLike,
+    canvas: tuple[int, int] | None,
+    precision: str = "fp32",
+    root: str | os.PathLike | None = None,
+) -> Path:
+    """The cached fp32 ONNX export of ``checkpoint`` for a fixed ``canvas`` (H, W) (multiples of 32,
+    dynamic batch) or, with ``canvas=None``, dynamic axes; exported on first use."""
+    from sfnet_core.checkpoint import load_checkpoint
+    from sfnet_core.export import DEFAULT_OPSET, export_onnx, file_sha256
+
+    if precision != "fp32":
+        raise ConfigError(
+            f"backend onnxruntime: a .pt checkpoint runs in ONNX Runtime in fp32; an {precision} model needs "
+            f"calibration frames: build it with sfnet-export --int8 --calibration ... and load that .onnx")
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise CheckpointError(f"{checkpoint}: checkpoint file not found")
+    folder = Path(root).expanduser() if root is not None else cache_root()
+    folder = folder / "onnx"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"export cache {folder}: cannot create it ({exc.strerror}); set {CACHE_ENV} to a "
+                          "writable folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"export cache {folder}: not writable; set {CACHE_ENV} to a writable folder")
+    sha = file_sha256(checkpoint)
+    name = cache_key(sha, checkpoint.stem, canvas, precision, DEFAULT_OPSET)
+    target = folder / f"{name}.onnx"
+    if _usable(target, sha):
+        log.info("export cache hit: %s", target)
+        return target
+    with _locked(folder / f"{name}.lock"):
+        if _usable(target, sha):  # another process exported it while we waited
+            return target
+        log.info("export cache miss: exporting %s to %s (once)", checkpoint, target)
+        ckpt = load_checkpoint(checkpoint)
+        if canvas is None:
+            export_onnx(ckpt, target, height=64, width=64, dynamic=True)
+        else:
+            export_onnx(ckpt, target, height=canvas[0], width=canvas[1], dynamic_batch=True)
+    return target

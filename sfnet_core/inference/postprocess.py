@@ -1,0 +1,154 @@
+"""Scores -> labels (and confidence) at another resolution, in row bands of bounded memory.
+
+Upsampling every class score to the full frame before the argmax needs ``N x C x H x W`` floats:
+a 4000x3000 frame with 19 classes is 0.9 GB, 1.8 GB with the softmax for the confidence. Here
+the bilinear resampling is separable and the argmax is taken band by band:
+
+1. the width pass resizes every *network* row to the output width with ``F.interpolate``
+   (``N x C x h x W`` floats, h the network height);
+2. the height pass forms each output row as ``w0 * row[i0] + w1 * row[i1]`` (two multiplies and an
+   add, each rounded once) for a band of output rows, reduces the band to labels / confidence,
+   and moves on. A band holds at most ``band_bytes`` of scores.
+
+Every output element is computed by the same element-wise operations whatever the band height,
+so the labels are bit-for-bit the same for any ``band_bytes`` (the tests check it on odd sizes
+and scale factors). They are the labels of a 2-D bilinear resize with PyTorch's
+``align_corners=False`` coordinates; the last float bit can differ from ``F.interpolate``'s
+fused 2-D kernel (whose rounding itself depends on the memory format and the tensor's shape), so
+an argmax tie can fall the other way on about 1 pixel in 10^5.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["DEFAULT_BAND_BYTES", "RowTable", "row_table", "resample_argmax"]
+
+DEFAULT_BAND_BYTES = {"cpu": 4 << 20, "cuda": 512 << 20}
+
+
+class RowTable:
+    """Source rows and weights of bilinear resampling ``n_in -> n_out`` rows (align_corners=False).
+
+    ``i0``, ``i1`` (n_out,) int64 source rows; ``w0``, ``w1`` (n_out, 1, 1, 1) float32 weights.
+    """
+
+    def __init__(self, n_in: int, n_out: int, device: torch.device) -> None:
+        # float32 coordinates, as PyTorch's own kernels compute them (its scale is float(n_in) / n_out):
+        # far from the origin a float32 coordinate moves in steps of 3e-5 pixel, and computing it
+        # in float64 instead would shift the weights by that much against F.interpolate's.
+        scale = torch.tensor(float(n_in), dtype=torch.float32) / n_out
+        dst = torch.arange(n_out, dtype=torch.float32)
+        src = (scale * (dst + 0.5) - 0.5).clamp_(min=0.0)
+        i0 = src.floor().long().clamp_(max=n_in - 1)
+        i1 = (i0 + 1).clamp_(max=n_in - 1)
+        w1 = (src - i0).clamp_(0.0, 1.0).float()
+        self.n_in, self.n_out = n_in, n_out
+        self.i0, self.i1 = i0.to(device), i1.to(device)
+        self.w0 = (1.0 - w1).view(-1, 1, 1, 1).to(device)
+        self.w1 = w1.view(-1, 1, 1, 1).to(device)
+
+
+_TABLES: dict[tuple[int, int, str], RowTable] = {}
+
+
+def row_table(n_in: int, n_out: int, device: torch.device) -> RowTable:
+    """A cached ``RowTable`` (camera streams reuse the same few sizes)."""
+    key = (n_in, n_out, str(device))
+    table = _TABLES.get(key)
+    if table is None:
+        if len(_TABLES) > 64:  # random frame sizes must not grow memory without bound
+            _TABLES.clear()
+        table = _TABLES[key] = RowTable(n_in, n_out, device)
+    return table
+
+
+def _reduce(band: torch.Tensor, dim: int, confidence: bool,
+            are_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Labels (and uint8 confidence) of a band of scores, the class axis ``dim`` removed.
+
+    On the CPU a running maximum over the class planes (each plane contiguous along the rows) is
+    3x faster than ``argmax`` reducing across the strided class axis (measured: 34 vs 117 ms for
+    19 x 512 x 1024, one thread); a strict ``>`` keeps the first maximum, as ``argmax`` does. On
+    CUDA one ``max`` kernel is cheaper than a kernel per class.
+    """
+    if band.device.type == "cuda" or band.shape[dim] > 255:
+        if not confidence:
+            return band.argmax(dim), None
+        band = band.float()
+        best, labels = band.max(dim)
+        conf = best if are_probs else (band - best.unsqueeze(dim)).exp_().sum(dim).reciprocal_()
+        return labels, conf.mul_(255).round_().to(torch.uint8)
+    planes = band.unbind(dim)
+    best = planes[0].float().clone()
+    labels = torch.zeros(best.shape, dtype=torch.uint8, device=band.device)
+    for c in range(1, len(planes)):
+        plane = planes[c].float()
+        higher = plane > best
+        labels.masked_fill_(higher, c)
+        torch.maximum(best, plane, out=best)
+    if not confidence:
+        return labels, None
+    if are_probs:
+        conf = best
+    else:  # max softmax = exp(0) / sum(exp(x - max))
+        total = torch.zeros_like(best)
+        for plane in planes:
+            total.add_(plane.float().sub(best).exp_())
+        conf = total.reciprocal_()
+    return labels, conf.mul_(255).round_().to(torch.uint8)
+
+
+def resample_argmax(
+    scores: torch.Tensor,
+    size: tuple[int, int],
+    confidence: bool = False,
+    are_probs: bool = False,
+    band_bytes: int = DEFAULT_BAND_BYTES["cpu"],
+    out: torch.Tensor | None = None,
+    conf_out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Bilinear resize of ``scores`` (N, C, h, w) to ``size`` (H, W), then the argmax over classes.
+
+    Returns labels (N, H, W) uint8 and, with ``confidence``, the max softmax (or, with
+    ``are_probs``, the max of the resized probabilities) * 255 as (N, H, W) uint8. ``out`` /
+    ``conf_out`` (N, H, W) uint8 views may be given to write into (e.g. a window of a larger
+    label image). Peak extra memory: ``N*C*h*W`` floats for the width pass plus about two
+    bands of ``band_bytes``, never ``N*C*H*W``.
+    """
+    n, c, h, w = scores.shape
+    big_h, big_w = int(size[0]), int(size[1])
+    device = scores.device
+    if out is None:
+        out = torch.empty((n, big_h, big_w), dtype=torch.uint8, device=device)
+    if confidence and conf_out is None:
+        conf_out = torch.empty((n, big_h, big_w), dtype=torch.uint8, device=device)
+    rows = max(1, int(band_bytes) // max(1, n * c * big_w * 4))
+    if (h, w) == (big_h, big_w):  # no resampling: reduce the scores in place, band by band
+        for y0 in range(0, big_h, rows):
+            y1 = min(big_h, y0 + rows)
+            labels, conf = _reduce(scores[:, :, y0:y1], 1, confidence, are_probs)
+            out[:, y0:y1] = labels
+            if conf is not None:
+                conf_out[:, y0:y1] = conf
+        return out, conf_out
+    # Width pass, rows leading: (h, N, C, W), so a band gathers whole contiguous rows.
+    rows_first = scores.float().permute(2, 0, 1, 3)
+    if w != big_w:
+        flat = rows_first.reshape(h * n * c, 1, 1, w)
+        rows_first = F.interpolate(flat, size=(1, big_w), mode="bilinear", align_corners=False).view(h, n, c, big_w)
+    else:
+        rows_first = rows_first.contiguous()
+    table = row_table(h, big_h, device) if h != big_h else None
+    for y0 in range(0, big_h, rows):
+        y1 = min(big_h, y0 + rows)
+        if table is None:
+            band = rows_first[y0:y1]
+        else:
+            band = rows_first.index_select(0, table.i0[y0:y1]).mul_(table.w0[y0:y1])
+            band.add_(rows_first.index_select(0, table.i1[y0:y1]).mul_(table.w1[y0:y1]))
+        labels, conf = _reduce(band, 2, confidence, are_probs)  # (bh, N, W)
+        out[:, y0:y1] = labels.permute(1, 0, 2)
+        if conf is not None:
+            conf_out[:, y0:y1] = conf.permute(1, 0, 2)
+    return out, conf_out

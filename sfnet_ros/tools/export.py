@@ -1,0 +1,16 @@
+"""``sfnet-export`` with bags: the core command (``sfnet_core.cli.export``) plus this package's bag
+reader for ``--int8 --calibration BAG`` (sfnet_core never imports the ROS layer)."""
+from __future__ import annotations
+
+import sys
+
+from sfnet_core.cli import export
+from sfnet_ros.tools.bag_io import sample_frames
+
+
+def main(argv: list[str] | None = None) -> int:
+    return export.main(argv, bag_frames=sample_frames)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
