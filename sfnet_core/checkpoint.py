@@ -38,6 +38,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Checkpoint",
+    "ModelDescription",
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
@@ -56,16 +57,23 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass
-class Checkpoint:
-    """A loaded, validated checkpoint (see the module docstring for the file layout)."""
+class ModelDescription:
+    """What a model file says about the network in it: a checkpoint, or a self-describing ONNX
+    model (``sfnet_core.inference.onnx_model.OnnxModelInfo``)."""
 
     path: Path
     model_name: str
     model_options: dict
     num_classes: int
     classes: ClassTable
-    mean: tuple[float, float, float]
+    mean: tuple[float, float, float]  # input normalisation, on 0..1 RGB
     std: tuple[float, float, float]
+
+
+@dataclass
+class Checkpoint(ModelDescription):
+    """A loaded, validated checkpoint (see the module docstring for the file layout)."""
+
     state_dict: dict
     train_state: dict | None
 

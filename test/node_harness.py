@@ -526,3 +526,20 @@ def diagnostic_values(array_msg: Any, name_contains: str) -> dict[str, str] | No
             level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
             return {kv.key: kv.value for kv in status.values} | {"_level": str(level), "_message": status.message}
     return None
+
+
+def processes_on_domain(domain: str, markers: Sequence[str] = ("sfnet_ros.node",)) -> list[str]:
+    """Command lines of processes still running on ROS domain ``domain`` whose command line holds
+    one of ``markers`` (read from /proc): what a test asserts is empty once it is done."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(marker in cmdline for marker in markers) and f"ROS_DOMAIN_ID={domain}".encode() in environ:
+            found.append(f"{entry.name}: {cmdline}")
+    return found

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import pytest
 import yaml
-from node_harness import REPO_ROOT
+from node_harness import REPO_ROOT, processes_on_domain
 
 TINY_RECIPE = {
     "model": {"name": "sfnet_shufflenetv2", "aux": False},
@@ -20,23 +20,6 @@ TINY_RECIPE = {
     "schedule": {"iterations": 2, "batch_size": 2},
     "runtime": {"device": "cpu", "progress": False, "eval_interval": 0},
 }
-
-
-def _our_ros_processes(domain: str) -> list[str]:
-    """Node / recorder processes still running on this test's ROS domain (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if ("sfnet_ros.node" in cmdline or "sfnet_ros.tools.bag_record" in cmdline) and \
-                f"ROS_DOMAIN_ID={domain}".encode() in environ:
-            found.append(cmdline)
-    return found
 
 
 def test_demo_runs_and_caches(tmp_path: Path, ros_domain: dict[str, str]) -> None:
@@ -75,7 +58,7 @@ def test_demo_runs_and_caches(tmp_path: Path, ros_domain: dict[str, str]) -> Non
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reusing the checkpoint" in second.stderr and "training sfnet" not in second.stderr
     assert json.loads((tmp_path / "out" / "report.json").read_text())["live"]["received"] == 3
-    assert _our_ros_processes(ros_domain["ROS_DOMAIN_ID"]) == []
+    assert processes_on_domain(ros_domain["ROS_DOMAIN_ID"], ("sfnet_ros.node", "sfnet_ros.tools.bag_record")) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "elsewhere", "out", "tiny.yaml"]
 
 

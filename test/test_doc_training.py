@@ -4,22 +4,15 @@ fenced as ``text`` are the GPU-node commands the page marks as not run here."""
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from doc_commands import bash_blocks, doc_environment, run_block
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "training.md"
 TIMEOUT = 900
-
-
-def bash_blocks(text: str) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
 
 
 @pytest.fixture
@@ -34,18 +27,9 @@ def workspace(tmp_path: Path) -> Path:
 def test_every_command_block_runs(workspace: Path) -> None:
     blocks = bash_blocks(DOC.read_text(encoding="utf-8"))
     assert len(blocks) == 3
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = doc_environment(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for block in blocks:
-        proc = subprocess.Popen(["bash", "-c", "set -euo pipefail\n" + block], cwd=workspace, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            output, _ = proc.communicate(timeout=TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        assert proc.returncode == 0, f"{block}\n---\n{output[-4000:]}"
+        run_block(block, workspace, env, timeout=TIMEOUT)
 
     from sfnet_core.checkpoint import load_checkpoint
 

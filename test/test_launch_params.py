@@ -8,12 +8,12 @@ the tests start the node with the command line and environment it amounts to
 from __future__ import annotations
 
 import ast
-import re
 import shlex
 from pathlib import Path
 
 import pytest
 import yaml
+from doc_commands import fenced_blocks
 from node_harness import DEFAULT_PARAMS_FILE, FASTDDS_PROFILE, NODE_NAME, REPO_ROOT, NodeProcess, node_command
 
 from sfnet_core.errors import ConfigError
@@ -330,7 +330,7 @@ def test_fastdds_profile_environment(tmp_path, monkeypatch):
 
 def _doc_commands(page: Path) -> list[list[str]]:
     text = page.read_text()
-    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S)
+    blocks = [body for language, body in fenced_blocks(text) if language in ("bash", "sh", "shell")]
     commands = []
     for block in blocks:
         for command in block.replace("\\\n", " ").splitlines():

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +30,7 @@ from node_harness import (
     RosClient,
     diagnostic_values,
     make_image,
+    processes_on_domain,
     sample_image,
     wait_until,
 )
@@ -95,22 +95,6 @@ def _node_status(diagnostics, fqn: str, predicate, what: str, timeout: float = 6
     return wait_until(find, timeout, what)
 
 
-def _our_node_processes(domain: str) -> list[str]:
-    """sfnet_node processes still running on this ROS domain (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if "sfnet_ros.node" in cmdline and f"ROS_DOMAIN_ID={domain}".encode() in environ:
-            found.append(f"{entry.name}: {cmdline}")
-    return found
-
-
 def _start_inference(ros: RosClient, diagnostics, node: NodeProcess, ns: str, stamp_ns: int,
                      height: int = BIG_H, width: int = BIG_W) -> None:
     """Send one large frame to the active node ``ns`` and return once its forward pass runs."""
@@ -169,7 +153,7 @@ def test_signals_during_a_forward_pass_exit_0_without_waiting(ros_domain, checkp
             finally:
                 for node in nodes.values():
                     node.stop()
-    assert _our_node_processes(ros_domain["ROS_DOMAIN_ID"]) == []
+    assert processes_on_domain(ros_domain["ROS_DOMAIN_ID"]) == []
     for name, times in exit_s.items():
         print(f"\n{name}: {len(times)} tries, exit after the signal in "
               f"{min(times):.2f}..{max(times):.2f} s (mean {sum(times) / len(times):.2f} s)")
@@ -389,7 +373,7 @@ def test_services_answer_during_autostart_and_shutdown_exits(ros_domain, checkpo
         assert stays.running()
         assert "finalized: the process stays (exit_on_shutdown false)" in stays.log()
         assert stays.stop(signal.SIGTERM) == 0
-    assert _our_node_processes(ros_domain["ROS_DOMAIN_ID"]) == []
+    assert processes_on_domain(ros_domain["ROS_DOMAIN_ID"]) == []
 
 
 # -- the pieces on their own (no ROS graph) ------------------------------------------------------

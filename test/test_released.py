@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from doc_commands import fenced_blocks
 from released_reference import (
     ARCHS,
     DF2_DSN_TABLE,
@@ -393,7 +394,7 @@ def test_output_rules(tmp_path: Path, capsys, released_r18) -> None:
 
 def _doc_commands() -> list[str]:
     text = (ROOT / "docs" / "model.md").read_text()
-    blocks = re.findall(r"```(?:sh|bash|console|shell)\n(.*?)```", text, flags=re.S)
+    blocks = [body for language, body in fenced_blocks(text) if language in ("sh", "bash", "console", "shell")]
     return [line.strip().removeprefix("$ ") for block in blocks for line in block.splitlines() if line.strip()]
 
 

@@ -14,6 +14,7 @@ import threading
 import xml.etree.ElementTree as ET
 
 import pytest
+from doc_commands import fenced_blocks
 from node_harness import FASTDDS_PROFILE, NodeProcess, RosClient, launch_environment, wait_until
 
 from sfnet_ros.launch_support import PROFILE_VARIABLES
@@ -237,7 +238,6 @@ def test_transport_doc_commands():
     """The page's shell commands: the exports name the installed profile under the variables Fast DDS
     reads; the launch commands are accepted by the launch file's logic (launch is not installable
     here); the bench command is the one test_bench.py runs (with --quick)."""
-    import re
     import shlex
 
     from node_harness import REPO_ROOT
@@ -245,7 +245,7 @@ def test_transport_doc_commands():
     from sfnet_ros.launch_support import PROFILE_FILE_NAME, camera_plan, fastdds_profile_environment
 
     text = (REPO_ROOT / "docs" / "transport.md").read_text()
-    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S)
+    blocks = [body for language, body in fenced_blocks(text) if language in ("bash", "sh", "shell")]
     commands = [shlex.split(line.split(" #", 1)[0]) for block in blocks
                 for line in block.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
     kinds = set()

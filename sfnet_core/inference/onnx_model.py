@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sfnet_core.checkpoint import ModelDescription
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import CheckpointError, ConfigError
 
@@ -39,16 +40,9 @@ PRECISIONS = ("fp32", "int8")
 
 
 @dataclass
-class OnnxModelInfo:
+class OnnxModelInfo(ModelDescription):
     """What an exported model says about itself (see the module docstring)."""
 
-    path: Path
-    model_name: str
-    model_options: dict
-    num_classes: int
-    classes: ClassTable
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
     input_name: str
     output: str  # logits | labels
     batch: int | None  # None = dynamic

@@ -7,6 +7,8 @@ import sys
 from sfnet_core.cli import export
 from sfnet_ros.tools.bag_io import sample_frames
 
+build_parser = export.build_parser  # the same options; --help and tests read them here
+
 
 def main(argv: list[str] | None = None) -> int:
     return export.main(argv, bag_frames=sample_frames)
