@@ -24,8 +24,13 @@ $(STAMP): requirements.txt setup.py
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Two pytest-xdist workers, one test file each at a time (a file's module fixtures, e.g. its node
+# process, stay in one worker), the longest files first (test/conftest.py: SLOW_FIRST); each
+# worker has its own ROS domain ids.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(PY) -m pytest test
+	$(PY) -m pytest test -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 demo: setup
 	$(VENV)/bin/sfnet-demo --overwrite

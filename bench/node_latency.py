@@ -537,7 +537,8 @@ def run_delivery(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="sfnet_delivery_") as tmp_name:
         tmp = Path(tmp_name)
         checkpoint = write_checkpoint(tmp / "sfnet_resnet18_random.pt")
-        base_domain = os.getpid() % 80 + 10
+        # this process's domain and the next ones (_apply_profile set it: the caller's, or from the pid)
+        base_domain = int(os.environ["ROS_DOMAIN_ID"])
         stacks: list[_Stack] = []
         try:
             for index, name in enumerate(settings):

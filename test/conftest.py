@@ -8,21 +8,47 @@ from pathlib import Path
 
 import pytest
 
-# Domain ids 1..100 are safe on Linux (higher ones collide with ephemeral ports). Starting from
-# the pid keeps concurrent pytest processes apart; the counter keeps consecutive tests apart so a
-# late message from one test's node can never reach the next test.
-_domain_counter = itertools.count(os.getpid() % 100)
+# Domain ids 1..100 are safe on Linux (higher ones collide with ephemeral ports). The suite runs
+# in pytest-xdist workers (gw0, gw1, ...: see the Makefile): each worker owns its own slice of the
+# ids, so two tests running at the same time never share a domain; the counter keeps consecutive
+# tests of one worker apart so a late message from one test's node never reaches the next test.
+# Outside xdist the slice is all 100 ids, starting from the pid (two pytest runs side by side).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_SLICE = 100 // max(_WORKERS, 1)
+_FIRST = int(_WORKER.removeprefix("gw")) * _SLICE if _WORKER.startswith("gw") else 0
+_domain_counter = itertools.count(0 if _WORKER else os.getpid() % _SLICE)
+
+
+def next_domain_id() -> int:
+    """A ROS_DOMAIN_ID no other test running now uses (see above)."""
+    return _FIRST + next(_domain_counter) % _SLICE + 1
 
 
 def _enter_ros_domain(patch: pytest.MonkeyPatch) -> dict[str, str]:
     """Set a fresh ROS_DOMAIN_ID with localhost-only discovery; return the environment."""
-    domain = next(_domain_counter) % 100 + 1
+    domain = next_domain_id()
     patch.setenv("ROS_DOMAIN_ID", str(domain))
     patch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     patch.setenv("ROS_LOCALHOST_ONLY", "1")  # older distros (Humble) read this one
     patch.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     patch.setenv("PYTHONUNBUFFERED", "1")
     return dict(os.environ)
+
+
+# The files that take longest, first (measured with --durations on the 2-core CI machine: 30-160 s
+# each): `make test` runs `--dist loadfile --no-loadscope-reorder`, so xdist hands files to its
+# workers in this order; the long ones start at once and the many short ones fill the end. (By
+# default xdist would order files by their number of tests, which puts these last.)
+SLOW_FIRST = ("test_custom_data.py", "test_bench.py", "test_node_faults.py", "test_doc_training.py",
+              "test_engine.py", "test_cli_bad_input.py", "test_doc_performance.py", "test_demo.py",
+              "test_doc_evaluation_and_bags.py", "test_node_lifecycle.py", "test_backends.py",
+              "test_transport.py", "test_released.py", "test_bag_live.py", "test_export.py", "test_readme.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
 
 
 @pytest.fixture

@@ -69,7 +69,9 @@ def test_play_node_record_then_live_eval(node: NodeProcess, env: dict[str, str],
         code, stdout = _finish(play)
         assert code == 0, (tmp_path / "play.log").read_text()
         stats = json.loads(stdout)
-        assert stats["published"] == {"/front/image_raw": N} and stats["lockstep_timeouts"] == 0
+        # every frame answered; a frame lost before the node's side matched the player is sent again
+        assert stats["published"] == {"/front/image_raw": N + stats["lockstep_resent"]}
+        assert stats["lockstep_timeouts"] == 0
         code, stdout = _finish(recorder)  # stops by itself after N messages
         assert code == 0, rec_log.read_text()
     finally:
@@ -181,3 +183,44 @@ def test_play_errors(env: dict[str, str], tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, "-m", "sfnet_ros.tools.bag_play", *map(str, args)], env=env,
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=TIMEOUT)
         assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_lockstep_sends_a_lost_frame_once_more(ros_domain: dict[str, str], tmp_path: Path) -> None:
+    """A consumer that never answers the first frame (what best effort does to a sample sent before
+    the subscriber's side of discovery completed): the player sends that frame once more, gets
+    its answer and goes on; every frame is answered once in the end, none counted as timed out.
+    Labels answering the same frame twice are scored once (sfnet-live-eval's collector)."""
+    from node_harness import RosClient
+    from sensor_msgs.msg import Image
+
+    from sfnet_ros.tools.bag_play import BagPlayer, qos_profile
+    from sfnet_ros.tools.live_eval import _Collector
+
+    bag, _, _ = write_synthetic_bag(tmp_path / "drive.mcap", N, H, W, seed=1)
+    with RosClient() as ros:
+        seen: list[int] = []
+
+        def answer(msg: Image) -> None:
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            seen.append(stamp)
+            if len(seen) > 1:  # the first one is "lost"
+                out.publish(Image(header=msg.header, height=1, width=1, encoding="mono8", step=1, data=[0]))
+
+        out = ros.node.create_publisher(Image, "/answers", qos_profile("best_effort"))
+        ros.node.create_subscription(Image, "/front/image_raw", answer, qos_profile("reliable"))
+        player = BagPlayer(ros.node, bag, ["/front/image_raw"], lockstep=("/front/image_raw", "/answers"),
+                           lockstep_timeout=2.0)
+        assert player.wait_for_subscribers(1, TIMEOUT)  # the client spins its node (answers flow)
+        wait_until(lambda: out.get_subscription_count() >= 1, TIMEOUT, "the player's answer subscription")
+        stats = player.play()
+    assert (stats.lockstep_resent, stats.lockstep_timeouts) == (1, 0)
+    assert stats.published == {"/front/image_raw": N + 1}
+    assert seen[0] == seen[1] and len(set(seen)) == N  # the first frame twice, then each frame once
+
+    collector = _Collector({}, ConfusionMatrix(19, ignore_index=255))
+    collector.on_publish("/front/image_raw", 7, 1_000_000_007)
+    label = Image(height=1, width=1, encoding="mono8", step=1, data=[0])
+    label.header.stamp.sec, label.header.stamp.nanosec = 1, 7
+    collector.on_labels(label)
+    collector.on_labels(label)
+    assert (collector.received, collector.duplicates) == (1, 1)

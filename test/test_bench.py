@@ -100,7 +100,15 @@ def test_gpu_check_script_writes_its_table(tmp_path: Path) -> None:
 
 
 def _node_latency(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "bench" / "node_latency.py"), *args],
+    """The bench on ROS domains no other running test uses: its own and (``--delivery``, one stack
+    per setting) the next two."""
+    from conftest import next_domain_id
+
+    domains = [next_domain_id() for _ in range(3)]
+    while domains[2] != domains[0] + 2:  # the worker's slice wrapped around: take the next three
+        domains = domains[1:] + [next_domain_id()]
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domains[0])}
+    return subprocess.run([sys.executable, str(REPO / "bench" / "node_latency.py"), *args], env=env,
                           capture_output=True, text=True, timeout=540, check=False)
 
 
@@ -136,19 +144,19 @@ def test_node_latency_backends_quick_reports_a_row_per_backend() -> None:
     doc = (REPO / "docs" / "node.md").read_text()
     command = ".venv/bin/python bench/node_latency.py --backends torch,onnxruntime,int8"
     assert command in doc, "docs/node.md shows the command this test runs"
-    run = _node_latency("--backends", "torch,onnxruntime,int8", "--height", "64", "--width", "128",
+    # torch and int8 (ONNX Runtime): the fp32 ONNX Runtime node's labels are compared with the torch
+    # node's by test_node_geometry.py; a third node here would only cost another model load
+    run = _node_latency("--backends", "torch,int8", "--height", "64", "--width", "128",
                         "--frames", "2", "--threads", "1", "--calibration-frames", "1", "--device", "cpu")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     rows = {row["backend"]: row for row in result["backends"]}
-    assert list(rows) == ["torch", "onnxruntime", "int8"]
+    assert list(rows) == ["torch", "int8"]
     for row in rows.values():
         assert row["frames"] == 2 and row["exit_code"] == 0
         assert row["e2e_median_ms"] > 0 and row["in_node_median_ms"] > 0 and row["inference_median_ms"] > 0
     assert rows["torch"]["runs_in"].startswith("torch fp32")
-    assert rows["onnxruntime"]["runs_in"].startswith("onnxruntime fp32")
     assert rows["int8"]["runs_in"].startswith("onnxruntime int8")
-    assert rows["onnxruntime"]["labels_equal_to_torch"] >= 0.999  # the same network in another runtime
     assert 0 < rows["int8"]["labels_equal_to_torch"] <= 1
     assert result["threads"] == 1 and "1 thread(s) per node" in run.stdout
     assert "onnxruntime int8 (.onnx, QDQ)" in run.stdout and "load average" in run.stdout

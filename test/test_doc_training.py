@@ -35,7 +35,7 @@ def test_every_command_block_runs(workspace: Path) -> None:
 
     runs = workspace / "runs"
     assert load_checkpoint(runs / "quick" / "last.pt").train_state["iteration"] == 4  # resumed to 4
-    assert load_checkpoint(runs / "quick_1k" / "last.pt").train_state["config"]["schedule"]["iterations"] == 1000
+    assert load_checkpoint(runs / "finetuned" / "last.pt").train_state["config"]["schedule"]["iterations"] == 1000
     log = (runs / "finetuned" / "train.log").read_text()
     assert f"model.init_from {runs / 'quick' / 'last.pt'}: loaded" in log  # relative to the cwd
     assert not torch.equal(  # the fine-tuned run started from the checkpoint, then trained on

@@ -263,7 +263,7 @@ def test_synthetic_training_learns(tmp_path: Path, capsys) -> None:
     from sfnet_core.cli.evaluate import main as eval_main
 
     recipe = tiny_recipe(
-        tmp_path, iterations=150, batch_size=4,
+        tmp_path, iterations=90, batch_size=4,
         data={"scale_range": [0.75, 1.25],
               "synthetic": {"train_frames": 400, "val_frames": 16, "height": 64, "width": 128}},
         loss={"ohem": False}, optim={"lr": 0.02}, schedule={"warmup_iters": 10},
@@ -272,7 +272,8 @@ def test_synthetic_training_learns(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     result = train(load_train_config(recipe), out)
     # Chance on these frames: 0.037 (always "road") / 0.040 (uniform over the 10 drawn classes);
-    # this run reaches 0.44, so the floor leaves room for platform differences in the float maths.
+    # this run reaches 0.404 (60 iterations: 0.305, 150: 0.44), so the floor leaves room for
+    # platform differences in the float maths.
     assert result.miou is not None and result.miou > FLOOR, result.metrics
     # sfnet-eval on the saved best checkpoint reproduces the engine's number (same frames, whole image)
     capsys.readouterr()

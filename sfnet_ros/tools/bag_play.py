@@ -6,9 +6,13 @@ Messages are published as the stored CDR bytes (``Publisher.publish(bytes)``: no
 into Python message objects); ROS 1 bags are converted to ROS 2 CDR first. ``--restamp`` rewrites
 each header stamp to the publish time (all messages sharing an original stamp, e.g. an image and
 its label, get the same new stamp) so stamp-to-arrival latency downstream is meaningful.
-``--lockstep IN:OUT`` publishes the next IN message only once OUT delivered a message for the
-previous one (timeout ``--lockstep-timeout``): nothing is dropped by a slow consumer, so counts are
-exact; timing then follows the consumer instead of the bag.
+``--lockstep IN:OUT`` publishes the next IN message only once OUT delivered a message with its
+header stamp (timeout ``--lockstep-timeout``): nothing is dropped by a slow consumer, so counts are
+exact; timing then follows the consumer instead of the bag. Best effort loses a sample the
+subscriber's side has not matched yet (typically the first one after discovery): until the
+consumer has answered once, a message is sent again every second; after that, a message whose
+answer does not come within the timeout is sent once more, then counted in ``lockstep_timeouts``
+(``lockstep_resent`` counts the repeats).
 """
 from __future__ import annotations
 
@@ -89,6 +93,7 @@ class PlayStats:
     loops: int = 0
     duration_s: float = 0.0
     lockstep_timeouts: int = 0
+    lockstep_resent: int = 0  # messages sent a second time after a timeout (also in ``published``)
     interrupted: bool = False
 
 
@@ -148,7 +153,7 @@ class BagPlayer:
         if all(available[t].count == 0 for t in self.publishers):
             raise BagError(f"{self.bag}: the played topics hold no messages ({', '.join(self.publishers)})")
         self._lockstep_in: str | None = None
-        self._responses = 0
+        self._answered: collections.deque[int] = collections.deque(maxlen=1000)  # stamps OUT answered
         self._response_cond = threading.Condition()
         if lockstep:
             self._lockstep_in, out_topic = lockstep
@@ -162,9 +167,9 @@ class BagPlayer:
         # original stamp -> new stamp, so an image and its label keep sharing a stamp
         self._stamp_map: collections.OrderedDict[int, int] = collections.OrderedDict()
 
-    def _on_response(self, _msg: bytes) -> None:
+    def _on_response(self, msg: bytes) -> None:
         with self._response_cond:
-            self._responses += 1
+            self._answered.append(read_stamp(msg))
             self._response_cond.notify_all()
 
     def stop(self) -> None:
@@ -193,7 +198,6 @@ class BagPlayer:
     def play(self, loop: bool = False) -> PlayStats:
         stats = PlayStats(published={t: 0 for t in self.publishers})
         start = time.monotonic()
-        sent_triggers = 0
         while not self.stop_event.is_set():
             with BagReader(self.bag) as reader:
                 first: int | None = None
@@ -219,11 +223,7 @@ class BagPlayer:
                     if self.headers[topic] and self.on_publish is not None:
                         self.on_publish(topic, original, published)
                     if topic == self._lockstep_in:
-                        sent_triggers += 1
-                        if not self._wait_response(sent_triggers):
-                            stats.lockstep_timeouts += 1
-                            with self._response_cond:
-                                self._responses = sent_triggers  # resynchronise after a lost frame
+                        self._lockstep(topic, data, stats)
             stats.loops += 1
             if not loop:
                 break
@@ -231,10 +231,33 @@ class BagPlayer:
         stats.duration_s = round(time.monotonic() - start, 3)
         return stats
 
-    def _wait_response(self, wanted: int) -> bool:
+    def _lockstep(self, topic: str, data: bytes, stats: PlayStats) -> None:
+        """Wait until OUT answered ``data`` (same header stamp). Best effort loses a sample the
+        subscriber's side has not matched yet: until the consumer has answered anything (discovery
+        may still be completing on its side) the message is sent again every second; after that,
+        once more after the lockstep timeout. Then it is given up and counted."""
+        stamp = read_stamp(data)
+        patience = self.lockstep_timeout if self._answered else min(1.0, self.lockstep_timeout)
+        if self._wait_response(stamp, patience):
+            return
         deadline = time.monotonic() + self.lockstep_timeout
+        while not self.stop_event.is_set():
+            self.publishers[topic].publish(data)
+            stats.published[topic] += 1
+            stats.lockstep_resent += 1
+            remaining = deadline - time.monotonic()
+            if self._wait_response(stamp, remaining if self._answered else min(1.0, remaining)):
+                return
+            if time.monotonic() >= deadline:
+                stats.lockstep_timeouts += 1
+                return
+
+    def _wait_response(self, stamp: int, timeout: float) -> bool:
+        """True once OUT delivered a message stamped ``stamp`` (or the player is stopping); False
+        after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         with self._response_cond:
-            while self._responses < wanted and not self.stop_event.is_set():
+            while stamp not in self._answered and not self.stop_event.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -364,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         if stats.interrupted:
             print("sfnet-bag-play: stopped by a signal", file=sys.stderr)
         print(json.dumps({"published": stats.published, "loops": stats.loops, "duration_s": stats.duration_s,
-                          "lockstep_timeouts": stats.lockstep_timeouts, "interrupted": stats.interrupted}))
+                          "lockstep_timeouts": stats.lockstep_timeouts,
+                          "lockstep_resent": stats.lockstep_resent, "interrupted": stats.interrupted}))
         return 0
     except SFNetError as exc:
         print(f"sfnet-bag-play: error: {exc}", file=sys.stderr)

@@ -49,6 +49,8 @@ class _Collector:
         self.received = 0
         self.matched = 0
         self.unknown = 0
+        self.duplicates = 0  # a second answer for a frame the player sent again (lockstep)
+        self.answered: set[int] = set()  # original stamps with labels
         self.last_arrival = 0
         self.errors: list[str] = []
 
@@ -64,6 +66,10 @@ class _Collector:
             if original is None:
                 self.unknown += 1  # not ours (an earlier run, another player)
                 return
+            if original in self.answered:
+                self.duplicates += 1
+                return
+            self.answered.add(original)
             self.received += 1
             self.last_arrival = arrival
             self.latencies.append((arrival - stamp) / 1e6)
@@ -174,7 +180,7 @@ def live_evaluate(
             time.sleep(0.05)
         start = time.time_ns()
         stats = player.play()
-        sent = stats.published[image_topic]
+        sent = stats.published[image_topic] - stats.lockstep_resent
         # Drain: wait for outputs still in flight, until all arrived or none came for drain_timeout.
         last_count, idle_since = -1, time.monotonic()
         while True:
@@ -207,6 +213,7 @@ def live_evaluate(
             "sent": sent,
             "received": received,
             "dropped": sent - received,
+            "resent": stats.lockstep_resent,  # lockstep: frames sent again after a lost answer
             "fps": round(received / span_s, 3) if span_s > 0 else None,
             "latency_ms": percentiles(collector.latencies),
             "latency_definition": "labels arrival time - header stamp (stamp = publish time, restamped)",
