@@ -102,6 +102,7 @@ class Rig:
         self.timing = ros.collect(DiagnosticArray, OUT + "timing")
         self.flow = ros.collect(Image, OUT + "flow")
         self.diagnostics = ros.collect(DiagnosticArray, "/diagnostics")
+        self.active_since = 0  # index into diagnostics.messages: set by each reconfiguration
         self.image = ros.publisher(Image, IMAGE_TOPIC)
         self.info = ros.publisher(CameraInfo, INFO_TOPIC)
         ros.wait_for_subscribers(self.image)
@@ -160,6 +161,7 @@ def _reconfigure(rig: Rig, node: NodeProcess, **parameters) -> None:
     assert all(r.successful for r in results), [r.reason for r in results]
     assert ros.change_state(node.fqn, Transition.TRANSITION_CONFIGURE), node.log()[-3000:]
     assert ros.change_state(node.fqn, Transition.TRANSITION_ACTIVATE), node.log()[-3000:]
+    rig.active_since = len(rig.diagnostics.messages)  # what came before describes the old configuration
 
 
 def _reference(checkpoint, resize: str, output: str):
@@ -410,12 +412,15 @@ def _reconfigure_from_unconfigured(rig: Rig, node: NodeProcess, **parameters) ->
     assert all(r.successful for r in results), [r.reason for r in results]
     assert ros.change_state(node.fqn, Transition.TRANSITION_CONFIGURE), node.log()[-3000:]
     assert ros.change_state(node.fqn, Transition.TRANSITION_ACTIVATE), node.log()[-3000:]
+    rig.active_since = len(rig.diagnostics.messages)  # what came before describes the old configuration
 
 
 def _node_values(rig: Rig, node: NodeProcess, backend: str) -> dict[str, str]:
-    """The node's own /diagnostics status once it reports running ``backend`` (active)."""
+    """The node's own /diagnostics status once it reports running ``backend`` (active), from the
+    statuses received since the last reconfiguration activated (an older one may describe the
+    previous model with the same backend)."""
     def find() -> dict[str, str] | None:
-        for msg in reversed(rig.diagnostics.messages):
+        for msg in reversed(rig.diagnostics.messages[rig.active_since:]):
             for status in msg.status:
                 if status.name == node.fqn:
                     values = {kv.key: kv.value for kv in status.values}
