@@ -91,6 +91,24 @@ def test_writer_is_atomic(tmp_path: Path) -> None:
     assert msg.msg.frame_id == "second" and msg.timestamp == 5
 
 
+def test_a_signal_right_after_the_staging_folder_appears_leaves_nothing(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window sfnet-bag-eval's SIGTERM test hit one run in many: the staging folder exists and
+    the signal's exception comes before the writer noted it. Here the exception comes from inside
+    that very mkdir, after the folder was made."""
+    original = Path.mkdir
+
+    def mkdir_then_signal(self: Path, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        if self.name.startswith(".out.mcap."):
+            raise KeyboardInterrupt  # what run_command's SIGINT/SIGTERM handlers raise
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_signal)
+    with pytest.raises(KeyboardInterrupt), BagWriter(tmp_path / "out.mcap") as writer:
+        writer.open()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_writer_replaces_only_bags(tmp_path: Path) -> None:
     """overwrite=True replaces a file or a rosbag2 folder, never any other folder."""
     bag_dir = tmp_path / "bag_dir"

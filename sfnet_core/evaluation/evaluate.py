@@ -13,6 +13,7 @@ All of them count with one ``ConfusionMatrix`` (``sfnet_core.evaluation.metrics`
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,8 +189,12 @@ class _prediction_writer:
             return None
         self._atomic = atomic_write(self.save_dir, replace_dir=True)
         staging = self._atomic.__enter__()
-        staging.mkdir()
-        (staging / PREDICTIONS_MARKER).write_text("predictions written by sfnet-eval\n")
+        try:
+            staging.mkdir()
+            (staging / PREDICTIONS_MARKER).write_text("predictions written by sfnet-eval\n")
+        except BaseException:  # incl. a signal: __exit__ is not called when __enter__ fails
+            self._atomic.__exit__(*sys.exc_info())
+            raise
 
         def save(i: int, labels: np.ndarray) -> None:
             import cv2

@@ -387,22 +387,22 @@ class BagWriter:
         # <staging>/<final name>/ (right file names) and renamed into place on close: same
         # folder, so the rename is atomic.
         self._check_target()
-        staging = staging_path(self.path)
+        # Noted before it exists, and removed on any failure here: a signal that lands right
+        # after the mkdir (its exception raised by run_command's handler) leaves nothing behind.
+        self._staging = staging = staging_path(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             staging.mkdir()
-        except OSError as exc:
-            raise BagError(f"{self.path}: cannot write bag: {exc.strerror or exc}") from None
-        self._staging = staging
-        bag_name = self.path.stem if self.single_file else self.path.name
-        plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
-        self._bag_dir = self._staging / bag_name
-        self._writer = Writer(self._bag_dir, version=9, storage_plugin=plugin)
-        try:
+            bag_name = self.path.stem if self.single_file else self.path.name
+            plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
+            self._bag_dir = staging / bag_name
+            self._writer = Writer(self._bag_dir, version=9, storage_plugin=plugin)
             self._writer.open()
-        except (WriterError, OSError) as exc:
+        except BaseException as exc:
             self.abort()
-            raise BagError(f"{self.path}: cannot write bag: {exc}") from None
+            if isinstance(exc, (WriterError, OSError)):
+                raise BagError(f"{self.path}: cannot write bag: {getattr(exc, 'strerror', None) or exc}") from None
+            raise
 
     def add_topic(self, topic: str, msgtype: str) -> None:
         """Declare a topic (also used to record a topic that received no messages)."""

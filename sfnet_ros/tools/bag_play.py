@@ -9,10 +9,9 @@ its label, get the same new stamp) so stamp-to-arrival latency downstream is mea
 ``--lockstep IN:OUT`` publishes the next IN message only once OUT delivered a message with its
 header stamp (timeout ``--lockstep-timeout``): nothing is dropped by a slow consumer, so counts are
 exact; timing then follows the consumer instead of the bag. Best effort loses a sample the
-subscriber's side has not matched yet (typically the first one after discovery): until the
-consumer has answered once, a message is sent again every second; after that, a message whose
-answer does not come within the timeout is sent once more, then counted in ``lockstep_timeouts``
-(``lockstep_resent`` counts the repeats).
+subscriber's side has not matched yet (typically the first one after discovery): a message whose
+answer does not come within the timeout is sent once more (``lockstep_resent``), then counted in
+``lockstep_timeouts``.
 """
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ from typing import Any
 from sfnet_core.cli.common import make_parser, non_negative_int, positive_float
 from sfnet_core.errors import SFNetError
 from sfnet_ros.tools.bag_io import BagError, BagReader, ros2_typestore
-from sfnet_ros.tools.ros_args import init_rclpy, split_ros_args
+from sfnet_ros.tools.ros_args import init_rclpy, leave_rclpy, split_ros_args
 
 # CDR encapsulation header: 2 bytes representation id (0x0001 little endian, 0x0000 big endian)
 # + 2 option bytes; a message whose first field is a std_msgs/Header then starts with
@@ -233,24 +232,17 @@ class BagPlayer:
 
     def _lockstep(self, topic: str, data: bytes, stats: PlayStats) -> None:
         """Wait until OUT answered ``data`` (same header stamp). Best effort loses a sample the
-        subscriber's side has not matched yet: until the consumer has answered anything (discovery
-        may still be completing on its side) the message is sent again every second; after that,
-        once more after the lockstep timeout. Then it is given up and counted."""
+        subscriber's side has not matched yet (typically the first one after discovery), so a
+        message without an answer after the lockstep timeout is sent once more; then it is given
+        up and counted. (Not sooner: a slow consumer would answer both and publish twice.)"""
         stamp = read_stamp(data)
-        patience = self.lockstep_timeout if self._answered else min(1.0, self.lockstep_timeout)
-        if self._wait_response(stamp, patience):
+        if self._wait_response(stamp, self.lockstep_timeout) or self.stop_event.is_set():
             return
-        deadline = time.monotonic() + self.lockstep_timeout
-        while not self.stop_event.is_set():
-            self.publishers[topic].publish(data)
-            stats.published[topic] += 1
-            stats.lockstep_resent += 1
-            remaining = deadline - time.monotonic()
-            if self._wait_response(stamp, remaining if self._answered else min(1.0, remaining)):
-                return
-            if time.monotonic() >= deadline:
-                stats.lockstep_timeouts += 1
-                return
+        self.publishers[topic].publish(data)
+        stats.published[topic] += 1
+        stats.lockstep_resent += 1
+        if not self._wait_response(stamp, self.lockstep_timeout):
+            stats.lockstep_timeouts += 1
 
     def _wait_response(self, stamp: int, timeout: float) -> bool:
         """True once OUT delivered a message stamped ``stamp`` (or the player is stopping); False
@@ -396,12 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if spinner is not None:
             spinner.stop()
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        leave_rclpy(node, previous)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from sfnet_core.cli.common import add_overwrite, make_parser, positive_float, po
 from sfnet_core.errors import SFNetError
 from sfnet_ros.tools.bag_io import BAG_STORAGES, BagError, BagWriter, check_bag_output, ros2_typestore
 from sfnet_ros.tools.bag_play import ros_message_class
-from sfnet_ros.tools.ros_args import init_rclpy, split_ros_args
+from sfnet_ros.tools.ros_args import init_rclpy, leave_rclpy, split_ros_args
 
 
 def resolve_topic(node: Any, topic: str, what: str = "--topics") -> str:
@@ -214,12 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if executor is not None:
             executor.shutdown()
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        leave_rclpy(node, previous)
     how = f"stopped by {stopped_by[0]}; " if stopped_by else ""
     print(f"sfnet-bag-record: {how}wrote {sum(writer.counts.values())} messages to {path}", file=sys.stderr)
     print(json.dumps({"out": str(path), "messages": writer.counts, "duration_s": round(time.monotonic() - started, 3)}))

@@ -78,3 +78,18 @@ def init_rclpy(prog: str, ros_args: Sequence[str], context: Any = None) -> None:
         raise SFNetError(f"invalid ROS arguments {' '.join(ros_args)!r}: {reason}")
     if held and held[0]:
         sys.stderr.write(held[0].decode(errors="replace"))
+
+
+def leave_rclpy(node: Any, previous_handlers: dict[int, Any]) -> None:
+    """The end of a tool that ran rclpy (after its executor stopped): destroy ``node`` (if it was
+    created), shut the default context down and put back the signal handlers the tool replaced."""
+    import signal
+
+    import rclpy
+
+    if node is not None:
+        node.destroy_node()
+    if rclpy.ok():
+        rclpy.shutdown()
+    for sig, handler in previous_handlers.items():
+        signal.signal(sig, handler)
