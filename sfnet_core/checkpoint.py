@@ -152,6 +152,18 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
+def read_normalization(norm: Any, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``{'mean': [3], 'std': [3]}`` checked (std positive), as stored in checkpoints and in
+    exported ONNX files; ``where`` names the file and key in the error."""
+    if not isinstance(norm, dict):
+        raise CheckpointError(f"{where}: expected {{'mean': [3], 'std': [3]}}, got {norm!r}")
+    mean = _triple(norm.get("mean"), f"{where}.mean")
+    std = _triple(norm.get("std"), f"{where}.std")
+    if min(std) <= 0:
+        raise CheckpointError(f"{where}.std must be positive, got {std}")
+    return mean, std
+
+
 def _triple(values: Any, where: str) -> tuple[float, float, float]:
     if (
         not isinstance(values, (list, tuple))
@@ -303,13 +315,7 @@ def load_checkpoint(
             f"expects {expected_num_classes}"
         )
 
-    norm = data["normalization"]
-    if not isinstance(norm, dict):
-        raise CheckpointError(f"{path}: normalization: expected {{'mean': [3], 'std': [3]}}, got {norm!r}")
-    mean = _triple(norm.get("mean"), f"{path}: normalization.mean")
-    std = _triple(norm.get("std"), f"{path}: normalization.std")
-    if min(std) <= 0:
-        raise CheckpointError(f"{path}: normalization.std must be positive, got {std}")
+    mean, std = read_normalization(data["normalization"], f"{path}: normalization")
 
     state_dict = data["state_dict"]
     if not isinstance(state_dict, dict) or not all(

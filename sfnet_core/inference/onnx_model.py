@@ -132,7 +132,7 @@ def read_onnx_info(path: str | os.PathLike, expected_num_classes: int | None = N
     import onnx
     from google.protobuf.message import DecodeError
 
-    from sfnet_core.checkpoint import _triple  # one validation rule for mean / std
+    from sfnet_core.checkpoint import read_normalization  # one validation rule for mean / std
 
     path = Path(path)
     if not path.exists():
@@ -163,13 +163,7 @@ def read_onnx_info(path: str | os.PathLike, expected_num_classes: int | None = N
         classes = ClassTable.from_dict(table, source=f"{path}: sfnet.classes")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
-    norm = _json(meta, "sfnet.normalization", path)
-    if not isinstance(norm, dict):
-        raise CheckpointError(f"{path}: sfnet.normalization: expected {{'mean': [3], 'std': [3]}}, got {norm!r}")
-    mean = _triple(norm.get("mean"), f"{path}: sfnet.normalization.mean")
-    std = _triple(norm.get("std"), f"{path}: sfnet.normalization.std")
-    if min(std) <= 0:
-        raise CheckpointError(f"{path}: sfnet.normalization.std must be positive, got {std}")
+    mean, std = read_normalization(_json(meta, "sfnet.normalization", path), f"{path}: sfnet.normalization")
     options = _json(meta, "sfnet.model_options", path)
     if not isinstance(options, dict):
         raise CheckpointError(f"{path}: sfnet.model_options: expected a JSON object")
