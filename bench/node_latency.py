@@ -23,10 +23,12 @@ callback, with and without the Fast DDS profile (config/fastdds_large_frames.xml
 
     .venv/bin/python bench/node_latency.py --delivery [--sizes 640x480@5,1920x1080@30,4000x3000@2 --rounds 3]
 
-For each setting (``default``: no profile anywhere; ``profile``: the profile exported for the whole
-stack, camera publisher included, as docs/transport.md says to; optionally ``node-only``: the
-node's side only, a camera driver started without it) three processes share one ROS
-domain: the node (started as the launch file starts it), a camera publisher (rgb8, best effort,
+For each setting (``default``: no profile anywhere, every process's own application switched off
+with ``SFNET_FASTDDS_PROFILE=off``; ``profile``: the profile exported for the whole stack, camera
+publisher included, as the launch file sets it for the node; optionally ``node-only``: the node's
+side only, a camera driver started without it; ``direct``: nothing exported, the node started
+without launch, each process applying the profile itself as every process of this package does)
+three processes share one ROS domain: the node, a camera publisher (rgb8, best effort,
 keep last 5 like a camera driver's sensor-data QoS) and a plain subscriber with the node's input
 QoS (best effort, keep last 1), for comparison. The settings run interleaved, burst by burst,
 so background load hits both alike. Counted: frames the publisher offered; frames the node's
@@ -69,6 +71,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.15
 FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_large_frames.xml"
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+#: sfnet_ros.transport_profile's switch (``off``: no process of the package applies the profile).
+SWITCH_VARIABLE = "SFNET_FASTDDS_PROFILE"
 DELIVERY_TARGET = 0.99
 
 
@@ -233,13 +237,18 @@ def _wait(predicate, timeout: float, what: str):
 
 def node_environment(base: dict[str, str], profile: str) -> dict[str, str]:
     """``base`` with the Fast DDS profile variables set as the launch file sets them (``auto``:
-    this checkout's profile unless ``base`` names one) or removed (``none``)."""
+    this checkout's profile unless ``base`` names one; a path: that file), removed and the
+    processes' own application switched off (``none``: Fast DDS's defaults), or removed with the
+    switch left unset (``shell``: a shell that never heard of the profile; every process of the
+    package then applies it itself, sfnet_ros.transport_profile)."""
     from sfnet_ros.launch_support import fastdds_profile_environment
 
     env = dict(base)
-    if profile == "none":
-        for name in PROFILE_VARIABLES:
+    if profile in ("none", "shell"):
+        for name in (*PROFILE_VARIABLES, SWITCH_VARIABLE):
             env.pop(name, None)
+        if profile == "none":
+            env[SWITCH_VARIABLE] = "off"
         return env
     env.update(fastdds_profile_environment(profile, env, FASTDDS_PROFILE, env.get("ROS_DISTRO")))
     return env
@@ -339,8 +348,9 @@ def _role_publisher(subscribers: int) -> int:
     from sensor_msgs.msg import Image
 
     from sfnet_ros.conversions import numpy_to_image
+    from sfnet_ros.tools.ros_args import init_rclpy
 
-    rclpy.init()
+    init_rclpy("sfnet_bench_camera", [])  # as every tool: the profile unless switched off or the user's
     node = rclpy.create_node("sfnet_bench_camera")
     publisher = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
     _wait(lambda: publisher.get_subscription_count() >= subscribers, 120, "the subscriptions")
@@ -375,7 +385,9 @@ def _role_subscriber() -> int:
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    rclpy.init()
+    from sfnet_ros.tools.ros_args import init_rclpy
+
+    init_rclpy("sfnet_bench_plain_subscriber", [])
     node = rclpy.create_node("sfnet_bench_plain_subscriber")
     counts: dict[str, int] = {}
     lock = threading.Lock()
@@ -449,8 +461,13 @@ class _Diagnostics:
         self.context.try_shutdown()
 
 
-#: Delivery settings: name -> (profile of the node and the plain subscriber, profile of the camera).
-SETTINGS = {"default": ("none", "none"), "profile": ("auto", "auto"), "node-only": ("auto", "none")}
+#: Delivery settings: name -> (environment of the node and the plain subscriber, of the camera), see
+#: node_environment: ``default`` = no profile anywhere (switched off); ``profile`` = the launch file's
+#: variables, exported for the whole stack; ``node-only`` = the node's side only; ``direct`` = the node
+#: started without launch and every process from a shell without any profile variable (each applies
+#: the profile itself).
+SETTINGS = {"default": ("none", "none"), "profile": ("auto", "auto"), "node-only": ("auto", "none"),
+            "direct": ("shell", "shell")}
 
 
 class _Stack:
@@ -847,8 +864,9 @@ def main(argv: list[str] | None = None) -> int:
                                "(default 640x480@5,1920x1080@30,4000x3000@2)")
     delivery.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     delivery.add_argument("--settings", type=_parse_settings, default=["default", "profile"],
-                          help="comma-separated, from: default (no profile), profile (whole stack), "
-                               "node-only (node but not camera); default: default,profile")
+                          help="comma-separated, from: default (no profile), profile (whole stack, launch "
+                               "file's variables), node-only (node but not camera), direct (no variable "
+                               "exported: each process applies it itself); default: default,profile")
     delivery.add_argument("--burst-seconds", type=float, default=6.0,
                           help="length of one burst, in frames at the size's rate (default 6 s, at least 5 frames)")
     delivery.add_argument("--settle", type=float, default=1.5,

@@ -13,8 +13,11 @@ Arguments (docs/launch.md has the full table and a four-camera example):
   params_file      parameter file (default: this package's config/sfnet.yaml)
   namespace        namespace of the node and of its relative output topics (default: none)
   device           auto | cpu | cuda | cuda:N (overrides the params file)
-  fastdds_profile  auto (default: the profile already exported for the whole stack, else this
-                   package's config/fastdds_large_frames.xml) | none | a path
+  fastdds_profile  auto (default: the SFNET_FASTDDS_PROFILE switch if set, else the profile already
+                   exported for the whole stack, else this package's
+                   config/fastdds_large_frames.xml) | none (SFNET_FASTDDS_PROFILE=off for the node)
+                   | a path; the rule of sfnet_ros.transport_profile, which the node also applies
+                   to itself when started without launch
 
 The argument logic lives in ``sfnet_ros.launch_support`` (no launch imports, so it is tested where
 launch is not installed). With one camera the command line this amounts to (what the tests run)::
@@ -93,8 +96,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("device", default_value="auto",
                               description="Inference device: auto, cpu, cuda or cuda:N"),
         DeclareLaunchArgument("fastdds_profile", default_value="auto",
-                              description="Fast DDS profile for large frames: auto (an exported "
-                                          "FASTDDS_DEFAULT_PROFILES_FILE, else config/fastdds_large_frames.xml), "
-                                          "none, or a path"),
+                              description="Fast DDS profile for large frames: auto (SFNET_FASTDDS_PROFILE if "
+                                          "set, else an exported FASTDDS_DEFAULT_PROFILES_FILE, else "
+                                          "config/fastdds_large_frames.xml), none, or a path"),
         OpaqueFunction(function=_launch_node, kwargs={"default_profile": default_profile}),
     ])

@@ -9,18 +9,39 @@ A checkpoint is a plain dict of python primitives and tensors, so it loads with
      "classes": ClassTable.to_dict(),
      "normalization": {"mean": [r, g, b], "std": [r, g, b]},   # on 0..1 RGB
      "state_dict": {...},
-     "train_state": {...} | None}                            # optimizer, epoch... for resume
+     "train_state": {...} | None,                            # optimizer, epoch... for resume
+     "digest": {"algorithm": "sha256-v1", "weights": hex, "fields": hex}}
 
 Everything a node needs to run the network (architecture, class names and colours, input
 normalisation) travels in the file, so deployment needs no side files.
+
+The digest. PyTorch's zip reader does not check its CRCs, so a flipped byte inside a weight
+loads silently. ``save_checkpoint`` therefore records two SHA-256 digests, and
+``load_checkpoint`` recomputes and compares them before anything else reads the file's content:
+
+* ``weights``: over the ``state_dict``, tensors in name order, each as its name, dtype, shape and
+  the SHA-256 of its bytes (contiguous, row-major: the same for any memory format). Hashing
+  tensor by tensor lets threads share the work (``hashlib`` releases the GIL) and reads the
+  tensors' memory in place, without copies.
+* ``fields``: over everything else (model name and options, class table, normalisation,
+  ``train_state``), walked in a canonical, type-tagged encoding.
+
+A mismatch is a ``CheckpointError`` naming the file ("corrupted or edited"). A checkpoint
+written before digests existed (no ``digest`` field) still loads, with one warning per file and
+process: it cannot be checked; saving it again records one.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import pickle
+import threading
+import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +50,13 @@ import torch
 
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from sfnet_core.errors import CheckpointError, ConfigError
+from sfnet_core.errors import (
+    CheckpointError,
+    ConfigError,
+    require_file,
+    torch_load_reason,
+    unsafe_pickle_message,
+)
 from sfnet_core.io_utils import atomic_write
 
 __all__ = [
@@ -42,6 +69,12 @@ __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
+    "DIGEST_ALGORITHM",
+    "weights_sha256",
+    "content_sha256",
+    "checkpoint_digest",
+    "parallel_digests",
+    "warn_once",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,10 +105,14 @@ class ModelDescription:
 
 @dataclass
 class Checkpoint(ModelDescription):
-    """A loaded, validated checkpoint (see the module docstring for the file layout)."""
+    """A loaded, validated checkpoint (see the module docstring for the file layout).
+
+    ``digest`` is the file's recorded (and verified) digest, None for a checkpoint written
+    before digests existed."""
 
     state_dict: dict
     train_state: dict | None
+    digest: dict | None = None
 
     def build_model(self, aux: bool = False) -> torch.nn.Module:
         """The network in eval mode with the checkpoint's weights (on the CPU).
@@ -174,6 +211,167 @@ def _triple(values: Any, where: str) -> tuple[float, float, float]:
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
+DIGEST_ALGORITHM = "sha256-v1"
+_DIGEST_PREFIX = b"sfnet_ros digest v1\n"
+# Below this many bytes in all, hashing in one thread is faster than starting a pool.
+_PARALLEL_MIN_BYTES = 8 << 20
+
+
+def parallel_digests(tasks: Sequence[Callable[[], bytes]], total_bytes: int = 0) -> list[bytes]:
+    """Run the digest ``tasks`` (each returns the digest of one buffer), in order.
+
+    ``hashlib`` releases the GIL while it hashes a buffer, so large inputs are shared among a few
+    threads; the result does not depend on how many run.
+    """
+    workers = min(len(tasks), os.cpu_count() or 1, 4)
+    if workers <= 1 or total_bytes < _PARALLEL_MIN_BYTES:
+        return [task() for task in tasks]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sfnet-digest") as pool:
+        return list(pool.map(lambda task: task(), tasks))
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> Any:
+    """The tensor's elements as a flat uint8 array (row-major), viewing its memory when it can.
+
+    Copies only when it must: a non-contiguous layout (channels_last), a lazy conj / neg bit,
+    or a tensor on an accelerator.
+    """
+    t = tensor.detach()
+    if t.layout != torch.strided or t.is_quantized:
+        raise CheckpointError(f"a {t.layout} / {t.dtype} tensor cannot be digested; store dense tensors")
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.resolve_conj().resolve_neg().contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _sha256_of_tensor(tensor: torch.Tensor) -> Callable[[], bytes]:
+    return lambda: hashlib.sha256(_tensor_bytes(tensor)).digest()
+
+
+def _encode(obj: Any, out: list, tensors: list[torch.Tensor]) -> None:
+    """Append ``obj``'s canonical, type-tagged, length-prefixed encoding to ``out``; a tensor is
+    a header there plus an entry in ``tensors`` (its data digest is appended later, in place)."""
+    kind = type(obj)
+    if obj is None:
+        out.append(b"N")
+    elif kind is bool:
+        out.append(b"B1" if obj else b"B0")
+    elif kind is int:
+        out.append(b"I%d;" % obj)
+    elif kind is float:
+        out.append(b"F" + obj.hex().encode() + b";")
+    elif kind is str:
+        data = obj.encode("utf-8", "surrogatepass")
+        out.append(b"S%d:" % len(data) + data)
+    elif kind is bytes:
+        out.append(b"Y%d:" % len(obj) + obj)
+    elif isinstance(obj, torch.Tensor):
+        out.append(f"X{str(obj.dtype).removeprefix('torch.')}{list(obj.shape)}:".encode())
+        out.append(len(tensors))  # placeholder: the index of its data digest
+        tensors.append(obj)
+    elif isinstance(obj, torch.Size):
+        out.append(f"Z{list(obj)};".encode())
+    elif isinstance(obj, (torch.dtype, torch.device)):
+        out.append(f"P{obj};".encode())
+    elif kind in (dict, OrderedDict):
+        out.append(b"D%d:" % len(obj))
+        for key, value in obj.items():  # insertion order: pickling keeps it
+            _encode(key, out, tensors)
+            _encode(value, out, tensors)
+    elif kind in (list, tuple):
+        out.append(b"%s%d:" % (b"L" if kind is list else b"T", len(obj)))
+        for item in obj:
+            _encode(item, out, tensors)
+    else:  # nothing save_checkpoint writes; in a loaded file it only has to differ from what was written
+        text = f"{kind.__module__}.{kind.__qualname__}:{obj!r}".encode("utf-8", "backslashreplace")
+        out.append(b"R%d:" % len(text) + text)
+
+
+def content_sha256(obj: Any) -> str:
+    """Hex SHA-256 of ``obj`` (python primitives, containers, tensors) in the canonical encoding
+    of the module docstring: tensors count by dtype, shape and the SHA-256 of their bytes."""
+    out: list = []
+    tensors: list[torch.Tensor] = []
+    _encode(obj, out, tensors)
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    digests = parallel_digests([_sha256_of_tensor(t) for t in tensors], total)
+    digest = hashlib.sha256(_DIGEST_PREFIX)
+    for item in out:
+        digest.update(digests[item] if isinstance(item, int) else item)
+    return digest.hexdigest()
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of a state dict: for each tensor in name order, its name, dtype, shape and the
+    SHA-256 of its bytes (the ``weights`` digest of a checkpoint)."""
+    return content_sha256([(key, state_dict[key]) for key in sorted(state_dict)])
+
+
+def _fields(payload: dict) -> dict:
+    """What the ``fields`` digest covers: every entry but the weights and the digest itself."""
+    return {k: v for k, v in payload.items() if k not in ("state_dict", "digest")}
+
+
+def checkpoint_digest(payload: dict) -> dict[str, str]:
+    """The ``digest`` entry for a checkpoint dict (``save_checkpoint`` stores it; a tool that
+    edits a loaded checkpoint dict on purpose stores a fresh one before saving)."""
+    return {"algorithm": DIGEST_ALGORITHM, "weights": weights_sha256(payload["state_dict"]),
+            "fields": content_sha256(_fields(payload))}
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(key: str, message: str, logger: logging.Logger | None = None) -> None:
+    """Log ``message`` as a warning the first time ``key`` is seen in this process."""
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    (logger or log).warning("%s", message)
+
+
+def _verify_digest(path: Path, data: dict) -> dict | None:
+    """Compare the recorded digest with the content; the digest, or None for an older file."""
+    recorded = data.get("digest")
+    if recorded is None:
+        warn_once(f"pt:{path.resolve()}", (
+            f"{path}: written before sfnet_ros recorded weight digests, so its weights cannot be checked "
+            "for corruption; save it again (load_checkpoint + save_checkpoint) to record one"))
+        return None
+    if (not isinstance(recorded, dict) or recorded.get("algorithm") != DIGEST_ALGORITHM
+            or not all(isinstance(recorded.get(k), str) for k in ("weights", "fields"))):
+        raise CheckpointError(f"{path}: digest: expected {{'algorithm': {DIGEST_ALGORITHM!r}, 'weights': hex, "
+                              f"'fields': hex}}, got {recorded!r:.200}; the file is corrupted or was edited")
+    try:
+        weights, fields = weights_sha256(data["state_dict"]), content_sha256(_fields(data))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if weights != recorded["weights"]:
+        raise CheckpointError(f"{path}: the weights do not match the digest recorded when the file was written: "
+                              "it is corrupted or was edited; refusing to use it")
+    if fields != recorded["fields"]:
+        raise CheckpointError(f"{path}: the model description (model, classes, normalization, train_state) does "
+                              "not match the digest recorded when the file was written: it is corrupted or was "
+                              "edited; refusing to use it")
+    return recorded
+
+
+def _first_non_finite(value: Any, where: str = "") -> str | None:
+    """The name of the first floating-point tensor in ``value`` (nested dicts / lists) holding
+    NaN or infinity, else None."""
+    if isinstance(value, torch.Tensor):
+        return where if value.is_floating_point() and not bool(torch.isfinite(value).all()) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _first_non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -215,45 +413,55 @@ def save_checkpoint(
         "state_dict": _unwrap_state_dict(model),
         "train_state": train_state,
     }
+    bad = _first_non_finite({"state_dict": payload["state_dict"], "train_state": train_state})
+    if bad is not None:  # a diverged model must never replace a good file (the engine checks first, too)
+        raise CheckpointError(f"{target}: {bad} holds NaN or infinity; not written")
+    try:
+        payload["digest"] = checkpoint_digest(payload)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{target}: {exc}") from None
     with atomic_write(target) as tmp:
         torch.save(payload, tmp)
     log.info("saved checkpoint %s (%s, %d classes)", target, model_name, num_classes)
 
 
+# torch's weights-only refusal explains how to load the file anyway (weights_only=False, or an
+# allow-list of its classes): advice never to pass on for a file of unknown origin.
+def _plain_pickle_protocol(path: Path) -> int | None:
+    """The protocol of a file written by ``pickle.dump`` (not torch.save: neither its zip
+    container nor its legacy protocol-2 stream), else None."""
+    import zipfile
+
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if len(head) == 2 and head[0] == 0x80 and head[1] >= 3 and not zipfile.is_zipfile(path):
+        return head[1]
+    return None
+
+
 def _read(path: Path, map_location: Any) -> Any:
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a file")
+    require_file(path, "checkpoint file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": the outcome is reported as one line, nothing on stderr
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        reason = torch_load_reason(exc)
         # "Unsupported global" = a well-formed pickle naming a python class; anything else
         # (e.g. "Unsupported operand") is just corrupt bytes.
-        if "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
-            raise CheckpointError(
-                f"{path}: the file contains non-tensor python objects and will not be unpickled "
-                "(checkpoints are loaded with weights_only=True; re-save it with "
-                "sfnet_core.checkpoint.save_checkpoint)"
-            ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_one_line(exc)}") from None
+        if "GLOBAL" in reason or "global" in reason:
+            raise CheckpointError(unsafe_pickle_message(path, reason)) from None
+        protocol = _plain_pickle_protocol(path)
+        if protocol is not None:
+            raise CheckpointError(unsafe_pickle_message(path, f"protocol {protocol}, not a torch.save file",
+                                                        plain=True)) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
     except Exception as exc:
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {type(exc).__name__}: {_one_line(exc)}"
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {type(exc).__name__}: "
+            f"{torch_load_reason(exc)}"
         ) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    """The specific reason from torch's multi-paragraph weights-only error, on one line.
-
-    torch wraps the unpickler's message ("Unsupported operand 0") in several lines of advice
-    about ``weights_only=False`` — advice we must not pass on for an untrusted file.
-    """
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
-            return lines[i + 1]
-    return lines[0] if lines else type(exc).__name__
 
 
 def load_checkpoint(
@@ -263,6 +471,8 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Read and validate a checkpoint; every problem is a CheckpointError naming ``path``.
 
+    The recorded digest is checked first (module docstring): a corrupted or edited file is
+    refused as such; one written before digests existed loads with a one-time warning.
     ``expected_num_classes`` (from the run's config / class table) guards against deploying a
     network trained for another label set.
     """
@@ -284,6 +494,13 @@ def load_checkpoint(
     for key in ("model", "num_classes", "classes", "normalization", "state_dict"):
         if key not in data:
             raise CheckpointError(f"{path}: missing field {key!r}")
+    state_dict = data["state_dict"]
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        raise CheckpointError(f"{path}: state_dict: expected a mapping of parameter names to tensors")
+    # Before any field is interpreted: a corrupted file is reported as such, not by a symptom.
+    digest = _verify_digest(path, data)
 
     model = data["model"]
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
@@ -317,11 +534,6 @@ def load_checkpoint(
 
     mean, std = read_normalization(data["normalization"], f"{path}: normalization")
 
-    state_dict = data["state_dict"]
-    if not isinstance(state_dict, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
-    ):
-        raise CheckpointError(f"{path}: state_dict: expected a mapping of parameter names to tensors")
     train_state = data.get("train_state")
     if train_state is not None and not isinstance(train_state, dict):
         raise CheckpointError(f"{path}: train_state: expected a dict or None, got {type(train_state).__name__}")
@@ -336,4 +548,5 @@ def load_checkpoint(
         std=std,
         state_dict=state_dict,
         train_state=train_state,
+        digest=digest,
     )

@@ -6,7 +6,8 @@ sizes multiples of 32, as the Segmenter feeds it) and outputs logits (N, C, H, W
 ``with_argmax`` int64 labels (N, H, W). The model describes itself in its metadata (model name and
 options, class table, mean/std, input size or dynamic axes, precision: see
 ``sfnet_core.inference.onnx_model``), so ``Segmenter.from_checkpoint("model.onnx")``, ``sfnet-eval``
-and the node need only the ``.onnx`` file.
+and the node need only the ``.onnx`` file. Every model written here records ``sfnet.digest`` (the
+SHA-256 of its weights, graph and metadata), checked whenever it is read.
 
     sfnet-export --checkpoint ck.pt --onnx model.onnx --height 512 --width 1024
     sfnet-export --checkpoint ck.pt --onnx model.onnx --dynamic --verify
@@ -28,7 +29,7 @@ import torch
 
 from sfnet_core.checkpoint import Checkpoint
 from sfnet_core.errors import SFNetError
-from sfnet_core.inference.onnx_model import build_metadata
+from sfnet_core.inference.onnx_model import build_metadata, stamp_digest, verify_digest
 from sfnet_core.inference.predict import STRIDE
 from sfnet_core.io_utils import atomic_write
 
@@ -156,6 +157,7 @@ def export_module(
                 raise ExportError(f"{onnx_path}: torch.onnx.export failed: {exc}") from exc
         proto = onnx.load(str(tmp))
         _set_metadata(proto, {"sfnet.output": output, **(metadata or {})})
+        stamp_digest(proto)  # last: covers the weights, the graph and the metadata above
         try:
             onnx.checker.check_model(proto, full_check=True)
         except onnx.checker.ValidationError as exc:
@@ -251,6 +253,8 @@ def quantize_int8(
 
     fp32_path, onnx_path = Path(fp32_path), Path(onnx_path)
     source = onnx.load(str(fp32_path))
+    # A damaged fp32 model would otherwise come out as an int8 model with a fresh, valid digest.
+    verify_digest(source, fp32_path)
     meta = {p.key: p.value for p in source.metadata_props}
     if meta.get("sfnet.precision", "fp32") != "fp32":
         raise ExportError(f"{fp32_path}: already quantised ({meta.get('sfnet.precision')})")
@@ -281,6 +285,7 @@ def quantize_int8(
             "frames": reader.frames}, sort_keys=True)})
         del proto.metadata_props[:]
         _set_metadata(proto, meta)
+        stamp_digest(proto)
         with atomic_write(onnx_path) as tmp:
             onnx.save(proto, str(tmp))
     log.info("wrote %s (int8, calibrated on %d frame(s))", onnx_path, reader.frames)

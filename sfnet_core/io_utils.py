@@ -1,23 +1,39 @@
 """Writing outputs without ever destroying data: the checks every tool makes, and atomic writes.
 
-The rules every tool follows (``check_output`` enforces them before any work starts):
+The rules every tool follows (``check_output`` enforces them before any work starts, and
+``atomic_write`` again at the instant the output is published):
 
 * an output that exists is refused unless the user passed ``--overwrite``;
 * an output equal to an input, inside an input folder, or a folder holding an input is always
   refused (with or without ``--overwrite``);
-* ``--overwrite`` replaces a file by a file; a folder is replaced only when it is recognisably
-  a previous output of the same tool (the tool's ``is_previous_output`` check, e.g. a rosbag2
-  folder with its ``metadata.yaml``), never an arbitrary folder;
-* outputs are written to a hidden staging path next to the target and renamed into place when
-  complete (``atomic_write``): an error, Ctrl-C or SIGTERM (see ``sfnet_core.cli.common``) removes
-  the staging path and leaves whatever was there before untouched.
+* a device, FIFO or socket is never an output (a character device would otherwise be "replaced"
+  by a regular file); a symlink loop or a name longer than the file system allows is one error;
+* ``--overwrite`` replaces a file by a file; a folder only when the same tool wrote it and
+  nobody changed it since. Every folder a tool writes records what it wrote
+  (``MANIFEST``: relative paths, sizes and SHA-256 digests, written last into the staging
+  folder); ``--overwrite`` replaces exactly that and refuses, naming them, when the folder holds
+  anything else: a file the user added, a file edited since (e.g. a hand-corrected label PNG),
+  a folder or a link. A folder without a manifest of the same tool is never replaced;
+* outputs are written to a hidden staging path next to the target and published when complete
+  (``atomic_write``). Publishing never replaces something that appeared at the target while the
+  tool ran unless ``--overwrite`` (``rename_noreplace``: ``renameat2(RENAME_NOREPLACE)``, else a
+  hard link, else a check right before the rename); of two tools racing for one new path exactly
+  one wins, the other fails with one line. An error, Ctrl-C or SIGTERM (see
+  ``sfnet_core.cli.common``) removes the staging path and leaves whatever was there untouched;
+* the place of an output is probed before the work starts (``check_writable_parent``): a real
+  file with a block of data is created and removed, so a read-only, full or missing place fails
+  in a second, not after an hour of work. An ``OSError`` while writing (a disk that filled up
+  meanwhile) is one line naming the output (``OutputError``).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -25,40 +41,129 @@ from pathlib import Path
 
 from sfnet_core.errors import SFNetError
 
-__all__ = ["OutputError", "atomic_write", "check_output", "check_writable_parent", "staging_path"]
+__all__ = ["OutputError", "MANIFEST", "atomic_write", "check_output", "check_writable_parent", "staging_path",
+           "rename_noreplace", "write_manifest", "foreign_files", "os_error_message"]
+
+MANIFEST = ".sfnet-manifest.json"  # what a tool wrote into its output folder (see the module docstring)
+_PROBE_BYTES = 4096  # one block: an empty file can still be created on a full disk
 
 
 class OutputError(SFNetError, ValueError):
     """An output path that would destroy data, or cannot be written."""
 
 
-def _resolved(path: str | os.PathLike) -> Path:
-    return Path(path).expanduser().resolve()
+def os_error_message(exc: OSError) -> str:
+    """A short lower-case reason for ``exc`` ("no space left on device", "no write permission")."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "no write permission"
+    if exc.errno == errno.ELOOP:
+        return "a symlink loop"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "file name too long"
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+def _resolved(path: str | os.PathLike, what: str = "--out") -> Path:
+    try:
+        return Path(path).expanduser().resolve()
+    except RuntimeError:  # Python <= 3.12: "Symlink loop from ..."
+        raise OutputError(f"{what}: {path}: a symlink loop") from None
+    except OSError as exc:
+        raise OutputError(f"{what}: {path}: {os_error_message(exc)}") from None
 
 
 def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _lexists(path: Path) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        return False
+    return True
+
+
 def check_writable_parent(path: str | os.PathLike, what: str = "--out") -> Path:
-    """The resolved ``path`` if it can be created: its nearest existing ancestor is a folder in
-    which a file can really be created (probed with a hidden file, removed at once: permission
-    bits do not tell, e.g. for root, on a read-only mount or in /proc). Else an OutputError."""
-    target = _resolved(path)
+    """The resolved ``path`` if it can be created: every new name fits the file system, and its
+    nearest existing ancestor is a folder in which a file with data can really be written (probed
+    with a hidden file holding one block, removed at once: permission bits do not tell, e.g. for
+    root, on a read-only mount, in /proc or on a full disk). Else an OutputError."""
+    raw = Path(path).expanduser()
+    for part in raw.parts:
+        if len(os.fsencode(part)) > 255:
+            raise OutputError(f"{what}: {path}: file name too long ({len(os.fsencode(part))} bytes in one name; "
+                              "at most 255)")
+    target = _resolved(path, what)
     ancestor = target.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+    try:
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+    except OSError as exc:
+        raise OutputError(f"{what}: {path}: {os_error_message(exc)}") from None
     if not ancestor.is_dir():
         raise OutputError(f"{what}: cannot create {path}: {ancestor} is a file, not a folder")
+    limit = _name_max(ancestor)
+    for part in target.relative_to(ancestor).parts:
+        if len(os.fsencode(part)) > limit:
+            raise OutputError(f"{what}: {path}: file name too long ({len(os.fsencode(part))} bytes in one name; "
+                              f"at most {limit} here)")
+    if len(os.fsencode(str(target))) >= 4096:
+        raise OutputError(f"{what}: {path}: path too long")
+    probe = None
     try:
         handle, probe = tempfile.mkstemp(prefix=".sfnet-probe-", dir=ancestor)
+        try:
+            os.write(handle, b"\0" * _PROBE_BYTES)
+            os.fsync(handle)
+        finally:
+            os.close(handle)
     except OSError as exc:
-        reason = "no write permission" if exc.errno in (errno.EACCES, errno.EPERM) else \
-            (exc.strerror or type(exc).__name__).lower()
-        raise OutputError(f"{what}: cannot write {path}: {reason} in {ancestor}") from None
-    os.close(handle)
-    os.unlink(probe)
+        raise OutputError(f"{what}: cannot write {path}: {os_error_message(exc)} in {ancestor}") from None
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
     return target
+
+
+_SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+            (stat.S_ISSOCK, "a socket"))
+
+
+def _special(mode: int) -> str | None:
+    for test, name in _SPECIAL:
+        if test(mode):
+            return name
+    return None
+
+
+def _refuse_foreign(target: Path, shown: str | os.PathLike, what: str, tool: str | None,
+                    is_previous_output: Callable[[Path], bool] | None) -> None:
+    """OutputError unless the non-empty folder ``target`` may be replaced by ``tool``'s output."""
+    if tool is not None:
+        foreign = foreign_files(target, tool)
+        if foreign is None:
+            raise OutputError(f"{what}: {shown} is a folder that {tool} did not write; it is never replaced, "
+                              "even with --overwrite (choose another path)")
+        if foreign:
+            named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputError(f"{what}: {shown} holds files that {tool} did not write or that changed since "
+                              f"({named}); they are never replaced, even with --overwrite (move them out, or "
+                              "choose another path)")
+        return
+    if not (is_previous_output and is_previous_output(target)):
+        raise OutputError(f"{what}: {shown} is a folder that this tool did not write; it is never replaced, "
+                          "even with --overwrite (choose another path)")
 
 
 def check_output(
@@ -68,78 +173,315 @@ def check_output(
     kind: str = "file",
     what: str = "--out",
     is_previous_output: Callable[[Path], bool] | None = None,
+    tool: str | None = None,
 ) -> Path:
     """Validate output ``path`` (``kind`` "file" or "dir") against the rules in the module docstring.
 
-    ``inputs``: every path the tool reads (None entries are skipped). Returns the resolved path.
+    ``inputs``: every path the tool reads (None entries are skipped). ``tool``: the name written
+    into the manifest of a folder output (``atomic_write(..., tool=...)``); without it a folder is
+    replaced only when ``is_previous_output(folder)`` says so. Returns the resolved path.
     """
     target = check_writable_parent(path, what)
     for item in inputs:
         if item is None:
             continue
-        source = _resolved(item)
+        source = _resolved(item, what)
         if _inside(target, source) or _inside(source, target):
             relation = ("is" if target == source else "is inside" if _inside(target, source) else "contains")
             raise OutputError(f"{what}: {path} {relation} the input {item}; write the output elsewhere")
-    if not target.exists() and not target.is_symlink():
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
         return target
+    except OSError as exc:
+        raise OutputError(f"{what}: {path}: {os_error_message(exc)}") from None
+    special = _special(info.st_mode)
+    if special:
+        raise OutputError(f"{what}: {path} is {special}; only a regular file or a folder this tool wrote is ever "
+                          "replaced (choose another path)")
+    is_dir = stat.S_ISDIR(info.st_mode)
     if not overwrite:
-        noun = "folder" if target.is_dir() else "file"
+        noun = "folder" if is_dir else "file"
         raise OutputError(f"{what}: {path} exists ({noun}); pass --overwrite to replace it, or choose another path")
-    if kind == "file" and target.is_dir():
+    if kind == "file" and is_dir:
         raise OutputError(f"{what}: {path} is a folder; the output is a file (choose a file path)")
-    if kind == "dir" and not target.is_dir():
+    if kind == "dir" and not is_dir:
         raise OutputError(f"{what}: {path} is a file; the output is a folder (choose another path)")
-    if kind == "dir" and any(target.iterdir()) and not (is_previous_output and is_previous_output(target)):
-        raise OutputError(f"{what}: {path} is a folder that this tool did not write; it is never replaced, "
-                          "even with --overwrite (choose another path)")
+    if kind == "dir" and any(target.iterdir()):
+        _refuse_foreign(target, path, what, tool, is_previous_output)
     return target
+
+
+# ----------------------------------------------------------------------------- the manifest
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike, tool: str) -> Path:
+    """Record every file (size, SHA-256) and folder under ``folder`` as written by ``tool``."""
+    folder = Path(folder)
+    files: dict[str, list] = {}
+    dirs: list[str] = []
+    for root, subdirs, names in os.walk(folder):
+        subdirs.sort()
+        base = Path(root)
+        for name in subdirs:
+            dirs.append((base / name).relative_to(folder).as_posix())
+        for name in sorted(names):
+            path = base / name
+            rel = path.relative_to(folder).as_posix()
+            if rel == MANIFEST or path.is_symlink():
+                continue
+            files[rel] = [path.stat().st_size, _digest(path)]
+    manifest = folder / MANIFEST
+    manifest.write_text(json.dumps({"tool": tool, "dirs": dirs, "files": files}, indent=0) + "\n", encoding="utf-8")
+    return manifest
+
+
+def foreign_files(folder: str | os.PathLike, tool: str) -> list[str] | None:
+    """What in ``folder`` the manifest of ``tool`` does not account for: added files, folders and
+    links, files whose size or digest changed (sorted relative paths; ``[]``: nothing). None when
+    the folder has no readable manifest of ``tool``."""
+    folder = Path(folder)
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if data.get("tool") != tool:
+            return None
+        files, dirs = dict(data["files"]), set(data["dirs"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    found: list[str] = []
+    for root, subdirs, names in os.walk(folder):
+        base = Path(root)
+        for name in list(subdirs):
+            path = base / name
+            rel = path.relative_to(folder).as_posix()
+            if rel not in dirs or path.is_symlink():
+                found.append(rel + "/")
+                subdirs.remove(name)  # named once, not file by file
+        for name in names:
+            path = base / name
+            rel = path.relative_to(folder).as_posix()
+            if rel == MANIFEST:
+                continue
+            expected = files.get(rel)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if expected is None or not stat.S_ISREG(info.st_mode) or info.st_size != expected[0] \
+                    or _digest(path) != expected[1]:
+                found.append(rel)
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------- publishing
+def staging_path(path: str | os.PathLike, suffix: str = "tmp") -> Path:
+    """A fresh hidden sibling of ``path`` (``.<name>.<random>.<suffix>``): same folder, so a
+    rename onto ``path`` is atomic. It does not exist yet. A long name is shortened so that the
+    staging name fits the file system too (a legal output name stays a legal staging name)."""
+    target = Path(path)
+    tag = f".{uuid.uuid4().hex[:8]}.{suffix}"
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    room = _name_max(folder) - 1 - len(tag)
+    name = os.fsencode(target.name)
+    if len(name) > room:
+        name = name[:max(room, 1)]
+    return target.parent / f".{os.fsdecode(name).rstrip()}{tag}"
+
+
+_renameat2: Callable | None | bool = False  # False: not looked up yet; None: not available
+
+
+def _libc_renameat2() -> Callable | None:
+    global _renameat2
+    if _renameat2 is False:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            function = libc.renameat2
+            function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            function.restype = ctypes.c_int
+            _renameat2 = function
+        except (OSError, AttributeError, ImportError):
+            _renameat2 = None
+    return _renameat2
+
+
+def rename_noreplace(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename ``source`` onto ``target`` only if nothing is at ``target``: FileExistsError else
+    (also for an empty folder that appeared there). ``renameat2(RENAME_NOREPLACE)`` where the
+    kernel and file system have it; else a hard link (files) or a check right before the rename."""
+    src, dst = os.fsencode(source), os.fsencode(target)
+    function = _libc_renameat2()
+    if function is not None:
+        import ctypes
+
+        if function(-100, src, -100, dst, 1) == 0:  # AT_FDCWD, RENAME_NOREPLACE
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), os.fsdecode(dst))
+    if os.path.isdir(src) and not os.path.islink(src):
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(dst))
+        os.rename(src, dst)
+        return
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (e.g. FAT, some FUSE mounts): check, then rename
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(dst)) from None
+        os.rename(src, dst)
+        return
+    os.unlink(src)
 
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    elif _lexists(path):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
-def staging_path(path: str | os.PathLike, suffix: str = "tmp") -> Path:
-    """A fresh hidden sibling of ``path`` (``.<name>.<random>.<suffix>``): same folder, so a
-    rename onto ``path`` is atomic. It does not exist yet."""
-    target = Path(path)
-    return target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.{suffix}"
+def _appeared(shown: str | os.PathLike, what: str | None) -> OutputError:
+    prefix = f"{what}: " if what else ""
+    return OutputError(f"{prefix}{shown} appeared while the output was being written; it was not replaced "
+                       "(pass --overwrite to replace it, or choose another path)")
+
+
+def _publish(tmp: Path, target: Path, overwrite: bool, replace_dir: bool, tool: str | None,
+             what: str | None) -> None:
+    shown = target
+    if not overwrite:
+        try:
+            rename_noreplace(tmp, target)
+        except FileExistsError:
+            raise _appeared(shown, what) from None
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                raise _appeared(shown, what) from None
+            raise
+        return
+    prefix = f"{what}: " if what else ""
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        info = None
+    if info is not None and _special(info.st_mode):
+        raise OutputError(f"{prefix}{shown} is {_special(info.st_mode)}; it is never replaced")
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        if not tmp.is_dir():
+            raise OutputError(f"{prefix}{shown} is a folder; refusing to replace it by a file")
+        if any(target.iterdir()):
+            if tool is not None:  # again: a file may have been added or edited while we worked
+                _refuse_foreign(target, shown, what or "output", tool, None)
+            elif not replace_dir:
+                raise OutputError(f"{prefix}{shown}: is a folder; refusing to replace it")
+        old = staging_path(target, "old")
+        os.rename(target, old)
+        try:
+            rename_noreplace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rename(old, target)  # put the previous output back
+            raise
+        _remove(old)
+        return
+    if info is not None and tmp.is_dir():
+        raise OutputError(f"{prefix}{shown} is a file; refusing to replace it by a folder")
+    os.replace(tmp, target)
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, replace_dir: bool = False) -> Iterator[Path]:
-    """Yield a fresh staging path next to ``path``; on success it is renamed onto ``path``.
+def atomic_write(path: str | os.PathLike, replace_dir: bool = False, *, overwrite: bool = True,
+                 tool: str | None = None, what: str | None = None) -> Iterator[Path]:
+    """Yield a fresh staging path next to ``path``; on success it is published at ``path``.
 
     The staging path does not exist yet, so writers that refuse to overwrite (rosbags'
     ``Writer``, which creates a bag folder) work too. A crash, an exception, Ctrl-C or SIGTERM half
     way removes the staging path and leaves the previous file or folder untouched: readers only
-    ever see a complete output. An existing file at ``path`` is replaced; an existing folder only
-    with ``replace_dir=True`` (after ``check_output`` allowed it): it is moved aside, the new one
-    renamed in, then the old one removed.
+    ever see a complete output.
+
+    ``overwrite=False`` (what a tool passes without ``--overwrite``): nothing that appeared at
+    ``path`` meanwhile is replaced (OutputError, "appeared while ..."). ``overwrite=True`` (the
+    default, for files a library rewrites, e.g. ``last.pt``): an existing file is replaced; an
+    existing folder only when it is ``tool``'s unchanged output (its manifest; checked again now)
+    or, without ``tool``, with ``replace_dir=True`` (after ``check_output`` allowed it). With
+    ``tool`` a staged folder gets its manifest (``write_manifest``) before it is published.
+    ``what`` (e.g. "--out") prefixes the messages. An OSError while writing or publishing (a full
+    disk) becomes an OutputError naming ``path``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_path(target)
-    old: Path | None = None
+    created = missing_ancestors(target)  # made for this output: removed again if it fails
+    published = False
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
-        if tmp.is_file():
+        if tool is not None and tmp.is_dir():
+            write_manifest(tmp, tool)
+        if tmp.is_file() and not tmp.is_symlink():
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
-        if target.is_dir() and not target.is_symlink():
-            if not replace_dir:
-                raise OutputError(f"{target}: is a folder; refusing to replace it")
-            old = staging_path(target, "old")
-            os.replace(target, old)
-        os.replace(tmp, target)
+        _publish(tmp, target, overwrite, replace_dir, tool, what)
+        published = True
+    except OSError as exc:
+        mine = exc.filename is None or str(exc.filename).startswith(str(tmp)) or \
+            Path(str(exc.filename)) == target or \
+            exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+        if not mine:
+            raise
+        prefix = f"{what}: " if what else ""
+        raise OutputError(f"{prefix}cannot write {target}: {os_error_message(exc)}") from None
+    except RuntimeError as exc:
+        # writers in C++ (torch.save's zip writer) report a full disk as RuntimeError
+        if not _lexists(tmp) or _free_bytes(target.parent) > _FULL_BYTES:
+            raise
+        prefix = f"{what}: " if what else ""
+        raise OutputError(f"{prefix}cannot write {target}: no space left on device") from exc
     finally:
         _remove(tmp)
-        if old is not None:
-            if target.exists():
-                _remove(old)
-            else:  # the rename in failed: put the previous output back
-                os.replace(old, target)
+        if not published:
+            remove_empty_folders(created)
+
+
+def missing_ancestors(target: Path) -> list[Path]:
+    """The folders above ``target`` that do not exist yet, deepest first."""
+    missing = []
+    folder = target.parent
+    while not _lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) as long as they are empty: what a failed run created
+    for its output, never anything another process put there meanwhile."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+_FULL_BYTES = 1 << 20  # a writer that failed with less than this left failed on the full disk
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return 1 << 62
+    return info.f_bavail * info.f_frsize

@@ -2,11 +2,16 @@
 
 Every concern (training recipe, data, class table, ...) has one dataclass holding its defaults;
 YAML files only override. ``from_dict`` checks the shape: unknown keys, wrong types and missing
-required fields are reported as ``<source>: <dotted.key>: <problem>``.
+required fields are reported as ``<source>: <dotted.key>: <problem>``. Every number must be finite:
+NaN and infinity (YAML ``.nan``, ``.inf``) are refused wherever they appear, in float fields,
+lists and tuples (``mean``, ``crop_size``), mappings and ``Any`` values alike (``check_finite``
+does the same for a dataclass built in Python). A YAML syntax error is one line,
+``<file>:<line>:<column>: invalid YAML: <problem>``.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -32,12 +37,47 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{_yaml_location(str(path), exc)}: invalid YAML: {_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _yaml_location(source: str, exc: yaml.YAMLError) -> str:
+    """``file:line:column`` (1-based) of a YAML error, or just ``file`` when PyYAML gives no mark."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: the problem, and what was being parsed where."""
+    problem = getattr(exc, "problem", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    context, mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and mark is not None:
+        problem += f" ({context} started at line {mark.line + 1}, column {mark.column + 1})"
+    elif context:
+        problem += f" ({context})"
+    return problem
+
+
+def check_finite(value: Any, source: str, key: str = "") -> None:
+    """ConfigError ``<source>: <key>: must be a finite number, got nan`` for the first NaN or
+    infinity anywhere in ``value`` (a dataclass, mapping, list, tuple or number)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key or '<value>'}: must be a finite number, got {value}")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            check_finite(getattr(value, f.name), source, f"{key}.{f.name}" if key else f.name)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, source, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, source, f"{key}[{i}]")
 
 
 def from_dict(cls: type[T], data: Any, source: str = "<dict>", _prefix: str = "") -> T:
@@ -104,7 +144,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "c
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: override {item!r}: invalid value: {exc}") from None
+            raise ConfigError(f"{source}: override {item!r}: invalid value: {_yaml_problem(exc)}") from None
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
@@ -125,11 +165,16 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     where = f"{source}: {key}"
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if isinstance(value, float) and not math.isfinite(value):
+        # whatever the field's type: a NaN lr or an infinite crop size is never meant
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
     if tp is Any:
+        check_finite(value, source, key)  # e.g. model.options: passed on untyped, still no NaN
         return value
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        check_finite(value, source, key)  # "must be finite" says more than "expected X | None"
         errors = []
         for option in args:
             if option is type(None):
@@ -165,7 +210,13 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         }
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            if isinstance(value, str) and _is_non_finite_word(value):
+                raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+            hint = ""
+            if isinstance(value, str) and _is_number_word(value):
+                # YAML 1.1 (PyYAML) reads 1e-4 and 1.0e6 as text; 1.0e-4 and 1.0e+6 are numbers
+                hint = " (YAML reads this as text: an exponent needs a dot and a sign, e.g. 1.0e-4, 1.0e+6)"
+            raise ConfigError(f"{where}: expected a number, got {value!r}{hint}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -186,3 +237,19 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     return value
+
+
+def _is_non_finite_word(text: str) -> bool:
+    """``nan``, ``inf``, ``-Infinity``...: words YAML reads as strings but Python as non-finite floats."""
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _is_number_word(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -20,7 +20,8 @@ Fast DDS profile (``fastdds_profile_environment``): the environment variables th
 Fast DDS participant of the node load the profile file (``FASTDDS_DEFAULT_PROFILES_FILE``, read by
 Fast DDS 3 = Kilted and later; plus ``FASTRTPS_DEFAULT_PROFILES_FILE`` for the Fast DDS 2
 distributions, Humble to Jazzy, which only read that one; Kilted warns that it is deprecated, so it
-is set only where it is needed).
+is set only where it is needed), by the rule of ``sfnet_ros.transport_profile`` that the node also
+applies to itself when started without launch.
 """
 from __future__ import annotations
 
@@ -30,12 +31,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sfnet_ros.transport_profile import (
+    FAST_DDS_2_DISTROS,
+    PROFILE_FILE_NAME,
+    PROFILE_VARIABLES,
+    SWITCH_VARIABLE,
+    decide_profile,
+)
+
 __all__ = [
     "AUTO_PROFILE",
     "FAST_DDS_2_DISTROS",
     "NO_PROFILE",
     "PROFILE_FILE_NAME",
     "PROFILE_VARIABLES",
+    "SWITCH_VARIABLE",
     "CameraPlan",
     "LaunchArgumentError",
     "camera_info_topic",
@@ -44,16 +54,10 @@ __all__ = [
     "split_list",
 ]
 
-#: The profile shipped in config/ (installed to share/sfnet_ros/config/).
-PROFILE_FILE_NAME = "fastdds_large_frames.xml"
 #: ``fastdds_profile`` values: ``auto`` = the stack's exported profile if there is one, else ours.
 AUTO_PROFILE = "auto"
 #: ``fastdds_profile:=none`` leaves the environment as it is (Fast DDS defaults unless exported).
 NO_PROFILE = "none"
-#: Fast DDS 3 reads the first, Fast DDS 2 (the distributions below) the second.
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-#: ROS 2 distributions whose rmw_fastrtps uses Fast DDS 2.x (profile variable FASTRTPS_...).
-FAST_DDS_2_DISTROS = frozenset({"foxy", "galactic", "humble", "iron", "jazzy"})
 
 # ROS 2 name tokens: letters, digits and underscores, not starting with a digit.
 _TOKEN = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -145,13 +149,15 @@ def camera_plan(cameras: str, image_topics: str, image_topic: str) -> CameraPlan
 
 def fastdds_profile_environment(argument: str, environ: Mapping[str, str], default_profile: str | os.PathLike,
                                 ros_distro: str | None = None) -> dict[str, str]:
-    """Environment variables to set for the node so that Fast DDS loads the profile.
+    """Environment variables to set for the node so that Fast DDS loads the right profile.
 
-    ``argument`` is the ``fastdds_profile`` launch argument:
+    The rule is ``sfnet_ros.transport_profile.decide_profile``, the one every process of this package
+    applies to itself before ``rclpy.init``; ``argument`` is the ``fastdds_profile`` launch argument:
 
-    * ``auto``: keep a profile the environment already names (the whole stack's, exported), else
-      ``default_profile`` (the package's ``config/fastdds_large_frames.xml``);
-    * ``none`` or empty: set nothing;
+    * ``auto``: the ``SFNET_FASTDDS_PROFILE`` switch of ``environ`` if set, else keep a profile the
+      user chose (the whole stack's, exported), else ``default_profile`` (the package's
+      ``config/fastdds_large_frames.xml``); nothing for an RMW other than Fast DDS;
+    * ``none`` or empty: ``SFNET_FASTDDS_PROFILE=off`` (the node then applies no profile itself);
     * a path: that file (made absolute).
 
     ``ros_distro`` (``$ROS_DISTRO``) decides the variables: ``FASTDDS_DEFAULT_PROFILES_FILE``
@@ -161,18 +167,12 @@ def fastdds_profile_environment(argument: str, environ: Mapping[str, str], defau
     """
     choice = (argument or "").strip()
     if choice.lower() in ("", NO_PROFILE):
-        return {}
-    if choice.lower() == AUTO_PROFILE:
-        if any(environ.get(name) for name in PROFILE_VARIABLES):
-            return {}
-        path, origin = os.fspath(default_profile), "the package's default profile"
-    else:
-        path, origin = choice, "fastdds_profile"
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise LaunchArgumentError(
-            f"{origin}: Fast DDS profile file not found: {path} (fastdds_profile:=none runs "
-            f"without one)")
-    distro = (ros_distro or "").strip().lower()
-    names = PROFILE_VARIABLES if distro in FAST_DDS_2_DISTROS else PROFILE_VARIABLES[:1]
-    return {name: path for name in names}
+        return {SWITCH_VARIABLE: "off"}
+    environment = {**environ, "ROS_DISTRO": ros_distro or ""}
+    decision = decide_profile(environment, choice=None if choice.lower() == AUTO_PROFILE else choice,
+                              default_profile=default_profile)
+    if decision.action == "missing":
+        raise LaunchArgumentError(f"{decision.message} (fastdds_profile:=none runs without one)")
+    if decision.action == "off":
+        return {SWITCH_VARIABLE: "off"}
+    return dict(decision.variables)

@@ -105,7 +105,8 @@ class NodeProcess:
     """``sfnet_node`` in a child process, its stdout+stderr in ``<log_dir>/<name>.log``.
 
     Use as a context manager (or call ``stop`` in a ``finally``): the process never outlives it.
-    ``fqn`` is the node's fully qualified name, e.g. ``/veh/sfnet_node``.
+    ``fqn`` is the node's fully qualified name, e.g. ``/veh/sfnet_node``. The environment is the
+    launch file's (``launch_environment``) unless ``launch_env=False``.
     """
 
     def __init__(
@@ -118,9 +119,12 @@ class NodeProcess:
         namespace: str | None = None,
         node_name: str | None = None,
         log_name: str = "node",
+        launch_env: bool = True,
     ) -> None:
         self.command = node_command(params_file, parameters, remaps, namespace, node_name)
-        self.env = launch_environment(env)
+        # launch_env=False: ``env`` exactly, as a user starting ``sfnet_node --ros-args ...`` from a
+        # shell (no launch file setting the Fast DDS profile variables)
+        self.env = launch_environment(env) if launch_env else dict(env)
         self.log_path = Path(log_dir) / f"{log_name}.log"
         ns = "/" + (namespace or "").strip("/")
         self.fqn = ns.rstrip("/") + "/" + (node_name or NODE_NAME)

@@ -144,6 +144,7 @@ def test_pt_in_onnxruntime_through_the_export_cache(checkpoint: Path, tmp_path: 
     entry = root / "onnx" / files[1]
     assert f"-{file_sha256(checkpoint)[:16]}-64x96-fp32-" in entry.name
     assert read_onnx_info(entry).batch is None  # one model for any number of cameras
+    assert read_onnx_info(entry, require_digest=True).digest is not None  # checked before every reuse
     ref = Segmenter.from_checkpoint(checkpoint, device="cpu", warmup=False, input_size=(64, 96))
     for a, b in zip(seg.segment(frames()), ref.segment(frames())):
         assert agreement(a.labels, b.labels) >= 0.999

@@ -224,3 +224,27 @@ def test_lockstep_sends_a_lost_frame_once_more(ros_domain: dict[str, str], tmp_p
     collector.on_labels(label)
     collector.on_labels(label)
     assert (collector.received, collector.duplicates) == (1, 1)
+
+
+def test_every_drop_has_a_reason_from_the_nodes_counters() -> None:
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    from sfnet_ros.tools.live_eval import _Collector, drop_reasons
+
+    collector = _Collector({}, None)
+    status = DiagnosticStatus(name="/front/sfnet_node: /front/image_raw", values=[
+        KeyValue(key=k, value=v) for k, v in (("frames_received_total", "17"), ("dropped_stale_total", "6"),
+                                              ("frames_published_total", "11"))])
+    node_own = DiagnosticStatus(name="/front/sfnet_node", values=[KeyValue(key="state", value="active")])
+    collector.on_diagnostics(DiagnosticArray(status=[node_own, status]))
+    counters = collector.node_counters["/front/image_raw"]
+    assert list(collector.node_counters) == ["/front/image_raw"]
+    # 20 sent, 10 answered: 3 never reached the node, 6 replaced while it was busy, 1 published but lost
+    reasons = drop_reasons(20, 10, counters)
+    assert sum(reasons.values()) == 10
+    assert reasons == {
+        "replaced by a newer frame while the node was busy (the node is slower than --rate)": 6,
+        "never reached the node (lost in transport: see docs/transport.md)": 3,
+        "published by the node but not received here": 1}
+    assert drop_reasons(5, 5, counters) == {}
+    assert drop_reasons(5, 3, None) == {"unknown (no /diagnostics from the node for this camera)": 2}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sfnet_core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sfnet_core.checkpoint import Checkpoint, checkpoint_digest, load_checkpoint, save_checkpoint
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import CheckpointError
 from sfnet_core.models import build_model
@@ -40,6 +40,14 @@ def ckpt_path(trained: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory
     return path
 
 
+def save_edited(data: dict, path: Path) -> Path:
+    """Save a checkpoint dict edited on purpose, with a fresh digest (as a deliberate editing tool
+    would), so that the validation behind the digest check is what answers."""
+    data["digest"] = checkpoint_digest(data)
+    torch.save(data, path)
+    return path
+
+
 def test_round_trip(ckpt_path: Path, trained: torch.nn.Module) -> None:
     ck = load_checkpoint(ckpt_path, expected_num_classes=19)
     assert isinstance(ck, Checkpoint)
@@ -50,6 +58,7 @@ def test_round_trip(ckpt_path: Path, trained: torch.nn.Module) -> None:
     # The file is a plain dict that loads with weights_only=True.
     raw = torch.load(ckpt_path, weights_only=True)
     assert raw["format"] == "sfnet_ros/checkpoint" and raw["version"] == 1
+    assert ck.digest == raw["digest"] and raw["digest"]["algorithm"] == "sha256-v1"  # recorded, and checked
     # Saved with aux heads, rebuilt for inference without them: same predictions, in eval mode.
     model = ck.build_model()
     assert not model.training
@@ -76,7 +85,7 @@ def test_aux_heads_tolerated_both_ways(tmp_path: Path) -> None:
 def test_wrong_architecture_is_refused(tmp_path: Path, ckpt_path: Path) -> None:
     data = torch.load(ckpt_path, weights_only=True)
     data["model"]["name"] = "fcn_resnet18"
-    torch.save(data, tmp_path / "fcn.pt")
+    save_edited(data, tmp_path / "fcn.pt")
     with pytest.raises(CheckpointError, match=r"fcn\.pt.*does not match 'fcn_resnet18'"):
         load_checkpoint(tmp_path / "fcn.pt").build_model()
 
@@ -86,8 +95,28 @@ def test_pickled_object_is_refused(tmp_path: Path, ckpt_path: Path) -> None:
     data["train_state"] = {"hook": Payload()}
     path = tmp_path / "evil.pt"
     torch.save(data, path)
-    with pytest.raises(CheckpointError, match=r"evil\.pt.*non-tensor python objects and will not be unpickled"):
+    with pytest.raises(CheckpointError, match=r"evil\.pt: the file contains non-tensor python objects "
+                                               r"\(Unsupported global: GLOBAL test_checkpoint\.Payload\): a pickle of "
+                                               r"arbitrary objects, which cannot be loaded safely") as caught:
         load_checkpoint(path)
+    # never torch's advice to load it anyway
+    assert "weights_only" not in str(caught.value) and "trust this class" not in str(caught.value)
+
+
+def test_pickled_object_in_a_weights_file_is_refused_without_advice(tmp_path: Path, capfd) -> None:
+    """The ImageNet / released weight files (sfnet-import, model.pretrained) refuse the same way,
+    and nothing of torch's reaches stderr."""
+    from sfnet_core.models.pretrained import read_weights_file
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Payload()}, path)
+    with pytest.raises(CheckpointError) as caught:
+        read_weights_file(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: the file contains non-tensor python objects (Unsupported global: GLOBAL "
+                              "test_checkpoint.Payload): a pickle of arbitrary objects"), message
+    assert "weights_only" not in message and "add_safe_globals" not in message and "trust this class" not in message
+    assert capfd.readouterr().err == ""
 
 
 def test_truncated_file(tmp_path: Path, ckpt_path: Path) -> None:
@@ -129,7 +158,7 @@ def test_raw_state_dict_is_not_a_checkpoint(tmp_path: Path, trained: torch.nn.Mo
 def test_unknown_model_lists_variants(tmp_path: Path, ckpt_path: Path) -> None:
     data = torch.load(ckpt_path, weights_only=True)
     data["model"]["name"] = "sfnet_vgg99"
-    torch.save(data, tmp_path / "vgg.pt")
+    save_edited(data, tmp_path / "vgg.pt")
     with pytest.raises(CheckpointError, match=r"vgg\.pt: model\.name: unknown model 'sfnet_vgg99'.*sfnet_resnet18"):
         load_checkpoint(tmp_path / "vgg.pt")
 
@@ -137,7 +166,7 @@ def test_unknown_model_lists_variants(tmp_path: Path, ckpt_path: Path) -> None:
 def test_inconsistent_class_table(tmp_path: Path, ckpt_path: Path) -> None:
     data = torch.load(ckpt_path, weights_only=True)
     data["num_classes"] = 18
-    torch.save(data, tmp_path / "bad.pt")
+    save_edited(data, tmp_path / "bad.pt")
     message = r"bad\.pt: classes: the class table has 19 classes but num_classes is 18"
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(tmp_path / "bad.pt")
@@ -151,3 +180,22 @@ def test_save_refuses_what_load_would_refuse(tmp_path: Path, trained: torch.nn.M
     with pytest.raises(CheckpointError, match=r"x\.pt: the model predicts 19 classes but the class table has 2"):
         save_checkpoint(path, trained, "sfnet_resnet18", small)
     assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_non_finite_weights_are_never_written(tmp_path: Path, ckpt_path: Path) -> None:
+    from sfnet_core.data.classes import ClassTable
+    from sfnet_core.models import build_model
+
+    model = build_model("sfnet_shufflenetv2", 19)
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"the last good checkpoint")
+    with torch.no_grad():
+        model.decoder.classifier.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"model\.pt: state_dict\.decoder\.classifier\.weight holds NaN "
+                                               r"or infinity; not written"):
+        save_checkpoint(target, model, "sfnet_shufflenetv2", ClassTable.cityscapes())
+    model = build_model("sfnet_shufflenetv2", 19)
+    state = {"optimizer": {"state": {0: {"momentum_buffer": torch.tensor([1.0, float("inf")])}}}}
+    with pytest.raises(CheckpointError, match=r"train_state\.optimizer\.state\.0\.momentum_buffer holds NaN"):
+        save_checkpoint(target, model, "sfnet_shufflenetv2", ClassTable.cityscapes(), train_state=state)
+    assert target.read_bytes() == b"the last good checkpoint"

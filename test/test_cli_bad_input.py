@@ -26,6 +26,7 @@ from node_harness import write_test_checkpoint
 BIN = Path(sys.executable).parent
 H, W = 64, 128
 TIMEOUT = 240.0
+LONG_NAME = "n" * 256  # one byte more than a file name may have (NAME_MAX)
 # a machine with a GPU still has no device 99: the "requested but not there" path either way
 NO_CUDA = "cuda" if not Path("/dev/nvidia0").exists() else "cuda:99"
 
@@ -43,7 +44,7 @@ MODULES = {  # console script -> module, for a checkout whose scripts are not in
 class Case:
     id: str
     tool: str
-    args: tuple[str, ...]  # "{d}" = the shared temporary tree
+    args: tuple[str, ...]  # "{d}" = the shared temporary tree, "{long}" = a name too long
     expect: str            # must appear in the one stderr line
 
 
@@ -182,6 +183,68 @@ CASES = [
     C("import-out-exists", "sfnet-import", "{d}/released.pth --out {d}/existing.pt", "{d}/existing.pt exists"),
     C("import-out-is-input", "sfnet-import", "{d}/released.pth --out {d}/released.pth --overwrite", "is the input"),
     C("import-missing-file", "sfnet-import", "{d}/missing.pth --out {d}/new.pt", "missing.pth"),
+    # outputs keep what users wrote (issue 16): folders with files the tool did not write, special
+    # files, names too long, symlink loops, same or nested pred/gt folders, corrupted model files
+    C("synthetic-overwrite-notes", "sfnet-synthetic", "--out {d}/synth_notes --overwrite --frames 1 --size 16x32",
+      "(notes.txt); they are never replaced"),
+    C("synthetic-overwrite-edited-png", "sfnet-synthetic", "--out {d}/synth_edited --overwrite --frames 1 --size 16x32",
+      "labels/train/synth_000000.png"),
+    C("synthetic-overwrite-added-folder", "sfnet-synthetic",
+      "--out {d}/synth_subdir --overwrite --frames 1 --size 16x32", "(mine/)"),
+    C("synthetic-overwrite-other-tools-folder", "sfnet-synthetic", "--out {d}/pred_clean --overwrite",
+      "sfnet-synthetic did not write"),
+    C("synthetic-out-fifo", "sfnet-synthetic", "--out {d}/fifo --overwrite", "is a FIFO"),
+    C("synthetic-out-fifo-no-overwrite", "sfnet-synthetic", "--out {d}/fifo", "is a FIFO"),
+    C("synthetic-out-dev-null", "sfnet-synthetic", "--out /dev/null --overwrite", "is a character device"),
+    C("synthetic-name-too-long", "sfnet-synthetic", "--out {d}/{long}", "file name too long"),
+    C("synthetic-symlink-loop", "sfnet-synthetic", "--out {d}/loop1/data", "a symlink loop"),
+    C("synthetic-out-is-symlink-loop", "sfnet-synthetic", "--out {d}/loop1 --overwrite", "a symlink loop"),
+    C("eval-pred-equals-gt", "sfnet-eval", "--pred-dir {d}/gt --gt-dir {d}/gt", "are the same folder"),
+    C("eval-pred-equals-gt-via-link", "sfnet-eval", "--pred-dir {d}/gt_link --gt-dir {d}/gt", "are the same folder"),
+    C("eval-pred-inside-gt", "sfnet-eval", "--pred-dir {d}/nest/inner --gt-dir {d}/nest",
+      "--pred-dir {d}/nest/inner lies inside --gt-dir {d}/nest"),
+    C("eval-gt-inside-pred", "sfnet-eval", "--pred-dir {d}/nest --gt-dir {d}/nest/inner",
+      "--gt-dir {d}/nest/inner lies inside --pred-dir {d}/nest"),
+    C("eval-save-pred-notes", "sfnet-eval", EVAL + " --save-pred {d}/pred_notes --overwrite", "(notes.txt)"),
+    C("eval-save-pred-edited-png", "sfnet-eval", EVAL + " --save-pred {d}/pred_edited --overwrite", "(f0.png)"),
+    C("eval-save-pred-other-tools-folder", "sfnet-eval", EVAL + " --save-pred {d}/synth_clean --overwrite",
+      "sfnet-eval --save-pred did not write"),
+    C("eval-save-pred-fifo", "sfnet-eval", EVAL + " --save-pred {d}/fifo --overwrite", "is a FIFO"),
+    C("eval-json-fifo", "sfnet-eval", "--pred-dir {d}/pred --gt-dir {d}/gt --json {d}/fifo --overwrite", "is a FIFO"),
+    C("eval-json-dev-null", "sfnet-eval", "--pred-dir {d}/pred --gt-dir {d}/gt --json /dev/null --overwrite",
+      "is a character device"),
+    C("eval-json-name-too-long", "sfnet-eval", "--pred-dir {d}/pred --gt-dir {d}/gt --json {d}/{long}",
+      "file name too long"),
+    C("eval-json-symlink-loop", "sfnet-eval", "--pred-dir {d}/pred --gt-dir {d}/gt --json {d}/loop1 --overwrite",
+      "a symlink loop"),
+    C("eval-random-bytes-onnx", "sfnet-eval", "--config {d}/recipe.yaml --checkpoint {d}/random.onnx", "random.onnx"),
+    C("eval-truncated-pt", "sfnet-eval", "--config {d}/recipe.yaml --checkpoint {d}/truncated.pt", "truncated.pt"),
+    C("eval-tampered-pt", "sfnet-eval", "--config {d}/recipe.yaml --checkpoint {d}/tampered.pt", "tampered.pt"),
+    C("export-onnx-fifo", "sfnet-export", CK + " --onnx {d}/fifo --overwrite", "is a FIFO"),
+    C("export-onnx-dev-null", "sfnet-export", CK + " --onnx /dev/null --overwrite", "is a character device"),
+    C("export-onnx-name-too-long", "sfnet-export", CK + " --onnx {d}/{long}", "file name too long"),
+    C("export-onnx-symlink-loop", "sfnet-export", CK + " --onnx {d}/loop1/m.onnx", "a symlink loop"),
+    C("export-truncated-pt", "sfnet-export", "--checkpoint {d}/truncated.pt --onnx {d}/new.onnx", "truncated.pt"),
+    C("export-random-bytes-pt", "sfnet-export", "--checkpoint {d}/random.pt --onnx {d}/new.onnx", "random.pt"),
+    C("export-tampered-pt", "sfnet-export", "--checkpoint {d}/tampered.pt --onnx {d}/new.onnx", "tampered.pt"),
+    C("import-out-fifo", "sfnet-import", "{d}/released.pth --out {d}/fifo --overwrite", "is a FIFO"),
+    C("import-out-dev-null", "sfnet-import", "{d}/released.pth --out /dev/null --overwrite", "is a character device"),
+    C("import-out-name-too-long", "sfnet-import", "{d}/released.pth --out {d}/{long}", "file name too long"),
+    C("import-out-symlink-loop", "sfnet-import", "{d}/released.pth --out {d}/loop1/x.pt", "a symlink loop"),
+    C("import-random-bytes", "sfnet-import", "{d}/random.pt --out {d}/new.pt", "random.pt"),
+    C("import-truncated", "sfnet-import", "{d}/truncated.pt --out {d}/new.pt", "truncated.pt"),
+    C("bag-eval-random-bytes-onnx", "sfnet-bag-eval", BAG + " --checkpoint {d}/random.onnx", "random.onnx"),
+    C("bag-eval-truncated-pt", "sfnet-bag-eval", BAG + " --checkpoint {d}/truncated.pt", "truncated.pt"),
+    C("bag-eval-tampered-pt", "sfnet-bag-eval", BAG + " --checkpoint {d}/tampered.pt", "tampered.pt"),
+    C("bag-eval-out-fifo", "sfnet-bag-eval", BAG + " " + CK + " --out {d}/fifo --overwrite", "is a FIFO"),
+    C("bag-eval-out-name-too-long", "sfnet-bag-eval", BAG + " " + CK + " --out {d}/{long}", "file name too long"),
+    C("extract-overwrite-notes", "sfnet-extract", BAG + " --out {d}/extract_notes --overwrite", "(notes.txt)"),
+    C("extract-out-fifo", "sfnet-extract", BAG + " --out {d}/fifo --overwrite", "is a FIFO"),
+    C("extract-symlink-loop", "sfnet-extract", BAG + " --out {d}/loop1/data", "a symlink loop"),
+    C("bag-record-out-fifo", "sfnet-bag-record", "--topics /a --out {d}/fifo --overwrite", "is a FIFO"),
+    C("demo-out-fifo", "sfnet-demo", "--out {d}/fifo --overwrite", "is a FIFO"),
+    C("train-out-symlink-loop", "sfnet-train", "--config {d}/recipe.yaml --out {d}/loop1/run", "a symlink loop"),
+    C("train-out-name-too-long", "sfnet-train", "--config {d}/recipe.yaml --out {d}/{long}", "file name too long"),
 ]
 
 
@@ -240,18 +303,70 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         import cv2
 
         cv2.imwrite(str(d / folder / "f0.png"), np.zeros((8, 8), np.uint8))
+    _previous_outputs(d)
     return d
 
 
+def _previous_outputs(d: Path) -> None:
+    """Outputs of earlier runs that users added to or edited, special files, links, broken models."""
+    import torch
+
+    from sfnet_core.data.synthetic import write_folder_dataset
+    from sfnet_core.evaluation.evaluate import PREDICTIONS_TOOL
+    from sfnet_core.io_utils import atomic_write
+    from sfnet_ros.tools.extract import extract
+
+    for name in ("synth_notes", "synth_edited", "synth_subdir", "synth_clean"):
+        write_folder_dataset(d / name, 1, 16, 32, splits={"train": 1})
+    (d / "synth_notes" / "notes.txt").write_text("my notes")
+    edited = d / "synth_edited" / "labels" / "train" / "synth_000000.png"
+    edited.write_bytes(edited.read_bytes()[:-1] + bytes([edited.read_bytes()[-1] ^ 1]))  # a hand correction
+    (d / "synth_subdir" / "mine").mkdir()
+    for name in ("pred_notes", "pred_edited", "pred_clean"):
+        with atomic_write(d / name, tool=PREDICTIONS_TOOL) as stage:
+            stage.mkdir()
+            (stage / "f0.png").write_bytes(b"prediction")
+    (d / "pred_notes" / "notes.txt").write_text("my notes")
+    (d / "pred_edited" / "f0.png").write_bytes(b"correction")
+    extract(d / "drive.mcap", "/front/image_raw", d / "extract_notes", progress=False)
+    (d / "extract_notes" / "notes.txt").write_text("labelling notes")
+    os.mkfifo(d / "fifo")
+    (d / "loop1").symlink_to(d / "loop2")
+    (d / "loop2").symlink_to(d / "loop1")
+    (d / "gt_link").symlink_to(d / "gt")
+    (d / "nest" / "inner").mkdir(parents=True)
+    cv2 = __import__("cv2")
+    cv2.imwrite(str(d / "nest" / "inner" / "f0.png"), np.zeros((8, 8), np.uint8))
+    model = (d / "model.pt").read_bytes()
+    (d / "truncated.pt").write_bytes(model[: len(model) // 2])
+    rng = np.random.default_rng(0)
+    (d / "random.pt").write_bytes(rng.bytes(4096))
+    (d / "random.onnx").write_bytes(rng.bytes(4096))
+    payload = torch.load(d / "model.pt", weights_only=True)  # the weights changed after writing
+    key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][key] = payload["state_dict"][key] + 1
+    torch.save(payload, d / "tampered.pt")
+
+
 def _checksums(root: Path) -> dict[str, str]:
-    """relative path -> sha256 of every file and folder (folders: their sorted entry names)."""
+    """relative path -> sha256 of every file and folder (folders: their sorted entry names; links:
+    their target; FIFOs and other special files: their type, never read)."""
+    import stat
+
     found = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_dir():
-            found[rel + "/"] = hashlib.sha256("\n".join(sorted(p.name for p in path.iterdir())).encode()).hexdigest()
-        else:
-            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                found[rel + "@"] = hashlib.sha256(os.readlink(path).encode()).hexdigest()
+            elif stat.S_ISDIR(mode):
+                found[rel + "/"] = hashlib.sha256("\n".join(sorted(os.listdir(path))).encode()).hexdigest()
+            elif stat.S_ISREG(mode):
+                found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                found[rel + "|"] = str(stat.S_IFMT(mode))
     return found
 
 
@@ -261,7 +376,7 @@ def _command(tool: str) -> list[str]:
 
 
 def _run(case: Case, d: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    args = [a.replace("{d}", str(d)) for a in case.args]
+    args = [a.replace("{d}", str(d)).replace("{long}", LONG_NAME) for a in case.args]
     return subprocess.run(_command(case.tool) + args, env=env, cwd=d, capture_output=True, text=True,
                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
 

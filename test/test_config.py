@@ -64,7 +64,13 @@ def test_load_yaml_errors(tmp_path):
         load_yaml(tmp_path / "absent.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1, 2\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML"):
+    with pytest.raises(ConfigError) as info:
+        load_yaml(bad)
+    # one line, file:line:column (1-based) like a compiler's
+    assert str(info.value) == (f"{bad}:2:1: invalid YAML: expected ',' or ']', but got '<stream end>' "
+                               "(while parsing a flow sequence started at line 1, column 4)")
+    bad.write_text("a: 1\n  b: 2\n")
+    with pytest.raises(ConfigError, match=r"^.*bad\.yaml:2:4: invalid YAML: mapping values are not allowed here$"):
         load_yaml(bad)
     listing = tmp_path / "list.yaml"
     listing.write_text("- 1\n- 2\n")
@@ -72,8 +78,31 @@ def test_load_yaml_errors(tmp_path):
         load_yaml(listing)
     unsafe = tmp_path / "unsafe.yaml"
     unsafe.write_text("a: !!python/object/apply:os.system ['true']\n")
-    with pytest.raises(ConfigError, match="invalid YAML"):
+    with pytest.raises(ConfigError, match=r"unsafe\.yaml:1:4: invalid YAML: could not determine a constructor") as info:
         load_yaml(unsafe)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": "x", "optim": {"lr": float("nan")}}, "x.yaml: optim.lr: must be a finite number, got nan"),
+    ({"name": "x", "optim": {"momentum": float("-inf")}}, "x.yaml: optim.momentum: must be a finite number, got -inf"),
+    ({"name": "x", "crop": [64, float("inf")]}, "x.yaml: crop[1]: must be a finite number, got inf"),
+    ({"name": "x", "optim": {"lr": "NaN"}}, "x.yaml: optim.lr: must be a finite number, got 'NaN'"),
+])
+def test_from_dict_refuses_nan_and_infinity(data, message):
+    with pytest.raises(ConfigError) as info:
+        from_dict(Recipe, data, source="x.yaml")
+    assert str(info.value) == message
+
+
+def test_check_finite_walks_dataclasses_lists_and_mappings():
+    from sfnet_core.yaml_config import check_finite
+
+    check_finite(Recipe(name="x"), "recipe")
+    with pytest.raises(ConfigError, match=r"^recipe: optim\.lr: must be a finite number, got nan$"):
+        check_finite(Recipe(name="x", optim=Optim(lr=float("nan"))), "recipe")
+    with pytest.raises(ConfigError, match=r"^s: a\.b\[2\]: must be a finite number, got inf$"):
+        check_finite({"a": {"b": [1, 2.0, float("inf")]}}, "s")
 
 
 def test_overrides():
@@ -81,6 +110,9 @@ def test_overrides():
     assert data == {"optim": {"lr": 0.1}, "name": "r18", "crop": [64, 64]}
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["nonsense"])
+    with pytest.raises(ConfigError) as info:
+        apply_overrides({}, ["crop=[64, 64"])
+    assert "\n" not in str(info.value) and "override 'crop=[64, 64': invalid value: expected ','" in str(info.value)
 
 
 def test_cityscapes_table_matches_yaml_and_official_ids():

@@ -33,6 +33,7 @@ def test_demo_runs_and_caches(tmp_path: Path, ros_domain: dict[str, str]) -> Non
     assert "training sfnet_shufflenetv2" in first.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["live"]["sent"] == 3 and report["live"]["received"] == 3 and report["live"]["dropped"] == 0
+    assert report["live"]["drop_reasons"] == {}
     assert report["offline"]["frames"] == 3 and 0 <= report["offline"]["miou"] <= 1
     strip = cv2.imread(report["files"]["strip"])
     assert strip is not None and strip.shape[1] == 5 * 512  # five 256-px-high panels of 64x128 frames, side by side
@@ -47,15 +48,23 @@ def test_demo_runs_and_caches(tmp_path: Path, ros_domain: dict[str, str]) -> Non
     assert again.returncode == 2 and again.stderr.strip().splitlines() == [
         f"sfnet-demo: error: --out: {tmp_path / 'out'} exists (folder); pass --overwrite to replace it, "
         "or choose another path"]
+    # ... --overwrite never deletes what a user added there (the folder's manifest says what the demo wrote) ...
+    (tmp_path / "out" / "notes.txt").write_text("my notes on this run")
+    kept = subprocess.run([*cmd, "--overwrite"], env=ros_domain, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert kept.returncode == 2 and len(kept.stderr.strip().splitlines()) == 1, kept.stderr
+    assert "notes.txt" in kept.stderr and (tmp_path / "out" / "notes.txt").exists()
+    (tmp_path / "out" / "notes.txt").unlink()
     # ... and replaced with --overwrite. Run from another folder with relative paths: the demo hands
     # its children absolute ones. Same recipe -> the cached checkpoint, no training.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     relative = ["--out", "../out", "--config", "../tiny.yaml", "--cache-dir", "../cache", "--overwrite"]
-    second = subprocess.run([*cmd[:3], *relative, "--frames", "3", "--size", "64x128", "--lockstep",
-                             "--domain-id", ros_domain["ROS_DOMAIN_ID"]], env=ros_domain, cwd=elsewhere,
-                            capture_output=True, text=True, timeout=300)
+    # Without --domain-id the demo takes $ROS_DOMAIN_ID (the test's own domain).
+    second = subprocess.run([*cmd[:3], *relative, "--frames", "3", "--size", "64x128", "--lockstep"],
+                            env=ros_domain, cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert f"starting sfnet_node (ROS_DOMAIN_ID={ros_domain['ROS_DOMAIN_ID']})" in second.stderr
     assert "reusing the checkpoint" in second.stderr and "training sfnet" not in second.stderr
     assert json.loads((tmp_path / "out" / "report.json").read_text())["live"]["received"] == 3
     assert processes_on_domain(ros_domain["ROS_DOMAIN_ID"], ("sfnet_ros.node", "sfnet_ros.tools.bag_record")) == []

@@ -68,3 +68,22 @@ def test_readme_is_a_landing_page() -> None:
     for page in ("docs/node.md", "docs/training.md", "docs/evaluation-and-bags.md", "docs/model.md",
                  "docs/performance.md", "docs/troubleshooting.md", "docs/architecture.md", "docs/custom-data.md"):
         assert f"({page})" in readme, f"README.md does not link {page}"
+
+
+def test_what_the_docs_write_in_the_repository_root_is_ignored_by_git() -> None:
+    """A reader who runs the docs' commands in the repository root finds no untracked data files
+    in `git status`: every output path they name (bags, datasets, recipes, runs) is ignored."""
+    import subprocess
+
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    outputs = set()
+    for page in PAGES:
+        for block in re.findall(r"^```bash\n(.*?)^```", page.read_text(encoding="utf-8"), re.S | re.M):
+            outputs.update(re.findall(r"(?:--out|--json|--save-pred)\s+([\w./-]+)", block))
+            outputs.update(re.findall(r"^cp \S+ ([\w./-]+)$", block, re.M))
+    outputs = {p for p in outputs if not p.startswith(("/", "$", "~"))}
+    assert len(outputs) >= 10, outputs  # the pattern still finds the docs' outputs
+    result = subprocess.run(["git", "check-ignore", "--no-index", *sorted(outputs)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert set(result.stdout.split()) == outputs, f"not ignored: {sorted(outputs - set(result.stdout.split()))}"

@@ -168,7 +168,7 @@ def test_checkpoint_modes_and_saved_predictions(tmp_path: Path, capsys) -> None:
         assert rc == 0, err
         report = reports[mode]
         assert report["mode"] == mode and report["images"] == 2 and 0 <= report["miou"] <= 1
-        assert sorted(p.name for p in save.iterdir()) == [".sfnet-predictions",
+        assert sorted(p.name for p in save.iterdir()) == [".sfnet-manifest.json", ".sfnet-predictions",
             "synth_000004.png", "synth_000004_color.png", "synth_000005.png", "synth_000005_color.png"]
         colour = cv2.imread(str(save / "synth_000004_color.png"))
         labels = cv2.imread(str(save / "synth_000004.png"), cv2.IMREAD_UNCHANGED)
@@ -182,6 +182,23 @@ def test_checkpoint_modes_and_saved_predictions(tmp_path: Path, capsys) -> None:
     rc, _, err = _run([*whole, "--overwrite"], capsys)
     assert rc == 0, err
     assert reports["slide"]["window"] == [32, 64]
+    # a folder data set with another class table: the error says how to give the recipe the
+    # model's table, and that works
+    folder = tmp_path / "folder_data"
+    for i in range(2):
+        image, label = val.load(i)
+        _png(folder / "images" / "val" / f"f{i}.png", image[:, :, ::-1])
+        _png(folder / "labels" / "val" / f"f{i}.png", np.minimum(label, 2).astype(np.uint8))
+    folder_recipe = tmp_path / "folder_recipe.yaml"
+    folder_recipe.write_text(yaml.safe_dump({"data": {
+        "kind": "folder", "root": str(folder), "classes": str(_three_classes(tmp_path)), "train_split": None,
+        "val_split": "val", "crop_size": [32, 64], "workers": 0}}))
+    rc, _, err = _run(["--config", str(folder_recipe), "--checkpoint", str(ck)], capsys)
+    assert rc == 2 and "predicts 19 classes but the recipe" in err and "has 3" in err, err
+    assert "add data.classes=TABLE.yaml to the command" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = _run(["--config", str(folder_recipe), "--checkpoint", str(ck),
+                       f"data.classes={REPO / 'config' / 'classes' / 'cityscapes.yaml'}"], capsys)
+    assert rc == 0, err
     # the saved predictions, scored against the ground truth in pred-dir mode, give the same numbers
     for i in range(2):
         _png(tmp_path / "gt" / f"synth_{4 + i:06d}.png", val.load(i)[1])

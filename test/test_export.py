@@ -14,6 +14,7 @@ from sfnet_core.checkpoint import load_checkpoint, save_checkpoint
 from sfnet_core.cli.export import main
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.export import export_onnx
+from sfnet_core.inference.onnx_model import read_onnx_info
 from sfnet_core.models import build_model
 
 CLASSES = ClassTable(names=tuple(f"class{i}" for i in range(19)), colors=tuple((i, i, i) for i in range(19)))
@@ -48,6 +49,8 @@ def test_fixed_size_parity(ckpt_path: Path, tmp_path: Path) -> None:
     assert ClassTable.from_dict(json.loads(meta["sfnet.classes"])) == CLASSES
     assert json.loads(meta["sfnet.normalization"])["mean"] == [0.485, 0.456, 0.406]
     assert meta["sfnet.output"] == "logits"
+    assert json.loads(meta["sfnet.digest"])["algorithm"] == "sha256-v1"  # checked at every load
+    assert read_onnx_info(path).digest == json.loads(meta["sfnet.digest"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.onnx"]  # no temp files left
 
 

@@ -154,3 +154,27 @@ def test_signals_run_the_finally_blocks(tmp_path: Path, sig: str, code: int, lin
     assert proc.returncode == code, stderr
     assert stdout.strip() == "cleaned" and stderr.strip() == line
     assert not staging.exists()
+
+
+def test_folders_made_for_a_failed_output_are_removed(tmp_path: Path) -> None:
+    """`--out a/new/deep/f.mcap` on a run that fails leaves no a/new/deep behind (atomic_write and
+    the bag writer); folders that existed before, or that hold something else now, stay."""
+    from sfnet_ros.tools.bag_io import BagWriter
+
+    (tmp_path / "a").mkdir()
+    target = tmp_path / "a" / "new" / "deep" / "f.bin"
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("the work failed")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a"]
+    with atomic_write(target) as tmp:  # success keeps them
+        tmp.write_bytes(b"done")
+    assert target.read_bytes() == b"done"
+
+    bag = tmp_path / "a" / "other" / "deeper" / "f.mcap"
+    with pytest.raises(RuntimeError), BagWriter(bag) as writer:
+        writer.add_topic("/x", "std_msgs/msg/String")
+        (tmp_path / "a" / "other" / "notes.txt").write_text("written by someone else meanwhile")
+        raise RuntimeError("the work failed")
+    assert not (tmp_path / "a" / "other" / "deeper").exists()
+    assert (tmp_path / "a" / "other" / "notes.txt").exists()

@@ -20,6 +20,7 @@ from sfnet_core.errors import ConfigError
 from sfnet_ros.launch_support import (
     PROFILE_FILE_NAME,
     PROFILE_VARIABLES,
+    SWITCH_VARIABLE,
     CameraPlan,
     LaunchArgumentError,
     camera_info_topic,
@@ -148,7 +149,14 @@ def test_launch_imports_only_documented_apis():
     support = ast.parse((REPO_ROOT / "sfnet_ros" / "launch_support.py").read_text())
     imported = {a.name for n in ast.walk(support) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(support) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"__future__", "os", "re", "collections.abc", "dataclasses", "typing"}
+    assert imported <= {"__future__", "os", "re", "collections.abc", "dataclasses", "typing",
+                        "sfnet_ros.transport_profile"}
+    # ... and so is the profile rule it shares with the node and the tools (ament_index_python only
+    # inside a function, guarded: the package's share directory is one place the profile may be).
+    rule = ast.parse((REPO_ROOT / "sfnet_ros" / "transport_profile.py").read_text())
+    top = {a.name for n in rule.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module for n in rule.body if isinstance(n, ast.ImportFrom)}
+    assert top <= {"__future__", "os", "collections.abc", "dataclasses", "pathlib"}
 
 
 def test_launch_parameters_match_the_node(launch):
@@ -312,9 +320,18 @@ def test_fastdds_profile_environment(tmp_path, monkeypatch):
     for name in PROFILE_VARIABLES:
         assert fastdds_profile_environment("auto", {name: "/stack.xml"}, profile, "humble") == {}
     assert fastdds_profile_environment("auto", {"FASTDDS_DEFAULT_PROFILES_FILE": ""}, profile, "kilted") != {}
-    # none / empty: nothing
-    assert fastdds_profile_environment("none", {}, profile, "humble") == {}
-    assert fastdds_profile_environment("", {}, profile, "humble") == {}
+    # none / empty: the node's own profile application switched off too (it would apply ours)
+    assert fastdds_profile_environment("none", {}, profile, "humble") == {SWITCH_VARIABLE: "off"}
+    assert fastdds_profile_environment("", {}, profile, "humble") == {SWITCH_VARIABLE: "off"}
+    # auto follows the same rule as every process of the package (sfnet_ros.transport_profile): the
+    # switch in the environment, another RMW, a Fast DDS default file in the working directory
+    assert fastdds_profile_environment("auto", {SWITCH_VARIABLE: "off"}, profile, "kilted") == {SWITCH_VARIABLE: "off"}
+    assert fastdds_profile_environment("auto", {SWITCH_VARIABLE: str(mine)}, profile, "kilted") == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(mine)}
+    assert fastdds_profile_environment("auto", {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, profile, "kilted") == {}
+    assert fastdds_profile_environment("auto", {"RMW_IMPLEMENTATION": "rmw_fastrtps_dynamic_cpp"}, profile,
+                                       "kilted") == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
+    assert fastdds_profile_environment("auto", {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}, profile, "kilted") == {}
     # a path wins over an exported one, made absolute
     monkeypatch.chdir(tmp_path)
     assert fastdds_profile_environment("mine.xml", {"FASTDDS_DEFAULT_PROFILES_FILE": "/stack.xml"}, profile,
@@ -323,6 +340,8 @@ def test_fastdds_profile_environment(tmp_path, monkeypatch):
         fastdds_profile_environment("nope.xml", {}, profile, "kilted")
     with pytest.raises(LaunchArgumentError, match="the package's default profile: .* not found"):
         fastdds_profile_environment("auto", {}, tmp_path / "missing.xml", "kilted")
+    (tmp_path / "DEFAULT_FASTDDS_PROFILES.xml").write_text("<dds/>")  # Fast DDS loads it from the cwd
+    assert fastdds_profile_environment("auto", {}, profile, "kilted") == {}
 
 
 # -- docs/launch.md: every command is one the launch file accepts -----------------------------------

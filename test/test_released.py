@@ -408,7 +408,7 @@ def test_docs_commands_run(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPat
     stats = model_stats()
     weights = random_released_weights(released_table("r18"), "r18", seed=4, size=(64, 128))
     save_released(tmp_path / "sfnet_r18_cityscapes.pth", weights)
-    (tmp_path / "my_recipe.yaml").write_text(yaml.safe_dump({"data": {
+    (tmp_path / "cityscapes_recipe.yaml").write_text(yaml.safe_dump({"data": {
         "kind": "synthetic", "crop_size": [32, 64], "workers": 0,
         "synthetic": {"train_frames": 2, "val_frames": 2, "height": 64, "width": 128}}}))
     monkeypatch.chdir(tmp_path)

@@ -84,6 +84,109 @@ def test_fast_dds_loads_the_profile(ros_domain, with_profile):
         assert 0 < mapped < 4 << 20  # Fast DDS's 512 KiB default (plus bookkeeping)
 
 
+# -- every process applies the profile itself (sfnet_ros.transport_profile), unless told otherwise ----
+
+# A tool's process: rclpy through the tools' shared init (sfnet_ros.tools.ros_args.init_rclpy), then
+# the size of the largest Fast DDS shared-memory segment it maps.
+_INIT_PROBE = _SEGMENT_PROBE.replace("import rclpy\nrclpy.init()", "import rclpy\n"
+                                     "from sfnet_ros.tools.ros_args import init_rclpy\n"
+                                     "init_rclpy('sfnet_profile_probe', [])")
+
+
+def test_the_shared_init_applies_the_profile_keeps_the_users_and_can_be_switched_off(ros_domain, tmp_path):
+    """Three tool processes started from a shell without any profile variable: the package's profile
+    (64 MiB segment); the user's own exported profile (an 8 MiB segment here), kept and named on
+    stderr; SFNET_FASTDDS_PROFILE=off: Fast DDS's 512 KiB default, and it says so."""
+    from sfnet_ros.transport_profile import SWITCH_VARIABLE
+
+    assert "init_rclpy('sfnet_profile_probe', [])" in _INIT_PROBE
+    shell = {k: v for k, v in ros_domain.items() if k not in (*PROFILE_VARIABLES, SWITCH_VARIABLE)}
+    user_profile = tmp_path / "my_stack.xml"
+    user_profile.write_text(FASTDDS_PROFILE.read_text().replace(">67108864<", ">8388608<"))
+    cases = {"package": shell, "user": {**shell, PROFILE_VARIABLES[0]: str(user_profile)},
+             "off": {**shell, SWITCH_VARIABLE: "off"}}
+    # A domain each: a participant also maps the segments of the participants it discovers.
+    from conftest import next_domain_id
+
+    cases = {name: {**env, "ROS_DOMAIN_ID": str(next_domain_id())} for name, env in cases.items()}
+    runs = {name: subprocess.Popen([sys.executable, "-c", _INIT_PROBE], env=env, cwd=tmp_path, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name, env in cases.items()}
+    out = {}
+    for name, run in runs.items():
+        stdout, stderr = run.communicate(timeout=120)
+        assert run.returncode == 0, stderr[-2000:]
+        out[name] = (int(stdout.split()[-1]), stderr)
+    segment = int(next(ET.parse(FASTDDS_PROFILE).getroot().iter(f"{NS}segment_size")).text)
+    mapped, _ = out["package"]
+    assert mapped >= segment
+    mapped, stderr = out["user"]
+    assert 8 << 20 <= mapped < segment, stderr[-2000:]
+    assert f"Fast DDS profile of the user's own kept: {PROFILE_VARIABLES[0]}={user_profile}" in stderr
+    mapped, stderr = out["off"]
+    assert 0 < mapped < 4 << 20, stderr[-2000:]
+    assert f"large-frame Fast DDS profile off ({SWITCH_VARIABLE}=off)" in stderr
+
+
+def test_profile_rule(tmp_path, monkeypatch):
+    """sfnet_ros.transport_profile.decide_profile, the one rule of the node, the tools and launch."""
+    from sfnet_ros.transport_profile import (
+        SWITCH_VARIABLE,
+        decide_profile,
+        find_profile_file,
+        profile_candidates,
+    )
+
+    monkeypatch.chdir(tmp_path)
+    ours = tmp_path / "ours.xml"
+    ours.write_text("<dds/>")
+    theirs = tmp_path / "theirs.xml"
+    theirs.write_text("<dds/>")
+    decision = decide_profile({}, default_profile=ours)
+    assert (decision.action, decision.variables, decision.warning) == (
+        "package", {PROFILE_VARIABLES[0]: str(ours)}, False)
+    assert f"{SWITCH_VARIABLE}=off runs without it" in decision.message
+    assert decide_profile({"ROS_DISTRO": "humble"}, default_profile=ours).variables == dict.fromkeys(
+        PROFILE_VARIABLES, str(ours))
+    # the user's choice is kept and named: either variable, a default file in the cwd, the transports
+    for environ, named in (({PROFILE_VARIABLES[1]: str(theirs)}, f"{PROFILE_VARIABLES[1]}={theirs}"),
+                           ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}, "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA")):
+        decision = decide_profile(environ, default_profile=ours)
+        assert (decision.action, decision.variables) == ("user", {}) and named in decision.message
+    (tmp_path / "DEFAULT_FASTRTPS_PROFILES.xml").write_text("<dds/>")
+    decision = decide_profile({}, default_profile=ours)
+    assert decision.action == "user" and "DEFAULT_FASTRTPS_PROFILES.xml in the working directory" in decision.message
+    (tmp_path / "DEFAULT_FASTRTPS_PROFILES.xml").unlink()
+    # an exported file that does not exist: kept (the user's), but said loudly
+    decision = decide_profile({PROFILE_VARIABLES[0]: str(tmp_path / "gone.xml")}, default_profile=ours)
+    assert decision.action == "user" and decision.warning and "does not exist" in decision.message
+    # ours, already exported (by the launch file): recognised as ours
+    assert decide_profile({PROFILE_VARIABLES[0]: str(ours)}, default_profile=ours).action == "package"
+    # the switch: off (whatever the spelling), a path, a missing path
+    for value in ("off", "OFF", "none", "0", "false"):
+        decision = decide_profile({SWITCH_VARIABLE: value}, default_profile=ours)
+        assert (decision.action, decision.variables) == ("off", {}), value
+    assert decide_profile({SWITCH_VARIABLE: "theirs.xml", PROFILE_VARIABLES[0]: "/x.xml"}).variables == {
+        PROFILE_VARIABLES[0]: str(theirs)}
+    decision = decide_profile({SWITCH_VARIABLE: "nope.xml"})
+    assert decision.action == "missing" and decision.warning and decision.variables == {}
+    # not Fast DDS: nothing at all
+    decision = decide_profile({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, default_profile=ours)
+    assert (decision.action, decision.variables) == ("other-rmw", {})
+    # the package's file: found in this checkout, and in an installed layout (colcon: the package in
+    # <prefix>/lib/pythonX.Y/site-packages, the file in <prefix>/share/sfnet_ros/config)
+    assert find_profile_file() == FASTDDS_PROFILE
+    package = tmp_path / "install" / "lib" / "python3.10" / "site-packages" / "sfnet_ros"
+    package.mkdir(parents=True)
+    installed = tmp_path / "install" / "share" / "sfnet_ros" / "config" / FASTDDS_PROFILE.name
+    installed.parent.mkdir(parents=True)
+    installed.write_text("<dds/>")
+    assert find_profile_file(profile_candidates(package)) == installed
+    installed.unlink()
+    # (an ament index, where one is set up, may know another installed copy: not this test's)
+    decision = decide_profile({}, candidates=[c for c in profile_candidates(package) if tmp_path in c.parents])
+    assert decision.action == "missing" and decision.warning and str(installed) in decision.message
+
+
 # -- frames of 4000x3000 reach the node ---------------------------------------------------------------
 
 # A camera driver in its own process: best effort, keep last 5 (sensor-data QoS). Publishes one
@@ -243,6 +346,13 @@ def test_transport_doc_commands():
     from node_harness import REPO_ROOT
 
     from sfnet_ros.launch_support import PROFILE_FILE_NAME, camera_plan, fastdds_profile_environment
+    from sfnet_ros.transport_profile import OFF_VALUES, SWITCH_VARIABLE, decide_profile
+
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    try:
+        from node_latency import SETTINGS
+    finally:
+        sys.path.remove(str(REPO_ROOT / "bench"))
 
     text = (REPO_ROOT / "docs" / "transport.md").read_text()
     blocks = [body for language, body in fenced_blocks(text) if language in ("bash", "sh", "shell")]
@@ -252,6 +362,10 @@ def test_transport_doc_commands():
     for words in commands:
         if words[0] == "export":
             name, _, value = words[1].partition("=")
+            if name == SWITCH_VARIABLE:  # the switch: what turns it off is one of the values the rule reads
+                assert value in OFF_VALUES and decide_profile({name: value}).action == "off", words
+                kinds.add(name)
+                continue
             assert name in PROFILE_VARIABLES, words
             assert value.endswith(f"/share/sfnet_ros/config/{PROFILE_FILE_NAME}") or value == f"${PROFILE_VARIABLES[0]}"
             kinds.add(name)
@@ -263,6 +377,8 @@ def test_transport_doc_commands():
             kinds.add("launch")
         else:
             assert words[:3] == [".venv/bin/python", "bench/node_latency.py", "--delivery"], words
+            settings = words[words.index("--settings") + 1].split(",") if "--settings" in words else []
+            assert set(settings) <= set(SETTINGS), words  # the bench's own names
             kinds.add("bench")
-    assert kinds == {*PROFILE_VARIABLES, "launch", "bench"}
+    assert kinds == {*PROFILE_VARIABLES, SWITCH_VARIABLE, "launch", "bench"}
     assert (REPO_ROOT / "config" / PROFILE_FILE_NAME) == FASTDDS_PROFILE and FASTDDS_PROFILE.is_file()

@@ -9,11 +9,20 @@
 * argparse types that turn bad values into one-line usage errors: ``positive_int``,
   ``non_negative_int``, ``positive_float``, ``fraction``, ``device_spec``.
 * ``warn`` - one ``<prog>: warning: ...`` line on stderr.
+* one line means one line: every parser has ``--verbose``; without it ``run_command`` holds what
+  libraries print behind the tool's back (native stderr, Python warnings, log lines) while the
+  body runs and shows it only when the command succeeds, so a failure is its one error line.
+  ``OSError`` (a full disk, a read-only place, a symlink loop) is one line too.
+
+Signal handlers are installed by ``sfnet_core.cli.entry`` (the console scripts) before anything
+else is imported, and again by ``run_command`` for callers that did not come through it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import re
 import signal
 import sys
@@ -21,6 +30,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from sfnet_core.cli import entry
+from sfnet_core.cli.entry import Terminated
 from sfnet_core.errors import SFNetError
 
 __all__ = ["HelpFormatter", "ArgumentParser", "make_parser", "run_command", "Terminated", "add_overwrite",
@@ -54,10 +65,18 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        global _verbose_requested
+        parsed, rest = super().parse_known_args(args, namespace)
+        _verbose_requested = bool(getattr(parsed, "verbose", False))
+        return parsed, rest
+
 
 def make_parser(prog: str, description: str, epilog: str | None = None) -> ArgumentParser:
     """The parser every sfnet tool uses (``HelpFormatter``, one-line usage errors, exit 2)."""
-    return ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter)
+    _add_verbose(parser)
+    return parser
 
 
 def _number(text: str, kind: type, test: Callable[[float], bool], expected: str) -> Any:
@@ -112,25 +131,94 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str = "the output") -> 
                         help=f"replace {what} if it exists (without it an existing output is refused)")
 
 
-class Terminated(BaseException):
-    """Raised in the main thread by SIGTERM inside ``run_command`` (like KeyboardInterrupt for SIGINT)."""
+@contextlib.contextmanager
+def _signals_held() -> Any:
+    """SIGINT and SIGTERM wait (pending) while the streams are rearranged: a signal in the middle
+    would leave fd 2 pointing at the hold file, and the one error line would be lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-_stopping = False
+def _quiet_streams(verbose: bool) -> Callable[[bool], None]:
+    """Hold what reaches file descriptor 2 behind the tool's back while the body runs, unless
+    ``verbose``: native code (libpng, OpenCV, ONNX Runtime, rcl), Python warnings, log records of
+    handlers set up before the body (they write to the original stream) and of logging's last
+    resort. The tool's own stderr (``sys.stderr`` during the body: progress bars, ``warn`` lines,
+    reports, loggers it sets up itself) still goes straight to the terminal. Returns
+    ``release(replay)``: restores fd 2 and writes the held text out only if ``replay``.
 
+    Only a process whose ``sys.stderr`` is the real fd 2 (a console script) is rearranged; a
+    caller that captured stderr (pytest's capsys) sees everything as before."""
+    import logging
+    import os
+    import tempfile
+    import warnings
 
-def _raise_once(exc: type[BaseException]) -> Callable[[int, object], None]:
-    """A handler raising ``exc`` for the first SIGINT/SIGTERM only: later ones arrive while the
-    ``finally`` blocks clean up, and must not cut that short (a user pressing Ctrl-C twice)."""
+    try:
+        real = sys.stderr is sys.__stderr__ and sys.stderr is not None and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if verbose or not real:
+        return lambda replay: None
+    original = sys.stderr
+    original.flush()
+    saved = os.dup(2)
+    sink = tempfile.TemporaryFile()  # noqa: SIM115 - closed by release()
+    os.dup2(sink.fileno(), 2)
+    own = open(saved, "w", buffering=1, encoding=original.encoding,  # noqa: SIM115 - closed by release()
+               errors="backslashreplace", closefd=False)
+    sys.stderr = own
+    show, last_resort = warnings.showwarning, logging.lastResort
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: original.write(
+        warnings.formatwarning(message, category, filename, lineno, line))
+    logging.lastResort = logging.StreamHandler(original)
+    logging.lastResort.setLevel(logging.WARNING)
 
-    def handler(signum: int, frame: object) -> None:
-        global _stopping
-        if _stopping:
+    done = []
+
+    def release(replay: bool) -> None:
+        if done:
             return
-        _stopping = True
-        raise exc()
+        with _signals_held():
+            done.append(True)
+            _restore(replay)
 
-    return handler
+    def _restore(replay: bool) -> None:
+        warnings.showwarning, logging.lastResort = show, last_resort
+        for stream in (own, original):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        sys.stderr = original
+        os.dup2(saved, 2)
+        with contextlib.suppress(Exception):
+            own.close()
+        os.close(saved)
+        try:
+            if replay:
+                sink.seek(0)
+                held = sink.read()
+                if held:
+                    original.flush()
+                    os.write(2, held)
+        finally:
+            sink.close()
+
+    return release
+
+
+_verbose_requested = False
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show everything libraries print (warnings, log lines, native messages); "
+                             "without it a failing command prints only its one error line")
 
 
 def run_command(
@@ -138,28 +226,51 @@ def run_command(
     body: Callable[[], int],
     errors: tuple[type[BaseException], ...] = (SFNetError,),
     interrupted: str = "interrupted",
+    verbose: bool | None = None,
 ) -> int:
     """Run a command-line tool's ``body`` the way every sfnet tool ends (see the module docstring).
 
     ``interrupted``: the line printed on Ctrl-C (``<prog>: <interrupted>``); on SIGTERM its word
-    "interrupted" reads "terminated (SIGTERM)"."""
-    global _stopping
+    "interrupted" reads "terminated (SIGTERM)". ``verbose``: default the ``--verbose`` flag of the
+    last command line parsed by ``make_parser``'s parser (or ``SFNET_VERBOSE=1``)."""
+    if verbose is None:
+        verbose = _verbose_requested or os.environ.get("SFNET_VERBOSE", "") not in ("", "0")
     previous: dict[int, Any] = {}
+    release: Callable[[bool], None] = lambda replay: None  # noqa: E731
+    ok = False
     if threading.current_thread() is threading.main_thread():
-        _stopping = False
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_once(Terminated)),
-                    signal.SIGINT: signal.signal(signal.SIGINT, _raise_once(KeyboardInterrupt))}
+        entry.stopping(False)
+        previous = entry.raising_handlers()
     try:
-        return body()
-    except errors as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        try:
+            with _signals_held():
+                release = _quiet_streams(verbose)
+            status = body()
+            ok = status == 0
+            return status
+        except (*errors, OSError) as exc:
+            if entry.delivered() is not None:
+                # the signal's exception became another one on its way through C code: still the signal
+                raise (KeyboardInterrupt if entry.delivered() == signal.SIGINT else Terminated)() from None
+            release(verbose)
+            if not isinstance(exc, errors):
+                # an output or input the system refused: a full disk, a read-only place, a symlink loop
+                from sfnet_core.io_utils import os_error_message
+
+                where = f"{exc.filename}: " if exc.filename else ""
+                print(f"{prog}: error: {where}{os_error_message(exc)}", file=sys.stderr)
+                return 2
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
+        release(verbose)
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
     except Terminated:
+        release(verbose)
         print(f"{prog}: {interrupted.replace('interrupted', 'terminated (SIGTERM)', 1)}", file=sys.stderr)
         return 143
     finally:
+        release(ok or verbose)  # a second call does nothing
         for signum, handler in previous.items():
             signal.signal(signum, handler)

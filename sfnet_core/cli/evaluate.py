@@ -8,9 +8,10 @@ from pathlib import Path
 from sfnet_core.cli.common import add_overwrite, device_spec, make_parser, non_negative_int, run_command, warn
 from sfnet_core.errors import ConfigError
 
-# sfnet_core.evaluation.evaluate.MSF_SCALES, repeated so that parsing (and refusing) a command line
-# does not import torch; test_evaluate checks they agree.
+# sfnet_core.evaluation.evaluate.MSF_SCALES and PREDICTIONS_TOOL, repeated so that parsing (and
+# refusing) a command line does not import torch; test_evaluate / test_outputs check they agree.
 MSF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+PREDICTIONS_TOOL = "sfnet-eval --save-pred"
 
 DESCRIPTION = """Evaluate a checkpoint on a recipe's validation split (checkpoint mode), or score
 predicted train-id PNGs against ground truth (pred-dir mode). The report is printed as one JSON
@@ -20,8 +21,9 @@ object on stdout, a per-class table on stderr.
   sfnet-eval --pred-dir PRED --gt-dir GT [--classes config/classes/cityscapes.yaml]
 
 Outputs (--json FILE, --save-pred DIR) are refused if they exist (unless --overwrite; a
---save-pred folder only if sfnet-eval wrote it) or if they are, lie inside or contain an input
-(recipe, checkpoint, dataset, --pred-dir, --gt-dir)."""
+--save-pred folder only if sfnet-eval wrote it and nothing in it was added or changed since) or
+if they are, lie inside or contain an input (recipe, checkpoint, dataset, --pred-dir, --gt-dir).
+--pred-dir and --gt-dir must be two separate folders (neither inside the other)."""
 
 
 def build_parser():
@@ -79,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError(f"{option}: {folder}: folder not found")
                 if not Path(folder).is_dir():
                     raise ConfigError(f"{option}: {folder} is a file, not a folder")
+            pred, gt = _real(args.pred_dir, "--pred-dir"), _real(args.gt_dir, "--gt-dir")
+            if pred == gt:
+                raise ConfigError(f"--pred-dir {args.pred_dir} and --gt-dir {args.gt_dir} are the same folder: "
+                                  "every file would be scored against itself")
+            if _inside(pred, gt) or _inside(gt, pred):
+                inner, outer = (("--pred-dir", args.pred_dir), ("--gt-dir", args.gt_dir)) if _inside(pred, gt) \
+                    else (("--gt-dir", args.gt_dir), ("--pred-dir", args.pred_dir))
+                raise ConfigError(f"{inner[0]} {inner[1]} lies inside {outer[0]} {outer[1]}: the files of one would "
+                                  "be read as the other's; give two separate folders")
         else:
             if not (args.config and args.checkpoint):
                 raise ConfigError("give --config and --checkpoint, or --pred-dir and --gt-dir")
@@ -88,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--scales: every scale must be > 0, got {' '.join(map(str, args.scales))}")
             if args.save_pred:
                 check_output(args.save_pred, inputs=inputs, overwrite=args.overwrite, kind="dir", what="--save-pred",
-                             is_previous_output=_is_previous_predictions)
+                             tool=PREDICTIONS_TOOL)
             if json_path is not None and args.save_pred and _inside(json_path, Path(args.save_pred)):
                 raise ConfigError(f"--json: {args.json} lies inside the --save-pred folder {args.save_pred}")
             if _is_empty_yaml(args.config):
@@ -100,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(format_report(report), file=sys.stderr)
         if json_path is not None:
-            with atomic_write(json_path) as tmp:
+            with atomic_write(json_path, overwrite=args.overwrite, what="--json") as tmp:
                 tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(report))
         return 0
@@ -108,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("sfnet-eval", run)
 
 
-def _is_previous_predictions(path: Path) -> bool:
-    from sfnet_core.evaluation.evaluate import PREDICTIONS_MARKER  # torch: only when a folder is there
+def _real(folder: str, option: str) -> Path:
+    from sfnet_core.io_utils import _resolved
 
-    return (path / PREDICTIONS_MARKER).is_file()
+    return _resolved(folder, option)
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -130,6 +141,11 @@ def _is_empty_yaml(path: str) -> bool:
 
 
 def _evaluate(args) -> dict:
+    from sfnet_core.errors import ConfigError, model_file_noun, require_file
+
+    if not args.pred_dir:  # answered before seconds of torch imports
+        require_file(args.config, error=ConfigError)
+        require_file(args.checkpoint, model_file_noun(args.checkpoint))
     from sfnet_core.evaluation.evaluate import CheckpointEvaluation, evaluate_checkpoint, evaluate_pred_dir
 
     if args.pred_dir:

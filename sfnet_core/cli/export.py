@@ -1,15 +1,16 @@
 """``sfnet-export``: a checkpoint -> a self-describing ONNX model (fp32, or int8 calibrated on frames)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sfnet_core.cli.common import add_overwrite, make_parser, run_command
-from sfnet_core.errors import ConfigError, DataError
+from sfnet_core.errors import ConfigError, DataError, SFNetError
 
 DESCRIPTION = """Export a checkpoint to ONNX (opset 17+) for ONNX Runtime or TensorRT.
 
@@ -92,9 +93,12 @@ def main(argv: list[str] | None = None, bag_frames: BagFrames | None = None) -> 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     def run() -> int:
+        from sfnet_core.errors import require_file
+
+        require_file(args.checkpoint, "checkpoint file")  # before seconds of torch imports
         from sfnet_core.checkpoint import load_checkpoint
         from sfnet_core.export import ExportError, export_onnx, quantize_int8, verify_onnx
-        from sfnet_core.io_utils import check_output
+        from sfnet_core.io_utils import atomic_write, check_output, staging_path
 
         if args.batch < 1:
             raise ConfigError(f"--batch: must be >= 1, got {args.batch}")
@@ -121,45 +125,72 @@ def main(argv: list[str] | None = None, bag_frames: BagFrames | None = None) -> 
         out = check_output(args.onnx, inputs=[args.checkpoint, args.calibration], overwrite=args.overwrite,
                            what="--onnx")
         ckpt = load_checkpoint(args.checkpoint)
+        prep = None
+        if args.int8:
+            from sfnet_core.inference import Segmenter
+
+            # Calibration frames are preprocessed exactly as the Segmenter will feed the model.
+            prep = Segmenter(ckpt.build_model(), ckpt.classes, ckpt.mean, ckpt.std, device="cpu", precision="fp32",
+                             input_size=(args.height, args.width), resize=args.resize, channels_last=False)
+            source = bag_frames(calibration, args.image_topic, args.frames) if is_bag else \
+                folder_frames(calibration, args.frames)
+            batches = [prep.preprocess(frame).numpy() for frame in source]
+            if not batches:
+                raise DataError(f"--calibration: no frames read from {calibration}")
+        # Written to a staging file next to --onnx and published only when complete, never onto
+        # something that appeared there meanwhile (sfnet_core.io_utils.atomic_write).
+        with atomic_write(out, overwrite=args.overwrite, what="--onnx") as stage, _naming(stage, out):
+            if not args.int8:
+                export_onnx(ckpt, stage, height=args.height, width=args.width, batch=args.batch,
+                            dynamic=args.dynamic, opset=args.opset, with_argmax=args.with_argmax)
+            else:
+                # The fp32 export is an intermediate: a hidden staging folder next to the output,
+                # removed on success, errors, Ctrl-C and SIGTERM alike.
+                work = staging_path(out, "work")
+                try:
+                    work.mkdir()
+                    fp32 = export_onnx(ckpt, work / "fp32.onnx", height=args.height, width=args.width,
+                                       batch=args.batch, opset=args.opset, with_argmax=args.with_argmax)
+                    try:
+                        source_name = f"{calibration.name} ({len(batches)} frames)"
+                        quantize_int8(fp32, stage, batches, calibration_source=source_name,
+                                      reduce_range=args.reduce_range)
+                    except (ExportError, OSError):
+                        raise
+                    except Exception as exc:
+                        raise ExportError(f"{out}: int8 quantisation failed: {type(exc).__name__}: {exc}") from None
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
         if not args.int8:
-            path = export_onnx(ckpt, out, height=args.height, width=args.width, batch=args.batch,
-                               dynamic=args.dynamic, opset=args.opset, with_argmax=args.with_argmax)
-            print(f"wrote {path}")
+            print(f"wrote {out}")
             if args.verify:
-                return _report(path, verify_onnx(ckpt, path, args.height, args.width, batch=args.batch), 0.999)
+                return _report(out, verify_onnx(ckpt, out, args.height, args.width, batch=args.batch), 0.999)
             return 0
-        import numpy as np
-
-        from sfnet_core.inference import Segmenter
-
-        # Calibration frames are preprocessed exactly as the Segmenter will feed the model.
-        prep = Segmenter(ckpt.build_model(), ckpt.classes, ckpt.mean, ckpt.std, device="cpu", precision="fp32",
-                         input_size=(args.height, args.width), resize=args.resize, channels_last=False)
-        source = bag_frames(calibration, args.image_topic, args.frames) if is_bag else \
-            folder_frames(calibration, args.frames)
-        batches = [prep.preprocess(frame).numpy() for frame in source]
-        if not batches:
-            raise DataError(f"--calibration: no frames read from {calibration}")
-        # The fp32 export is an intermediate: a hidden staging folder next to the output, removed
-        # on success, errors, Ctrl-C and SIGTERM alike.
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
-            fp32 = export_onnx(ckpt, Path(work) / "fp32.onnx", height=args.height, width=args.width,
-                               batch=args.batch, opset=args.opset, with_argmax=args.with_argmax)
-            try:
-                source_name = f"{calibration.name} ({len(batches)} frames)"
-                path = quantize_int8(fp32, out, batches, calibration_source=source_name, reduce_range=args.reduce_range)
-            except ExportError:
-                raise
-            except Exception as exc:
-                raise ExportError(f"{out}: int8 quantisation failed: {type(exc).__name__}: {exc}") from None
-        print(f"wrote {path} (int8, calibrated on {len(batches)} frames of {calibration})")
+        print(f"wrote {out} (int8, calibrated on {len(batches)} frames of {calibration})")
         if args.verify:
+            import numpy as np
+
             inputs = np.concatenate(batches)
-            return _report(path, verify_onnx(ckpt, path, args.height, args.width, inputs=inputs), 0.95)
+            return _report(out, verify_onnx(ckpt, out, args.height, args.width, inputs=inputs), 0.95)
         return 0
 
     return run_command("sfnet-export", run)
+
+
+@contextlib.contextmanager
+def _naming(stage: Path, out: Path) -> Iterator[None]:
+    """Errors raised while writing the staging file name the output the user asked for."""
+    try:
+        yield
+    except SFNetError as exc:
+        text = str(exc).replace(str(stage), str(out))
+        if text == str(exc):
+            raise
+        try:
+            renamed = type(exc)(text)
+        except Exception:
+            raise exc from None
+        raise renamed from None
 
 
 def _report(path: Path, report: dict, min_agreement: float) -> int:

@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         # The checks that need no torch come first: a refused command line (an existing --out, an
         # output that is an input, a bad class table) answers in a fraction of a second.
         from sfnet_core.data.classes import ClassTable
-        from sfnet_core.io_utils import check_output
+        from sfnet_core.errors import require_file
+        from sfnet_core.io_utils import atomic_write, check_output
 
+        require_file(args.file)
         out = check_output(args.out, inputs=[args.file, args.classes], overwrite=args.overwrite)
         classes = ClassTable.from_yaml(args.classes) if args.classes else None
 
@@ -108,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         options = project_options(layout, args.fam_align_corners)
         model = build_model(layout.variant, layout.num_classes, aux=layout.dsn, **options)
         model.load_state_dict(result.state_dict, strict=True)
-        save_checkpoint(out, model, layout.variant, classes, model_options={"aux": layout.dsn, **options},
-                        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+        # published only when complete, never onto something that appeared at --out meanwhile
+        with atomic_write(out, overwrite=args.overwrite, what="--out") as stage:
+            save_checkpoint(stage, model, layout.variant, classes, model_options={"aux": layout.dsn, **options},
+                            normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
 
         print(f"{args.file}: released {layout.released_arch} -> {layout.variant}, {layout.num_classes} classes, "
               f"fpn_dim {layout.fpn_dim}, dsn heads {'kept (aux_heads)' if layout.dsn else 'none'}")

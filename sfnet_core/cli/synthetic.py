@@ -31,7 +31,8 @@ def build_parser():
     p.add_argument("--size", type=parse_size, default=(256, 512), help="HxW, e.g. 256x512")
     p.add_argument("--seed", type=int, default=0, help="scene seed (same seed and size = same pixels)")
     p.add_argument("--val", type=int, default=None, help="frames in the val split (default: 20%% of --frames)")
-    add_overwrite(p, "a dataset previously written by sfnet-synthetic")
+    add_overwrite(p, "a dataset previously written by sfnet-synthetic and unchanged since (a folder holding "
+                     "anything else is refused)")
     return p
 
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from sfnet_core.data.synthetic import MARKER, write_folder_dataset
+        from sfnet_core.data.synthetic import TOOL, write_folder_dataset
         from sfnet_core.io_utils import check_output
 
         if args.frames < 1:
@@ -49,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         val = args.frames // 5 if args.val is None else args.val
         if not 0 <= val <= args.frames:
             raise ConfigError(f"--val: must be in 0..{args.frames}, got {val}")
-        out = check_output(args.out, overwrite=args.overwrite, kind="dir",
-                           is_previous_output=lambda p: (p / MARKER).is_file())
+        out = check_output(args.out, overwrite=args.overwrite, kind="dir", tool=TOOL)
         root = write_folder_dataset(out, args.frames, *args.size, seed=args.seed,
-                                    splits={"train": args.frames - val, "val": val})
+                                    splits={"train": args.frames - val, "val": val}, overwrite=args.overwrite,
+                                    what="--out")
         print(f"wrote {args.frames} frames ({args.frames - val} train, {val} val) of "
               f"{args.size[0]}x{args.size[1]} to {root}")
         return 0

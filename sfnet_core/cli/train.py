@@ -4,8 +4,9 @@ from __future__ import annotations
 import sys
 
 from sfnet_core.cli.common import make_parser, positive_int, run_command, warn
-from sfnet_core.errors import ConfigError
+from sfnet_core.errors import ConfigError, require_file
 from sfnet_core.io_utils import check_writable_parent
+from sfnet_core.training.run_folder import holds_only_stale_staging
 
 DESCRIPTION = """Train SFNet from a recipe (training/configs/*.yaml).
 
@@ -15,8 +16,10 @@ DESCRIPTION = """Train SFNet from a recipe (training/configs/*.yaml).
 
 --out is a run folder: a new (or empty) one, or one holding an interrupted run with --resume.
 sfnet-train never replaces or deletes a run: there is no --overwrite; a folder that already holds
-files is refused without --resume. An empty recipe file is trained with every default (the
-Cityscapes recipe) and says so on stderr."""
+files is refused without --resume. The recipe and the data are checked before anything is
+written; a run that stops before its first checkpoint removes what it created, one that stops
+later keeps its checkpoints (continue it with --resume). An empty recipe file is trained with
+every default (the Cityscapes recipe) and says so on stderr."""
 
 
 def build_parser():
@@ -42,12 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         out = check_writable_parent(args.out, "--out")
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out: {args.out} is a file; the run needs a folder")
-        if out.is_dir() and any(out.iterdir()) and not args.resume:
+        # staging files of a killed save are no run: a new run removes them (and says so)
+        if out.is_dir() and not holds_only_stale_staging(out) and not args.resume:
             raise ConfigError(f"--out: {args.out} already holds files; pass --resume to continue the run in it, "
                               "or choose a new folder (sfnet-train never replaces a run)")
         if _is_empty_yaml(args.config):
             warn("sfnet-train", f"--config {args.config} is empty: training with every default "
                  "(the Cityscapes recipe)")
+        require_file(args.config, error=ConfigError)  # before seconds of torch imports
         from sfnet_core.training.config import load_train_config
         from sfnet_core.training.engine import train
 
@@ -60,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"(best {result.best_miou:.4f})", file=sys.stderr)
         return 0
 
-    status = run_command("sfnet-train", run, interrupted="interrupted (continue with --resume)")
+    status = run_command("sfnet-train", run,
+                         interrupted="interrupted (continue with --resume if a checkpoint was written)")
     # only a process that imported torch can hold gloo threads; a refused command line stays cheap
     if "torch" in sys.modules:
         from sfnet_core.training.distributed import exit_torchrun_worker, is_torchrun_worker

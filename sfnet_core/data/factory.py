@@ -7,9 +7,9 @@ from torch.utils.data import Dataset
 
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.data.config import DataConfig, SyntheticConfig
-from sfnet_core.errors import DataError
+from sfnet_core.errors import ConfigError, DataError
 
-__all__ = ["build_datasets"]
+__all__ = ["build_datasets", "check_crop_fits", "largest_image_size"]
 
 
 def build_datasets(cfg: DataConfig, mean, std, train: bool = True) -> tuple[Dataset | None, Dataset | None, ClassTable]:
@@ -77,3 +77,78 @@ def _synthetic_cache(syn: SyntheticConfig) -> Path:
     write_folder_dataset(root, syn.train_frames + syn.val_frames, syn.height, syn.width, seed=syn.seed,
                          splits=splits)
     return root
+
+
+# A crop of which the largest training image, at the largest scale of data.scale_range, covers
+# less than this fraction is refused: the rest of it is padding (ignore label) in every sample,
+# which costs memory and time for nothing and is almost always a crop_size meant for other data.
+MIN_IMAGE_FRACTION = 0.25
+_SIZE_PROBES = 256  # image headers read to find the largest image (spread over the dataset)
+
+
+def largest_image_size(dataset: Dataset | None) -> tuple[int, int] | None:
+    """(h, w) of the largest training image (by area): exact for synthetic scenes, else from the
+    headers of up to 256 images spread over the dataset; None when it cannot be told."""
+    from sfnet_core.data.datasets import SyntheticDataset
+
+    if dataset is None:
+        return None
+    if isinstance(dataset, SyntheticDataset):
+        return dataset.height, dataset.width
+    samples = getattr(dataset, "samples", None)
+    if not samples:
+        return None
+    n = len(samples)
+    picks = range(n) if n <= _SIZE_PROBES else sorted({round(i * (n - 1) / (_SIZE_PROBES - 1))
+                                                        for i in range(_SIZE_PROBES)})
+    sizes = [size for size in (_header_size(samples[i][0]) for i in picks) if size is not None]
+    return max(sizes, key=lambda hw: hw[0] * hw[1]) if sizes else None
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(h, w) from the image file's header (PIL reads no pixels); None if unreadable here (the
+    sample's own read reports it)."""
+    try:
+        from PIL import Image
+    except ImportError:  # Pillow is optional: decode the image instead
+        from sfnet_core.data.datasets import read_image
+
+        try:
+            return read_image(path).shape[:2]
+        except DataError:
+            return None
+    try:
+        with Image.open(path) as image:
+            w, h = image.size
+            return h, w
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def check_crop_fits(cfg: DataConfig, largest: tuple[int, int] | None) -> str | None:
+    """ConfigError when ``cfg.crop_size`` is mostly padding for images of size ``largest`` (h, w).
+
+    Crops larger than the scaled image are padded to ``crop_size`` (image: mean colour, label:
+    ignore index), as the released recipe does at scale 0.5 (1024x1024 crops of 512x1024
+    frames). That is fine while image content fills a good part of the crop; when even the
+    largest image at the largest scale fills less than ``MIN_IMAGE_FRACTION`` of it, the crop
+    size is refused. Returns a note for the log when every crop is padded (else None).
+    """
+    if largest is None:
+        return None
+    ch, cw = cfg.crop_size
+    hi = cfg.scale_range[1]
+    h, w = largest
+    sh, sw = max(1, round(h * hi)), max(1, round(w * hi))
+    fraction = min(ch, sh) * min(cw, sw) / (ch * cw)
+    if fraction < MIN_IMAGE_FRACTION:
+        fit_h, fit_w = min(ch, sh), min(cw, sw)
+        raise ConfigError(
+            f"data.crop_size: {ch}x{cw} (h x w) is far larger than the training images: the largest is "
+            f"{h}x{w}, {sh}x{sw} at the largest scale {hi:g} of data.scale_range, so at least "
+            f"{100 * (1 - fraction):.1f}% of every crop would be padding; use a crop of at most "
+            f"{sh}x{sw}, e.g. data.crop_size=[{fit_h},{fit_w}]")
+    if ch > sh or cw > sw:
+        return (f"data.crop_size {ch}x{cw} is larger than the largest training image at the largest "
+                f"scale ({sh}x{sw}): every crop is padded with the ignore label")
+    return None

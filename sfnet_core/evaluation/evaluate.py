@@ -80,7 +80,8 @@ def _sample_name(dataset: Any, index: int) -> str:
     return f"{index:06d}"
 
 
-PREDICTIONS_MARKER = ".sfnet-predictions"  # marks a folder written by evaluate_checkpoint(save_pred=...)
+PREDICTIONS_MARKER = ".sfnet-predictions"  # names a folder written by evaluate_checkpoint(save_pred=...)
+PREDICTIONS_TOOL = "sfnet-eval --save-pred"  # its manifest's tool name (sfnet_core.io_utils): what overwrite replaces
 
 
 @dataclass
@@ -122,8 +123,7 @@ def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
     save_dir = None
     if job.save_pred is not None:
         save_dir = check_output(job.save_pred, inputs=(job.checkpoint, job.data.root),
-                                overwrite=job.overwrite, kind="dir", what="save_pred",
-                                is_previous_output=lambda p: (p / PREDICTIONS_MARKER).is_file())
+                                overwrite=job.overwrite, kind="dir", what="save_pred", tool=PREDICTIONS_TOOL)
     is_onnx = Path(job.checkpoint).suffix.lower() == ".onnx"
     # An exported model runs in its own precision: fp32 (the default) and auto mean "as stored".
     precision = "auto" if is_onnx and job.precision == "fp32" else job.precision
@@ -136,7 +136,10 @@ def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
     if classes.num_classes != ck_classes.num_classes:
         raise ConfigError(
             f"{job.checkpoint}: predicts {ck_classes.num_classes} classes but the recipe {job.source} has "
-            f"{classes.num_classes}"
+            f"{classes.num_classes}: evaluate with the recipe the model was trained with"
+            + (", or give this recipe the model's class table (add data.classes=TABLE.yaml to the command, "
+               "e.g. data.classes=config/classes/cityscapes.yaml for the 19 Cityscapes classes)"
+               if job.data.kind == "folder" else "")
         )
     window = None
     if job.mode == "slide":
@@ -144,7 +147,7 @@ def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
     scales, flip = (tuple(job.scales or MSF_SCALES), True) if job.mode == "msf" else ((1.0,), False)
     _check_fixed_size(loaded, val_set, job.mode, window)
     indices = range(min(len(val_set), job.max_images)) if job.max_images else None
-    with _prediction_writer(save_dir, val_set, ck_classes.palette()) as save:
+    with _prediction_writer(save_dir, val_set, ck_classes.palette(), job.overwrite) as save:
         cm = evaluate_dataset(model, val_set, ck_classes.num_classes, ck_classes.ignore_index, model.device,
                               scales=scales, flip=flip, window=window, indices=indices, on_prediction=save)
     report = cm.report(ck_classes.names)
@@ -180,14 +183,15 @@ class _prediction_writer:
     """Context manager yielding ``save(i, labels)`` (or None without a folder): the predictions go
     to a staging folder that replaces ``save_dir`` only when every image was written."""
 
-    def __init__(self, save_dir: Path | None, dataset: Any, palette: np.ndarray) -> None:
-        self.save_dir, self.dataset, self.palette = save_dir, dataset, palette
+    def __init__(self, save_dir: Path | None, dataset: Any, palette: np.ndarray, overwrite: bool = False) -> None:
+        self.save_dir, self.dataset, self.palette, self.overwrite = save_dir, dataset, palette, overwrite
         self._atomic: Any = None
 
     def __enter__(self) -> Callable[[int, np.ndarray], None] | None:
         if self.save_dir is None:
             return None
-        self._atomic = atomic_write(self.save_dir, replace_dir=True)
+        self._atomic = atomic_write(self.save_dir, overwrite=self.overwrite, tool=PREDICTIONS_TOOL,
+                                    what="--save-pred")
         staging = self._atomic.__enter__()
         try:
             staging.mkdir()

@@ -9,8 +9,13 @@ Like the TensorRT engine caches of Autoware's nodes, the exported model lives un
 where "code" hashes the model and export source files, the PyTorch version and the opset (an
 export made by other code is never reused). Writes are atomic (a staging file renamed into
 place), and an exclusive ``flock`` on ``<name>.lock`` makes concurrent processes (two nodes
-starting together) export once: the second waits, then finds the file. An entry is reused only
-when its metadata names the same checkpoint hash; anything else is exported again.
+starting together) export once: the second waits, then finds the file.
+
+An entry is reused only when it passes the check of its recorded ``sfnet.digest`` (weights,
+graph and metadata as written: ``sfnet_core.inference.onnx_model``) and its metadata names the
+same checkpoint hash. Anything else (damaged, edited, truncated, without a digest, from another
+checkpoint) is logged as a warning and exported again; a fresh export is checked once more
+before it is used.
 """
 from __future__ import annotations
 
@@ -25,8 +30,9 @@ from pathlib import Path
 import torch
 
 from sfnet_core.errors import CheckpointError, ConfigError
+from sfnet_core.inference.onnx_model import OnnxModelInfo
 
-__all__ = ["CACHE_ENV", "cache_root", "cached_onnx", "cache_key"]
+__all__ = ["CACHE_ENV", "cache_root", "cached_onnx", "cached_onnx_model", "cache_key"]
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +75,34 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _usable(path: Path, sha: str) -> bool:
+def _reusable(path: Path, sha: str) -> OnnxModelInfo | None:
+    """The entry's (verified) description when it may be reused, else None (with a warning)."""
     from sfnet_core.inference.onnx_model import read_onnx_info
 
     if not path.is_file():
-        return False
+        return None
     try:
-        return read_onnx_info(path).checkpoint_sha256 == sha
+        info = read_onnx_info(path, require_digest=True)
     except CheckpointError as exc:
-        log.warning("export cache: ignoring %s: %s", path, exc)
-        return False
+        log.warning("export cache: %s fails its check, exporting it again: %s", path.name, exc)
+        return None
+    if info.checkpoint_sha256 != sha:
+        log.warning("export cache: %s was exported from another checkpoint (sha256 %s), exporting it again",
+                    path.name, str(info.checkpoint_sha256)[:16])
+        return None
+    return info
 
 
-def cached_onnx(
+def cached_onnx_model(
     checkpoint: str | os.PathLike,
     canvas: tuple[int, int] | None,
     precision: str = "fp32",
     root: str | os.PathLike | None = None,
-) -> Path:
-    """The cached fp32 ONNX export of ``checkpoint`` for a fixed ``canvas`` (H, W) (multiples of 32,
-    dynamic batch) or, with ``canvas=None``, dynamic axes; exported on first use."""
+) -> tuple[Path, OnnxModelInfo]:
+    """``cached_onnx``, with the entry's verified ``OnnxModelInfo`` (so it is not read twice)."""
     from sfnet_core.checkpoint import load_checkpoint
     from sfnet_core.export import DEFAULT_OPSET, export_onnx, file_sha256
+    from sfnet_core.inference.onnx_model import read_onnx_info
 
     if precision != "fp32":
         raise ConfigError(
@@ -111,16 +123,33 @@ def cached_onnx(
     sha = file_sha256(checkpoint)
     name = cache_key(sha, checkpoint.stem, canvas, precision, DEFAULT_OPSET)
     target = folder / f"{name}.onnx"
-    if _usable(target, sha):
+    info = _reusable(target, sha)
+    if info is not None:
         log.info("export cache hit: %s", target)
-        return target
+        return target, info
     with _locked(folder / f"{name}.lock"):
-        if _usable(target, sha):  # another process exported it while we waited
-            return target
+        info = _reusable(target, sha)  # another process exported it while we waited
+        if info is not None:
+            log.info("export cache hit: %s", target)
+            return target, info
         log.info("export cache miss: exporting %s to %s (once)", checkpoint, target)
-        ckpt = load_checkpoint(checkpoint)
+        ckpt = load_checkpoint(checkpoint)  # checks the checkpoint's own digest
         if canvas is None:
             export_onnx(ckpt, target, height=64, width=64, dynamic=True)
         else:
             export_onnx(ckpt, target, height=canvas[0], width=canvas[1], dynamic_batch=True)
-    return target
+        # read back as any user reads it: what was written is what runs
+        info = read_onnx_info(target, require_digest=True)
+    return target, info
+
+
+def cached_onnx(
+    checkpoint: str | os.PathLike,
+    canvas: tuple[int, int] | None,
+    precision: str = "fp32",
+    root: str | os.PathLike | None = None,
+) -> Path:
+    """The cached fp32 ONNX export of ``checkpoint`` for a fixed ``canvas`` (H, W) (multiples of 32,
+    dynamic batch) or, with ``canvas=None``, dynamic axes; exported on first use, exported again
+    when the entry fails its digest check (see the module docstring)."""
+    return cached_onnx_model(checkpoint, canvas, precision, root)[0]

@@ -13,6 +13,10 @@ file          backend                runs in
 ``.onnx``     ``torch``              refused (an exported graph has no PyTorch weights)
 ============  =====================  ===========================================================
 
+Every file is checked against the digest recorded when it was written (``sfnet_core.checkpoint``,
+``sfnet_core.inference.onnx_model``): a corrupted or edited model is refused naming the file; an
+export-cache entry that fails is exported again.
+
 ONNX Runtime uses the CPU execution provider, or on a CUDA device the TensorRT / CUDA providers
 when the installed onnxruntime has them. ``device="auto"`` with ONNX Runtime picks CUDA only
 when both PyTorch and onnxruntime can use it.
@@ -80,7 +84,7 @@ def open_model(
 ) -> LoadedModel:
     """Load ``path`` for inference (see the module docstring); errors are ``SFNetError``s naming it."""
     from sfnet_core.checkpoint import load_checkpoint
-    from sfnet_core.inference.cache import cache_root, cached_onnx
+    from sfnet_core.inference.cache import cache_root, cached_onnx_model
     from sfnet_core.inference.onnx_model import read_onnx_info
 
     path = Path(path)
@@ -102,12 +106,13 @@ def open_model(
         raise ConfigError(f"precision: expected one of {', '.join(ONNX_PRECISIONS)} for backend onnxruntime, "
                           f"got {precision!r}")
     resolved = _onnxruntime_device(device)
-    onnx_path = path
-    if not is_onnx:
-        load_checkpoint(path, expected_num_classes=expected_num_classes)  # a clear error before any export
+    if is_onnx:
+        info = read_onnx_info(path, expected_num_classes=expected_num_classes)  # checks sfnet.digest
+    else:
+        # a clear error (a corrupted checkpoint included) before any export
+        load_checkpoint(path, expected_num_classes=expected_num_classes)
         wanted = "int8" if precision == "int8" else "fp32"
-        onnx_path = cached_onnx(path, _canvas(input_size) if input_size else None, wanted, root=cache_dir)
-    info = read_onnx_info(onnx_path, expected_num_classes=expected_num_classes)
+        _, info = cached_onnx_model(path, _canvas(input_size) if input_size else None, wanted, root=cache_dir)
     if info.fixed_size is not None:
         if input_size is None:
             input_size = info.fixed_size

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, require_file, torch_load_reason, unsafe_pickle_message
 
 __all__ = ["PretrainedWeightsError", "BackboneLoadReport", "read_weights_file", "extract_state_dict",
            "strip_prefix", "load_backbone_weights", "summarize_keys"]
@@ -58,17 +59,6 @@ def _numpy_scalar_globals() -> list[Any]:
             np.dtype, *{type(np.dtype(k)) for k in kinds}]
 
 
-def _one_line(exc: BaseException) -> str:
-    """The specific reason out of torch's multi-paragraph weights-only message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
-            return lines[i + 1]
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip()
-    return lines[0] if lines else type(exc).__name__
-
-
 def read_weights_file(path: str | os.PathLike, error: type[CheckpointError] = CheckpointError) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; every failure is one ``error`` line.
 
@@ -77,22 +67,21 @@ def read_weights_file(path: str | os.PathLike, error: type[CheckpointError] = Ch
     numpy scalars (it is refused, never executed).
     """
     path = Path(path)
-    if not path.exists():
-        raise error(f"{path}: file not found")
-    if not path.is_file():
-        raise error(f"{path}: not a file")
+    require_file(path, "file", error)
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        # torch's warnings on this path (pickle protocol, weights_only advice) never reach stderr:
+        # what went wrong is the one error line below
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_scalar_globals()):
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = _one_line(exc)
+        reason = torch_load_reason(exc)
         if "GLOBAL" in reason or "global" in reason:
-            raise error(f"{path}: the file holds pickled python objects other than weights ({reason}); "
-                        "it is loaded with weights_only=True and will not be unpickled") from None
+            raise error(unsafe_pickle_message(path, reason)) from None
         raise error(f"{path}: not a readable weights file (truncated or corrupt?): {reason}") from None
     except Exception as exc:  # arbitrary bytes fail in arbitrary ways inside the unpickler
         raise error(f"{path}: not a readable weights file (truncated or corrupt?): "
-                    f"{type(exc).__name__}: {_one_line(exc)}") from None
+                    f"{type(exc).__name__}: {torch_load_reason(exc)}") from None
 
 
 def strip_prefix(state: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:

@@ -5,6 +5,11 @@ and shapes, ``import_released`` renames every tensor to this project's names (fo
 redundant conv biases into BatchNorm), ``export_released`` goes back. ``sfnet-import``
 (``sfnet_core.cli.import_released``) reads the file and writes a project checkpoint.
 
+The released ``.pth`` files carry no digest of their weights (nothing recorded one when they were
+written), so they are never loaded for inference directly: imported, every tensor is checked for
+name and shape here, and the project checkpoint written by ``save_checkpoint`` records the
+SHA-256 digest that every later load checks (``sfnet_core.checkpoint``).
+
 Released layout (keys of ``net.state_dict()`` in SFSegNets, after removing the ``module.``
 prefix that (Distributed)DataParallel adds; L decoder levels: 4 for ResNets, 3 for DF):
 

@@ -17,6 +17,15 @@ Outputs under ``DIR``: ``config.yaml`` (resolved recipe), ``last.pt`` (with trai
 ``best.pt`` (best validation mIoU; the final weights when ``data.val_split`` is null),
 ``train.log``, ``tensorboard/`` (scalars and images), ``metrics.json`` (last validation) and,
 under DDP, ``rank_digests.json``.
+
+Failing early and cleanly: the recipe (every number finite), the data (datasets open, the first
+sample of each split reads, the crop fits the images, a batch fits the memory) and the start
+weights are checked before anything is created in ``DIR``; what the library logs meanwhile is
+kept and written to ``train.log`` once the folder exists. A run that stops before any checkpoint
+exists in ``DIR`` removes everything it created (``sfnet_core.training.run_folder``); once one
+exists, the folder stays as it is. A non-finite loss stops the run before the optimiser step, and
+no checkpoint is ever written from weights holding NaN or infinity, so ``last.pt`` keeps the
+last good state.
 """
 from __future__ import annotations
 
@@ -24,9 +33,9 @@ import gc
 import json
 import logging
 import math
+import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,9 +65,14 @@ from sfnet_core.training.distributed import (
     set_rng_state,
     tensor_digest,
 )
-from sfnet_core.yaml_config import to_dict
+from sfnet_core.training.run_folder import RunFolder, remove_stale_staging
+from sfnet_core.yaml_config import check_finite, to_dict
 
 log = logging.getLogger("sfnet_core.training.engine")
+
+# Besides every runtime.log_interval iterations, a progress line is logged after the first
+# iteration of a run and whenever this many seconds passed without one (slow machines, big crops).
+PROGRESS_SECONDS = 30.0
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -89,33 +103,64 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def _setup_logging(out_dir: Path | None) -> Callable[[], None]:
-    """Rank 0: console + ``out_dir/train.log``; other ranks stay quiet except warnings.
+class _Held(logging.Handler):
+    """Keeps the records logged before the run folder exists, for ``train.log``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class _RunLogging:
+    """Rank 0: console + ``train.log``; other ranks stay quiet except warnings.
 
     The handlers sit on the ``sfnet_core`` logger, so what the library says during the run
     (backbone and ``init_from`` loading reports, the class-uniform index, checkpoint writes)
-    lands in ``train.log`` too. Returns the function that undoes it.
+    lands in ``train.log`` too. Until ``to_file`` is called (the run folder exists) the records
+    are held in memory, so a run refused during its checks creates no file at all.
     """
-    root = logging.getLogger("sfnet_core")
-    previous = (root.level, root.propagate)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handlers: list[logging.Handler] = [_TqdmHandler()]
-    if out_dir is not None:
-        handlers.append(logging.FileHandler(out_dir / "train.log", encoding="utf-8"))
-    for h in handlers:
-        h.setFormatter(fmt)
-        root.addHandler(h)
-    root.setLevel(logging.INFO if out_dir is not None else logging.WARNING)
-    root.propagate = False
 
-    def undo() -> None:
-        for h in handlers:
-            root.removeHandler(h)
+    def __init__(self, main: bool) -> None:
+        self.root = logging.getLogger("sfnet_core")
+        self.previous = (self.root.level, self.root.propagate)
+        self.fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        self.held = _Held() if main else None
+        self.file: logging.FileHandler | None = None
+        self.handlers: list[logging.Handler] = [_TqdmHandler()] + ([self.held] if self.held else [])
+        for h in self.handlers:
+            h.setFormatter(self.fmt)
+            self.root.addHandler(h)
+        self.root.setLevel(logging.INFO if main else logging.WARNING)
+        self.root.propagate = False
+
+    def to_file(self, path: Path) -> None:
+        """Write the held records to ``path`` and log there from now on."""
+        assert self.held is not None
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(self.fmt)
+        for record in self.held.records:
+            handler.handle(record)
+        self.root.removeHandler(self.held)
+        self.handlers.remove(self.held)
+        self.held = None
+        self.root.addHandler(handler)
+        self.handlers.append(handler)
+        self.file = handler
+
+    def file_only(self, message: str) -> None:
+        """An ERROR line in ``train.log`` only (the console gets the command's own error line)."""
+        if self.file is not None:
+            self.file.handle(self.root.makeRecord(self.root.name, logging.ERROR, __file__, 0, message, (), None))
+
+    def undo(self) -> None:
+        for h in self.handlers:
+            self.root.removeHandler(h)
             h.close()
-        root.setLevel(previous[0])
-        root.propagate = previous[1]
-
-    return undo
+        self.root.setLevel(self.previous[0])
+        self.root.propagate = self.previous[1]
 
 
 # ----------------------------------------------------------------------------- result
@@ -152,24 +197,34 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_iters: int | None = None, r
     ``--resume`` equals one uninterrupted run.
     """
     out = Path(out_dir)
+    # a recipe built in Python never went through the YAML loader's check
+    check_finite(cfg, "recipe")
     if not resume and (out / "last.pt").exists():
         # checked on every rank (before joining the group) so that all of them stop alike
         raise ConfigError(f"{out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
     if not (resume and (out / "last.pt").exists()):
         check_input_files(cfg)  # a resumed run takes its weights from last.pt
     info = init_distributed(cfg.runtime.device)
-    undo_logging: Callable[[], None] | None = None
+    logs: _RunLogging | None = None
     trainer: _Trainer | None = None
+    folder = RunFolder(out) if info.is_main else None
     finished = False
     try:
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        barrier(info)
-        undo_logging = _setup_logging(out if info.is_main else None)
+        logs = _RunLogging(info.is_main)
+        # data, crop, memory and start weights are checked here, before anything is written
         trainer = _Trainer(cfg, out, info, show_progress, resume)
+        if folder is not None and logs is not None:
+            folder.create()
+            logs.to_file(out / "train.log")
+            remove_stale_staging(out)
+        barrier(info)
         result = trainer.run(max_iters, resume)
         finished = True
         return result
+    except SFNetError as exc:
+        if logs is not None:
+            logs.file_only(f"stopped: {exc}")  # a kept run folder says why it ends there
+        raise
     finally:
         # Teardown order (issue #9): the DDP wrapper (whose Reducer holds the process group),
         # the data loader and the model go first, while the group still exists; then every
@@ -177,8 +232,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_iters: int | None = None, r
         # then the group is destroyed.
         trainer = None
         gc.collect()
-        if undo_logging is not None:
-            undo_logging()
+        if logs is not None:
+            logs.undo()  # closes train.log before a failed run's files are removed
+        if folder is not None and not finished:
+            # no checkpoint yet: nothing worth keeping, and the corrected run may use the folder
+            folder.remove_created()
         cleanup_distributed(info, synchronize=finished)
 
 
@@ -198,11 +256,20 @@ class _Trainer:
                 f"{info.world_size} ranks"
             )
         self.batch_per_rank = cfg.schedule.batch_size // info.world_size
+        synced = info.enabled and cfg.runtime.sync_bn and self.device.type == "cuda"
+        if self.batch_per_rank < 2 and not synced:
+            # BatchNorm after the pyramid pooling's 1x1 bin sees one value per channel: torch
+            # refuses to train on it ("Expected more than 1 value per channel").
+            raise ConfigError(
+                f"schedule.batch_size: {cfg.schedule.batch_size} over {info.world_size} rank(s) is "
+                f"{self.batch_per_rank} image per rank; BatchNorm needs at least 2 per rank "
+                "(raise schedule.batch_size, or use SyncBatchNorm on several GPUs)")
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
         self.show_progress = (cfg.runtime.progress and sys.stderr.isatty()) if show_progress is None else show_progress
         mean, std = tuple(cfg.model.mean), tuple(cfg.model.std)
         self.train_set, self.val_set, self.classes = build_datasets(cfg.data, mean, std)
+        self._check_crop()
         self.centroids = self._class_uniform_index() if cfg.data.class_uniform.pct > 0 else None
 
         # Where the first weights come from: --resume (last.pt) > model.init_from > pretrained_backbone.
@@ -226,6 +293,8 @@ class _Trainer:
                                  cfg.model.options, mean, std)
         elif cfg.model.init_from and info.is_main:
             log.info("model.init_from %s not read: --resume continues from %s", cfg.model.init_from, out / "last.pt")
+        self._check_memory(1 + len(getattr(model, "aux_heads", ())))
+        self._check_samples()
         model = model.to(self.device)
         if cfg.runtime.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -248,8 +317,42 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.criterion = SegmentationLoss(cfg.loss, ignore_index=self.classes.ignore_index)
         self.iteration = 0
+        self.saved_iteration: int | None = None  # what last.pt holds (None: no last.pt)
         self.best_miou: float | None = None
         self.writer = None
+
+    def _check_crop(self) -> None:
+        """Before anything is written: the crop fits the training images."""
+        from sfnet_core.data.factory import check_crop_fits, largest_image_size
+
+        note = check_crop_fits(self.cfg.data, largest_image_size(self.train_set))
+        if note and self.info.is_main:
+            log.warning("%s", note)
+
+    def _check_samples(self) -> None:
+        """Before anything is written: the first sample of each split reads (DataError naming the file)."""
+        for dataset in (self.train_set, self.val_set):
+            if dataset is not None and len(dataset):
+                if hasattr(dataset, "load"):
+                    dataset.load(0)  # the decoded, checked pair, without the transform's randomness
+                else:
+                    dataset[0]
+
+    def _check_memory(self, heads: int) -> None:
+        """Refuse a batch that cannot fit: a lower bound of one training step's memory (input,
+        labels, and every head's full-resolution logits with their gradients; the network's
+        own activations come on top) against what the device has free."""
+        if self.device.type == "cuda":
+            free, where = torch.cuda.mem_get_info(self.device)[0], f"free on {self.device}"
+            ranks = 1
+        else:
+            free = _mem_available()
+            if free is None:
+                return
+            ranks = int(os.environ.get("LOCAL_WORLD_SIZE", self.info.world_size))
+            where = "available (MemAvailable in /proc/meminfo)" + (f" for {ranks} ranks" if ranks > 1 else "")
+        check_step_memory(self.cfg.data.crop_size, self.batch_per_rank, self.cfg.schedule.batch_size, heads,
+                          self.classes.num_classes, free, where, ranks)
 
     def _class_uniform_index(self):
         """The per-class centroid index of the training set: rank 0 builds (or loads) it, then the others load it."""
@@ -287,7 +390,16 @@ class _Trainer:
     def _save(self, name: str, with_state: bool) -> None:
         from sfnet_core.checkpoint import save_checkpoint
 
+        # every rank checks (their parameters are identical), so all of them stop alike
+        bad, total = _non_finite_tensors(self.model.state_dict(), self.optimizer.state_dict()["state"])
+        if bad:
+            raise SFNetError(
+                f"iteration {self.iteration}: {len(bad)} of {total} weight and optimiser tensors hold NaN or "
+                f"infinity (e.g. {bad[0]}): training diverged; {name} was not written, {self._kept()}; "
+                "lower optim.lr or check the data")
         if not self.info.is_main:
+            if name == "last.pt" and with_state:
+                self.saved_iteration = self.iteration
             return
         save_checkpoint(
             self.out / name, self.model, self.cfg.model.name, self.classes,
@@ -295,6 +407,13 @@ class _Trainer:
             normalization={"mean": list(self.cfg.model.mean), "std": list(self.cfg.model.std)},
             train_state=self._train_state() if with_state else None,
         )
+        if name == "last.pt" and with_state:
+            self.saved_iteration = self.iteration
+
+    def _kept(self) -> str:
+        if self.saved_iteration is None:
+            return "there is no last.pt"
+        return f"last.pt keeps iteration {self.saved_iteration}"
 
     def _restore(self) -> bool:
         from sfnet_core.checkpoint import load_checkpoint
@@ -326,6 +445,7 @@ class _Trainer:
         self.iteration = int(state["iteration"])
         self.best_miou = state.get("best_miou")
         set_rng_state(state["rng"])
+        self.saved_iteration = self.iteration
         log.info("resumed from %s at iteration %d", path, self.iteration)
         return True
 
@@ -412,6 +532,7 @@ class _Trainer:
         metrics = None
         try:
             window_start, window_iters, loss_sum = time.perf_counter(), 0, 0.0
+            first, last_line = self.iteration + 1, time.perf_counter()
             for images, targets in self._loader(stop):
                 it = self.iteration
                 # Model-side randomness (dropout) as a function of the iteration as well, so it
@@ -424,9 +545,7 @@ class _Trainer:
                 with autocast(self.device, self.precision):
                     logits, aux_logits = self.ddp(images)
                     loss, parts = self.criterion(logits, aux_logits, targets)
-                if not torch.isfinite(loss):
-                    raise SFNetError(f"iteration {it}: the loss is {loss.item()} (diverged); "
-                                     "lower optim.lr or check the data")
+                self._check_loss(loss, parts, it + 1)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -440,13 +559,19 @@ class _Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
 
-                if self.info.is_main and (self.iteration % rt.log_interval == 0 or self.iteration == stop):
-                    elapsed = time.perf_counter() - window_start
+                regular = self.iteration % rt.log_interval == 0 or self.iteration == stop
+                # early lines (first iteration, then every PROGRESS_SECONDS) so a slow run is not
+                # silent; they go to the log only, TensorBoard keeps its regular steps
+                early = self.iteration == first or time.perf_counter() - last_line >= PROGRESS_SECONDS
+                if self.info.is_main and (regular or early):
+                    last_line = time.perf_counter()
+                    elapsed = last_line - window_start
                     speed = window_iters / elapsed if elapsed > 0 else float("nan")
                     eta = (stop - self.iteration) / speed if speed > 0 else float("nan")
                     log.info("iter %d/%d loss %.4f (main %.4f aux %.4f) lr %.3e %.2f it/s eta %s",
                              self.iteration, cfg.schedule.iterations, loss_sum / window_iters, parts["main"],
                              parts["aux"], lr, speed, _fmt_eta(eta))
+                if self.info.is_main and regular:
                     self.writer.add_scalar("train/loss", loss_sum / window_iters, self.iteration)
                     self.writer.add_scalar("train/loss_main", parts["main"], self.iteration)
                     self.writer.add_scalar("train/loss_aux", parts["aux"], self.iteration)
@@ -475,6 +600,24 @@ class _Trainer:
         finally:
             bar.close()  # also on errors: tqdm's monitor thread must not outlive the run
         return metrics
+
+    def _check_loss(self, loss: torch.Tensor, parts: dict[str, float], iteration: int) -> None:
+        """Stop before the optimiser step when the loss is NaN or infinite (on any rank: under
+        DDP the ranks agree first, so none is left waiting in the gradient all-reduce)."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.info.enabled:
+            torch.distributed.all_reduce(bad)
+        if not bad.item():
+            return
+        value = float(loss.detach())
+        if math.isfinite(value):
+            what = "the loss of another rank is not finite"
+        else:
+            terms = [f"{name} loss {v}" for name, v in parts.items() if not math.isfinite(v)]
+            what = f"the loss is {value} ({', '.join(terms) or 'its finite terms overflowed'})"
+        raise SFNetError(
+            f"iteration {iteration}: {what}: training diverged; stopped before the update, {self._kept()}; "
+            "lower optim.lr or check the data")
 
     def _record_validation(self, metrics: dict) -> None:
         miou = float(metrics["miou"])
@@ -521,6 +664,61 @@ def _changed_keys(old: Any, new: Any, prefix: str = "", skip: tuple[str, ...] = 
             continue
         out += _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
     return out
+
+
+def _non_finite_tensors(*trees: Any) -> tuple[list[str], int]:
+    """Names of the floating-point tensors holding NaN or infinity in nested dicts, and the
+    number of tensors looked at."""
+    bad: list[str] = []
+    total = 0
+
+    def walk(node: Any, name: str) -> None:
+        nonlocal total
+        if isinstance(node, torch.Tensor):
+            total += 1
+            if node.is_floating_point() and not bool(torch.isfinite(node).all()):
+                bad.append(name)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{name}.{key}" if name else str(key))
+
+    for i, tree in enumerate(trees):
+        walk(tree, "" if i == 0 else "optimizer")
+    return bad, total
+
+
+def step_memory_lower_bound(crop_size: tuple[int, int], batch_per_rank: int, heads: int, num_classes: int) -> int:
+    """Bytes one training step needs at least on one rank: the input (float32) and labels (int64),
+    and each head's logits at full resolution (the loss upsamples them to the label) with their
+    gradients. The network's own activations come on top, so the real need is larger."""
+    ch, cw = crop_size
+    return batch_per_rank * ch * cw * (3 * 4 + 8 + heads * num_classes * 4 * 2)
+
+
+def check_step_memory(crop_size: tuple[int, int], batch_per_rank: int, batch_size: int, heads: int,
+                      num_classes: int, free: int, where: str, ranks: int = 1) -> None:
+    """ConfigError saying the estimate and the fix when ``step_memory_lower_bound`` (x ``ranks``
+    sharing the memory) exceeds ``free`` bytes."""
+    needed = step_memory_lower_bound(crop_size, batch_per_rank, heads, num_classes) * ranks
+    if needed > free:
+        ch, cw = crop_size
+        raise ConfigError(
+            f"data.crop_size: {ch}x{cw} crops, {batch_per_rank} per rank (schedule.batch_size {batch_size}), "
+            f"need at least {needed / 1e9:.1f} GB for one training step (the full-resolution logits of "
+            f"{heads} head(s) x {num_classes} classes and their gradients alone), more than the "
+            f"{free / 1e9:.1f} GB {where}; lower data.crop_size or schedule.batch_size")
+
+
+def _mem_available() -> int | None:
+    """Bytes of MemAvailable in /proc/meminfo (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _fmt_eta(seconds: float) -> str:

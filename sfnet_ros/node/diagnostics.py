@@ -15,31 +15,43 @@ Keys in each camera's DiagnosticStatus (values are strings, as KeyValue requires
 dropped), ``seconds_since_last_frame`` (since activation while none came), ``output_subscribers``
 (subscriptions matched on this camera's image outputs), ``qos_incompatible`` (the incompatible
 QoS peers of this camera's topics, offered and requested policies; empty when none),
-``qos_incompatible_events_total``, and the camera_info counts since activation:
+``qos_incompatible_events_total``, the loss counts (``lost_dds`` and ``lost_stamp_gaps`` in the
+window and their ``*_total`` twins: frames DDS reported lost between a matched publisher and the
+node through the subscription's message-lost event, and frames missing by the header stamps
+against the camera's observed period, ``stamp_period_ms``; ``loss_ratio``: the larger of the two
+over the window's received + lost; ``message_lost_event``: whether the rclpy/RMW in use delivers
+that event), ``input_publishers`` (publishers matched on the camera's input), and the camera_info
+counts since activation:
 ``camera_info_received_total``, ``camera_info_published_total`` (segmentation/camera_info
 messages sent), ``camera_info_stamp_mismatch_total`` (of those, sent with the newest camera_info
 because none carried the frame's stamp) and ``frames_without_camera_info_total`` (frames published
 before any camera_info arrived: no segmentation/camera_info for them).
 
 Levels: ERROR when no frame came for ``input_timeout_error`` s; WARN when the node is not active,
-no frame came for ``input_timeout_warn`` s, a peer has incompatible QoS, or frames were dropped
-(bad input, too large) in the window; OK otherwise. The message names every cause, and says when
-frames arrive but no output has a subscriber (so none is processed).
+no frame came for ``input_timeout_warn`` s, a peer has incompatible QoS, frames were dropped
+(bad input, too large) in the window, or the window's loss ratio is above ``input_loss_warn``; OK
+otherwise. The message names every cause, and says when frames arrive but no output has a
+subscriber (so none is processed). A camera whose input has a matched publisher but that received
+nothing within the timeout says exactly that, and points at docs/transport.md.
 """
 from __future__ import annotations
 
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 __all__ = [
+    "LOSS_CAUSE",
     "CameraStats",
+    "StampGaps",
     "StatsWindow",
     "camera_status",
     "diagnostic_array",
+    "loss_ratio",
     "node_status",
     "process_memory_mb",
 ]
@@ -56,8 +68,59 @@ class StatsWindow:
     dropped_bad_input: int = 0
     dropped_too_large: int = 0
     skipped_no_subscribers: int = 0
+    lost_dds: int = 0           # DDS message-lost events (total_count_change)
+    lost_stamp_gaps: int = 0    # frames missing by the header stamps
     receive_to_publish_ms: list[float] = field(default_factory=list)
     stamp_to_publish_ms: list[float] = field(default_factory=list)
+
+
+#: The stamp-gap rule: the camera's period is a low percentile of its last STAMP_HISTORY stamp
+#: intervals (robust to jitter and to the long intervals of the gaps themselves), estimated once
+#: STAMP_MIN_INTERVALS are known; an interval of at least STAMP_GAP_FACTOR periods misses
+#: round(interval / period) - 1 frames. Longer than STAMP_RESTART_S (a camera or bag restarted, a
+#: pause) or backwards (a bag played again) is a new start, not loss: the input timeout reports
+#: silence.
+STAMP_HISTORY = 16
+STAMP_MIN_INTERVALS = 4
+STAMP_PERCENTILE = 0.25
+STAMP_GAP_FACTOR = 1.5
+STAMP_RESTART_S = 5.0
+#: What the message says about frames that went missing (counted by DDS or by the stamps).
+LOSS_CAUSE = ("large frames lost in transport (a publisher without the large-frame Fast DDS profile?), the "
+              "node's input queue overflowing (qos_depth), or the camera dropping frames: see docs/transport.md")
+
+
+class StampGaps:
+    """Frames missing between consecutive header stamps of one camera (not thread-safe: the
+    caller holds its lock)."""
+
+    def __init__(self) -> None:
+        self._last_ns: int | None = None
+        self._intervals: deque[int] = deque(maxlen=STAMP_HISTORY)
+
+    def period_ns(self) -> int | None:
+        """The camera's observed period (None until STAMP_MIN_INTERVALS intervals are known)."""
+        if len(self._intervals) < STAMP_MIN_INTERVALS:
+            return None
+        ordered = sorted(self._intervals)
+        return ordered[int(STAMP_PERCENTILE * (len(ordered) - 1))]
+
+    def observe(self, stamp_ns: int) -> int:
+        """Take the stamp of the next received frame; returns the frames missing before it."""
+        if stamp_ns <= 0:  # an unstamped camera: nothing to judge by
+            return 0
+        last, self._last_ns = self._last_ns, stamp_ns
+        if last is None or stamp_ns == last:
+            return 0
+        interval = stamp_ns - last
+        if interval < 0 or interval > STAMP_RESTART_S * 1e9:
+            self._intervals.clear()
+            return 0
+        period = self.period_ns()
+        self._intervals.append(interval)
+        if not period or interval < STAMP_GAP_FACTOR * period:
+            return 0
+        return max(1, round(interval / period) - 1)
 
 
 class CameraStats:
@@ -78,11 +141,14 @@ class CameraStats:
         self.camera_info_published_total = 0
         self.camera_info_stamp_mismatch_total = 0
         self.frames_without_camera_info_total = 0
+        self._stamps = StampGaps()
+        # time.monotonic() since which the input has had a matched publisher (None: none now).
+        self.publisher_since: float | None = None
         # endpoint ("input" or an output topic) -> (text of the incompatibility, time.monotonic()
         # of the event), kept while the incompatible peer exists (the node re-checks the graph).
         self._qos_incompatible: dict[str, tuple[str, float]] = {}
 
-    def received(self, replaced_stale: bool) -> None:
+    def received(self, replaced_stale: bool, stamp_ns: int = 0) -> None:
         with self._lock:
             self.last_received = time.monotonic()
             self._window.received += 1
@@ -90,6 +156,32 @@ class CameraStats:
             if replaced_stale:
                 self._window.dropped_stale += 1
                 self.totals.dropped_stale += 1
+            missing = self._stamps.observe(stamp_ns)
+            if missing:
+                self._window.lost_stamp_gaps += missing
+                self.totals.lost_stamp_gaps += missing
+
+    def message_lost(self, count: int) -> None:
+        """DDS reported ``count`` more messages lost between a matched publisher and us."""
+        if count <= 0:
+            return
+        with self._lock:
+            self._window.lost_dds += count
+            self.totals.lost_dds += count
+
+    def stamp_period_ms(self) -> float:
+        with self._lock:
+            period = self._stamps.period_ns()
+        return math.nan if period is None else period / 1e6
+
+    def publishers_seen(self, count: int, now: float | None = None) -> None:
+        """The input's matched publisher count, as the diagnostics timer sees it."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if count <= 0:
+                self.publisher_since = None
+            elif self.publisher_since is None:
+                self.publisher_since = now
 
     def dropped_stale(self, count: int = 1) -> None:
         with self._lock:
@@ -184,13 +276,23 @@ def _level_value(level: object) -> int:
     return level[0] if isinstance(level, bytes) else int(level)
 
 
+def loss_ratio(window: StatsWindow) -> float:
+    """Frames lost in the window over frames that should have arrived (received + lost); the DDS
+    count and the stamp count see the same losses, so the larger of the two is taken."""
+    lost = max(window.lost_dds, window.lost_stamp_gaps)
+    return lost / (window.received + lost) if lost else 0.0
+
+
 def camera_status(name: str, hardware_id: str, window: StatsWindow, stats: CameraStats,
                   active: bool, input_timeout_warn: float = 0.0, input_timeout_error: float = 0.0,
-                  output_subscribers: int = -1, now: float | None = None) -> DiagnosticStatus:
+                  output_subscribers: int = -1, now: float | None = None, input_publishers: int = -1,
+                  input_loss_warn: float = 1.0, message_lost_event: str = "unknown") -> DiagnosticStatus:
     """DiagnosticStatus of one camera for one window (see the module docstring for keys and levels).
 
     ``output_subscribers``: subscriptions matched on the camera's image outputs (-1 = unknown).
-    ``now``: time.monotonic() of the snapshot (default: now).
+    ``now``: time.monotonic() of the snapshot (default: now). ``input_publishers``: publishers
+    matched on the camera's input (-1 = unknown). ``input_loss_warn``: WARN above this loss ratio.
+    ``message_lost_event``: ``yes``, or why the DDS message-lost count is not available.
     """
     now = time.monotonic() if now is None else now
     seconds = max(window.seconds, 1e-9)
@@ -206,13 +308,30 @@ def camera_status(name: str, hardware_id: str, window: StatsWindow, stats: Camer
     if not active:
         problems.append((DiagnosticStatus.WARN, "not active"))
     else:
-        what = "no frame received since activation" if last is None else "no frame"
+        timeout = None
         if input_timeout_error > 0 and silent_s >= input_timeout_error:
-            problems.append((DiagnosticStatus.ERROR,
-                             f"{what} for {silent_s:.1f} s (input_timeout_error {input_timeout_error:g} s)"))
+            timeout = (DiagnosticStatus.ERROR, f"input_timeout_error {input_timeout_error:g} s")
         elif input_timeout_warn > 0 and silent_s >= input_timeout_warn:
-            problems.append((DiagnosticStatus.WARN,
-                             f"{what} for {silent_s:.1f} s (input_timeout_warn {input_timeout_warn:g} s)"))
+            timeout = (DiagnosticStatus.WARN, f"input_timeout_warn {input_timeout_warn:g} s")
+        if timeout is not None:
+            level, limit = timeout
+            # Silent although a publisher has been matched all that time: frames are sent and lost.
+            since = stats.publisher_since
+            matched_s = None if since is None or input_publishers <= 0 else now - max(since, now - silent_s)
+            matched = matched_s is not None and matched_s >= min(t for t in (input_timeout_warn, input_timeout_error)
+                                                                  if t > 0)
+            if matched and last is None:
+                text = (f"{input_publishers} publisher(s) matched but no frame arrived in {silent_s:.1f} s ({limit}): "
+                        "large frames lost in transport? see docs/transport.md")
+            elif matched:
+                text = (f"no frame for {silent_s:.1f} s ({limit}) although {input_publishers} publisher(s) "
+                        "matched: large frames lost in transport? see docs/transport.md")
+            elif last is None:
+                nobody = "; no publisher matched" if input_publishers == 0 else ""
+                text = f"no frame received since activation for {silent_s:.1f} s ({limit}{nobody})"
+            else:
+                text = f"no frame for {silent_s:.1f} s ({limit})"
+            problems.append((level, text))
     for text in qos.values():
         problems.append((DiagnosticStatus.WARN, f"incompatible QoS: {text}"))
     if window.dropped_bad_input:
@@ -221,6 +340,13 @@ def camera_status(name: str, hardware_id: str, window: StatsWindow, stats: Camer
     if window.dropped_too_large:
         problems.append((DiagnosticStatus.WARN,
                          f"{window.dropped_too_large} frame(s) dropped: {stats.last_too_large}"))
+    ratio = loss_ratio(window)
+    if ratio > input_loss_warn:
+        lost = max(window.lost_dds, window.lost_stamp_gaps)
+        problems.append((DiagnosticStatus.WARN,
+                         f"{lost} of {window.received + lost} frame(s) lost in {window.seconds:.1f} s ({ratio:.0%} > "
+                         f"input_loss_warn {input_loss_warn:.0%}; DDS message-lost {window.lost_dds}, header-stamp "
+                         f"gaps {window.lost_stamp_gaps}): {LOSS_CAUSE}"))
 
     notes: list[str] = []
     if window.received and output_subscribers == 0:
@@ -257,6 +383,14 @@ def camera_status(name: str, hardware_id: str, window: StatsWindow, stats: Camer
         _kv("last_too_large", stats.last_too_large),
         _kv("seconds_since_last_frame", float(silent_s)),
         _kv("output_subscribers", output_subscribers),
+        _kv("input_publishers", input_publishers),
+        _kv("lost_dds", window.lost_dds),
+        _kv("lost_stamp_gaps", window.lost_stamp_gaps),
+        _kv("lost_dds_total", totals.lost_dds),
+        _kv("lost_stamp_gaps_total", totals.lost_stamp_gaps),
+        _kv("loss_ratio", float(ratio)),
+        _kv("stamp_period_ms", stats.stamp_period_ms()),
+        _kv("message_lost_event", message_lost_event),
         _kv("qos_incompatible", "; ".join(qos.values())),
         _kv("qos_incompatible_events_total", stats.qos_events_total),
         _kv("camera_info_received_total", stats.camera_info_received_total),
@@ -268,14 +402,15 @@ def camera_status(name: str, hardware_id: str, window: StatsWindow, stats: Camer
 
 
 def node_status(name: str, hardware_id: str, state: str, error: str,
-                details: dict[str, object]) -> DiagnosticStatus:
-    """The node's own status: lifecycle state, device, precision, model; ERROR after a failed configure."""
+                details: dict[str, object], warnings: list[str] | tuple[str, ...] = ()) -> DiagnosticStatus:
+    """The node's own status: lifecycle state, device, precision, model; ERROR after a failed
+    configure; WARN while not active or with ``warnings`` (e.g. another node of the same name)."""
     if error:
-        level, message = DiagnosticStatus.ERROR, error
-    elif state == "active":
+        level, message = DiagnosticStatus.ERROR, "; ".join([error, *warnings])
+    elif state == "active" and not warnings:
         level, message = DiagnosticStatus.OK, "active"
     else:
-        level, message = DiagnosticStatus.WARN, state
+        level, message = DiagnosticStatus.WARN, "; ".join([state, *warnings])
     status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id)
     status.values = [_kv("state", state)] + [_kv(k, v) for k, v in details.items()]
     return status

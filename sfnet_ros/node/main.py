@@ -33,6 +33,7 @@ from sfnet_ros.node.segmentation_node import (
     SegmentationNode,
 )
 from sfnet_ros.node.segmentation_node import __doc__ as NODE_DOC
+from sfnet_ros.transport_profile import apply_profile
 
 __all__ = ["main", "StopRequest"]
 
@@ -179,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _install_core_logging()
     stop = _stop_on_signals()  # from here on a signal never kills the process mid-way
+    # Before rclpy.init: Fast DDS reads its profile when the process's first participant is made.
+    # Started without the launch file, the node must not be blind to camera-sized frames.
+    profile = apply_profile()
     try:
         from rclpy.signals import SignalHandlerOptions
 
@@ -191,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         rclpy.try_shutdown()
         raise
+    node.transport_profile = profile.summary
+    (node.get_logger().warning if profile.warning else node.get_logger().info)(profile.message)
     node.on_exit_request = partial(stop.request, STOP_SHUTDOWN_MESSAGE)
     executor = SingleThreadedExecutor()
     executor.add_node(node)

@@ -33,6 +33,7 @@ __all__ = [
     "ParamSpec",
     "camera_prefix",
     "config_from_values",
+    "non_finite_error",
     "parameter_descriptor",
     "parameters_markdown",
     "spec",
@@ -243,6 +244,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "counting as input_timeout_warn, and larger than it). 0 = never.",
         value_range=(0.0, 3600.0),
     ),
+    ParamSpec(
+        "input_loss_warn", "double", 0.05,
+        "Share of a camera's frames lost in a diagnostics window above which its /diagnostics status "
+        "turns WARN, naming the likely cause (see docs/transport.md). Lost = the larger of the frames "
+        "DDS reported lost (message-lost event) and the frames missing by the header stamps against "
+        "the camera's observed period; share = lost / (received + lost). 0 = any loss, 1 = never.",
+        value_range=(0.0, 1.0),
+    ),
 )
 
 _BY_NAME = {p.name: p for p in PARAMETERS}
@@ -282,6 +291,7 @@ class NodeConfig:
     diagnostics_period: float
     input_timeout_warn: float
     input_timeout_error: float
+    input_loss_warn: float
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -296,6 +306,11 @@ _CAMERA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 
 def _bad(name: str, problem: str) -> ConfigError:
     return ConfigError(f"parameter '{name}': {problem}")
+
+
+def non_finite_error(name: str, value: float) -> ConfigError:
+    """The one error for NaN or infinity in a floating-point parameter (refused at configure)."""
+    return _bad(name, f"{value!r} is not a finite number (NaN and infinity are refused)")
 
 
 def _as_list(name: str, value: Any, item_type: type, item_text: str) -> list:
@@ -322,7 +337,7 @@ def _check_scalar(p: ParamSpec, value: Any) -> Any:
     if p.kind == "double":
         value = float(value)
         if not math.isfinite(value):
-            raise _bad(p.name, f"expected a finite number, got {value!r}")
+            raise non_finite_error(p.name, value)
     if p.value_range is not None:
         low, high = p.value_range
         if not low <= value <= high:
@@ -422,6 +437,7 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
         diagnostics_period=checked["diagnostics_period"],
         input_timeout_warn=warn,
         input_timeout_error=error,
+        input_loss_warn=checked["input_loss_warn"],
     )
 
 

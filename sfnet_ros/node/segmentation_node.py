@@ -33,7 +33,10 @@ cameras) and publishes. See docs/node.md.
 """
 from __future__ import annotations
 
+import inspect
 import json
+import math
+import os
 import threading
 import time
 import traceback
@@ -51,9 +54,9 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
 try:
-    from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+    from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks, UnsupportedEventTypeError
 except ImportError:  # Humble: the same classes, in their older module
-    from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
+    from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks, UnsupportedEventTypeError
 
 try:  # on every ROS install with the vision packages; optional here (not on PyPI)
     from vision_msgs.msg import LabelInfo, VisionClass
@@ -71,6 +74,7 @@ from sfnet_ros.node.params import (
     NodeConfig,
     camera_prefix,
     config_from_values,
+    non_finite_error,
     parameter_descriptor,
     spec,
     topic_token,
@@ -79,6 +83,11 @@ from sfnet_ros.node.qos import CLASSES_QOS, data_qos, endpoint_name, enum_name, 
 from sfnet_ros.node.worker import Frame, InferenceWorker, LatestFrameMailbox
 
 __all__ = ["SegmentationNode", "NODE_NAME"]
+
+# The DDS message-lost event (rcl RCL_SUBSCRIPTION_MESSAGE_LOST): SubscriptionEventCallbacks takes
+# ``message_lost`` from Galactic on (Humble's rclpy 3.3 included); an rclpy without it (Foxy) or an
+# RMW that does not implement the event (UnsupportedEventTypeError) leaves the stamp gaps only.
+MESSAGE_LOST_IN_RCLPY = "message_lost" in inspect.signature(SubscriptionEventCallbacks.__init__).parameters
 
 NODE_NAME = "sfnet_node"
 
@@ -100,6 +109,9 @@ SHUTDOWN_EXIT_DELAY_S = 0.3
 # An incompatible-QoS event is kept on /diagnostics at least this long before the graph check may
 # clear it (discovery data can lag behind the matching event).
 QOS_EVENT_MIN_AGE_S = 2.0
+
+# A message-lost event's total_count_change at or above this is not a count (see _on_message_lost).
+MESSAGE_LOST_INVALID = 2**31 - 1
 
 WORKER_THREAD_NAME = "sfnet_inference"
 STOP_SIGNAL_MESSAGE = "stop requested (SIGINT/SIGTERM): shutting down"
@@ -206,6 +218,15 @@ class SegmentationNode(LifecycleNode):
         self.on_exit_request: Any = None
         self._exit_timer: Any = None
 
+        # The large-frame Fast DDS profile this process runs with (main.py sets it from
+        # sfnet_ros.transport_profile before rclpy.init); reported on /diagnostics.
+        self.transport_profile = "unknown"
+        # "yes", or why frames lost by DDS cannot be counted (set when the first input subscribes).
+        self._message_lost_event = "yes" if MESSAGE_LOST_IN_RCLPY else (
+            "no: this rclpy's SubscriptionEventCallbacks has no message_lost (before Galactic)")
+        # Nodes of this node's fully qualified name on the domain, this one included, as the last
+        # graph check saw them (_check_duplicates).
+        self._same_name_count = 1
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_period = self._initial_diagnostics_period()
         self._diag_timer = self.create_timer(self._diag_period, self._publish_diagnostics)
@@ -225,6 +246,11 @@ class SegmentationNode(LifecycleNode):
                 # why, and let configure fail with that message until the value is fixed.
                 self.declare_parameter(p.name, p.default, descriptor, ignore_override=True)
                 self._param_errors[p.name] = f"parameter '{p.name}': invalid value ({exc})"
+                # NaN and infinity fail rclpy's range check: say so in params.py's own words.
+                override = getattr(self, "_parameter_overrides", {}).get(p.name)  # rclpy Node internals
+                value = getattr(override, "value", None)
+                if isinstance(value, float) and not math.isfinite(value):
+                    self._param_errors[p.name] = str(non_finite_error(p.name, value))
 
     def _parameter_values(self) -> dict[str, Any]:
         return {p.name: self.get_parameter(p.name).value for p in PARAMETERS}
@@ -335,6 +361,9 @@ class SegmentationNode(LifecycleNode):
         self._state = "active"
         self.get_logger().info(
             "active: " + "; ".join(f"{io.input_topic} -> {io.labels.topic_name}" for io in self._cameras.values()))
+        # What discovery knows now; the diagnostics timer checks again every period (a duplicate
+        # discovered later, or started later, is reported then).
+        self._check_duplicates()
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -465,10 +494,7 @@ class SegmentationNode(LifecycleNode):
                         incompatible_qos=partial(self._on_input_qos_incompatible, io, qos, "camera_info")))
                 io.camera_info_topic = io.camera_info_subscription.topic_name
                 msg_type = CompressedImage if config.transport == "compressed" else Image
-                io.subscription = self.create_subscription(
-                    msg_type, io.input_topic, partial(self._on_image, io), qos,
-                    event_callbacks=SubscriptionEventCallbacks(
-                        incompatible_qos=partial(self._on_input_qos_incompatible, io, qos, "input")))
+                io.subscription = self._input_subscription(io, msg_type, qos)
                 io.input_topic = io.subscription.topic_name  # resolved: what remaps made of it
         except Exception:
             # _close_io (called by on_activate) destroys what self._cameras holds.
@@ -479,6 +505,58 @@ class SegmentationNode(LifecycleNode):
             self._worker = InferenceWorker(self._mailbox, self._process, self._on_worker_error,
                                            name=WORKER_THREAD_NAME)
             self._worker.start()
+
+    def _input_subscription(self, io: CameraIO, msg_type: Any, qos: QoSProfile) -> Any:
+        """The camera's image subscription, with the incompatible-QoS and (where the rclpy and the
+        RMW have it) message-lost events."""
+        incompatible = partial(self._on_input_qos_incompatible, io, qos, "input")
+        if MESSAGE_LOST_IN_RCLPY and self._message_lost_event == "yes":
+            try:
+                return self.create_subscription(
+                    msg_type, io.input_topic, partial(self._on_image, io), qos,
+                    event_callbacks=SubscriptionEventCallbacks(
+                        incompatible_qos=incompatible, message_lost=partial(self._on_message_lost, io)))
+            except UnsupportedEventTypeError:
+                rmw = os.environ.get("RMW_IMPLEMENTATION") or "the default RMW"
+                self._message_lost_event = f"no: {rmw} does not support the message-lost event"
+                self.get_logger().warning(f"{self._message_lost_event}: frames lost in transport are counted by "
+                                          "their header stamps only")
+        return self.create_subscription(
+            msg_type, io.input_topic, partial(self._on_image, io), qos,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=incompatible))
+
+    def _input_publishers(self, io: CameraIO) -> int:
+        """Publishers matched on the camera's input (-1 if unknown)."""
+        subscription = io.subscription
+        if subscription is None:
+            return -1
+        count = getattr(subscription, "get_publisher_count", None)  # rclpy >= Iron
+        try:
+            return int(count()) if count is not None else int(self.count_publishers(io.input_topic))
+        except Exception:  # entities of a deactivation happening right now
+            return -1
+
+    def _check_duplicates(self) -> None:
+        """Count the nodes of this node's fully qualified name on the domain (the ROS graph, as
+        discovery knows it); log when another one appears or goes. Two nodes of one name both run,
+        but their services, parameters and /diagnostics names collide."""
+        name, namespace = self.get_name(), self.get_namespace()
+        try:
+            count = sum(1 for n, ns in self.get_node_names_and_namespaces() if n == name and ns == namespace)
+        except Exception:  # the context is going away
+            return
+        count = max(count, 1)
+        previous, self._same_name_count = self._same_name_count, count
+        if count > previous:
+            self.get_logger().warning(self._duplicate_text(count))
+        elif count < previous and count == 1:
+            self.get_logger().info(f"no other node named {self.get_fully_qualified_name()} on the domain any more")
+
+    def _duplicate_text(self, count: int) -> str:
+        domain = os.environ.get("ROS_DOMAIN_ID", "0")
+        return (f"{count} nodes named {self.get_fully_qualified_name()} on ROS domain {domain}: their services, "
+                "parameters and /diagnostics collide (a second instance started? give each its own name or "
+                "namespace: -r __node:=<name> / -r __ns:=<namespace>)")
 
     def _output(self, io: CameraIO, msg_type: Any, topic: str, qos: QoSProfile) -> Any:
         """A publisher whose incompatible-QoS events land in ``io``'s diagnostics."""
@@ -521,7 +599,28 @@ class SegmentationNode(LifecycleNode):
             replaced = self._mailbox.put(io.name, msg)
         except KeyError:
             return  # a late callback of an earlier activation's subscription
-        io.stats.received(replaced_stale=replaced is not None)
+        try:
+            stamp_ns = _stamp_ns(msg.header)
+        except (AttributeError, TypeError, ValueError):
+            stamp_ns = 0
+        io.stats.received(replaced_stale=replaced is not None, stamp_ns=stamp_ns)
+
+    def _on_message_lost(self, io: CameraIO, event: Any) -> None:
+        """Event: DDS lost messages between a matched publisher and this input (best effort: a
+        frame missing a fragment, or overwritten in the writer's shared-memory segment)."""
+        count = int(getattr(event, "total_count_change", 0) or 0)
+        if count >= MESSAGE_LOST_INVALID:
+            # Fast DDS 3.2 reports, when a writer resumes after a pause during which some of its
+            # samples were lost, one event of 2**31 - 1 (a negative difference of sequence numbers,
+            # saturated) next to the real ones: not a count (docs/transport.md).
+            self.get_logger().debug(f"ignoring a message-lost event of {count} on {io.input_topic}")
+            return
+        io.stats.message_lost(count)
+        if count > 0:
+            self.get_logger().warning(
+                f"{count} message(s) lost in transport on {io.input_topic} "
+                f"({getattr(event, 'total_count', '?')} since it subscribed): see docs/transport.md",
+                throttle_duration_sec=WARN_THROTTLE_S)
 
     def _on_camera_info(self, io: CameraIO, msg: CameraInfo) -> None:
         """Subscription callback: keep it for the frames of the same stamp (or later ones)."""
@@ -773,7 +872,11 @@ class SegmentationNode(LifecycleNode):
         # show up here too (by design there is never more than one).
         details["inference_threads"] = sum(1 for t in threading.enumerate() if t.name == WORKER_THREAD_NAME)
         details.update(diagnostics.process_memory_mb())
-        statuses = [diagnostics.node_status(name, hardware_id, self._state, self._last_error, details)]
+        details["fastdds_profile"] = self.transport_profile
+        self._check_duplicates()
+        details["nodes_with_this_name"] = self._same_name_count
+        warnings = [self._duplicate_text(self._same_name_count)] if self._same_name_count > 1 else []
+        statuses = [diagnostics.node_status(name, hardware_id, self._state, self._last_error, details, warnings)]
         now = time.monotonic()
         for io in list(self._cameras.values()):
             try:
@@ -782,12 +885,16 @@ class SegmentationNode(LifecycleNode):
                 subscribers = sum(p.get_subscription_count() for p in io.image_outputs())
             except Exception:  # entities of a deactivation happening right now
                 subscribers = -1
+            publishers = self._input_publishers(io)
+            io.stats.publishers_seen(publishers, now)
             statuses.append(diagnostics.camera_status(
                 f"{name}: {io.input_topic}", hardware_id, io.stats.take_window(), io.stats,
                 active=self._state == "active",
                 input_timeout_warn=config.input_timeout_warn if config else 0.0,
                 input_timeout_error=config.input_timeout_error if config else 0.0,
-                output_subscribers=subscribers, now=now))
+                output_subscribers=subscribers, now=now, input_publishers=publishers,
+                input_loss_warn=config.input_loss_warn if config else 1.0,
+                message_lost_event=self._message_lost_event))
         self._diag_pub.publish(diagnostics.diagnostic_array(self.get_clock().now().to_msg(), statuses))
 
     # -- start-up --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -30,7 +31,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, TypesysError, get_types_from_idl, get_types_from_msg, get_typestore
 
 from sfnet_core.errors import SFNetError
-from sfnet_core.io_utils import check_output, staging_path
+from sfnet_core.io_utils import check_output, missing_ancestors, remove_empty_folders, rename_noreplace, staging_path
 from sfnet_ros.conversions import ImageConversionError, compressed_to_rgb, image_to_numpy, image_to_rgb
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -360,6 +361,7 @@ class BagWriter:
         self.single_file = is_single_file_bag(self.path, storage)
         self.store = ros2_typestore()
         self._staging: Path | None = None
+        self._created: list[Path] = []
         self._writer: Writer | None = None
         self._connections: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
@@ -390,6 +392,7 @@ class BagWriter:
         # Noted before it exists, and removed on any failure here: a signal that lands right
         # after the mkdir (its exception raised by run_command's handler) leaves nothing behind.
         self._staging = staging = staging_path(self.path)
+        self._created = missing_ancestors(self.path)  # folders made for this bag: gone again if it fails
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             staging.mkdir()
@@ -436,12 +439,26 @@ class BagWriter:
             self._writer = None
             source = next(self._bag_dir.glob("*.mcap")) if self.single_file else self._bag_dir
             self._check_target()  # again: something may have appeared there while we recorded
+            if not self.overwrite:
+                try:  # and nothing that appears from now on is replaced either (no check-then-replace)
+                    rename_noreplace(source, self.path)
+                except (FileExistsError, IsADirectoryError, NotADirectoryError):
+                    raise BagError(f"{self.path}: appeared while the bag was being written; it was not replaced "
+                                   "(pass --overwrite to replace it, or choose another path)") from None
+                except OSError as exc:
+                    if exc.errno != errno.ENOTEMPTY:
+                        raise
+                    raise BagError(f"{self.path}: appeared while the bag was being written; it was not replaced "
+                                   "(pass --overwrite to replace it, or choose another path)") from None
+                self._created = []
+                return self.path
             if self.path.exists() or self.path.is_symlink():
                 # os.replace cannot put a folder onto a file or a non-empty folder: move the
                 # previous output aside first, remove it once the new one is in place
                 old = staging_path(self.path, "old")
                 os.replace(self.path, old)
             os.replace(source, self.path)
+            self._created = []
         except OSError as exc:
             raise BagError(f"{self.path}: cannot write bag: {exc.strerror or exc}") from None
         finally:
@@ -462,6 +479,8 @@ class BagWriter:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
+        remove_empty_folders(self._created)
+        self._created = []
 
 
 def image_topic_namespace(topic: str) -> str:

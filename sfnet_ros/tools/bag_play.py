@@ -176,13 +176,33 @@ class BagPlayer:
         with self._response_cond:
             self._response_cond.notify_all()
 
-    def wait_for_subscribers(self, count: int, timeout: float, topics: Sequence[str] | None = None) -> bool:
-        """Block until every played topic (or ``topics``) has ``count`` matched subscribers."""
+    def wait_topics(self, topics: Sequence[str] | None = None) -> list[str]:
+        """The played topics ``--wait-for-subscribers`` waits on: ``topics`` when given (each must
+        be played), else the lockstep input when there is one, else every played topic."""
+        if topics:
+            unknown = [t for t in topics if t not in self.publishers]
+            if unknown:
+                raise BagError(f"--wait-topics: {', '.join(unknown)} not played (played: {', '.join(self.publishers)})")
+            return list(topics)
+        return [self._lockstep_in] if self._lockstep_in else list(self.publishers)
+
+    def missing_subscribers(self, count: int, topics: Sequence[str]) -> list[str]:
+        """Of ``topics``, those with fewer than ``count`` matched subscribers (published names)."""
+        return [self.publishers[t].topic_name for t in topics if self.publishers[t].get_subscription_count() < count]
+
+    def wait_for_subscribers(self, count: int, timeout: float, topics: Sequence[str] | None = None,
+                             on_wait: Callable[[list[str]], None] | None = None) -> bool:
+        """Block until each of ``wait_topics(topics)`` has ``count`` matched subscribers; False on
+        timeout or stop. ``on_wait(missing)`` is called every 5 s while some are missing."""
         deadline = time.monotonic() + timeout
-        pubs = [self.publishers[t] for t in (topics or self.publishers)]
-        while not all(p.get_subscription_count() >= count for p in pubs):
+        chosen = self.wait_topics(topics)
+        next_report = time.monotonic() + 5.0
+        while missing := self.missing_subscribers(count, chosen):
             if time.monotonic() > deadline or self.stop_event.wait(0.05):
                 return False
+            if on_wait is not None and time.monotonic() >= next_report:
+                on_wait(missing)
+                next_report += 5.0
         return True
 
     def _new_stamp(self, original: int) -> int:
@@ -314,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restamp", action="store_true", help="rewrite header stamps to the publish time")
     p.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="publish a bag topic under another name")
     p.add_argument("--wait-for-subscribers", type=non_negative_int, default=0, metavar="N",
-                   help="before playing, wait until every played topic has N subscribers")
+                   help="before playing, wait until each topic of --wait-topics has N subscribers")
+    p.add_argument("--wait-topics", nargs="+", metavar="TOPIC",
+                   help="the (bag) topics --wait-for-subscribers waits on (default: the --lockstep input, "
+                        "else every played topic)")
     p.add_argument("--wait-timeout", type=positive_float, default=30.0, metavar="S",
                    help="seconds to wait for --wait-for-subscribers")
     p.add_argument("--lockstep", metavar="IN:OUT",
@@ -363,15 +386,22 @@ def main(argv: list[str] | None = None) -> int:
             player.stop()
         spinner = SpinThread(node)
         if args.wait_for_subscribers > 0:
-            print(f"sfnet-bag-play: waiting for {args.wait_for_subscribers} subscriber(s)", file=sys.stderr, flush=True)
-            if not player.wait_for_subscribers(args.wait_for_subscribers, args.wait_timeout):
+            waited = [player.publishers[t].topic_name for t in player.wait_topics(args.wait_topics)]
+            print(f"sfnet-bag-play: waiting for {args.wait_for_subscribers} subscriber(s) on {', '.join(waited)}",
+                  file=sys.stderr, flush=True)
+
+            def still_waiting(missing: list[str]) -> None:
+                print(f"sfnet-bag-play: still no subscriber on {', '.join(missing)}", file=sys.stderr, flush=True)
+
+            if not player.wait_for_subscribers(args.wait_for_subscribers, args.wait_timeout, args.wait_topics,
+                                               on_wait=still_waiting):
                 if player.stop_event.is_set():
                     print("sfnet-bag-play: stopped before playing", file=sys.stderr)
                     return 0
-                missing = [t for t, p in player.publishers.items()
-                           if p.get_subscription_count() < args.wait_for_subscribers]
+                missing = player.missing_subscribers(args.wait_for_subscribers, player.wait_topics(args.wait_topics))
                 print(f"sfnet-bag-play: error: fewer than {args.wait_for_subscribers} subscriber(s) on "
-                      f"{', '.join(missing)} after {args.wait_timeout} s", file=sys.stderr)
+                      f"{', '.join(missing)} after {args.wait_timeout} s (--wait-topics chooses the topics "
+                      "to wait on)", file=sys.stderr)
                 return 2
         print(f"sfnet-bag-play: playing {', '.join(player.publishers)} at rate {args.rate}",
               file=sys.stderr, flush=True)

@@ -45,9 +45,7 @@ IMAGE_TOPIC = "/front/image_raw"
 LABEL_TOPIC = "/front/labels"
 OUTPUTS = ["/front/segmentation/labels", "/front/segmentation/color"]
 START_TIMEOUT_S = 180.0
-# every file a demo run writes into --out: a folder holding these only is a previous demo's
-DEMO_FILES = ("drive.mcap", "drive_segmented.mcap", "node_outputs.mcap", "strip.png", "report.json",
-              "node.log", "record.log")
+TOOL = "sfnet-demo"  # the name in --out's manifest: --overwrite replaces only that tool's unchanged folder
 NUM_CLASSES = 19  # the synthetic drive is labelled with the Cityscapes train ids
 
 
@@ -74,9 +72,14 @@ def log(text: str) -> None:
     print(f"[sfnet-demo] {text}", file=sys.stderr, flush=True)
 
 
-def is_previous_demo(path: Path) -> bool:
-    """A folder holding a previous demo's report and nothing but demo files."""
-    return (path / "report.json").is_file() and all(p.name in DEMO_FILES for p in path.iterdir())
+def ros_domain_from_environment() -> int | None:
+    """``$ROS_DOMAIN_ID`` when it is set to a valid id (0-232), else None."""
+    text = os.environ.get("ROS_DOMAIN_ID", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) > 232:
+        raise SFNetError(f"ROS_DOMAIN_ID={text!r}: expected an integer from 0 to 232")
+    return int(text)
 
 
 def cache_key(config: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
@@ -259,7 +262,7 @@ def _check_options(opts: DemoOptions) -> tuple[Path, Path, Path | None]:
     checkpoint = Path(opts.checkpoint).expanduser().resolve() if opts.checkpoint else None
     # the cache is an input too: an --out holding it would be replaced with it
     out = check_output(opts.out, inputs=[config, checkpoint, Path(opts.cache_dir).expanduser()],
-                       overwrite=opts.overwrite, kind="dir", is_previous_output=is_previous_demo)
+                       overwrite=opts.overwrite, kind="dir", tool=TOOL)
     if opts.frames < 1 or opts.rate <= 0:
         raise SFNetError("--frames must be >= 1 and --rate > 0")
     from sfnet_core.devices import resolve_device
@@ -288,7 +291,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         size = (synthetic.height, synthetic.width)
     height, width = size
 
-    with atomic_write(out, replace_dir=True) as stage:
+    with atomic_write(out, overwrite=opts.overwrite, tool=TOOL, what="--out") as stage:
         stage.mkdir()
         # 1. the bag: a drive the network never saw (scene seed outside the training seeds)
         bag = stage / "drive.mcap"
@@ -307,7 +310,11 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                                mask_classes=["road", "car"], progress=True)
 
         # 4. live: the node as its own process, its own ROS domain, localhost only
-        domain = opts.domain_id or (os.getpid() % 90) + 10
+        domain = opts.domain_id
+        if domain is None:
+            domain = ros_domain_from_environment()
+        if domain is None:
+            domain = (os.getpid() % 90) + 10
         os.environ.update({"ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
                            "ROS_LOCALHOST_ONLY": "1", "PYTHONUNBUFFERED": "1"})
         env = dict(os.environ)
@@ -348,7 +355,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         report = {
             "checkpoint": str(checkpoint),
             "offline": {k: offline[k] for k in ("frames", "fps", "model_fps", "latency_ms", "miou", "device")},
-            "live": {k: live[k] for k in ("sent", "received", "dropped", "fps", "latency_ms", "miou")},
+            "live": {k: live[k] for k in ("sent", "received", "dropped", "drop_reasons", "fps", "latency_ms", "miou")},
             "files": {key: str(out / name) for key, name in files.items()},
         }
         (stage / "report.json").write_text(json.dumps(report, indent=2))
@@ -383,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=device_spec, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--rate", type=positive_float, default=1.0, help="playback rate into the node")
     p.add_argument("--lockstep", action="store_true", help="send a frame only after the previous one's labels")
-    p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID for the node (default: from the pid)")
+    p.add_argument("--domain-id", type=int, default=None,
+                   help="ROS_DOMAIN_ID for the node (default: $ROS_DOMAIN_ID, else one from the process id)")
     add_overwrite(p, "a previous demo's --out folder")
     return p
 
@@ -406,6 +414,8 @@ def _print_report(report: dict) -> int:
           f"{off['fps']} fps end to end, p50 {off['latency_ms']['p50']} ms/frame, mIoU {off['miou']}")
     print(f"Live (bag -> sfnet_node -> outputs): sent {live['sent']}, received {live['received']}, dropped "
           f"{live['dropped']}, {live['fps']} fps, latency p50 {lat['p50']} ms p99 {lat['p99']} ms, mIoU {live['miou']}")
+    for reason, count in live.get("drop_reasons", {}).items():
+        print(f"  dropped {count}: {reason}")
     print("Files:")
     for name, path in report["files"].items():
         print(f"  {name:17s} {path}")

@@ -17,8 +17,8 @@ label PNGs of the same names (from ``--label-topic``, or left to the labelling t
 Label values must be train ids of the class table (or its ignore index) and labels must have
 their image's size; anything else is an error, not a silently wrong dataset. The folder appears
 only when complete (staged next to it, renamed in); ``--overwrite`` replaces only a folder that
-sfnet-extract wrote and nobody changed since (a record of its files is kept in
-``.sfnet-extract.json``), so labelling work is never overwritten.
+sfnet-extract wrote and nobody changed since (a record of its files, with their SHA-256, is kept
+in ``.sfnet-manifest.json``: ``sfnet_core.io_utils``), so labelling work is never overwritten.
 """
 from __future__ import annotations
 
@@ -44,11 +44,12 @@ from sfnet_core.cli.common import (
 )
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import SFNetError
-from sfnet_core.io_utils import atomic_write, check_output
+from sfnet_core.io_utils import MANIFEST, atomic_write, check_output, foreign_files
 from sfnet_ros.conversions import ImageConversionError
 from sfnet_ros.tools.bag_io import BagError, BagReader, decode_image, decode_labels, stamp_name
 
-MARKER = ".sfnet-extract.json"  # the files this tool wrote: what --overwrite may replace
+TOOL = "sfnet-extract"  # the manifest's tool name (sfnet_core.io_utils): what --overwrite may replace
+MARKER = MANIFEST  # the record of the files this tool wrote
 
 
 def class_template(table: ClassTable, source: str) -> str:
@@ -65,28 +66,18 @@ def class_template(table: ClassTable, source: str) -> str:
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
+    """PNG through Python's file API: a full disk is an OSError naming the file (cv2.imwrite
+    would print a libpng line and return False)."""
     image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"cannot write {path}")
-
-
-def _files(root: Path) -> dict[str, list[int]]:
-    """relative path -> [size, mtime_ns] of every file under ``root`` except the marker."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name != MARKER:
-            stat = path.stat()
-            found[path.relative_to(root).as_posix()] = [stat.st_size, stat.st_mtime_ns]
-    return found
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise BagError(f"{path}: cannot encode the image as PNG")
+    path.write_bytes(buf.tobytes())
 
 
 def is_previous_extract(path: Path) -> bool:
     """True when ``path`` was written by sfnet-extract and nothing in it was added or changed since."""
-    try:
-        recorded = json.loads((path / MARKER).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return recorded == _files(path)
+    return foreign_files(path, TOOL) == []
 
 
 def split_by_time(names: list[str], val_fraction: float | None, split: str | None) -> dict[str, str | None]:
@@ -119,8 +110,7 @@ def extract(
         raise BagError("--split and --val-fraction exclude each other (--val-fraction writes train and val)")
     if split is not None and (not split or "/" in split or split.startswith(".")):
         raise BagError(f"--split: {split!r} is not a folder name")
-    out_path = check_output(out, inputs=[bag, classes], overwrite=overwrite, kind="dir",
-                            is_previous_output=is_previous_extract)
+    out_path = check_output(out, inputs=[bag, classes], overwrite=overwrite, kind="dir", tool=TOOL)
     table = ClassTable.from_yaml(classes) if classes else ClassTable.cityscapes()
     source = str(classes) if classes else "the Cityscapes train ids"
     min_gap_ns = int(1e9 / rate_hz) if rate_hz else 0
@@ -142,7 +132,7 @@ def extract(
                            f"classes: 0..{table.num_classes - 1}, {table.ignore_index} = ignore); pass the "
                            "class table of these labels with --classes")
 
-    with BagReader(bag) as reader, atomic_write(out_path, replace_dir=True) as staging:
+    with BagReader(bag) as reader, atomic_write(out_path, overwrite=overwrite, tool=TOOL, what="--out") as staging:
         info = reader.check_topic(image_topic)
         if label_topic:
             reader.check_topic(label_topic, what="label topic")
@@ -198,7 +188,6 @@ def extract(
                 if part is not None and source_file.exists():
                     os.replace(source_file, staging / folder / part / f"{name}.png")
         (staging / "classes.yaml").write_text(class_template(table, source), encoding="utf-8")
-        (staging / MARKER).write_text(json.dumps({"files": _files(staging)}), encoding="utf-8")
     splits = sorted({p for p in assignment.values() if p is not None})
     counts = {p: sum(1 for v in assignment.values() if v == p) for p in splits}
     return {"out": str(out), "images": len(kept), "labels": len(labelled), "frames_in_bag": seen,

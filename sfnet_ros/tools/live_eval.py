@@ -6,6 +6,8 @@ Frames of ``--image-topic`` are published (restamped with the publish time, at r
 scaled by ``--rate``) on ``--input-topic`` (default: the same name); the node's
 ``<namespace>/segmentation/labels`` are collected. Report (one JSON object on stdout):
 ``sent``, ``received``, ``dropped`` (sent - received: frames the node skipped or DDS lost),
+``drop_reasons`` (each dropped frame's reason, from the node's /diagnostics counters: never
+reached the node, replaced by a newer frame while the node was busy, refused, ...),
 ``latency_ms`` percentiles of *end-to-end* latency = arrival time of the labels - header stamp
 (= publish time: DDS in, decode, inference, publish, DDS out), ``fps`` = received frames / time from
 the first publish to the last arrival, and, against the bag's ground truth (matched through the
@@ -53,6 +55,27 @@ class _Collector:
         self.answered: set[int] = set()  # original stamps with labels
         self.last_arrival = 0
         self.errors: list[str] = []
+        # input topic -> the node's latest counters for it, and when they arrived (time_ns)
+        self.node_counters: dict[str, dict[str, str]] = {}
+        self._counters_at: dict[str, int] = {}
+        self._diagnostics = threading.Condition(self.lock)
+
+    def on_diagnostics(self, msg: Any) -> None:
+        """Keep each camera's counters: a camera status is named "<node>: <input topic>"."""
+        with self.lock:
+            for status in msg.status:
+                node_name, sep, topic = status.name.partition(": ")
+                if sep and topic.startswith("/"):
+                    self.node_counters[topic] = {kv.key: kv.value for kv in status.values}
+                    self._counters_at[topic] = time.time_ns()
+            self._diagnostics.notify_all()
+
+    def wait_for_diagnostics(self, topic: str, after_ns: int, timeout: float) -> None:
+        """Wait (bounded) for counters of ``topic`` that arrived after ``after_ns``."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while self._counters_at.get(topic, 0) <= after_ns and time.monotonic() < deadline:
+                self._diagnostics.wait(0.1)
 
     def on_publish(self, _topic: str, original: int, published: int) -> None:
         with self.lock:
@@ -87,6 +110,39 @@ class _Collector:
         with self.lock:
             self.metrics.update(pred, truth)
             self.matched += 1
+
+
+# The node's /diagnostics counters (since activation) that explain a frame sent but not answered.
+NODE_DROP_COUNTERS = {
+    "dropped_stale_total": "replaced by a newer frame while the node was busy (the node is slower than --rate)",
+    "dropped_bad_input_total": "refused by the node as bad input (its last_bad_input says why)",
+    "dropped_too_large_total": "larger than the node's max_input_pixels",
+    "skipped_no_subscribers_total": "not processed: no subscriber on any output when it arrived",
+}
+
+
+def drop_reasons(sent: int, received: int, counters: dict[str, str] | None) -> dict[str, int]:
+    """Why ``sent - received`` frames got no answer, from the node's per-camera counters (read off
+    /diagnostics after the run; they count since activation, so a node that saw frames before this
+    run overstates them): frames that never reached the node, dropped by it (by reason), published
+    but not received here. Without the node's diagnostics the whole count is "unknown"."""
+    dropped = sent - received
+    if dropped <= 0:
+        return {}
+    if counters is None:
+        return {"unknown (no /diagnostics from the node for this camera)": dropped}
+
+    def count(key: str) -> int:
+        try:
+            return int(float(counters.get(key, "0")))
+        except ValueError:
+            return 0
+
+    reasons = {text: count(key) for key, text in NODE_DROP_COUNTERS.items()}
+    reasons["never reached the node (lost in transport: see docs/transport.md)"] = \
+        max(sent - count("frames_received_total"), 0)
+    reasons["published by the node but not received here"] = max(count("frames_published_total") - received, 0)
+    return {text: n for text, n in reasons.items() if n > 0} or {"unknown (the node's counters show none)": dropped}
 
 
 def _load_ground_truth(bag: str | Path, image_topic: str, label_topic: str | None, num_classes: int = 19,
@@ -164,6 +220,9 @@ def live_evaluate(
         except Exception as exc:  # InvalidTopicNameException
             raise SFNetError(f"--labels-topic: {labels_topic!r} is not a valid topic name "
                              f"({str(exc).splitlines()[0]})") from None
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        node.create_subscription(DiagnosticArray, "/diagnostics", collector.on_diagnostics, 10)
         player = BagPlayer(node, bag, [image_topic], rate=rate, qos=qos, restamp=True,
                            remap={image_topic: input_topic},
                            lockstep=(image_topic, labels_topic) if lockstep else None,
@@ -193,6 +252,8 @@ def live_evaluate(
             elif time.monotonic() - idle_since > drain_timeout:
                 break
             time.sleep(0.02)
+        if collector.received < sent:  # the node's counters after the last frame, to say why
+            collector.wait_for_diagnostics(input_topic, after_ns=time.time_ns(), timeout=drain_timeout)
     finally:
         if spinner is not None:
             spinner.stop()
@@ -213,6 +274,7 @@ def live_evaluate(
             "sent": sent,
             "received": received,
             "dropped": sent - received,
+            "drop_reasons": drop_reasons(sent, received, collector.node_counters.get(input_topic)),
             "resent": stats.lockstep_resent,  # lockstep: frames sent again after a lost answer
             "fps": round(received / span_s, 3) if span_s > 0 else None,
             "latency_ms": percentiles(collector.latencies),
@@ -281,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         if "miou" in report:
             summary += f", mIoU {report['miou']} over {report['matched']} frames"
         print(summary, file=sys.stderr)
+        for reason, count in report["drop_reasons"].items():
+            print(f"  dropped {count}: {reason}", file=sys.stderr)
         print(json.dumps(report))
         return 0
 

@@ -1,5 +1,10 @@
 """What the tools that start rclpy share: the ROS arguments of a command line, and ``rclpy.init``.
 
+``init_rclpy`` also applies the large-frame Fast DDS profile before ``rclpy.init``
+(``sfnet_ros.transport_profile``, the rule the node applies too): a tool that plays, records or
+evaluates camera frames is not blind to them when started without the profile exported
+(``SFNET_FASTDDS_PROFILE=off`` switches it off; docs/transport.md).
+
 ``rclpy.init()`` without ``args`` reads ``sys.argv``, where a tool's own ``NAME:=VALUE``
 arguments (``sfnet-bag-record --type /front/image_raw:=sensor_msgs/msg/Image``) would be taken
 as remaps. So each tool splits its command line: the ``--ros-args ... [--]`` sections go to rclpy,
@@ -63,10 +68,20 @@ def _stderr_held() -> Iterator[list[bytes]]:
 def init_rclpy(prog: str, ros_args: Sequence[str], context: Any = None) -> None:
     """``rclpy.init`` with only ``ros_args`` and without rclpy's signal handlers (each tool
     handles SIGINT/SIGTERM itself so that its outputs are finalised or removed). Malformed ROS
-    arguments are one SFNetError naming them (rcl's own log line about them is dropped)."""
+    arguments are one SFNetError naming them (rcl's own log line about them is dropped).
+
+    First the large-frame Fast DDS profile is applied to this process
+    (``sfnet_ros.transport_profile.apply_profile``); the decision is logged once rclpy runs: at
+    debug level when this package's profile is applied or the RMW is not Fast DDS (the expected
+    cases, so a tool's stderr stays its own), as info when the user's own profile is kept or the
+    profile is switched off, as a warning when the profile file is missing."""
     import rclpy
+    from rclpy.logging import get_logger
     from rclpy.signals import SignalHandlerOptions
 
+    from sfnet_ros.transport_profile import apply_profile
+
+    profile = apply_profile()
     failure = None
     with _stderr_held() as held:
         try:
@@ -78,6 +93,13 @@ def init_rclpy(prog: str, ros_args: Sequence[str], context: Any = None) -> None:
         raise SFNetError(f"invalid ROS arguments {' '.join(ros_args)!r}: {reason}")
     if held and held[0]:
         sys.stderr.write(held[0].decode(errors="replace"))
+    logger = get_logger(prog)
+    if profile.warning:
+        logger.warning(profile.message)
+    elif profile.action in ("package", "other-rmw"):
+        logger.debug(profile.message)
+    else:
+        logger.info(profile.message)
 
 
 def leave_rclpy(node: Any, previous_handlers: dict[int, Any]) -> None:
