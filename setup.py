@@ -50,6 +50,7 @@ setup(
             "sfnet-extract = sfnet_ros.tools.entry:sfnet_extract",
             "sfnet-demo = sfnet_ros.tools.entry:sfnet_demo",
             "sfnet-status = sfnet_ros.tools.entry:sfnet_status",
+            "sfnet-synthetic-bag = sfnet_ros.tools.entry:sfnet_synthetic_bag",
         ],
     },
 )

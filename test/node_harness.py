@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -547,3 +548,54 @@ def processes_on_domain(domain: str, markers: Sequence[str] = ("sfnet_ros.node",
         if any(marker in cmdline for marker in markers) and f"ROS_DOMAIN_ID={domain}".encode() in environ:
             found.append(f"{entry.name}: {cmdline}")
     return found
+
+
+class ScriptedProcess:
+    """A helper process running a Python ``script`` (e.g. a camera publishing frames on request):
+    commands go to its stdin one line each, its answers are read from stdout by a thread so that
+    every wait has a deadline (``expect``), its stderr goes to ``log_path``. Use as a context
+    manager (or call ``close``): the process never outlives it."""
+
+    def __init__(self, script: str, args: Sequence[str], env: Mapping[str, str], log_path: Path,
+                 ready_timeout: float = 180.0) -> None:
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by close(), the process writes to it
+        self.process = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=dict(env),
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                        text=True, bufsize=1, start_new_session=True)
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [self._lines.put(line) for line in self.process.stdout], daemon=True).start()
+        self.expect("ready", ready_timeout)
+
+    def expect(self, word: str, timeout: float) -> list[str]:
+        """The words after ``word`` of the next line the process prints (RuntimeError, with its log,
+        when another line or nothing comes within ``timeout``)."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            line = ""
+        if not line.startswith(word):
+            self.close()
+            raise RuntimeError(f"helper process said {line!r} instead of {word!r} within {timeout:.0f} s:\n"
+                               f"{self.log_path.read_text(errors='replace')[-3000:]}")
+        return line.split()[1:]
+
+    def send(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def __enter__(self) -> ScriptedProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()

@@ -190,3 +190,36 @@ def test_clear_errors_and_no_partial_output(tmp_path: Path, capsys: pytest.Captu
                                                         *common, "--mask-classes", "sky_lantern")
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt", "garbage.mcap", "good.mcap", "odd.mcap"]
+
+
+def test_strips_show_a_time_range_without_foxglove(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   checkpoint: Path) -> None:
+    """--strips DIR: input | labels | overlay PNGs for the frames of a time range (10 Hz drive:
+    0.1-0.3 s = frames 1..3), every frame still evaluated; the folder follows the output rules."""
+    import cv2
+
+    from sfnet_core.viz import colorize
+
+    bag, images, _ = write_synthetic_bag(tmp_path / "drive.mcap", N, H, W, seed=4)
+    strips = tmp_path / "strips"
+    args = ["--bag", bag, "--image-topic", "/front/image_raw", "--checkpoint", checkpoint, "--batch-size", BATCH,
+            "--strips", strips, "--strip-range", "0.1", "0.3"]
+    code, report, err = _run(capsys, *args)
+    assert code == 0, err
+    assert report["frames"] == N and report["strips"] == {"folder": str(strips), "count": 3}
+    names = sorted(p.name for p in strips.iterdir() if not p.name.startswith("."))
+    assert [n.split("_")[0] for n in names] == ["000001", "000002", "000003"], names
+    strip = cv2.imread(str(strips / names[0]))[..., ::-1]  # RGB
+    labels = Segmenter.from_checkpoint(checkpoint, device="cpu", warmup=False).segment(images[1]).labels
+    palette = ClassTable.cityscapes().palette()
+    assert strip.shape == (strip.shape[0], 3 * W, 3) and strip.shape[0] > H  # three panels under captions
+    assert (strip[-H:, :W] == images[1]).all()
+    assert (strip[-H:, W:2 * W] == colorize(labels, palette)).mean() > 0.999
+    # a range without frames is an error and writes nothing; an existing folder is refused
+    code, _, err = _run(capsys, *args[:-3], "--strips", tmp_path / "none", "--strip-range", "5", "6")
+    assert code == 2 and "--strips: no frame between 5 s and 6 s" in err and not (tmp_path / "none").exists()
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and "exists" in err
+    (strips / "my_notes.txt").write_text("frame 2: the kerb is wrong")
+    code, _, err = _run(capsys, *args, "--overwrite")
+    assert code == 2 and "my_notes.txt" in err and (strips / "my_notes.txt").exists()

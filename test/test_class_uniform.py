@@ -98,6 +98,34 @@ def test_a_stale_or_foreign_cache_file_is_not_trusted(tmp_path):
     assert built and np.array_equal(rebuilt.xy, index.xy)
 
 
+def test_a_damaged_or_edited_cache_file_is_rebuilt_with_a_warning(tmp_path, caplog):
+    """A flipped byte inside the arrays (the zip's CRC catches it) and an index rewritten with
+    other centroids under the right key (only the digest catches it) are both rebuilt."""
+    import zipfile
+
+    ds = _dataset(tmp_path / "data", n=4)
+    index, path, _ = load_or_build_index(ds, 5, 64, tmp_path / "cache")
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("xy.npy")
+    raw = bytearray(path.read_bytes())
+    raw[info.header_offset + 30 + len(info.filename) + 200] ^= 0xFF  # inside the xy array's data
+    path.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING"):
+        rebuilt, _, built = load_or_build_index(ds, 5, 64, tmp_path / "cache")
+    assert built and np.array_equal(rebuilt.xy, index.xy) and "is damaged" in caplog.text
+
+    key = str(np.load(path)["key"])
+    edited = CentroidIndex(index.num_images, index.num_classes, index.tile, index.image, index.cls, index.xy + 1)
+    with open(path, "wb") as f:  # the right key, other centroids, the old digest
+        np.savez(f, key=np.array(key), num_images=index.num_images, num_classes=index.num_classes,
+                 tile=index.tile, image=edited.image, cls=edited.cls, xy=edited.xy,
+                 digest=np.array(index.digest(key)))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        rebuilt, _, built = load_or_build_index(ds, 5, 64, tmp_path / "cache")
+    assert built and np.array_equal(rebuilt.xy, index.xy) and "does not match the digest" in caplog.text
+
+
 def test_index_refuses_labels_without_any_class(tmp_path):
     ds = _dataset(tmp_path / "data", n=2)
     for _, label in ds.samples:

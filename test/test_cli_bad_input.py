@@ -36,7 +36,8 @@ MODULES = {  # console script -> module, for a checkout whose scripts are not in
     "sfnet-synthetic": "sfnet_core.cli.synthetic", "sfnet-bag-eval": "sfnet_ros.tools.bag_eval",
     "sfnet-bag-play": "sfnet_ros.tools.bag_play", "sfnet-bag-record": "sfnet_ros.tools.bag_record",
     "sfnet-live-eval": "sfnet_ros.tools.live_eval", "sfnet-extract": "sfnet_ros.tools.extract",
-    "sfnet-demo": "sfnet_ros.tools.demo",
+    "sfnet-demo": "sfnet_ros.tools.demo", "sfnet-status": "sfnet_ros.tools.status",
+    "sfnet-synthetic-bag": "sfnet_ros.tools.synthetic_bag",
 }
 
 
@@ -82,6 +83,12 @@ CASES = [
     C("eval-device-gpu0", "sfnet-eval", EVAL + " --device gpu0", "expected auto, cpu, cuda or cuda:N, got 'gpu0'"),
     C("eval-max-images-negative", "sfnet-eval", EVAL + " --max-images -1", "--max-images"),
     # sfnet-bag-eval
+    C("bag-eval-strip-range-reversed", "sfnet-bag-eval", BAG + " " + CK + " --strips {d}/s --strip-range 2 1",
+      "--strip-range: expected 0 <= FROM <= TO seconds, got 2 1"),
+    C("bag-eval-strip-range-alone", "sfnet-bag-eval", BAG + " " + CK + " --strip-range 0 1",
+      "--strip-range needs --strips DIR"),
+    C("bag-eval-strips-existing-dir", "sfnet-bag-eval", BAG + " " + CK + " --strips {d}/existing_dir --overwrite",
+      "existing_dir"),
     C("bag-eval-out-existing-dir", "sfnet-bag-eval", BAG + " " + CK + " --out {d}/existing_dir",
       "{d}/existing_dir exists (folder)"),
     C("bag-eval-out-dir-overwrite", "sfnet-bag-eval", BAG + " " + CK + " --out {d}/existing_dir --overwrite",
@@ -110,6 +117,16 @@ CASES = [
     C("bag-eval-missing-checkpoint", "sfnet-bag-eval", BAG + " --checkpoint {d}/missing.pt", "missing.pt"),
     C("bag-eval-batch-0", "sfnet-bag-eval", BAG + " " + CK + " --batch-size 0", "--batch-size: expected an integer"),
     # sfnet-bag-play
+    C("status-get-nothing", "sfnet-status", "get", "get needs at least one parameter"),
+    C("status-transition-with-items", "sfnet-status", "activate now", "activate takes no parameters: now"),
+    C("status-unknown-command", "sfnet-status", "dance", "argument command: invalid choice: 'dance'"),
+    C("status-set-without-value", "sfnet-status", "set checkpoint", "set 'checkpoint': expected NAME:=VALUE"),
+    C("status-period-0", "sfnet-status", "--period 0", "--period: expected a number > 0"),
+    C("synthetic-bag-frames-0", "sfnet-synthetic-bag", "--out {d}/new.mcap --frames 0",
+      "--frames: expected an integer >= 1"),
+    C("synthetic-bag-bad-size", "sfnet-synthetic-bag", "--out {d}/new.mcap --size 64", "--size"),
+    C("synthetic-bag-existing", "sfnet-synthetic-bag", "--out {d}/existing.mcap", "exists"),
+    C("synthetic-bag-bad-storage", "sfnet-synthetic-bag", "--out {d}/new.mcap --storage zip", "invalid choice"),
     C("bag-play-no-topics", "sfnet-bag-play", "--bag {d}/empty.mcap", "the bag has no topics"),
     C("bag-play-missing-bag", "sfnet-bag-play", "--bag {d}/none.mcap", "no such bag"),
     C("bag-play-rate-0", "sfnet-bag-play", "--bag {d}/drive.mcap --rate 0", "--rate: expected a number > 0"),

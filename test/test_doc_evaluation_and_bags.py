@@ -45,6 +45,8 @@ def test_every_command_block_runs(workspace: Path, ros_domain: dict[str, str]) -
     # what the page says the commands leave behind
     assert json.loads((workspace / "runs" / "quick" / "val.json").read_text())["images"] == 2
     assert json.loads((workspace / "runs" / "quick" / "pred.json").read_text())["matched"] == 2
+    strips = sorted(p.name for p in (workspace / "drive_strips").glob("*.png"))
+    assert [name.split("_")[0] for name in strips] == ["000002", "000003", "000004", "000005"], strips
     with BagReader(workspace / "drive_segmented.mcap") as reader:
         assert reader.topics["/front/segmentation/mask/car"].count == 8
     with BagReader(workspace / "recorded.mcap") as reader:

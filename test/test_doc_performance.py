@@ -56,7 +56,11 @@ def test_the_python_example_runs(workspace: Path) -> None:
     script = example + (
         "\nassert result.labels.shape == (90, 170) and result.confidence.shape == (90, 170)"
         "\nassert len(result.flows) == 1 and result.geometry.output_size == (90, 170)"
-        "\nassert strip.shape[0] >= 90 and flow_rgb.ndim == 3\nprint('ok')\n")
+        "\nassert strip.shape[0] >= 90 and flow_rgb.ndim == 3"
+        # what the comments say: the strip is RGB (its camera panel is the frame's RGB), and the
+        # file written through OpenCV reads back as the same picture
+        "\nassert (strip[-90:, :170] == rgb).all()"
+        "\nassert (cv2.imread('strip.png')[..., ::-1] == strip).all()\nprint('ok')\n")
     run = subprocess.run([sys.executable, "-c", script], cwd=workspace, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]

@@ -80,7 +80,7 @@ def test_what_the_docs_write_in_the_repository_root_is_ignored_by_git() -> None:
     outputs = set()
     for page in PAGES:
         for block in re.findall(r"^```bash\n(.*?)^```", page.read_text(encoding="utf-8"), re.S | re.M):
-            outputs.update(re.findall(r"(?:--out|--json|--save-pred)\s+([\w./-]+)", block))
+            outputs.update(re.findall(r"(?:--out|--json|--save-pred|--strips)\s+([\w./-]+)", block))
             outputs.update(re.findall(r"^cp \S+ ([\w./-]+)$", block, re.M))
     outputs = {p for p in outputs if not p.startswith(("/", "$", "~"))}
     assert len(outputs) >= 10, outputs  # the pattern still finds the docs' outputs

@@ -392,6 +392,17 @@ def test_onnx_checkpoint_runs_in_onnxruntime(rig, node, checkpoint, onnx_model):
     assert labels.shape == (H, W)
     assert float((labels == expected).mean()) >= 0.999
     assert _node_values(rig, node, "onnxruntime fp32")["device"] == "cpu fp32"
+    # With input_size empty the fixed-size model runs at its own size, and the log says so.
+    assert ros.change_state(node.fqn, Transition.TRANSITION_DEACTIVATE)
+    assert ros.change_state(node.fqn, Transition.TRANSITION_CLEANUP)
+    configured = node.log().count("configured in")
+    _reconfigure_from_unconfigured(rig, node, input_size=[])
+    last = [line for line in node.wait_for_log("configured in", count=configured + 1).splitlines()
+            if "configured in" in line][-1]
+    assert "input size [64, 64] (the model's fixed size; input_size is empty)" in last, last
+    assert ros.change_state(node.fqn, Transition.TRANSITION_DEACTIVATE)
+    assert ros.change_state(node.fqn, Transition.TRANSITION_CLEANUP)
+    _reconfigure_from_unconfigured(rig, node, input_size=list(NET))
 
 
 def test_pt_checkpoint_with_the_onnxruntime_backend(rig, node, checkpoint, env):

@@ -22,11 +22,7 @@ output has a subscriber), so no forward pass runs. Counts only, no timing; every
 from __future__ import annotations
 
 import math
-import queue
-import subprocess
-import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
@@ -35,6 +31,7 @@ from node_harness import (
     FASTDDS_PROFILE,
     NodeProcess,
     RosClient,
+    ScriptedProcess,
     diagnostic_values,
     make_image,
     sample_image,
@@ -97,50 +94,15 @@ _CAMERA = textwrap.dedent(f"""
 """)
 
 
-class _Camera:
-    """The camera process; its answers read by a thread so that every wait has a deadline."""
+class _Camera(ScriptedProcess):
+    """The camera process (``_CAMERA``): publishes ``count`` frames of a size on request."""
 
     def __init__(self, env: dict[str, str], topic: str, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed by close()
-        self.process = subprocess.Popen([sys.executable, "-c", _CAMERA, topic], env=env, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
-                                        start_new_session=True)
-        self._lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [self._lines.put(line) for line in self.process.stdout], daemon=True).start()
-        self.expect("ready", 180)
-
-    def expect(self, word: str, timeout: float) -> list[str]:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            line = ""
-        if not line.startswith(word):
-            self.close()
-            raise RuntimeError(f"camera process said {line!r} instead of {word!r} within {timeout:.0f} s:\n"
-                               f"{self.log_path.read_text(errors='replace')[-3000:]}")
-        return line.split()[1:]
+        super().__init__(_CAMERA, [topic], env, log_path)
 
     def publish(self, width: int, height: int, count: int, stamp0: int) -> int:
-        self.process.stdin.write(f"{width} {height} {count} {stamp0}\n")
-        self.process.stdin.flush()
+        self.send(f"{width} {height} {count} {stamp0}")
         return int(self.expect("sent", 60 + 5 * count)[0])
-
-    def __enter__(self) -> _Camera:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._log.close()
 
 
 # -- the module's node ------------------------------------------------------------------------------

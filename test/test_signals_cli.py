@@ -42,6 +42,8 @@ TOOLS = {
     "sfnet-bag-record": ("--topics /sfnet_signal_test --out {o}/rec.mcap --duration 0.2", {0}),
     "sfnet-live-eval": ("--bag {d}/none.mcap --image-topic /x", {2}),
     "sfnet-demo": ("--out {o}/demo --config {d}/missing.yaml", {2}),
+    "sfnet-synthetic-bag": ("--out {o}/drive.mcap --frames 2 --size 16x32", {0}),
+    "sfnet-status": ("set checkpoint", {2}),
 }
 STAGING_MARKS = (".tmp", ".old", ".work", ".sfnet-probe-")
 

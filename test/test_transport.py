@@ -6,16 +6,14 @@ measured by ``bench/node_latency.py --delivery``.
 """
 from __future__ import annotations
 
-import queue
 import subprocess
 import sys
 import textwrap
-import threading
 import xml.etree.ElementTree as ET
 
 import pytest
 from doc_commands import fenced_blocks
-from node_harness import FASTDDS_PROFILE, NodeProcess, RosClient, launch_environment, wait_until
+from node_harness import FASTDDS_PROFILE, NodeProcess, RosClient, ScriptedProcess, launch_environment, wait_until
 
 from sfnet_ros.launch_support import PROFILE_VARIABLES
 
@@ -222,44 +220,15 @@ _CAMERA = textwrap.dedent("""
 """)
 
 
-class _Camera:
-    """The camera process, its answers read by a thread so that every wait has a deadline."""
+class _Camera(ScriptedProcess):
+    """The camera process (``_CAMERA``): publishes ``count`` frames on request."""
 
     def __init__(self, env: dict[str, str], height: int, width: int, log_path) -> None:
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed by close(), the process writes to it
-        self.log_path = log_path
-        self.process = subprocess.Popen([sys.executable, "-c", _CAMERA, str(height), str(width)], env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                        text=True, bufsize=1, start_new_session=True)
-        self._lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [self._lines.put(line) for line in self.process.stdout], daemon=True).start()
-        self.expect("ready", 180)
-
-    def expect(self, word: str, timeout: float) -> list[str]:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            line = ""
-        if not line.startswith(word):
-            self.close()
-            raise RuntimeError(f"camera process said {line!r} instead of {word!r} within {timeout:.0f} s:\n"
-                               f"{self.log_path.read_text(errors='replace')[-3000:]}")
-        return line.split()[1:]
+        super().__init__(_CAMERA, [height, width], env, log_path)
 
     def publish(self, count: int) -> int:
-        self.process.stdin.write(f"{count}\n")
-        self.process.stdin.flush()
+        self.send(str(count))
         return int(self.expect("sent", 60 + 5 * count)[0])
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._log.close()
 
 
 def _received_total(diagnostics) -> int | None:

@@ -102,22 +102,40 @@ class CentroidIndex:
         """(num_classes,) number of centroids per class (0 = class never labelled)."""
         return np.bincount(self.cls, minlength=self.num_classes)[: self.num_classes]
 
+    def digest(self, key: str) -> str:
+        """SHA-256 of the key and every array: what a later run checks before trusting the file."""
+        h = hashlib.sha256(f"{key}|{self.num_images}|{self.num_classes}|{self.tile}".encode())
+        for array in (self.image, self.cls, self.xy):
+            h.update(np.ascontiguousarray(array, dtype=np.int32).tobytes())
+        return h.hexdigest()
+
     def save(self, path: Path, key: str) -> None:
         with atomic_write(path) as tmp, open(tmp, "wb") as f:  # np.savez would append .npz to a str path
             np.savez(f, key=np.array(key), num_images=self.num_images, num_classes=self.num_classes,
-                     tile=self.tile, image=self.image, cls=self.cls, xy=self.xy)
+                     tile=self.tile, image=self.image, cls=self.cls, xy=self.xy, digest=np.array(self.digest(key)))
 
     @classmethod
     def load(cls, path: Path, key: str) -> CentroidIndex | None:
-        """The index in ``path`` if it was built for ``key``; None when absent, stale or unreadable."""
+        """The index in ``path`` if it was built for ``key`` and its content matches the digest
+        recorded when it was written; None when absent, stale, damaged or unreadable (a damaged
+        file is rebuilt with a warning: a wrong index would silently skew the sampling)."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) != key:
                     return None
-                return cls(int(z["num_images"]), int(z["num_classes"]), int(z["tile"]),
-                           z["image"].astype(np.int32), z["cls"].astype(np.int32), z["xy"].astype(np.int32))
-        except (OSError, KeyError, ValueError):
+                index = cls(int(z["num_images"]), int(z["num_classes"]), int(z["tile"]),
+                            z["image"].astype(np.int32), z["cls"].astype(np.int32), z["xy"].astype(np.int32))
+                recorded = str(z["digest"])
+        except FileNotFoundError:
             return None
+        except Exception as exc:  # zipfile.BadZipFile (CRC), truncation, a missing array, ...
+            log.warning("class-uniform index %s is damaged (%s); building it again", path, exc)
+            return None
+        if recorded != index.digest(key):
+            log.warning("class-uniform index %s does not match the digest recorded when it was written; "
+                        "building it again", path)
+            return None
+        return index
 
 
 def _key(dataset: IndexedDataset, num_classes: int, tile: int) -> str:

@@ -118,6 +118,17 @@ STOP_SIGNAL_MESSAGE = "stop requested (SIGINT/SIGTERM): shutting down"
 STOP_SHUTDOWN_MESSAGE = "lifecycle shutdown: exiting (exit_on_shutdown)"
 
 
+def _input_size_text(configured: Any, segmenter: Any) -> str:
+    """The network input size the node runs at, as its log says it: the parameter's, the fixed
+    size of an exported model when the parameter is empty, or each frame's own ("native")."""
+    effective = getattr(segmenter, "input_size", None)
+    if configured:
+        return str(list(configured))
+    if effective:
+        return f"{list(effective)} (the model's fixed size; input_size is empty)"
+    return "native"
+
+
 @dataclass(frozen=True)
 class DrawOptions:
     """The runtime-settable parameters: read by the worker for every batch."""
@@ -323,7 +334,7 @@ class SegmentationNode(LifecycleNode):
         self.get_logger().info(
             f"configured in {time.monotonic() - started:.1f} s: {getattr(segmenter, 'model_name', 'model')} "
             f"from {config.checkpoint} on {segmenter.device} ({segmenter.precision}), backend "
-            f"{self._backend_text}, input size {list(config.input_size) if config.input_size else 'native'}, "
+            f"{self._backend_text}, input size {_input_size_text(config.input_size, segmenter)}, "
             f"resize {config.resize}, output resolution {config.output_resolution}, "
             f"cameras {list(config.cameras) or ['<namespace>']}")
         return TransitionCallbackReturn.SUCCESS

@@ -15,6 +15,7 @@ reading and writing included), ``model_fps`` is frames / total model time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -44,6 +45,7 @@ from sfnet_ros.tools.bag_io import (
     make_header,
     ros2_class,
     stamp_name,
+    write_png,
 )
 
 
@@ -70,6 +72,9 @@ def percentiles(values_ms: Sequence[float]) -> dict[str, float | None]:
 
 def json_float(value: float) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else round(float(value), 6)
+
+
+STRIPS_TOOL = "sfnet-bag-eval"  # the name in the --strips folder's manifest
 
 
 @dataclass
@@ -166,13 +171,24 @@ def evaluate_bag(
     segmenter: Any = None,
     overwrite: bool = False,
     backend: str = "auto",
+    strips: str | Path | None = None,
+    strip_range: tuple[float, float] = (0.0, math.inf),
+    strip_every: int = 1,
 ) -> dict[str, Any]:
     """Evaluate; returns the report dict (see module docstring). Raises SFNetError subclasses.
 
     ``out``: a new bag (``check_bag_output`` rules: an existing one only with ``overwrite``,
-    never the input bag or the checkpoint, a folder only if it is a bag)."""
+    never the input bag or the checkpoint, a folder only if it is a bag).
+    ``strips``: a new folder of PNG strips (input | labels | overlay), one per ``strip_every``-th
+    frame whose time since the first image lies in ``strip_range`` (seconds): the results looked
+    at without Foxglove. Evaluation covers every frame either way."""
     if out:  # before anything slow: a refused output costs nothing
         check_bag_output(out, inputs=[bag, checkpoint], overwrite=overwrite)
+    if strips:
+        from sfnet_core.io_utils import check_output
+
+        check_output(strips, inputs=[bag, checkpoint, out], overwrite=overwrite, kind="dir", what="--strips",
+                     tool=STRIPS_TOOL)
     with BagReader(bag) as reader:
         info = reader.check_topic(image_topic)
         if label_topic:
@@ -185,7 +201,7 @@ def evaluate_bag(
         from sfnet_core.devices import resolve_device
         from sfnet_core.evaluation.metrics import ConfusionMatrix
         from sfnet_core.inference import Segmenter
-        from sfnet_core.viz import render_outputs
+        from sfnet_core.viz import colorize, image_strip, overlay, render_outputs
 
         if segmenter is None:
             resolve_device(device, "--device")  # names the option; Segmenter would say "Segmenter: device"
@@ -201,6 +217,16 @@ def evaluate_bag(
         seg_ns = f"{ns}/segmentation"
         Image = ros2_class(IMAGE)
         writer = BagWriter(out, overwrite=overwrite) if out else None
+        stack = contextlib.ExitStack()
+        strip_dir = None
+        if strips:
+            from sfnet_core.io_utils import atomic_write
+
+            strip_dir = stack.enter_context(atomic_write(strips, overwrite=overwrite, tool=STRIPS_TOOL,
+                                                         what="--strips"))
+            strip_dir.mkdir()
+        strip_count = 0
+        first_ts: int | None = None
         latencies: list[float] = []
         model_time = 0.0
         frames = 0
@@ -221,6 +247,8 @@ def evaluate_bag(
             latencies.extend([1000.0 * elapsed / len(batch)] * len(batch))
             for f, result in zip(batch, results):
                 frames += 1
+                if strip_dir is not None:
+                    write_strip(f, result.labels)
                 if label_topic:
                     matcher.add_prediction(f.stamp, result.labels)
                 if writer is not None:
@@ -230,6 +258,18 @@ def evaluate_bag(
                         writer.write(f"{seg_ns}/{name}", f.timestamp, numpy_to_image(
                             image, "rgb8" if name == "color" else "mono8", header=header, msg_cls=Image))
             batch.clear()
+
+        def write_strip(f: _Frame, labels: np.ndarray) -> None:
+            nonlocal first_ts, strip_count
+            first_ts = f.timestamp if first_ts is None else first_ts
+            seconds = (f.timestamp - first_ts) / 1e9
+            if not strip_range[0] <= seconds <= strip_range[1] or (frames - 1) % strip_every:
+                return
+            color = colorize(labels, palette)
+            picture = image_strip([f.rgb, color, overlay(f.rgb, color)],
+                                  labels=["input", "labels", "overlay"])
+            write_png(strip_dir / f"{frames - 1:06d}_{stamp_name(f.stamp)}.png", picture)
+            strip_count += 1
 
         topics = [image_topic] + ([label_topic] if label_topic else [])
         wall_start = time.perf_counter()
@@ -257,12 +297,18 @@ def evaluate_bag(
                 run_batch()
             if label_topic:
                 matcher.check_paired(image_topic)
+            if strip_dir is not None and strip_count == 0:
+                raise BagError(f"--strips: no frame between {strip_range[0]:g} s and {strip_range[1]:g} s of the "
+                               f"bag's first image (the topic spans {info.count} frames)")
             if writer is not None:
                 writer.close()
-        except BaseException:
+        except BaseException as exc:
             if writer is not None:
                 writer.abort()
+            stack.__exit__(type(exc), exc, exc.__traceback__)
             raise
+        else:
+            stack.close()  # publishes the strips folder
         finally:
             bar.close()
         wall = time.perf_counter() - wall_start
@@ -290,6 +336,8 @@ def evaluate_bag(
     if out:
         report["out"] = str(out)
         report["out_topics"] = dict(sorted(writer.counts.items()))
+    if strips:
+        report["strips"] = {"folder": str(strips), "count": strip_count}
     return report
 
 
@@ -327,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: bf16/fp16 on CUDA, fp32 on the CPU")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)")
+    parser.add_argument("--strips", metavar="DIR",
+                        help="also write PNG strips (input | labels | overlay) into the new folder DIR, to look "
+                             "at the results without Foxglove")
+    parser.add_argument("--strip-range", type=float, nargs=2, metavar=("FROM", "TO"), default=None,
+                        help="--strips: only frames from FROM to TO seconds after the first image (default: all)")
+    parser.add_argument("--strip-every", type=positive_int, default=1, metavar="N",
+                        help="--strips: every N-th frame")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_overwrite(parser, "an existing --out bag")
     return parser
@@ -335,6 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     mask_classes = [c.strip() for c in args.mask_classes.split(",") if c.strip()]
+
+    strip_range = (0.0, math.inf)
+    if args.strip_range is not None:
+        start, end = args.strip_range
+        if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end):
+            build_parser().error(f"--strip-range: expected 0 <= FROM <= TO seconds, got {start:g} {end:g}")
+        strip_range = (start, end)
+    if args.strip_range is not None and not args.strips:
+        build_parser().error("--strip-range needs --strips DIR")
 
     def run() -> int:
         if args.threads:
@@ -345,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             args.bag, args.image_topic, args.checkpoint, label_topic=args.label_topic, out=args.out,
             batch_size=args.batch_size, device=args.device, precision=args.precision,
             mask_classes=mask_classes, progress=not args.no_progress, overwrite=args.overwrite,
-            backend=args.backend,
+            backend=args.backend, strips=args.strips, strip_range=strip_range, strip_every=args.strip_every,
         )
         print(_summary(report), file=sys.stderr)
         print(json.dumps(report))
@@ -364,6 +428,8 @@ def _summary(report: dict[str, Any]) -> str:
                  f"({report['unmatched_images']} images and {report['unmatched_labels']} labels unmatched)")
     if "out" in report:
         text += f"; wrote {report['out']}"
+    if "strips" in report:
+        text += f"; {report['strips']['count']} strips in {report['strips']['folder']}"
     return text
 
 

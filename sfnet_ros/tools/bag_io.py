@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import MessageDefinitionFormat
@@ -509,3 +510,13 @@ def sample_frames(path: str | os.PathLike, topic: str | None, count: int) -> Ite
                     yield decode_image(message.msg, message.msgtype)
                 except ValueError as exc:
                     raise BagError(f"{path}: {topic} message {i}: {exc}") from None
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """PNG through Python's file API: a full disk is an OSError naming the file (cv2.imwrite
+    would print a libpng line and return False)."""
+    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise BagError(f"{path}: cannot encode the image as PNG")
+    path.write_bytes(buf.tobytes())

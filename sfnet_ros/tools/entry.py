@@ -35,3 +35,7 @@ def sfnet_demo() -> None:
 
 def sfnet_status() -> None:
     launch("sfnet_ros.tools.status", "sfnet-status")
+
+
+def sfnet_synthetic_bag() -> None:
+    launch("sfnet_ros.tools.synthetic_bag", "sfnet-synthetic-bag")

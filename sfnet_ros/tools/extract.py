@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import yaml
 from tqdm import tqdm
@@ -46,7 +45,7 @@ from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import SFNetError
 from sfnet_core.io_utils import MANIFEST, atomic_write, check_output, foreign_files
 from sfnet_ros.conversions import ImageConversionError
-from sfnet_ros.tools.bag_io import BagError, BagReader, decode_image, decode_labels, stamp_name
+from sfnet_ros.tools.bag_io import BagError, BagReader, decode_image, decode_labels, stamp_name, write_png
 
 TOOL = "sfnet-extract"  # the manifest's tool name (sfnet_core.io_utils): what --overwrite may replace
 MARKER = MANIFEST  # the record of the files this tool wrote
@@ -63,16 +62,6 @@ def class_template(table: ClassTable, source: str) -> str:
         f"  - {{id: {c['id']}, name: {c['name']}, color: [{', '.join(map(str, c['color']))}]}}\n"
         for c in data["classes"])
     return header + body
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    """PNG through Python's file API: a full disk is an OSError naming the file (cv2.imwrite
-    would print a libpng line and return False)."""
-    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise BagError(f"{path}: cannot encode the image as PNG")
-    path.write_bytes(buf.tobytes())
 
 
 def is_previous_extract(path: Path) -> bool:
@@ -156,7 +145,7 @@ def extract(
                             continue
                         name = stamp_name(m.stamp)
                         image = decode_image(m.msg, m.msgtype)
-                        _write_png(staging / "images" / f"{name}.png", image)
+                        write_png(staging / "images" / f"{name}.png", image)
                         kept[m.stamp] = (name, image.shape[:2])
                         last_kept = m.stamp
                         label = pending_labels.pop(m.stamp, None)
@@ -168,7 +157,7 @@ def extract(
                         name = kept[m.stamp][0]
                     if label is not None:
                         check_label(m.stamp, label, kept[m.stamp][1])
-                        _write_png(staging / "labels" / f"{name}.png", label)
+                        write_png(staging / "labels" / f"{name}.png", label)
                         labelled.append(name)
                 except ImageConversionError as exc:
                     raise BagError(f"{bag}: {m.topic} message at {m.timestamp} ns: {exc}") from None

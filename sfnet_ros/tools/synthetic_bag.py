@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from sfnet_core.io_utils import check_output
     from sfnet_ros.tools.bag_io import check_bag_output
 
-    parser = make_parser("python -m sfnet_ros.tools.synthetic_bag",
+    parser = make_parser("sfnet-synthetic-bag",
                          "Write a synthetic driving bag with ground-truth labels (an existing --out is refused "
                          "unless --overwrite).")
     parser.add_argument("--out", required=True, help="bag path: directory, .mcap file, or .bag for ROS 1")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
         return 0
 
-    return run_command("synthetic_bag", run)
+    return run_command("sfnet-synthetic-bag", run)
 
 
 if __name__ == "__main__":
