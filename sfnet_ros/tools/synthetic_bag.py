@@ -112,10 +112,8 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def main(argv: list[str] | None = None) -> int:
-    from sfnet_core.cli.common import add_overwrite, make_parser, positive_float, positive_int, run_command
-    from sfnet_core.io_utils import check_output
-    from sfnet_ros.tools.bag_io import check_bag_output
+def build_parser() -> argparse.ArgumentParser:
+    from sfnet_core.cli.common import add_overwrite, make_parser, positive_float, positive_int
 
     parser = make_parser("sfnet-synthetic-bag",
                          "Write a synthetic driving bag with ground-truth labels (an existing --out is refused "
@@ -131,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", choices=("mcap", "sqlite3", "ros1"), default=None,
                         help="default: ros1 for a .bag path, else mcap")
     add_overwrite(parser, "an existing --out bag")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sfnet_core.cli.common import run_command
+    from sfnet_core.io_utils import check_output
+    from sfnet_ros.tools.bag_io import check_bag_output
+
+    args = build_parser().parse_args(argv)
 
     def run() -> int:
         storage = args.storage or ("ros1" if args.out.endswith(".bag") else "mcap")
