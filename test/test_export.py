@@ -205,3 +205,19 @@ def test_cli_int8_from_a_bag(ckpt_path: Path, tmp_path: Path, capsys: pytest.Cap
     assert ros_main([*argv, "--image-topic", "/front/image_raw"]) == 0
     assert "calibrated on 2 frames" in capsys.readouterr().out
     assert read_onnx_info(out).extra["quantization"]["calibration"] == "calib.mcap (2 frames)"
+
+
+def test_the_parsers_constants_are_the_librarys() -> None:
+    """sfnet-export's parser repeats two constants so that it answers without importing torch."""
+    import subprocess
+    import sys
+
+    from sfnet_core.cli import export as cli
+    from sfnet_core.export import DEFAULT_OPSET
+    from sfnet_core.inference.geometry import RESIZE_POLICIES
+
+    assert cli.DEFAULT_OPSET == DEFAULT_OPSET and cli.RESIZE_POLICIES == RESIZE_POLICIES
+    probe = ("import sys; from sfnet_ros.tools.export import build_parser; build_parser(); "
+             "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120).stdout.strip() == "False"

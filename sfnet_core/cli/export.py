@@ -30,12 +30,14 @@ does at --height x --width with --resize.
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 BAG_SUFFIXES = (".mcap", ".db3", ".bag")
+# sfnet_core.export.DEFAULT_OPSET and inference.geometry.RESIZE_POLICIES, repeated here so that
+# parsing the command line (--help, a usage error, a missing file) does not import torch (seconds);
+# test_export.py checks they agree.
+DEFAULT_OPSET = 17
+RESIZE_POLICIES = ("stretch", "letterbox", "crop")
 
 
 def build_parser():
-    from sfnet_core.export import DEFAULT_OPSET
-    from sfnet_core.inference.geometry import RESIZE_POLICIES
-
     p = make_parser("sfnet-export", DESCRIPTION)
     p.add_argument("--checkpoint", required=True, help="checkpoint .pt (sfnet_core.checkpoint format)")
     p.add_argument("--onnx", required=True, help="output .onnx file (written atomically)")
