@@ -1,7 +1,7 @@
 # One setup path on a fresh machine (no ROS install needed): a virtual environment with pinned
 # PyTorch, ROS 2 (kilted) from PyPI wheels, and this project in editable mode.
 #   make test   set up, lint (ruff), then run the whole test suite
-#   make lint   ruff only
+#   make lint   ruff, then mypy (mypy.ini) over sfnet_core and sfnet_ros
 #   make demo   set up, then run the end-to-end demo (synthetic bag -> train -> node -> metrics)
 #   make bench  set up, then run the benchmarks (model table, speed ratios, node latency)
 PYTHON ?= python3
@@ -23,6 +23,7 @@ $(STAMP): requirements.txt setup.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # Two pytest-xdist workers, one test file each at a time (a file's module fixtures, e.g. its node
 # process, stay in one worker), the longest files first (test/conftest.py: SLOW_FIRST); each
