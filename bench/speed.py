@@ -120,7 +120,7 @@ def ort_session(path: Path, threads: int):
 
 
 def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, path: Path) -> Callable[[], object]:
-    from sfnet_core.export import INPUT_NAME, export_module
+    from sfnet_core.onnx.export import INPUT_NAME, export_module
 
     export_module(model, path, height=x.shape[2], width=x.shape[3])
     session = ort_session(path, threads)
@@ -227,7 +227,7 @@ def measure_gemm(sizes: list[int], repeats: int) -> dict:
 # -- the Segmenter end to end -------------------------------------------------------------------
 
 def calibration_frames(count: int, height: int, width: int) -> list[np.ndarray]:
-    from sfnet_core.data.synthetic import render_scene
+    from sfnet_core.data.synthetic_scenes.render import render_scene
 
     return [render_scene(seed=9000 + i, height=height, width=width)[0] for i in range(count)]
 
@@ -237,8 +237,9 @@ def segmenter_runners(args: argparse.Namespace, model: torch.nn.Module, workdir:
     """``segmenter <backend> <precision>`` -> a call labelling one uint8 frame, for each combination."""
     from sfnet_core.checkpoint import load_checkpoint, save_checkpoint
     from sfnet_core.data.classes import ClassTable
-    from sfnet_core.export import export_onnx, quantize_int8
     from sfnet_core.inference import Segmenter
+    from sfnet_core.onnx.export import export_onnx
+    from sfnet_core.onnx.quantize import quantize_int8
 
     h, w = args.size
     classes = ClassTable(tuple(f"c{i}" for i in range(NUM_CLASSES)), tuple((i, i, i) for i in range(NUM_CLASSES)))

@@ -19,8 +19,9 @@ Arguments (docs/launch.md has the full table and a four-camera example):
                    | a path; the rule of sfnet_ros.transport_profile, which the node also applies
                    to itself when started without launch
 
-The argument logic lives in ``sfnet_ros.launch_support`` (no launch imports, so it is tested where
-launch is not installed). With one camera the command line this amounts to (what the tests run)::
+The argument logic lives in ``sfnet_ros.launch_support.node_launch`` (no launch imports, so it is
+tested where launch is not installed; the tests, the benchmarks and sfnet-demo start the node with
+its command line). With one camera the command line this amounts to::
 
   FASTDDS_DEFAULT_PROFILES_FILE=<share>/config/fastdds_large_frames.xml \
   sfnet_node --ros-args -r __node:=sfnet_node -r __ns:=/<namespace> \
@@ -38,37 +39,37 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
 from launch import LaunchDescription
-from sfnet_ros.launch_support import PROFILE_FILE_NAME, camera_plan, fastdds_profile_environment
+from sfnet_ros.launch_support import PROFILE_FILE_NAME, node_launch
 
 
 def _launch_node(context, default_profile):
-    """OpaqueFunction body: resolve the camera lists and the profile, then start the node.
+    """OpaqueFunction body: resolve the arguments into a ``NodeLaunch``, then start the node.
 
     A LaunchArgumentError (lists of different lengths, a missing profile file, ...) ends the
     launch with its one-line message.
     """
-    plan = camera_plan(LaunchConfiguration("cameras").perform(context),
-                       LaunchConfiguration("image_topics").perform(context),
-                       LaunchConfiguration("image_topic").perform(context))
+    def argument(name):
+        return LaunchConfiguration(name).perform(context)
+
     # context.environment is what the node process inherits (launch >= Humble); os.environ before.
     environment = getattr(context, "environment", os.environ)
-    profile_variables = fastdds_profile_environment(LaunchConfiguration("fastdds_profile").perform(context),
-                                                    environment, default_profile, os.environ.get("ROS_DISTRO"))
-    extra_parameters = [plan.parameters] if plan.parameters else []
+    node = node_launch(
+        {"checkpoint": argument("checkpoint"), "device": argument("device")},
+        params_file=argument("params_file"),
+        cameras=argument("cameras"), image_topics=argument("image_topics"), image_topic=argument("image_topic"),
+        namespace=argument("namespace"),
+        fastdds_profile=argument("fastdds_profile"), environ=environment, default_profile=default_profile,
+        ros_distro=os.environ.get("ROS_DISTRO"))
     # A scoped group: the profile variables reach this node only, not the rest of an including launch.
     return [GroupAction(scoped=True, actions=[
-        *[SetEnvironmentVariable(name, value) for name, value in profile_variables.items()],
+        *[SetEnvironmentVariable(name, value) for name, value in node.environment.items()],
         LifecycleNode(
             package="sfnet_ros",
             executable="sfnet_node",
             name="sfnet_node",
-            namespace=LaunchConfiguration("namespace"),
-            parameters=[
-                LaunchConfiguration("params_file"),
-                {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device")},
-                *extra_parameters,
-            ],
-            remappings=plan.remappings,
+            namespace=node.namespace,
+            parameters=[node.params_file, node.parameters],
+            remappings=node.remappings,
             output="screen",
             emulate_tty=True,
         ),

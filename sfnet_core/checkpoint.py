@@ -53,11 +53,12 @@ from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sfnet_core.errors import (
     CheckpointError,
     ConfigError,
-    require_file,
+    require_torch_file,
     torch_load_reason,
     unsafe_pickle_message,
 )
 from sfnet_core.io_utils import atomic_write
+from sfnet_core.models import MODEL_VARIANTS, build_model
 
 __all__ = [
     "FORMAT",
@@ -66,6 +67,7 @@ __all__ = [
     "IMAGENET_STD",
     "Checkpoint",
     "ModelDescription",
+    "STRIDE",
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
@@ -89,10 +91,15 @@ _TRAIN_ONLY_OPTIONS = ("aux", "pretrained_backbone")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+# Output stride of the deepest backbone stage: network inputs are padded to multiples of it so
+# every decoder level stays aligned (the Segmenter, sfnet-eval and ONNX export all rely on it).
+STRIDE = 32
+
+
 @dataclass
 class ModelDescription:
     """What a model file says about the network in it: a checkpoint, or a self-describing ONNX
-    model (``sfnet_core.inference.onnx_model.OnnxModelInfo``)."""
+    model (``sfnet_core.onnx.metadata.OnnxModelInfo``)."""
 
     path: Path
     model_name: str
@@ -121,8 +128,6 @@ class Checkpoint(ModelDescription):
         loads into an inference model without them (their weights are dropped), and with
         ``aux=True`` a checkpoint saved without them gets freshly initialised heads.
         """
-        from sfnet_core.models import build_model
-
         options = {k: v for k, v in self.model_options.items() if k not in _TRAIN_ONLY_OPTIONS}
         try:
             model = build_model(self.model_name, self.num_classes, aux=aux, **options)
@@ -189,7 +194,7 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def read_normalization(norm: Any, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def read_normalization(norm: Any, where: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """``{'mean': [3], 'std': [3]}`` checked (std positive), as stored in checkpoints and in
     exported ONNX files; ``where`` names the file and key in the error."""
     if not isinstance(norm, dict):
@@ -425,37 +430,21 @@ def save_checkpoint(
     log.info("saved checkpoint %s (%s, %d classes)", target, model_name, num_classes)
 
 
-# torch's weights-only refusal explains how to load the file anyway (weights_only=False, or an
-# allow-list of its classes): advice never to pass on for a file of unknown origin.
-def _plain_pickle_protocol(path: Path) -> int | None:
-    """The protocol of a file written by ``pickle.dump`` (not torch.save: neither its zip
-    container nor its legacy protocol-2 stream), else None."""
-    import zipfile
-
-    with open(path, "rb") as handle:
-        head = handle.read(2)
-    if len(head) == 2 and head[0] == 0x80 and head[1] >= 3 and not zipfile.is_zipfile(path):
-        return head[1]
-    return None
-
-
 def _read(path: Path, map_location: Any) -> Any:
-    require_file(path, "checkpoint file")
+    require_torch_file(path)  # a file in no torch.save format: the same line torch.load would lead to
     try:
         with warnings.catch_warnings():
             # e.g. "Detected pickle protocol 4": the outcome is reported as one line, nothing on stderr
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's weights-only refusal explains how to load the file anyway (weights_only=False,
+        # or an allow-list of its classes): advice never to pass on for a file of unknown origin.
         reason = torch_load_reason(exc)
         # "Unsupported global" = a well-formed pickle naming a python class; anything else
         # (e.g. "Unsupported operand") is just corrupt bytes.
         if "GLOBAL" in reason or "global" in reason:
             raise CheckpointError(unsafe_pickle_message(path, reason)) from None
-        protocol = _plain_pickle_protocol(path)
-        if protocol is not None:
-            raise CheckpointError(unsafe_pickle_message(path, f"protocol {protocol}, not a torch.save file",
-                                                        plain=True)) from None
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None
     except Exception as exc:
         raise CheckpointError(
@@ -508,8 +497,6 @@ def load_checkpoint(
     options = model.get("options") or {}
     if not isinstance(options, dict):
         raise CheckpointError(f"{path}: model.options: expected a dict, got {type(options).__name__}")
-    from sfnet_core.models import MODEL_VARIANTS
-
     if model["name"] not in MODEL_VARIANTS:
         raise CheckpointError(
             f"{path}: model.name: unknown model {model['name']!r}; known variants: {', '.join(sorted(MODEL_VARIANTS))}"

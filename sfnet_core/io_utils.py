@@ -28,6 +28,7 @@ The rules every tool follows (``check_output`` enforces them before any work sta
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
@@ -303,16 +304,14 @@ def _libc_renameat2() -> Callable | None:
     global _renameat2
     if _renameat2 is False:
         try:
-            import ctypes
-
             libc = ctypes.CDLL(None, use_errno=True)
             function = libc.renameat2
             function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
             function.restype = ctypes.c_int
             _renameat2 = function
-        except (OSError, AttributeError, ImportError):
+        except (OSError, AttributeError):
             _renameat2 = None
-    return _renameat2
+    return _renameat2 if callable(_renameat2) else None
 
 
 def rename_noreplace(source: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -322,8 +321,6 @@ def rename_noreplace(source: str | os.PathLike, target: str | os.PathLike) -> No
     src, dst = os.fsencode(source), os.fsencode(target)
     function = _libc_renameat2()
     if function is not None:
-        import ctypes
-
         if function(-100, src, -100, dst, 1) == 0:  # AT_FDCWD, RENAME_NOREPLACE
             return
         code = ctypes.get_errno()

@@ -16,13 +16,16 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import yaml
 
 from sfnet_core.errors import ConfigError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # the stubs' name for "any dataclass"
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -103,7 +106,7 @@ def from_dict(cls: type[T], data: Any, source: str = "<dict>", _prefix: str = ""
         for name, f in fields.items()
         if name not in kwargs
         and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise ConfigError(f"{where}missing required key(s) {', '.join(map(repr, missing))}")
@@ -188,7 +191,7 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, source, f"{key}.")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

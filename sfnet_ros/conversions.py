@@ -344,7 +344,7 @@ def _byte_array(data: np.ndarray) -> _array.array:
     # array.array('B') is what rclpy stores and its setter accepts without a per-element check
     # (Humble always checks other sequences element by element); frombytes copies once.
     out = _array.array("B")
-    out.frombytes(data)
+    out.frombytes(np.ascontiguousarray(data).data)
     return out
 
 

@@ -1,8 +1,10 @@
-"""What ``launch/sfnet.launch.py`` computes from its arguments, as plain functions.
+"""How ``sfnet_node`` is started, as plain functions: the launch file's rules and the command line.
 
-The launch file's ``OpaqueFunction`` only reads its launch configurations and calls these; they
-import nothing from launch, launch_ros or rclpy, so the tests (where launch cannot be installed) and
-``test/node_harness.py`` (which starts the node as the launch file does) use exactly the same rules.
+The launch file's ``OpaqueFunction`` only reads its launch configurations and calls ``node_launch``;
+nothing here imports launch, launch_ros or rclpy, so the tests (where launch cannot be installed),
+``test/node_harness.py``, ``bench/node_latency.py`` and ``sfnet-demo`` start the node by exactly the
+same rules: ``node_launch(...)`` gives a ``NodeLaunch``, which the launch file hands to launch_ros
+and the others run as ``argv()`` with ``process_environment(os.environ)``.
 
 Camera inputs (``camera_plan``):
 
@@ -25,9 +27,11 @@ applies to itself when started without launch.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,11 +50,14 @@ __all__ = [
     "PROFILE_FILE_NAME",
     "PROFILE_VARIABLES",
     "SWITCH_VARIABLE",
+    "NODE_PROGRAM",
     "CameraPlan",
     "LaunchArgumentError",
+    "NodeLaunch",
     "camera_info_topic",
     "camera_plan",
     "fastdds_profile_environment",
+    "node_launch",
     "split_list",
 ]
 
@@ -176,3 +183,98 @@ def fastdds_profile_environment(argument: str, environ: Mapping[str, str], defau
     if decision.action == "off":
         return {SWITCH_VARIABLE: "off"}
     return dict(decision.variables)
+
+
+# -- the node's command line -----------------------------------------------------------------------
+
+#: The node as a Python module of this interpreter (``ros2 run sfnet_ros sfnet_node`` where the
+#: package is installed in an ament index; this works from a checkout too).
+NODE_PROGRAM = (sys.executable, "-m", "sfnet_ros.node")
+
+
+def _param_text(value: Any) -> str:
+    # `-p name:=value` parses value as YAML; JSON is YAML and keeps strings strings ("1.0" stays a
+    # string, "traffic light" keeps its space inside a list).
+    return json.dumps(value)
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """One start of sfnet_node: what the launch file hands to launch_ros, and (``argv``,
+    ``process_environment``) the command line and environment that amounts to."""
+
+    params_file: str | None                  # the parameter file, read first (None: none)
+    parameters: dict[str, Any]               # overrides, after the params file, in this order
+    remappings: list[tuple[str, str]]        # (from, to): the cameras' inputs first, then the rest
+    namespace: str = ""                      # "" = the root namespace
+    node_name: str | None = None             # None: the node's own name (sfnet_node)
+    environment: dict[str, str] = field(default_factory=dict)  # set for the node: the Fast DDS profile
+
+    def ros_arguments(self) -> list[str]:
+        """``--ros-args --params-file F -p name:=value ... -r from:=to ... -r __ns:=/ns -r __node:=name``."""
+        args = ["--ros-args"]
+        if self.params_file is not None:
+            args += ["--params-file", self.params_file]
+        for name, value in self.parameters.items():
+            args += ["-p", f"{name}:={_param_text(value)}"]
+        for source, target in self.remappings:
+            args += ["-r", f"{source}:={target}"]
+        if self.namespace:
+            args += ["-r", f"__ns:=/{self.namespace.strip('/')}"]
+        if self.node_name:
+            args += ["-r", f"__node:={self.node_name}"]
+        return args
+
+    def argv(self, program: Sequence[str] = NODE_PROGRAM) -> list[str]:
+        """The whole command line, ``program`` first (default: ``python -m sfnet_ros.node``)."""
+        return [*program, *self.ros_arguments()]
+
+    def process_environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` (the environment the node would inherit) plus ``environment``; ``base`` is not changed."""
+        return {**base, **self.environment}
+
+
+def node_launch(
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    params_file: str | os.PathLike | None = None,
+    cameras: str = "",
+    image_topics: str = "",
+    image_topic: str | None = None,
+    remaps: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    namespace: str | None = None,
+    node_name: str | None = None,
+    fastdds_profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    default_profile: str | os.PathLike | None = None,
+    ros_distro: str | None = None,
+) -> NodeLaunch:
+    """How to start the node with these parameter overrides, cameras, remappings and profile rule.
+
+    Cameras (the launch arguments of the same names, ``camera_plan``): with ``cameras`` or
+    ``image_topic`` set, the ``cameras`` parameter and the inputs' remappings come from
+    ``camera_plan(cameras, image_topics, image_topic)`` (parameters after ``parameters``,
+    remappings before ``remaps``); with neither, only ``remaps`` (the node's own ``image`` topic).
+
+    Fast DDS profile: ``fastdds_profile`` None sets no variable (as a start from a shell: the node
+    then applies ``sfnet_ros.transport_profile`` itself); otherwise it is the launch argument
+    (``auto``, ``none`` or a path) and ``environment`` is ``fastdds_profile_environment(
+    fastdds_profile, environ, default_profile, ros_distro)`` (``ros_distro`` defaults to
+    ``environ["ROS_DISTRO"]``). Raises LaunchArgumentError as those two functions do.
+    """
+    overrides = dict(parameters or {})
+    remappings: list[tuple[str, str]] = []
+    if cameras or image_topics or image_topic is not None:
+        plan = camera_plan(cameras, image_topics, image_topic or "")
+        overrides.update(plan.parameters)
+        remappings += plan.remappings
+    remappings += list(remaps.items() if isinstance(remaps, Mapping) else remaps)
+    environment: dict[str, str] = {}
+    if fastdds_profile is not None:
+        if default_profile is None:
+            raise ValueError("node_launch: fastdds_profile needs default_profile (the package's profile file)")
+        environ = os.environ if environ is None else environ
+        environment = fastdds_profile_environment(fastdds_profile, environ, default_profile,
+                                                  ros_distro if ros_distro is not None else environ.get("ROS_DISTRO"))
+    return NodeLaunch(None if params_file is None else str(params_file), overrides, remappings,
+                      (namespace or "").strip(), node_name or None, environment)

@@ -204,8 +204,8 @@ def decide_profile(environ: Mapping[str, str], choice: str | None = None,
     else:
         looked = list(profile_candidates() if candidates is None else candidates)
         found = find_profile_file(looked)
-        path = None if found is None else os.path.abspath(found)
-    if path is None or not os.path.isfile(path):
+        path = "" if found is None else os.path.abspath(found)
+    if not path or not os.path.isfile(path):
         where = ", ".join(str(p) for p in looked)
         return ProfileDecision(
             "missing", path=path, warning=True,

@@ -1,9 +1,11 @@
 """Run ``sfnet_node`` as its own process and talk to it over real DDS, for tests and tools.
 
 The node is started exactly as ``launch/sfnet.launch.py`` starts it (the launch system cannot be
-installed here): ``python -m sfnet_ros.node --ros-args --params-file config/sfnet.yaml -p
-checkpoint:=... -r image:=/camera/image_raw -r __ns:=/ns``. The test process holds the other
-end: publishers of camera frames, subscribers of the outputs, lifecycle and parameter clients.
+installed here), by the same builder, ``sfnet_ros.launch_support.node_launch``: ``python -m
+sfnet_ros.node --ros-args --params-file config/sfnet.yaml -p checkpoint:=... -r
+image:=/camera/image_raw -r __ns:=/ns``, with the launch file's Fast DDS profile variables. The
+test process holds the other end: publishers of camera frames, subscribers of the outputs,
+lifecycle and parameter clients.
 
 Typical use (``ros_domain`` is the fixture of ``test/conftest.py``; pass its env to the node)::
 
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import queue
 import re
@@ -43,6 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from sfnet_core.data.classes import ClassTable
+from sfnet_ros.conversions import image_to_numpy, numpy_to_image
+from sfnet_ros.launch_support import AUTO_PROFILE, NodeLaunch, node_launch
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS_FILE = REPO_ROOT / "config" / "sfnet.yaml"
 NODE_NAME = "sfnet_node"
@@ -53,9 +58,8 @@ FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_large_frames.xml"
 def launch_environment(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` plus what the launch file sets for the node: the Fast DDS profile variable(s), unless
     ``env`` already names a profile (same rule, ``sfnet_ros.launch_support``)."""
-    from sfnet_ros.launch_support import AUTO_PROFILE, fastdds_profile_environment
-
-    return {**env, **fastdds_profile_environment(AUTO_PROFILE, env, FASTDDS_PROFILE, env.get("ROS_DISTRO"))}
+    launch = node_launch(fastdds_profile=AUTO_PROFILE, environ=env, default_profile=FASTDDS_PROFILE)
+    return launch.process_environment(env)
 
 
 #: Where Fast DDS keeps its shared-memory segments and ports on Linux.
@@ -72,34 +76,6 @@ START_TIMEOUT_S = 120.0
 
 
 # -- the node process ----------------------------------------------------------------------------
-
-
-def _param_text(value: Any) -> str:
-    # `-p name:=value` parses value as YAML; JSON is YAML and keeps strings strings ("1.0" stays a
-    # string, "traffic light" keeps its space inside a list).
-    return json.dumps(value)
-
-
-def node_command(
-    params_file: str | os.PathLike | None = DEFAULT_PARAMS_FILE,
-    parameters: Mapping[str, Any] | None = None,
-    remaps: Mapping[str, str] | None = None,
-    namespace: str | None = None,
-    node_name: str | None = None,
-) -> list[str]:
-    """The command line launch/sfnet.launch.py amounts to (params file first, then overrides)."""
-    cmd = [sys.executable, "-m", "sfnet_ros.node", "--ros-args"]
-    if params_file is not None:
-        cmd += ["--params-file", str(params_file)]
-    for name, value in (parameters or {}).items():
-        cmd += ["-p", f"{name}:={_param_text(value)}"]
-    for source, target in (remaps or {}).items():
-        cmd += ["-r", f"{source}:={target}"]
-    if namespace:
-        cmd += ["-r", f"__ns:={namespace}"]
-    if node_name:
-        cmd += ["-r", f"__node:={node_name}"]
-    return cmd
 
 
 class NodeProcess:
@@ -122,10 +98,13 @@ class NodeProcess:
         log_name: str = "node",
         launch_env: bool = True,
     ) -> None:
-        self.command = node_command(params_file, parameters, remaps, namespace, node_name)
         # launch_env=False: ``env`` exactly, as a user starting ``sfnet_node --ros-args ...`` from a
         # shell (no launch file setting the Fast DDS profile variables)
-        self.env = launch_environment(env) if launch_env else dict(env)
+        self.launch: NodeLaunch = node_launch(
+            parameters, params_file=params_file, remaps=remaps or {}, namespace=namespace, node_name=node_name,
+            fastdds_profile=AUTO_PROFILE if launch_env else None, environ=env, default_profile=FASTDDS_PROFILE)
+        self.command = self.launch.argv()
+        self.env = self.launch.process_environment(env)
         self.log_path = Path(log_dir) / f"{log_name}.log"
         ns = "/" + (namespace or "").strip("/")
         self.fqn = ns.rstrip("/") + "/" + (node_name or NODE_NAME)
@@ -297,9 +276,8 @@ def write_test_checkpoint(path: str | os.PathLike, seed: int = 0, model_name: st
     """A random-weight 19-class (Cityscapes) checkpoint: deterministic for a given seed."""
     import torch
 
-    from sfnet_core.checkpoint import save_checkpoint
-    from sfnet_core.data.classes import ClassTable
-    from sfnet_core.models import build_model
+    from sfnet_core.checkpoint import save_checkpoint  # lazy: torch, for the tests that write a checkpoint only
+    from sfnet_core.models import build_model  # lazy: torch (as above)
 
     torch.manual_seed(seed)
     model = build_model(model_name, 19)
@@ -335,15 +313,11 @@ def stamp_ns_of(msg: Any) -> int:
 
 def make_image(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "camera") -> Any:
     """A well-formed sensor_msgs/Image (via sfnet_ros.conversions.numpy_to_image)."""
-    from sfnet_ros.conversions import numpy_to_image
-
     return numpy_to_image(array, encoding, header=header(stamp_ns, frame_id))
 
 
 def image_array(msg: Any) -> np.ndarray:
     """An output Image as an array ((H, W) for mono8, (H, W, 3) for rgb8), copied."""
-    from sfnet_ros.conversions import image_to_numpy
-
     return np.array(image_to_numpy(msg))
 
 

@@ -16,9 +16,9 @@ import torch
 
 from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.errors import CheckpointError, ConfigError
-from sfnet_core.export import export_module, export_onnx, file_sha256
 from sfnet_core.inference import Segmenter
-from sfnet_core.inference.onnx_model import read_onnx_info
+from sfnet_core.onnx.export import export_module, export_onnx, file_sha256
+from sfnet_core.onnx.metadata import read_onnx_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def frames() -> list[np.ndarray]:
-    from sfnet_core.data.synthetic import render_scene
+    from sfnet_core.data.synthetic_scenes.render import render_scene
 
     # two odd sizes that share the 96x160 canvas, and one on its own canvas
     return [render_scene(seed=40, height=70, width=130)[0], render_scene(seed=41, height=80, width=150)[0],
@@ -194,7 +194,7 @@ def test_sfnet_eval_on_an_onnx_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     import yaml
 
     from sfnet_core.checkpoint import save_checkpoint
-    from sfnet_core.cli.evaluate import main
+    from sfnet_core.cli.evaluate_command import main
     from sfnet_core.data.datasets import SyntheticDataset
     from sfnet_core.models import build_model
 

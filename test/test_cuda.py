@@ -68,7 +68,7 @@ def test_amp_resume_continues_on_cuda(trained, tmp_path: Path) -> None:
 
 
 def _frames(count: int = 4) -> list[np.ndarray]:
-    from sfnet_core.data.synthetic import render_scene
+    from sfnet_core.data.synthetic_scenes.render import render_scene
 
     # held-out seeds, two sizes that are not multiples of 32
     return [render_scene(seed=10_000 + i, height=H + 7 * (i % 2), width=W - 13 * (i % 2))[0]
@@ -187,7 +187,7 @@ def test_segmenter_auto_is_fp16_on_cuda_and_bgr_matches(reference) -> None:
 
 def test_onnx_export_of_cuda_trained_checkpoint_runs_on_cpu(reference, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from sfnet_core.cli.export import main as export_main
+    from sfnet_core.cli.export_command import main as export_main
 
     checkpoint, _, _ = reference
     assert export_main(["--checkpoint", str(checkpoint), "--onnx", str(tmp_path / "m.onnx"),

@@ -34,7 +34,7 @@ def test_every_command_block_runs(workspace: Path) -> None:
     env = doc_environment(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                           SFNET_ROS_CACHE=str(workspace / "cache"))
     outputs = [run_block(block, workspace, env, timeout=900) for block in blocks]
-    from sfnet_core.inference.onnx_model import read_onnx_info
+    from sfnet_core.onnx.metadata import read_onnx_info
 
     quick = workspace / "runs" / "quick"
     assert read_onnx_info(quick / "sfnet_128x256.onnx").fixed_size == (128, 256)
@@ -49,7 +49,7 @@ def test_every_command_block_runs(workspace: Path) -> None:
 def test_the_python_example_runs(workspace: Path) -> None:
     import cv2
 
-    from sfnet_core.data.synthetic import render_scene
+    from sfnet_core.data.synthetic_scenes.render import render_scene
 
     example = next(body for language, body in fenced_blocks(DOC.read_text(encoding="utf-8")) if language == "python")
     assert cv2.imwrite(str(workspace / "frame.png"), render_scene(seed=3, height=90, width=170)[0][..., ::-1])

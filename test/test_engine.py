@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from sfnet_core.cli.train import main
+from sfnet_core.cli.train_command import main
 from sfnet_core.errors import ConfigError
 from sfnet_core.training.config import ScheduleConfig, load_train_config
 from sfnet_core.training.engine import lr_factor, train
@@ -260,7 +260,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
 
 def test_synthetic_training_learns(tmp_path: Path, capsys) -> None:
     """A reduced synthetic_quick run must beat chance by a wide margin on held-out frames."""
-    from sfnet_core.cli.evaluate import main as eval_main
+    from sfnet_core.cli.evaluate_command import main as eval_main
 
     recipe = tiny_recipe(
         tmp_path, iterations=90, batch_size=4,

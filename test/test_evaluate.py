@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from sfnet_core.cli.evaluate import main
+from sfnet_core.cli.evaluate_command import main
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.evaluation.evaluate import match_key
+from sfnet_core.evaluation.scoring import match_key
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -131,7 +131,8 @@ def test_pred_dir_agrees_with_official_cityscapes_script(tmp_path: Path, capsys)
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [PY, "-m", "sfnet_core.cli.evaluate", "--pred-dir", str(tmp_path / "missing"), "--gt-dir", str(tmp_path)],
+        [PY, "-m", "sfnet_core.cli.evaluate_command", "--pred-dir", str(tmp_path / "missing"),
+         "--gt-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 2
@@ -212,7 +213,7 @@ def test_checkpoint_modes_and_saved_predictions(tmp_path: Path, capsys) -> None:
 
 def test_cli_msf_default_is_the_library_one() -> None:
     """The CLI repeats MSF_SCALES so that parsing a command line does not import torch."""
-    from sfnet_core.cli.evaluate import MSF_SCALES as CLI_SCALES
-    from sfnet_core.evaluation.evaluate import MSF_SCALES
+    from sfnet_core.cli.evaluate_command import MSF_SCALES as CLI_SCALES
+    from sfnet_core.evaluation.scoring import MSF_SCALES
 
     assert tuple(CLI_SCALES) == tuple(MSF_SCALES)

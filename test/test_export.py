@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from sfnet_core.checkpoint import load_checkpoint, save_checkpoint
-from sfnet_core.cli.export import main
+from sfnet_core.cli.export_command import main
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.export import export_onnx
-from sfnet_core.inference.onnx_model import read_onnx_info
 from sfnet_core.models import build_model
+from sfnet_core.onnx.export import export_onnx
+from sfnet_core.onnx.metadata import read_onnx_info
 
 CLASSES = ClassTable(names=tuple(f"class{i}" for i in range(19)), colors=tuple((i, i, i) for i in range(19)))
 
@@ -130,7 +130,6 @@ def test_cli_bad_inputs_one_line_exit_2(ckpt_path: Path, tmp_path: Path, capsys:
 
 
 def test_cli_batch_2_verify_and_overwrite(ckpt_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sfnet_core.inference.onnx_model import read_onnx_info
 
     out = tmp_path / "b2.onnx"
     argv = ["--checkpoint", str(ckpt_path), "--onnx", str(out), "--height", "64", "--width", "64", "--batch", "2"]
@@ -148,7 +147,7 @@ def test_cli_batch_2_verify_and_overwrite(ckpt_path: Path, tmp_path: Path, capsy
 def _calibration_frames(folder: Path, count: int = 4) -> Path:
     import cv2
 
-    from sfnet_core.data.synthetic import render_scene
+    from sfnet_core.data.synthetic_scenes.render import render_scene
 
     folder.mkdir()
     for i in range(count):
@@ -159,7 +158,6 @@ def _calibration_frames(folder: Path, count: int = 4) -> Path:
 def test_cli_int8_from_an_image_folder(ckpt_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                        one_torch_thread: None) -> None:
     from sfnet_core.inference import Segmenter
-    from sfnet_core.inference.onnx_model import read_onnx_info
 
     calib = _calibration_frames(tmp_path / "calib")
     out = tmp_path / "out" / "int8.onnx"
@@ -185,8 +183,7 @@ def test_cli_int8_from_an_image_folder(ckpt_path: Path, tmp_path: Path, capsys: 
 def test_cli_int8_from_a_bag(ckpt_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                              one_torch_thread: None) -> None:
     pytest.importorskip("rosbags")
-    from sfnet_core.inference.onnx_model import read_onnx_info
-    from sfnet_ros.tools.export import main as ros_main
+    from sfnet_ros.tools.export_with_bags import main as ros_main
     from sfnet_ros.tools.synthetic_bag import write_synthetic_bag
 
     bag, _, _ = write_synthetic_bag(tmp_path / "calib.mcap", 5, 64, 96)  # /front/image_raw and /front/labels
@@ -207,17 +204,43 @@ def test_cli_int8_from_a_bag(ckpt_path: Path, tmp_path: Path, capsys: pytest.Cap
     assert read_onnx_info(out).extra["quantization"]["calibration"] == "calib.mcap (2 frames)"
 
 
-def test_the_parsers_constants_are_the_librarys() -> None:
-    """sfnet-export's parser repeats two constants so that it answers without importing torch."""
+def test_the_parsers_constants_are_the_librarys(tmp_path: Path) -> None:
+    """sfnet-export's parser repeats two constants so that it answers without importing torch; the
+    checks of its files and arguments run before torch is imported too."""
     import subprocess
     import sys
+    import zipfile
 
-    from sfnet_core.cli import export as cli
-    from sfnet_core.export import DEFAULT_OPSET
+    from sfnet_core.cli import export_command as cli
     from sfnet_core.inference.geometry import RESIZE_POLICIES
+    from sfnet_core.onnx.export import DEFAULT_OPSET
 
     assert cli.DEFAULT_OPSET == DEFAULT_OPSET and cli.RESIZE_POLICIES == RESIZE_POLICIES
-    probe = ("import sys; from sfnet_ros.tools.export import build_parser; build_parser(); "
-             "print('torch' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          timeout=120).stdout.strip() == "False"
+    with zipfile.ZipFile(tmp_path / "ck.pt", "w") as archive:  # the shape of a torch.save file, not loaded
+        archive.writestr("ck/data.pkl", b"")
+    probe = ("import sys; from sfnet_ros.tools.export_with_bags import build_parser, main; build_parser(); "
+             "codes = [main(['--checkpoint', 'missing.pt', '--onnx', 'm.onnx']), "
+             "main(['--checkpoint', 'ck.pt', '--onnx', 'm.onnx', '--int8', '--calibration', 'nowhere'])]; "
+             "print(codes, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.stdout.strip() == "[2, 2] False", run.stderr
+    assert "missing.pt: checkpoint file not found" in run.stderr and "--calibration: nowhere not found" in run.stderr
+
+
+def test_calibration_progress_counts_the_frames_run() -> None:
+    """The int8 calibration bar advances as ONNX Runtime runs each frame (it asks for the next batch
+    only after the last one ran); off when stderr is not a terminal."""
+    import io
+
+    from tqdm import tqdm
+
+    from sfnet_core.onnx.quantize import _Calibration, _progress
+
+    batches = [np.zeros((1, 3, 2, 2), np.float32)] * 3
+    bar = tqdm(total=3, file=io.StringIO(), disable=False)
+    reader = _Calibration(batches, "input", bar)
+    shown = []
+    while reader.get_next() is not None:
+        shown.append(bar.n)
+    assert shown == [0, 1, 2] and bar.n == 3 and reader.frames == 3
+    assert _progress(batches, enabled=True).disable  # pytest's captured stderr is no terminal

@@ -105,7 +105,7 @@ def test_val_fraction_splits_by_time(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_extract_then_train(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--val-fraction writes what the custom-data template reads: folder kind, train/val splits."""
-    from sfnet_core.cli.train import main as train_main
+    from sfnet_core.cli.train_command import main as train_main
 
     bag, _, labels = write_synthetic_bag(tmp_path / "drive_sqlite", 5, H, W, storage="sqlite3")
     data = tmp_path / "dataset"

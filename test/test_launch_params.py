@@ -2,8 +2,8 @@
 
 ``launch``/``launch_ros`` cannot be installed here, so the launch file is read with ``ast``
 (never imported); its argument logic lives in ``sfnet_ros.launch_support`` (tested directly here);
-the tests start the node with the command line and environment it amounts to
-(``node_harness.node_command`` / ``NodeProcess``), and this module checks they stay the same.
+the launch file hands launch_ros what ``launch_support.node_launch`` computes, whose command line and
+environment the tests start the node with (``node_harness.NodeProcess``); this module checks both.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from doc_commands import fenced_blocks
-from node_harness import DEFAULT_PARAMS_FILE, FASTDDS_PROFILE, NODE_NAME, REPO_ROOT, NodeProcess, node_command
+from node_harness import DEFAULT_PARAMS_FILE, FASTDDS_PROFILE, NODE_NAME, REPO_ROOT, NodeProcess
 
 from sfnet_core.errors import ConfigError
 from sfnet_ros.launch_support import (
@@ -26,6 +26,7 @@ from sfnet_ros.launch_support import (
     camera_info_topic,
     camera_plan,
     fastdds_profile_environment,
+    node_launch,
     split_list,
 )
 from sfnet_ros.node.params import PARAMETERS, config_from_values, parameters_markdown, spec, topic_token
@@ -47,7 +48,7 @@ LAUNCH_IMPORTS = {
     "launch.actions": {"DeclareLaunchArgument", "GroupAction", "OpaqueFunction", "SetEnvironmentVariable"},
     "launch.substitutions": {"LaunchConfiguration"},
     "launch_ros.actions": {"LifecycleNode"},
-    "sfnet_ros.launch_support": {"PROFILE_FILE_NAME", "camera_plan", "fastdds_profile_environment"},
+    "sfnet_ros.launch_support": {"PROFILE_FILE_NAME", "node_launch"},
 }
 
 
@@ -61,17 +62,11 @@ def _call_name(node: ast.AST) -> str:
 
 
 def _launch_config_name(node: ast.AST) -> str | None:
-    """'x' for ``LaunchConfiguration("x")``, else None."""
-    if isinstance(node, ast.Call) and _call_name(node) == "LaunchConfiguration":
+    """'x' for ``LaunchConfiguration("x")`` or ``argument("x")`` (the launch file's helper that
+    performs it), else None."""
+    if (isinstance(node, ast.Call) and _call_name(node) in ("LaunchConfiguration", "argument")
+            and isinstance(node.args[0], ast.Constant)):
         return ast.literal_eval(node.args[0])
-    return None
-
-
-def _performed_config_name(node: ast.AST) -> str | None:
-    """'x' for ``LaunchConfiguration("x").perform(context)``, else None."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "perform":
-        assert [ast.unparse(a) for a in node.args] == ["context"]
-        return _launch_config_name(node.func.value)
     return None
 
 
@@ -90,6 +85,11 @@ class LaunchFile:
 
     def literal(self, key: str) -> object:
         return ast.literal_eval(self.node[key])
+
+    def node_launch(self) -> tuple[list[ast.AST], dict[str, ast.AST]]:
+        """The positional and keyword arguments of the launch file's ``node_launch(...)`` call."""
+        call = self.call("node_launch")
+        return call.args, {kw.arg: kw.value for kw in call.keywords}
 
     def call(self, name: str) -> ast.Call:
         (found,) = [c for c in self.calls if _call_name(c) == name]
@@ -123,7 +123,11 @@ def test_launch_starts_the_node_executable(launch):
     assert launch.literal("package") == "sfnet_ros"
     assert launch.literal("executable") == "sfnet_node"
     assert launch.literal("name") == NODE_NAME
-    assert _launch_config_name(launch.node["namespace"]) == "namespace"
+    assert ast.unparse(launch.node["namespace"]) == "node.namespace"
+    assert _launch_config_name(launch.node_launch()[1]["namespace"]) == "namespace"
+    # argument(name) is LaunchConfiguration(name) performed in the OpaqueFunction's context.
+    helper = next(n for n in ast.walk(launch.tree) if isinstance(n, ast.FunctionDef) and n.name == "argument")
+    assert ast.unparse(helper.body[0]) == "return LaunchConfiguration(name).perform(context)"
 
 
 def test_launch_arguments_are_declared_and_used(launch):
@@ -149,7 +153,7 @@ def test_launch_imports_only_documented_apis():
     support = ast.parse((REPO_ROOT / "sfnet_ros" / "launch_support.py").read_text())
     imported = {a.name for n in ast.walk(support) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(support) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"__future__", "os", "re", "collections.abc", "dataclasses", "typing",
+    assert imported <= {"__future__", "json", "os", "re", "sys", "collections.abc", "dataclasses", "typing",
                         "sfnet_ros.transport_profile"}
     # ... and so is the profile rule it shares with the node and the tools (ament_index_python only
     # inside a function, guarded: the package's share directory is one place the profile may be).
@@ -160,21 +164,19 @@ def test_launch_imports_only_documented_apis():
 
 
 def test_launch_parameters_match_the_node(launch):
-    parameters = launch.node["parameters"]
-    assert isinstance(parameters, ast.List)
     # The params file first, then overrides of declared parameters from launch arguments, then
-    # the cameras parameter when several cameras are named (camera_plan).
-    assert _launch_config_name(parameters.elts[0]) == "params_file"
-    overrides = parameters.elts[1]
+    # the cameras parameter when several cameras are named (node_launch, by camera_plan).
+    assert ast.unparse(launch.node["parameters"]) == "[node.params_file, node.parameters]"
+    (overrides,), keywords = launch.node_launch()
+    assert _launch_config_name(keywords["params_file"]) == "params_file"
     assert isinstance(overrides, ast.Dict)
     keys = [ast.literal_eval(k) for k in overrides.keys]
     assert set(keys) <= {p.name for p in PARAMETERS}
     assert {k: _launch_config_name(v) for k, v in zip(keys, overrides.values)} == {
         "checkpoint": "checkpoint", "device": "device"}
-    (extra,) = parameters.elts[2:]
-    assert isinstance(extra, ast.Starred)
-    assert ast.unparse(launch.assignment(extra.value.id)) == "[plan.parameters] if plan.parameters else []"
-    assert set(camera_plan("front,left", "/a/image,/b/image", "").parameters) <= {p.name for p in PARAMETERS}
+    several = node_launch({"checkpoint": "/m.pt"}, cameras="front,left", image_topics="/a/image,/b/image")
+    assert several.parameters == {"checkpoint": "/m.pt", "cameras": ["front", "left"]}
+    assert set(several.parameters) <= {p.name for p in PARAMETERS}
     # The default params file is the package's config/sfnet.yaml.
     default_value = launch.default("params_file")
     assert isinstance(default_value, ast.Name)
@@ -182,22 +184,23 @@ def test_launch_parameters_match_the_node(launch):
 
 
 def test_launch_remaps_what_camera_plan_says(launch):
-    assert ast.unparse(launch.node["remappings"]) == "plan.remappings"
-    plan_call = launch.assignment("plan")
-    assert _call_name(plan_call) == "camera_plan"
-    assert [_performed_config_name(a) for a in plan_call.args] == ["cameras", "image_topics", "image_topic"]
+    assert ast.unparse(launch.node["remappings"]) == "node.remappings"
+    _, keywords = launch.node_launch()
+    assert {name: _launch_config_name(keywords[name]) for name in ("cameras", "image_topics", "image_topic")} == {
+        "cameras": "cameras", "image_topics": "image_topics", "image_topic": "image_topic"}
+    plan = camera_plan("front,left", "/a/image_raw,/b/image_raw", "/camera/image_raw")
+    assert node_launch(cameras="front,left", image_topics="/a/image_raw,/b/image_raw",
+                       image_topic="/camera/image_raw").remappings == plan.remappings
 
 
 def test_launch_sets_the_fastdds_profile_for_the_node(launch):
-    environment_call = launch.assignment("profile_variables")
-    assert _call_name(environment_call) == "fastdds_profile_environment"
-    argument, environ, default, distro = environment_call.args
-    assert _performed_config_name(argument) == "fastdds_profile"
-    assert ast.unparse(environ) == "environment"
+    _, keywords = launch.node_launch()
+    assert _launch_config_name(keywords["fastdds_profile"]) == "fastdds_profile"
+    assert ast.unparse(keywords["environ"]) == "environment"
     assert ast.unparse(launch.assignment("environment")) == "getattr(context, 'environment', os.environ)"
-    assert ast.unparse(distro) == "os.environ.get('ROS_DISTRO')"
+    assert ast.unparse(keywords["ros_distro"]) == "os.environ.get('ROS_DISTRO')"
     # The default profile is the package's config/fastdds_large_frames.xml, handed to the function.
-    assert ast.unparse(default) == "default_profile"
+    assert ast.unparse(keywords["default_profile"]) == "default_profile"
     assert launch.share_path("default_profile") == ["sfnet_ros", "config", "PROFILE_FILE_NAME"]
     assert (REPO_ROOT / "config" / PROFILE_FILE_NAME).is_file()
     opaque = launch.call("OpaqueFunction")
@@ -211,13 +214,22 @@ def test_launch_sets_the_fastdds_profile_for_the_node(launch):
     assert isinstance(first, ast.Starred) and _call_name(node) == "LifecycleNode"
     setter = first.value.elt
     assert _call_name(setter) == "SetEnvironmentVariable"
-    assert ast.unparse(first.value.generators[0].iter) == "profile_variables.items()"
+    assert ast.unparse(first.value.generators[0].iter) == "node.environment.items()"
+    # ... which are fastdds_profile_environment's, through node_launch.
+    environ = {"ROS_DISTRO": "humble"}
+    assert node_launch(fastdds_profile="auto", environ=environ, default_profile=FASTDDS_PROFILE).environment == \
+        fastdds_profile_environment("auto", environ, FASTDDS_PROFILE, "humble")
+    assert node_launch(fastdds_profile="none", environ={}, default_profile=FASTDDS_PROFILE).environment == {
+        SWITCH_VARIABLE: "off"}
+    assert node_launch().environment == {}, "no profile rule: a start from a shell"
 
 
-def test_harness_command_is_what_the_launch_file_runs():
-    plan = camera_plan("", "", "/camera/image_raw")  # the launch file's defaults
-    cmd = node_command(parameters={"checkpoint": "/m.pt", "device": "cpu"}, remaps=dict(plan.remappings),
-                       namespace="/veh")
+def test_harness_command_is_what_the_launch_file_runs(tmp_path):
+    # the launch file's defaults: one camera on /camera/image_raw
+    cmd = NodeProcess({}, tmp_path, parameters={"checkpoint": "/m.pt", "device": "cpu"},
+                      remaps=dict(camera_plan("", "", "/camera/image_raw").remappings), namespace="/veh").command
+    assert cmd == node_launch({"checkpoint": "/m.pt", "device": "cpu"}, params_file=DEFAULT_PARAMS_FILE,
+                              image_topic="/camera/image_raw", namespace="/veh").argv()
     assert cmd[1:4] == ["-m", "sfnet_ros.node", "--ros-args"]
     assert cmd[4:6] == ["--params-file", str(DEFAULT_PARAMS_FILE)]
     assert cmd[6:] == ["-p", 'checkpoint:="/m.pt"', "-p", 'device:="cpu"', "-r", "image:=/camera/image_raw",
@@ -417,7 +429,7 @@ def test_node_declares_exactly_the_parameter_table(ros_domain):
     from rcl_interfaces.msg import ParameterType
     from rclpy.context import Context
 
-    from sfnet_ros.node import SegmentationNode
+    from sfnet_ros.node import SegmentationNode  # lazy: rclpy's node machinery, for this test only
 
     context = Context()
     rclpy.init(args=["sfnet_node", "--ros-args", "--params-file", str(DEFAULT_PARAMS_FILE)], context=context)
@@ -584,7 +596,7 @@ def test_launch_description_builds_on_a_ros_install():
 
 def test_launch_doc_command_line_is_the_harness_command():
     """docs/launch.md, "Without launch": the same node command line the tests run
-    (node_harness.node_command, `python -m sfnet_ros.node` for `ros2 run sfnet_ros sfnet_node`) for
+    (launch_support.node_launch, `python -m sfnet_ros.node` for `ros2 run sfnet_ros sfnet_node`) for
     the four-camera example, with no profile variable: the node applies the profile itself
     (`ros2 run` is not installable here)."""
     text = LAUNCH_DOC.read_text()
@@ -606,7 +618,7 @@ def test_launch_doc_command_line_is_the_harness_command():
 
     four = next(c for c in _doc_commands(LAUNCH_DOC) if "cameras:=front,left,right,rear" in c)
     arguments = dict(word.split(":=", 1) for word in four[4:])
-    plan = camera_plan(arguments["cameras"], arguments["image_topics"], "")
-    harness = node_command(parameters={"checkpoint": arguments["checkpoint"], "device": "auto", **plan.parameters},
-                           remaps=dict(plan.remappings), namespace="/" + arguments["namespace"])
+    harness = node_launch({"checkpoint": arguments["checkpoint"], "device": "auto"}, params_file=DEFAULT_PARAMS_FILE,
+                          cameras=arguments["cameras"], image_topics=arguments["image_topics"],
+                          namespace=arguments["namespace"]).argv()
     assert options(words[6:]) == options(harness[4:])

@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sfnet_core.evaluation.metrics import ConfusionMatrix, format_report
+from sfnet_core.evaluation.metrics import ConfusionMatrix
+from sfnet_core.evaluation.report_text import format_report
 
 # ground truth / prediction of 8 pixels; the last two are ignored (and predicted anything)
 TARGET = [0, 0, 0, 1, 1, 2, 255, 255]

@@ -24,12 +24,14 @@ import torch
 from sfnet_core.checkpoint import load_checkpoint, save_checkpoint
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import CheckpointError
-from sfnet_core.export import export_onnx, quantize_int8
 from sfnet_core.inference import Segmenter
 from sfnet_core.inference.cache import cached_onnx, cached_onnx_model
-from sfnet_core.inference.onnx_model import DIGEST_KEY, read_onnx_info
 from sfnet_core.models import build_model
 from sfnet_core.models.released import export_released, import_released, project_options
+from sfnet_core.onnx.digest import DIGEST_KEY
+from sfnet_core.onnx.export import export_onnx
+from sfnet_core.onnx.metadata import read_onnx_info
+from sfnet_core.onnx.quantize import quantize_int8
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -346,7 +348,7 @@ def test_onnx_from_before_digests_loads_with_one_warning(small_onnx: Path, tmp_p
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
     onnx.save(proto, str(tmp_path / "old.onnx"))
-    with caplog.at_level(logging.WARNING, logger="sfnet_core.inference.onnx_model"):
+    with caplog.at_level(logging.WARNING, logger="sfnet_core.onnx.digest"):
         assert read_onnx_info(tmp_path / "old.onnx").digest is None
         read_onnx_info(tmp_path / "old.onnx")
     warnings = [r.getMessage() for r in caplog.records if "before sfnet_ros recorded weight digests" in r.getMessage()]

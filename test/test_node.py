@@ -26,8 +26,10 @@ from node_harness import (
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from sfnet_core.viz import overlay
 from sfnet_ros.conversions import image_to_rgb
 from sfnet_ros.node.params import PARAMETERS
+from sfnet_ros.node.worker import InferenceWorker, LatestFrameMailbox
 
 H, W = 64, 128
 NS = "/veh"
@@ -278,8 +280,6 @@ def test_parameters_at_runtime(io, node, ros, segmenter):
         rgb = sample_image(H, W, seed=5)
         stamp = io.send(make_image(rgb, "rgb8", 0))
         labels = image_array(io.labels.wait_for_stamp(stamp))
-        from sfnet_core.viz import overlay
-
         expected = overlay(rgb, segmenter.classes.palette()[labels], 0.5)
         np.testing.assert_array_equal(image_array(io.color.wait_for_stamp(stamp)), expected)
     finally:
@@ -300,8 +300,6 @@ def test_sigint_stops_cleanly(node, io):
 
 
 def test_mailbox_keeps_only_the_newest_frame_per_camera():
-    from sfnet_ros.node.worker import LatestFrameMailbox
-
     mailbox = LatestFrameMailbox(["front", "left"])
     assert mailbox.take_all(timeout=0) == []
     assert mailbox.put("front", "f1") is None
@@ -318,8 +316,6 @@ def test_mailbox_keeps_only_the_newest_frame_per_camera():
 
 def test_worker_survives_a_failing_batch_and_stops():
     import threading
-
-    from sfnet_ros.node.worker import InferenceWorker, LatestFrameMailbox
 
     mailbox = LatestFrameMailbox(["cam"])
     processed, errors = [], []

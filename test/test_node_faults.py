@@ -37,6 +37,10 @@ from node_harness import (
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from sfnet_ros.node.diagnostics import CameraStats, StatsWindow, camera_status
+from sfnet_ros.node.qos import incompatible_policies
+from sfnet_ros.node.worker import InferenceWorker, LatestFrameMailbox
+
 H, W = 64, 128
 # A frame whose forward pass takes seconds on one CPU thread: 12 s of CPU time on this machine,
 # 2.2 GB peak RSS in the node (long enough for a deactivate + activate over the services) ...
@@ -381,8 +385,6 @@ def test_services_answer_during_autostart_and_shutdown_exits(ros_domain, checkpo
 
 
 def _stats(**kwargs: Any):
-    from sfnet_ros.node.diagnostics import CameraStats
-
     stats = CameraStats()
     for key, value in kwargs.items():
         setattr(stats, key, value)
@@ -390,8 +392,6 @@ def _stats(**kwargs: Any):
 
 
 def test_camera_status_levels():
-    from sfnet_ros.node.diagnostics import StatsWindow, camera_status
-
     def status(stats, window=None, active=True, subscribers=1, now=None):
         s = camera_status("cam", "cpu fp32", window or StatsWindow(seconds=1.0), stats, active,
                           input_timeout_warn=2.0, input_timeout_error=10.0, output_subscribers=subscribers,
@@ -434,8 +434,6 @@ def test_camera_status_levels():
 def test_incompatible_policies_follow_the_dds_rules():
     from rclpy.duration import Duration
 
-    from sfnet_ros.node.qos import incompatible_policies
-
     be, rel = _best_effort(), _reliable()
     assert incompatible_policies(be, rel) == ["reliability offered BEST_EFFORT, requested RELIABLE"]
     assert incompatible_policies(rel, be) == []
@@ -449,8 +447,6 @@ def test_incompatible_policies_follow_the_dds_rules():
 
 def test_mailbox_generations_and_single_worker():
     import threading
-
-    from sfnet_ros.node.worker import InferenceWorker, LatestFrameMailbox
 
     mailbox = LatestFrameMailbox(["cam"], generation=1)
     mailbox.put("cam", "a")

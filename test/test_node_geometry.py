@@ -33,13 +33,17 @@ from node_harness import (
     header,
     image_array,
     make_image,
+    reliable_qos,
     sample_image,
     stamp_ns_of,
     wait_until,
 )
 from sensor_msgs.msg import CameraInfo, Image
 
+from sfnet_core.viz import overlay
 from sfnet_ros.launch_support import camera_plan
+from sfnet_ros.node import segmentation_node
+from sfnet_ros.node.outputs import flow_image, frame_in_output
 
 H, W = 64, 128
 NET = (48, 64)
@@ -165,7 +169,7 @@ def _reconfigure(rig: Rig, node: NodeProcess, **parameters) -> None:
 
 
 def _reference(checkpoint, resize: str, output: str):
-    from sfnet_core.inference import Segmenter
+    from sfnet_core.inference import Segmenter  # lazy: torch, for this test only
 
     return Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32", input_size=NET, resize=resize,
                                      output=output, warmup=False)
@@ -259,8 +263,6 @@ def test_timing_per_frame(rig, node):
 
 
 def test_flow_image(rig, node, checkpoint):
-    from sfnet_ros.node.outputs import flow_image
-
     rgb = sample_image(H, W, 4)
     rig.served(rgb, also=[rig.flow])
     stamp = rig.send(rgb, frame_id="flow_frame")
@@ -276,15 +278,11 @@ def test_flow_image(rig, node, checkpoint):
 
 
 def test_label_info_when_vision_msgs_is_installed(rig, node):
-    from sfnet_ros.node import segmentation_node
-
     if segmentation_node.LabelInfo is None:
         # Not installable here: the node must not pretend (test_node_messages.py checks the message
         # it would publish, built from stand-in types).
         assert rig.ros.node.count_publishers(OUT + "label_info") == 0
         return
-    from node_harness import reliable_qos
-
     late = rig.ros.collect(segmentation_node.LabelInfo, OUT + "label_info", reliable_qos(1, transient_local=True))
     msg = late.wait_for()
     classes = {c.class_id: c.class_name for c in msg.class_map}
@@ -296,9 +294,6 @@ def test_label_info_when_vision_msgs_is_installed(rig, node):
 
 @pytest.mark.parametrize("policy", ["letterbox", "crop"])
 def test_policy_at_network_resolution(rig, node, checkpoint, policy):
-    from sfnet_core.viz import overlay
-    from sfnet_ros.node.outputs import frame_in_output
-
     _reconfigure(rig, node, resize=policy, output_resolution="network")
     rgb = sample_image(H, W, 5)
     rig.served(rgb, also=[rig.info_out, rig.color, rig.confidence], with_info=True)
@@ -363,8 +358,8 @@ def test_policy_at_input_resolution(rig, node, checkpoint, policy):
 @pytest.fixture(scope="module")
 def onnx_model(checkpoint, tmp_path_factory):
     """The checkpoint exported as a self-describing .onnx with a fixed 64x64 input (= 48x64 padded)."""
-    from sfnet_core.checkpoint import load_checkpoint
-    from sfnet_core.export import export_onnx
+    from sfnet_core.checkpoint import load_checkpoint  # lazy: torch, for the ONNX tests only
+    from sfnet_core.onnx.export import export_onnx  # lazy: onnx (as above)
 
     return export_onnx(load_checkpoint(checkpoint), tmp_path_factory.mktemp("onnx") / "model.onnx",
                        height=64, width=64)

@@ -35,8 +35,8 @@ def _project(matrix: np.ndarray, point: np.ndarray) -> np.ndarray:
 
 
 def test_parameter_choices_are_the_segmenters():
-    from sfnet_core.inference.backends import BACKENDS
-    from sfnet_core.inference.geometry import OUTPUT_RESOLUTIONS, RESIZE_POLICIES
+    from sfnet_core.inference.backends import BACKENDS  # lazy: torch, for this test only
+    from sfnet_core.inference.geometry import OUTPUT_RESOLUTIONS, RESIZE_POLICIES  # lazy: torch (as above)
 
     assert params.BACKENDS == BACKENDS
     assert params.RESIZE_POLICIES == RESIZE_POLICIES
@@ -126,7 +126,7 @@ def test_label_info_lists_every_class_and_unlabeled():
 
 
 def test_label_info_of_the_node_uses_its_class_table(checkpoint):
-    from sfnet_core.checkpoint import load_checkpoint
+    from sfnet_core.checkpoint import load_checkpoint  # lazy: torch, for this test only
 
     classes = load_checkpoint(checkpoint).classes
     msg = outputs.fill_label_info(_LabelInfo, _VisionClass, classes.names, header(0))

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from node_harness import write_test_checkpoint
 
 from sfnet_core import io_utils
 from sfnet_core.io_utils import (
@@ -167,8 +168,6 @@ def test_a_file_that_appears_during_the_run_is_kept(tmp_path: Path) -> None:
 
 
 def test_two_exports_to_one_new_path_one_wins(tmp_path: Path) -> None:
-    from node_harness import write_test_checkpoint
-
     write_test_checkpoint(tmp_path / "model.pt", model_name="sfnet_shufflenetv2")
     args = ("sfnet-export", "--checkpoint", str(tmp_path / "model.pt"), "--onnx", str(tmp_path / "m.onnx"),
             "--height", "64", "--width", "128")
@@ -220,7 +219,6 @@ def _filled(disk: Path, leave: int) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
-    from node_harness import write_test_checkpoint
     from released_reference import released_table
 
     d = tmp_path_factory.mktemp("disk_models")

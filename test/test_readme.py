@@ -113,7 +113,7 @@ def test_readme_import_again_is_refused_before_torch(tmp_path: Path) -> None:
     out.parent.mkdir(parents=True)
     out.write_bytes(b"an earlier import")
     (tmp_path / args[0]).write_bytes(b"not read")
-    probe = ("import sys\nfrom sfnet_core.cli.import_released import main\nrc = main(sys.argv[1:])\n"
+    probe = ("import sys\nfrom sfnet_core.cli.import_command import main\nrc = main(sys.argv[1:])\n"
              "print('torch' in sys.modules)\nsys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=TIMEOUT_S)

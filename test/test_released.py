@@ -35,7 +35,7 @@ from released_reference import (
 )
 
 from sfnet_core.checkpoint import load_checkpoint, save_checkpoint
-from sfnet_core.cli.import_released import main as import_main
+from sfnet_core.cli.import_command import main as import_main
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.models import build_model
 from sfnet_core.models.pretrained import read_weights_file
@@ -403,7 +403,7 @@ def test_docs_commands_run(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPat
     variants table there is what bench/model_stats.py prints."""
     import yaml
 
-    from sfnet_core.cli.evaluate import main as eval_main
+    from sfnet_core.cli.evaluate_command import main as eval_main
 
     stats = model_stats()
     weights = random_released_weights(released_table("r18"), "r18", seed=4, size=(64, 128))
@@ -455,7 +455,7 @@ def test_sfnet_import_console_script(tmp_path: Path) -> None:
              for k, s in released_table("df1").items()}
     save_released(tmp_path / words[1], state)
     script = Path(sys.executable).parent / "sfnet-import"
-    prefix = [str(script)] if script.exists() else [sys.executable, "-m", "sfnet_core.cli.import_released"]
+    prefix = [str(script)] if script.exists() else [sys.executable, "-m", "sfnet_core.cli.import_command"]
     proc = subprocess.run(prefix + words[1:], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "-> sfnet_df1, 19 classes, fpn_dim 64" in proc.stdout

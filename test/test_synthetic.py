@@ -4,16 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sfnet_core.data import synthetic
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.data.datasets import FolderDataset, SyntheticDataset
-from sfnet_core.data.synthetic import (
-    SYNTHETIC_CLASSES,
-    frame_seed,
-    render_scene,
-    render_sequence,
-    write_folder_dataset,
-)
+from sfnet_core.data.synthetic_scenes import train_ids
+from sfnet_core.data.synthetic_scenes.arguments import MIN_SIZE, parse_size
+from sfnet_core.data.synthetic_scenes.dataset_writer import write_folder_dataset
+from sfnet_core.data.synthetic_scenes.render import frame_seed, render_scene, render_sequence
+from sfnet_core.data.synthetic_scenes.train_ids import SYNTHETIC_CLASSES
 
 H, W = 64, 128
 
@@ -21,7 +18,7 @@ H, W = 64, 128
 def test_class_constants_are_cityscapes_train_ids():
     table = ClassTable.cityscapes()
     for name in SYNTHETIC_CLASSES:
-        assert getattr(synthetic, {"traffic sign": "SIGN"}.get(name, name.upper())) == table.index(name)
+        assert getattr(train_ids, {"traffic sign": "SIGN"}.get(name, name.upper())) == table.index(name)
 
 
 def test_render_scene_shapes_dtypes_and_determinism():
@@ -55,12 +52,13 @@ def test_every_claimed_class_appears_over_a_few_frames():
 def test_image_colour_follows_the_labels():
     """Pixels of one class share a colour (the learnable cue); different classes differ."""
     image, labels = render_scene(2, 128, 256)
-    means = {c: image[labels == c].reshape(-1, 3).mean(0) for c in (synthetic.SKY, synthetic.ROAD, synthetic.VEGETATION)
+    sky, road = train_ids.SKY, train_ids.ROAD
+    means = {c: image[labels == c].reshape(-1, 3).mean(0) for c in (sky, road, train_ids.VEGETATION)
              if (labels == c).sum() > 200}
-    assert synthetic.SKY in means and synthetic.ROAD in means
+    assert sky in means and road in means
     # sky is bluer than road (B - R), and the road is grey (small channel spread)
-    assert means[synthetic.SKY][2] - means[synthetic.SKY][0] > 20
-    assert np.ptp(means[synthetic.ROAD]) < 30
+    assert means[sky][2] - means[sky][0] > 20
+    assert np.ptp(means[road]) < 30
 
 
 def test_sequence_starts_at_render_scene_and_moves():
@@ -82,6 +80,21 @@ def test_bad_arguments():
         render_scene(-1, H, W)
     with pytest.raises(ValueError, match="size"):
         render_scene(0, 4, W)
+
+
+def test_one_size_limit_for_the_generator_and_the_commands():
+    import argparse
+
+    render_scene(0, MIN_SIZE, MIN_SIZE)  # the smallest size every command accepts renders
+    assert parse_size(f"{MIN_SIZE}x{MIN_SIZE}") == (MIN_SIZE, MIN_SIZE)
+    assert parse_size("64X128") == (64, 128)
+    for bad in (f"{MIN_SIZE - 1}x64", "64by128", "64", "axb"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="size"):
+        render_scene(0, MIN_SIZE - 1, W)
+    with pytest.raises(ValueError, match="size"):
+        SyntheticDataset(1, MIN_SIZE - 1, W)
 
 
 def test_write_folder_dataset_round_trip(tmp_path):
@@ -111,7 +124,7 @@ def test_write_folder_dataset_round_trip(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    from sfnet_core.cli.synthetic import main
+    from sfnet_core.cli.synthetic_command import main
 
     args = ["--out", str(tmp_path / "cli"), "--frames", "3", "--size", "32x64", "--val", "1"]
     assert main(args) == 0

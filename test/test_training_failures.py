@@ -14,7 +14,7 @@ import torch
 import yaml
 from test_engine import tiny_recipe
 
-from sfnet_core.cli.train import main
+from sfnet_core.cli.train_command import main
 from sfnet_core.errors import ConfigError
 from sfnet_core.training.config import load_train_config
 from sfnet_core.training.engine import train

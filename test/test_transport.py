@@ -13,9 +13,18 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from doc_commands import fenced_blocks
-from node_harness import FASTDDS_PROFILE, NodeProcess, RosClient, ScriptedProcess, launch_environment, wait_until
+from node_harness import (
+    FASTDDS_PROFILE,
+    REPO_ROOT,
+    NodeProcess,
+    RosClient,
+    ScriptedProcess,
+    launch_environment,
+    wait_until,
+)
 
-from sfnet_ros.launch_support import PROFILE_VARIABLES
+from sfnet_ros.launch_support import PROFILE_FILE_NAME, PROFILE_VARIABLES, camera_plan, fastdds_profile_environment
+from sfnet_ros.transport_profile import OFF_VALUES, SWITCH_VARIABLE, decide_profile
 
 NS = "{http://www.eprosima.com}"
 LARGEST = (3000, 4000)  # H, W: the 12 MP frame of issue 13, 36 MB as rgb8
@@ -95,8 +104,6 @@ def test_the_shared_init_applies_the_profile_keeps_the_users_and_can_be_switched
     """Three tool processes started from a shell without any profile variable: the package's profile
     (64 MiB segment); the user's own exported profile (an 8 MiB segment here), kept and named on
     stderr; SFNET_FASTDDS_PROFILE=off: Fast DDS's 512 KiB default, and it says so."""
-    from sfnet_ros.transport_profile import SWITCH_VARIABLE
-
     assert "init_rclpy('sfnet_profile_probe', [])" in _INIT_PROBE
     shell = {k: v for k, v in ros_domain.items() if k not in (*PROFILE_VARIABLES, SWITCH_VARIABLE)}
     user_profile = tmp_path / "my_stack.xml"
@@ -312,14 +319,9 @@ def test_transport_doc_commands():
     here); the bench command is the one test_bench.py runs (with --quick)."""
     import shlex
 
-    from node_harness import REPO_ROOT
-
-    from sfnet_ros.launch_support import PROFILE_FILE_NAME, camera_plan, fastdds_profile_environment
-    from sfnet_ros.transport_profile import OFF_VALUES, SWITCH_VARIABLE, decide_profile
-
     sys.path.insert(0, str(REPO_ROOT / "bench"))
     try:
-        from node_latency import SETTINGS
+        from node_bench.delivery import SETTINGS
     finally:
         sys.path.remove(str(REPO_ROOT / "bench"))
 

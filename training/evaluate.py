@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sfnet_core.cli.evaluate import main
+from sfnet_core.cli.evaluate_command import main
 
 if __name__ == "__main__":
     sys.exit(main())

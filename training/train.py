@@ -10,7 +10,7 @@ from pathlib import Path
 # Running from a source checkout without installing: make ``sfnet_core`` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sfnet_core.cli.train import main
+from sfnet_core.cli.train_command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,8 @@
 * argparse types that turn bad values into one-line usage errors: ``positive_int``,
   ``non_negative_int``, ``positive_float``, ``fraction``, ``device_spec``.
 * ``warn`` - one ``<prog>: warning: ...`` line on stderr.
+* ``check_recipe`` - a recipe's YAML and its ``key=value`` overrides parse, checked before the
+  seconds of torch imports that the typed recipe (``sfnet_core.training.config``) costs.
 * one line means one line: every parser has ``--verbose``; without it ``run_command`` holds what
   libraries print behind the tool's back (native stderr, Python warnings, log lines) while the
   body runs and shows it only when the command succeeds, so a failure is its one error line.
@@ -21,21 +23,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import re
 import signal
 import sys
+import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from sfnet_core.cli import entry
 from sfnet_core.cli.entry import Terminated
-from sfnet_core.errors import SFNetError
+from sfnet_core.errors import ConfigError, SFNetError, require_file
+from sfnet_core.io_utils import os_error_message
+from sfnet_core.yaml_config import apply_overrides, load_yaml
 
 __all__ = ["HelpFormatter", "ArgumentParser", "make_parser", "run_command", "Terminated", "add_overwrite",
-           "positive_int", "non_negative_int", "positive_float", "fraction", "device_spec", "warn"]
+           "positive_int", "non_negative_int", "positive_float", "fraction", "device_spec", "warn", "check_recipe"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -126,6 +133,18 @@ def warn(prog: str, message: str) -> None:
     print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
 
 
+def check_recipe(prog: str, path: str, overrides: list[str], empty: str) -> None:
+    """Refuse a recipe whose file is missing, whose YAML does not parse or whose ``key=value``
+    overrides are malformed (ConfigError naming the file), before torch is imported; the values
+    themselves are checked by ``load_train_config``. An empty recipe is every default: ``empty``
+    says what that means for this tool, as a warning."""
+    require_file(path, error=ConfigError)
+    data = load_yaml(path)
+    if not data:
+        warn(prog, f"--config {path} is empty: {empty} (the Cityscapes recipe)")
+    apply_overrides(data, list(overrides))
+
+
 def add_overwrite(parser: argparse.ArgumentParser, what: str = "the output") -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace {what} if it exists (without it an existing output is refused)")
@@ -155,11 +174,6 @@ def _quiet_streams(verbose: bool) -> Callable[[bool], None]:
 
     Only a process whose ``sys.stderr`` is the real fd 2 (a console script) is rearranged; a
     caller that captured stderr (pytest's capsys) sees everything as before."""
-    import logging
-    import os
-    import tempfile
-    import warnings
-
     try:
         real = sys.stderr is sys.__stderr__ and sys.stderr is not None and sys.stderr.fileno() == 2
     except (AttributeError, OSError, ValueError):
@@ -175,12 +189,15 @@ def _quiet_streams(verbose: bool) -> Callable[[bool], None]:
                errors="backslashreplace", closefd=False)
     sys.stderr = own
     show, last_resort = warnings.showwarning, logging.lastResort
-    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: original.write(
-        warnings.formatwarning(message, category, filename, lineno, line))
+    def show_held(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+        original.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = show_held
     logging.lastResort = logging.StreamHandler(original)
     logging.lastResort.setLevel(logging.WARNING)
 
-    done = []
+    done: list[bool] = []
 
     def release(replay: bool) -> None:
         if done:
@@ -238,6 +255,7 @@ def run_command(
     previous: dict[int, Any] = {}
     release: Callable[[bool], None] = lambda replay: None  # noqa: E731
     ok = False
+    caught: tuple[type[BaseException], ...] = (*errors, OSError)
     if threading.current_thread() is threading.main_thread():
         entry.stopping(False)
         previous = entry.raising_handlers()
@@ -248,15 +266,13 @@ def run_command(
             status = body()
             ok = status == 0
             return status
-        except (*errors, OSError) as exc:
+        except caught as exc:
             if entry.delivered() is not None:
                 # the signal's exception became another one on its way through C code: still the signal
                 raise (KeyboardInterrupt if entry.delivered() == signal.SIGINT else Terminated)() from None
             release(verbose)
-            if not isinstance(exc, errors):
+            if isinstance(exc, OSError) and not isinstance(exc, errors):
                 # an output or input the system refused: a full disk, a read-only place, a symlink loop
-                from sfnet_core.io_utils import os_error_message
-
                 where = f"{exc.filename}: " if exc.filename else ""
                 print(f"{prog}: error: {where}{os_error_message(exc)}", file=sys.stderr)
                 return 2

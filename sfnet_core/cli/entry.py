@@ -85,6 +85,7 @@ def _unraisable(hook: Any) -> Callable[[Any], None]:
             return
         hook(info)
 
+    # marks the hook as ours (raising_handlers installs it once); a function attribute mypy cannot see
     unraisable.sfnet = True  # type: ignore[attr-defined]
     return unraisable
 
@@ -173,16 +174,16 @@ def launch(module: str, prog: str | None = None, function: str = "main") -> None
 
 # ---------------------------------------------------------------------------- the core tools
 def sfnet_train() -> None:
-    launch("sfnet_core.cli.train", "sfnet-train")
+    launch("sfnet_core.cli.train_command", "sfnet-train")
 
 
 def sfnet_eval() -> None:
-    launch("sfnet_core.cli.evaluate", "sfnet-eval")
+    launch("sfnet_core.cli.evaluate_command", "sfnet-eval")
 
 
 def sfnet_import() -> None:
-    launch("sfnet_core.cli.import_released", "sfnet-import")
+    launch("sfnet_core.cli.import_command", "sfnet-import")
 
 
 def sfnet_synthetic() -> None:
-    launch("sfnet_core.cli.synthetic", "sfnet-synthetic")
+    launch("sfnet_core.cli.synthetic_command", "sfnet-synthetic")

@@ -13,6 +13,7 @@ _LAZY = {
     "FolderDataset": "sfnet_core.data.datasets",
     "CityscapesDataset": "sfnet_core.data.datasets",
     "SyntheticDataset": "sfnet_core.data.datasets",
+    "SegmentationDataset": "sfnet_core.data.datasets",
     "read_image": "sfnet_core.data.datasets",
     "read_label": "sfnet_core.data.datasets",
     "TrainTransform": "sfnet_core.data.transforms",
@@ -24,9 +25,9 @@ _LAZY = {
     "load_or_build_index": "sfnet_core.data.class_uniform",
     "epoch_plan": "sfnet_core.data.class_uniform",
     "build_datasets": "sfnet_core.data.factory",
-    "render_scene": "sfnet_core.data.synthetic",
-    "render_sequence": "sfnet_core.data.synthetic",
-    "write_folder_dataset": "sfnet_core.data.synthetic",
+    "render_scene": "sfnet_core.data.synthetic_scenes.render",
+    "render_sequence": "sfnet_core.data.synthetic_scenes.render",
+    "write_folder_dataset": "sfnet_core.data.synthetic_scenes.dataset_writer",
 }
 __all__ = list(_LAZY)
 

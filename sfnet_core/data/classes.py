@@ -107,8 +107,7 @@ class ClassTable:
         entries = data.get("classes")
         if not isinstance(entries, list) or not entries:
             raise ConfigError(f"{source}: 'classes' must be a non-empty list of {{id, name, color}}")
-        names: list[str | None] = [None] * len(entries)
-        colors: list[RGB | None] = [None] * len(entries)
+        by_id: dict[int, tuple[str, RGB]] = {}  # train id -> (name, colour)
         for position, entry in enumerate(entries):
             where = f"{source}: classes[{position}]"
             if not isinstance(entry, dict) or "name" not in entry or "color" not in entry:
@@ -119,15 +118,14 @@ class ClassTable:
             train_id = entry.get("id", position)
             if not isinstance(train_id, int) or not 0 <= train_id < len(entries):
                 raise ConfigError(f"{where}: id must be an integer 0..{len(entries) - 1}, got {train_id!r}")
-            if names[train_id] is not None:
+            if train_id in by_id:
                 raise ConfigError(f"{where}: id {train_id} is used twice")
             color = entry["color"]
             if not isinstance(color, (list, tuple)) or len(color) != 3:
                 raise ConfigError(f"{where}: color must be [r, g, b], got {color!r}")
             if not isinstance(entry["name"], str) or not entry["name"]:
                 raise ConfigError(f"{where}: name must be a non-empty string")
-            names[train_id] = entry["name"]
-            colors[train_id] = tuple(color)  # type: ignore[assignment]
+            by_id[train_id] = (entry["name"], tuple(color))
         ignore_index = data.get("ignore_index", 255)
         if not isinstance(ignore_index, int):
             raise ConfigError(f"{source}: ignore_index must be an integer, got {ignore_index!r}")
@@ -138,8 +136,11 @@ class ClassTable:
             ):
                 raise ConfigError(f"{source}: id_map must map integer label values to integer train ids")
             id_map = dict(id_map)
+        # len(entries) distinct ids in 0..len(entries)-1: every id is present
+        names = tuple(by_id[i][0] for i in range(len(entries)))
+        colors = tuple(by_id[i][1] for i in range(len(entries)))
         try:
-            return cls(tuple(names), tuple(colors), ignore_index, id_map)  # type: ignore[arg-type]
+            return cls(names, colors, ignore_index, id_map)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {str(exc).removeprefix('classes: ')}") from None
 
@@ -156,7 +157,7 @@ class ClassTable:
         id_map = {l.id: l.trainId for l in train}  # every other label value maps to ignore
         return cls(
             names=tuple(l.name for l in train),
-            colors=tuple(tuple(l.color) for l in train),  # type: ignore[misc]
+            colors=tuple(tuple(l.color) for l in train),
             ignore_index=255,
             id_map=id_map,
         )

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sfnet_core.data.synthetic_scenes.arguments import MIN_SIZE
 from sfnet_core.errors import ConfigError
 
 
 @dataclass
 class SyntheticConfig:
-    """Procedural scenes (``sfnet_core.data.synthetic``); val frames never repeat train scenes."""
+    """Procedural scenes (``sfnet_core.data.synthetic_scenes``); val frames never repeat train scenes."""
 
     train_frames: int = 2000
     val_frames: int = 100
@@ -40,8 +41,8 @@ class SyntheticConfig:
         if self.train_frames < 1 or self.val_frames < 0:
             raise ConfigError(f"synthetic.train_frames must be >= 1 and val_frames >= 0, "
                               f"got {self.train_frames} and {self.val_frames}")
-        if self.height < 8 or self.width < 8:
-            raise ConfigError(f"synthetic.height/width: must be >= 8, got {self.height}x{self.width}")
+        if self.height < MIN_SIZE or self.width < MIN_SIZE:
+            raise ConfigError(f"synthetic.height/width: must be >= {MIN_SIZE}, got {self.height}x{self.width}")
         if self.seed < 0:
             raise ConfigError(f"synthetic.seed: must be >= 0, got {self.seed}")
 

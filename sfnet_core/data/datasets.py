@@ -8,6 +8,7 @@ lazily; anything wrong with a file raises ``DataError`` naming it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,15 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from sfnet_core.data.classes import ClassTable
+from sfnet_core.data.synthetic_scenes import dataset_writer
+from sfnet_core.data.synthetic_scenes.arguments import MIN_SIZE
+from sfnet_core.data.synthetic_scenes.render import frame_seed, render_scene
 from sfnet_core.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
-Transform = Callable[[np.ndarray, np.ndarray], Any]
+# (image, label) -> sample; the training transform also takes a crop centroid (x, y) as a third argument.
+Transform = Callable[..., Any]
+_GENERATOR = Path(dataset_writer.__file__).parent  # the synthetic_scenes package: its code decides the pixels
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -76,45 +82,67 @@ def read_label(path: str | os.PathLike, classes: ClassTable, image_shape: tuple[
     return raw.astype(np.uint8, copy=False)
 
 
-class _PairDataset(Dataset):
-    """Shared logic: a list of (image, label) file pairs, read and checked lazily."""
+class SegmentationDataset(Dataset):
+    """What every dataset here shares: ``load`` gives the checked numpy pair of a sample, the
+    optional transform turns it into the training / evaluation sample."""
 
     classes: ClassTable
-    samples: list[tuple[Path, Path]]
     transform: Transform | None
 
     def __len__(self) -> int:
-        return len(self.samples)
-
-    def name(self, index: int) -> str:
-        """A stable name of sample ``index`` (the image's stem), for prediction files."""
-        return self.samples[index][0].stem
+        raise NotImplementedError
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The checked numpy pair of sample ``index``, before any transform."""
-        image_path, label_path = self.samples[index]
-        image = read_image(image_path)
-        label = read_label(label_path, self.classes, image.shape[:2], image_path)
-        return image, label
+        """The checked numpy pair (image (H, W, 3) uint8 RGB, label (H, W) uint8 train ids) of sample ``index``."""
+        raise NotImplementedError
 
-    def __getitem__(self, index: int):
+    def load_label(self, index: int) -> np.ndarray:
+        """(H, W) uint8 train ids of sample ``index`` (the class-uniform index reads only these)."""
+        return self.load(index)[1]
+
+    def name(self, index: int) -> str:
+        """A stable name of sample ``index``, for prediction files."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """Changes whenever the samples' labels change (the class-uniform index cache key)."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Any:
         return self.sample(index)
 
-    def sample(self, index: int, centroid: tuple[int, int] | None = None):
+    def sample(self, index: int, centroid: tuple[int, int] | None = None) -> Any:
         """Sample ``index`` through the transform; ``centroid`` (x, y) asks for a crop covering it."""
         image, label = self.load(index)
         if self.transform is None:
             return image, label
         return self.transform(image, label) if centroid is None else self.transform(image, label, centroid)
 
+
+class _PairDataset(SegmentationDataset):
+    """A list of (image, label) file pairs, read and checked lazily."""
+
+    samples: list[tuple[Path, Path]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def name(self, index: int) -> str:
+        """The image's stem."""
+        return self.samples[index][0].stem
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, label_path = self.samples[index]
+        image = read_image(image_path)
+        label = read_label(label_path, self.classes, image.shape[:2], image_path)
+        return image, label
+
     def load_label(self, index: int) -> np.ndarray:
-        """(H, W) uint8 train ids of sample ``index`` without decoding the image (index building)."""
+        """Without decoding the image."""
         return read_label(self.samples[index][1], self.classes)
 
     def fingerprint(self) -> str:
         """Changes whenever a label file (path, size, modification time) or the class table changes."""
-        import hashlib
-
         h = hashlib.sha256(repr(sorted(dataclasses.asdict(self.classes).items())).encode())
         for _, label in self.samples:
             st = label.stat()
@@ -179,7 +207,7 @@ class CityscapesDataset(_PairDataset):
         return self.samples[index][0].name[: -len("_leftImg8bit.png")]
 
 
-class SyntheticDataset(Dataset):
+class SyntheticDataset(SegmentationDataset):
     """``num_frames`` procedural scenes rendered on the fly (no disk, deterministic per index).
 
     Frame ``i`` is ``render_scene(frame_seed(seed, start + i), height, width)``; rendering takes
@@ -189,9 +217,9 @@ class SyntheticDataset(Dataset):
 
     def __init__(self, num_frames: int, height: int, width: int, seed: int = 0, start: int = 0,
                  transform: Transform | None = None) -> None:
-        if num_frames <= 0 or height < 8 or width < 8:
-            raise ValueError(
-                f"synthetic dataset needs frames > 0 and size >= 8x8, got {num_frames} of {height}x{width}")
+        if num_frames <= 0 or height < MIN_SIZE or width < MIN_SIZE:
+            raise ValueError(f"synthetic dataset needs frames > 0 and size >= {MIN_SIZE}x{MIN_SIZE}, "
+                             f"got {num_frames} of {height}x{width}")
         self.num_frames, self.height, self.width = int(num_frames), int(height), int(width)
         self.seed, self.start, self.transform = int(seed), int(start), transform
         self.classes = dataclasses.replace(ClassTable.cityscapes(), id_map=None)  # labels are train ids
@@ -203,32 +231,15 @@ class SyntheticDataset(Dataset):
         return f"synth_{self.start + index:06d}"
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        from sfnet_core.data.synthetic import frame_seed, render_scene
-
         if not 0 <= index < self.num_frames:
             raise IndexError(f"index {index} out of range for {self.num_frames} synthetic frames")
         return render_scene(frame_seed(self.seed, self.start + index), self.height, self.width)
 
-    def __getitem__(self, index: int):
-        return self.sample(index)
-
-    def sample(self, index: int, centroid: tuple[int, int] | None = None):
-        """Sample ``index`` through the transform; ``centroid`` (x, y) asks for a crop covering it."""
-        image, label = self.load(index)
-        if self.transform is None:
-            return image, label
-        return self.transform(image, label) if centroid is None else self.transform(image, label, centroid)
-
-    def load_label(self, index: int) -> np.ndarray:
-        return self.load(index)[1]
-
     def fingerprint(self) -> str:
         """The frames are a pure function of these numbers and of the generator's code."""
-        import hashlib
-
-        from sfnet_core.data import synthetic
-
-        code = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:16]
-        stamp = synthetic.dataset_stamp(self.seed, {"frames": self.num_frames, "start": self.start},
-                                        self.height, self.width)
-        return f"{stamp.strip()} generator={code}"
+        code = hashlib.sha256()
+        for module in sorted(_GENERATOR.glob("*.py")):
+            code.update(module.read_bytes())
+        stamp = dataset_writer.dataset_stamp(self.seed, {"frames": self.num_frames, "start": self.start},
+                                             self.height, self.width)
+        return f"{stamp.strip()} generator={code.hexdigest()[:16]}"

@@ -1,18 +1,21 @@
 """Train / validation datasets from the recipe's ``data:`` section (``DataConfig``)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-
-from torch.utils.data import Dataset
 
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.data.config import DataConfig, SyntheticConfig
+from sfnet_core.data.datasets import CityscapesDataset, FolderDataset, SegmentationDataset, SyntheticDataset, read_image
+from sfnet_core.data.synthetic_scenes.dataset_writer import MARKER, dataset_stamp, write_folder_dataset
+from sfnet_core.data.transforms import EvalTransform, TrainTransform
 from sfnet_core.errors import ConfigError, DataError
 
 __all__ = ["build_datasets", "check_crop_fits", "largest_image_size"]
 
 
-def build_datasets(cfg: DataConfig, mean, std, train: bool = True) -> tuple[Dataset | None, Dataset | None, ClassTable]:
+def build_datasets(cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
+                   train: bool = True) -> tuple[SegmentationDataset | None, SegmentationDataset | None, ClassTable]:
     """``(train_dataset, val_dataset, classes)`` for ``cfg``; with ``train=False`` (evaluation) the
     training split is not opened at all (None), so a folder holding only a val split works.
 
@@ -21,9 +24,6 @@ def build_datasets(cfg: DataConfig, mean, std, train: bool = True) -> tuple[Data
     samples through ``EvalTransform`` (full image, normalised); both yield ``(image (3, H, W)
     float32, label (H, W) int64)``. ``val_dataset`` is None when ``cfg.val_split`` is null.
     """
-    from sfnet_core.data.datasets import CityscapesDataset, FolderDataset, SyntheticDataset
-    from sfnet_core.data.transforms import EvalTransform, TrainTransform
-
     if cfg.kind == "cityscapes":
         classes = ClassTable.cityscapes()
     elif cfg.kind == "folder":
@@ -38,6 +38,8 @@ def build_datasets(cfg: DataConfig, mean, std, train: bool = True) -> tuple[Data
                               blur=cfg.blur, mean=mean, std=std, ignore_index=classes.ignore_index)
     eval_tf = EvalTransform(mean, std)
 
+    train_set: SegmentationDataset | None
+    val: SegmentationDataset | None
     if cfg.kind == "cityscapes":
         assert cfg.root is not None and cfg.train_split is not None
         train_set = CityscapesDataset(cfg.root, cfg.train_split, train_tf) if train else None
@@ -63,8 +65,6 @@ def build_datasets(cfg: DataConfig, mean, std, train: bool = True) -> tuple[Data
 
 def _synthetic_cache(syn: SyntheticConfig) -> Path:
     """Write the synthetic frames to ``syn.cache_dir`` unless an identical set is there."""
-    from sfnet_core.data.synthetic import MARKER, dataset_stamp, write_folder_dataset
-
     assert syn.cache_dir is not None
     root = Path(syn.cache_dir)
     splits = {"train": syn.train_frames, "val": syn.val_frames}
@@ -86,11 +86,9 @@ MIN_IMAGE_FRACTION = 0.25
 _SIZE_PROBES = 256  # image headers read to find the largest image (spread over the dataset)
 
 
-def largest_image_size(dataset: Dataset | None) -> tuple[int, int] | None:
+def largest_image_size(dataset: SegmentationDataset | None) -> tuple[int, int] | None:
     """(h, w) of the largest training image (by area): exact for synthetic scenes, else from the
     headers of up to 256 images spread over the dataset; None when it cannot be told."""
-    from sfnet_core.data.datasets import SyntheticDataset
-
     if dataset is None:
         return None
     if isinstance(dataset, SyntheticDataset):
@@ -111,8 +109,6 @@ def _header_size(path: Path) -> tuple[int, int] | None:
     try:
         from PIL import Image
     except ImportError:  # Pillow is optional: decode the image instead
-        from sfnet_core.data.datasets import read_image
-
         try:
             return read_image(path).shape[:2]
         except DataError:

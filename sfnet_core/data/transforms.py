@@ -155,8 +155,8 @@ class TrainTransform:
             if op == "brightness":      # blend with black
                 x = image.astype(np.float32) * f
             elif op == "contrast":      # blend with the mean grey level of the image
-                grey = float(round(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean()))
-                x = grey + (image.astype(np.float32) - grey) * f
+                mean_grey = float(round(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).mean()))
+                x = mean_grey + (image.astype(np.float32) - mean_grey) * f
             elif op == "saturation":    # blend with the per-pixel grey image
                 grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None]
                 x = grey + (image.astype(np.float32) - grey) * f

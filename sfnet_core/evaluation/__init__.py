@@ -1,2 +1,3 @@
-"""Evaluation: the confusion matrix and its report (``metrics``), and evaluating a checkpoint or
-label files (``evaluate``). Uses inference; never imports training."""
+"""Evaluation: the confusion matrix and its report (``metrics``), scoring a checkpoint or label
+files (``scoring``), and the report as people read it (``report_text``). Uses inference; never
+imports training."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 
 @dataclass
@@ -113,8 +114,6 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> ConfusionMatrix:
         """Sum over all ranks when ``torch.distributed`` is initialised (no-op otherwise); returns self."""
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.counts, op=dist.ReduceOp.SUM)
         return self
@@ -146,20 +145,3 @@ class ConfusionMatrix:
 def _nanmean(x: torch.Tensor) -> float:
     present = ~torch.isnan(x)
     return float(x[present].mean()) if present.any() else float("nan")
-
-
-def format_report(report: dict) -> str:
-    """The report (``to_dict``) as a plain-text table: IoU and accuracy per class in %, then the means."""
-    def pct(v: float | None) -> str:
-        return "    -" if v is None else f"{100 * v:5.1f}"
-
-    names = list(report["per_class"])
-    accuracy = report.get("per_class_accuracy", {})
-    width = max([len(n) for n in names] + [len("pixel accuracy")])
-    lines = [f"{'class':<{width}}   IoU%   Acc%", "-" * (width + 15)]
-    for name in names:
-        lines.append(f"{name:<{width}}  {pct(report['per_class'][name])}  {pct(accuracy.get(name))}")
-    lines.append("-" * (width + 15))
-    lines.append(f"{'mIoU, mean acc':<{width}}  {pct(report['miou'])}  {pct(report['mean_accuracy'])}")
-    lines.append(f"{'pixel accuracy':<{width}}  {pct(report['pixel_accuracy'])}")
-    return "\n".join(lines)

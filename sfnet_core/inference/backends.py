@@ -7,7 +7,7 @@ around them is one code path (``sfnet_core.inference.segmenter``) and ``predict_
 
 ``TorchBackend``       the PyTorch network (eager, ``channels_last``, ``torch.compile``, autocast
                        in fp16 / bf16); the only one that can return the FAM flows.
-``OnnxRuntimeBackend`` an exported, self-describing ``.onnx`` (``sfnet_core.inference.onnx_model``)
+``OnnxRuntimeBackend`` an exported, self-describing ``.onnx`` (``sfnet_core.onnx.metadata``)
                        in ONNX Runtime: the CPU execution provider, or on a CUDA device the
                        TensorRT and CUDA providers when the installed onnxruntime has them
                        (inputs and outputs stay on the GPU through I/O binding). fp32 or int8
@@ -23,7 +23,7 @@ import torch
 
 from sfnet_core.devices import autocast
 from sfnet_core.errors import ConfigError
-from sfnet_core.inference.onnx_model import OnnxModelInfo
+from sfnet_core.onnx.metadata import OnnxModelInfo
 
 __all__ = ["BACKENDS", "InferenceBackend", "TorchBackend", "OnnxRuntimeBackend", "onnxruntime_providers"]
 
@@ -99,7 +99,7 @@ def onnxruntime_providers(device: torch.device, precision: str, cache_dir: Path 
     index = device.index or 0
     providers: list = []
     if "TensorrtExecutionProvider" in available:
-        options = {"device_id": index, "trt_fp16_enable": precision in ("fp16", "bf16"),
+        options: dict[str, object] = {"device_id": index, "trt_fp16_enable": precision in ("fp16", "bf16"),
                    "trt_int8_enable": precision == "int8"}
         if cache_dir is not None:  # engines take minutes to build: keep them, as Autoware's nodes do
             (cache_dir / "tensorrt").mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ place), and an exclusive ``flock`` on ``<name>.lock`` makes concurrent processes
 starting together) export once: the second waits, then finds the file.
 
 An entry is reused only when it passes the check of its recorded ``sfnet.digest`` (weights,
-graph and metadata as written: ``sfnet_core.inference.onnx_model``) and its metadata names the
+graph and metadata as written: ``sfnet_core.onnx.digest``) and its metadata names the
 same checkpoint hash. Anything else (damaged, edited, truncated, without a digest, from another
 checkpoint) is logged as a warning and exported again; a fresh export is checked once more
 before it is used.
@@ -29,8 +29,10 @@ from pathlib import Path
 
 import torch
 
+from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.errors import CheckpointError, ConfigError
-from sfnet_core.inference.onnx_model import OnnxModelInfo
+from sfnet_core.onnx.export import DEFAULT_OPSET, export_onnx, file_sha256
+from sfnet_core.onnx.metadata import OnnxModelInfo, read_onnx_info
 
 __all__ = ["CACHE_ENV", "cache_root", "cached_onnx", "cached_onnx_model", "cache_key"]
 
@@ -48,12 +50,11 @@ def cache_root() -> Path:
 
 
 def _code_fingerprint(opset: int) -> str:
-    """Hash of everything besides the checkpoint that shapes the exported graph."""
-    import sfnet_core
-
-    root = Path(sfnet_core.__file__).resolve().parent
+    """Hash of everything besides the checkpoint that shapes the exported graph: the model and
+    ONNX package sources, the PyTorch version and the opset."""
+    root = Path(__file__).resolve().parents[1]  # sfnet_core/
     digest = hashlib.sha256(f"torch {torch.__version__} opset {opset}".encode())
-    for path in sorted((root / "models").glob("*.py")) + [root / "export.py"]:
+    for path in sorted((root / "models").glob("*.py")) + sorted((root / "onnx").glob("*.py")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -77,8 +78,6 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _reusable(path: Path, sha: str) -> OnnxModelInfo | None:
     """The entry's (verified) description when it may be reused, else None (with a warning)."""
-    from sfnet_core.inference.onnx_model import read_onnx_info
-
     if not path.is_file():
         return None
     try:
@@ -100,10 +99,6 @@ def cached_onnx_model(
     root: str | os.PathLike | None = None,
 ) -> tuple[Path, OnnxModelInfo]:
     """``cached_onnx``, with the entry's verified ``OnnxModelInfo`` (so it is not read twice)."""
-    from sfnet_core.checkpoint import load_checkpoint
-    from sfnet_core.export import DEFAULT_OPSET, export_onnx, file_sha256
-    from sfnet_core.inference.onnx_model import read_onnx_info
-
     if precision != "fp32":
         raise ConfigError(
             f"backend onnxruntime: a .pt checkpoint runs in ONNX Runtime in fp32; an {precision} model needs "

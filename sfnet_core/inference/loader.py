@@ -14,7 +14,7 @@ file          backend                runs in
 ============  =====================  ===========================================================
 
 Every file is checked against the digest recorded when it was written (``sfnet_core.checkpoint``,
-``sfnet_core.inference.onnx_model``): a corrupted or edited model is refused naming the file; an
+``sfnet_core.onnx.digest``): a corrupted or edited model is refused naming the file; an
 export-cache entry that fails is exported again.
 
 ONNX Runtime uses the CPU execution provider, or on a CUDA device the TensorRT / CUDA providers
@@ -24,18 +24,20 @@ when both PyTorch and onnxruntime can use it.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.devices import resolve_device, resolve_precision
 from sfnet_core.errors import ConfigError
 from sfnet_core.inference.backends import BACKENDS, InferenceBackend, OnnxRuntimeBackend, TorchBackend
-from sfnet_core.inference.predict import STRIDE
+from sfnet_core.inference.cache import cache_root, cached_onnx_model
+from sfnet_core.inference.preprocess import padded_size
+from sfnet_core.onnx.metadata import read_onnx_info
 
 __all__ = ["LoadedModel", "open_model", "ONNX_PRECISIONS"]
 
@@ -53,10 +55,6 @@ class LoadedModel:
     model_name: str
     path: Path
     input_size: tuple[int, int] | None  # the size a fixed-size model needs (None: any)
-
-
-def _canvas(size: tuple[int, int]) -> tuple[int, int]:
-    return (math.ceil(size[0] / STRIDE) * STRIDE, math.ceil(size[1] / STRIDE) * STRIDE)
 
 
 def _onnxruntime_device(device: str | torch.device) -> torch.device:
@@ -83,10 +81,6 @@ def open_model(
     expected_num_classes: int | None = None,
 ) -> LoadedModel:
     """Load ``path`` for inference (see the module docstring); errors are ``SFNetError``s naming it."""
-    from sfnet_core.checkpoint import load_checkpoint
-    from sfnet_core.inference.cache import cache_root, cached_onnx_model
-    from sfnet_core.inference.onnx_model import read_onnx_info
-
     path = Path(path)
     if backend not in BACKENDS:
         raise ConfigError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -99,9 +93,9 @@ def open_model(
     if backend == "torch":
         ckpt = load_checkpoint(path, expected_num_classes=expected_num_classes)
         resolved = resolve_device(device, "device")
-        engine = TorchBackend(ckpt.build_model(), resolved, resolve_precision(precision, resolved, "precision"),
-                              channels_last=channels_last, compile=compile)
-        return LoadedModel(engine, ckpt.classes, ckpt.mean, ckpt.std, ckpt.model_name, path, None)
+        torch_engine = TorchBackend(ckpt.build_model(), resolved, resolve_precision(precision, resolved, "precision"),
+                                    channels_last=channels_last, compile=compile)
+        return LoadedModel(torch_engine, ckpt.classes, ckpt.mean, ckpt.std, ckpt.model_name, path, None)
     if precision not in ONNX_PRECISIONS:
         raise ConfigError(f"precision: expected one of {', '.join(ONNX_PRECISIONS)} for backend onnxruntime, "
                           f"got {precision!r}")
@@ -112,14 +106,15 @@ def open_model(
         # a clear error (a corrupted checkpoint included) before any export
         load_checkpoint(path, expected_num_classes=expected_num_classes)
         wanted = "int8" if precision == "int8" else "fp32"
-        _, info = cached_onnx_model(path, _canvas(input_size) if input_size else None, wanted, root=cache_dir)
+        _, info = cached_onnx_model(path, padded_size(input_size) if input_size else None, wanted, root=cache_dir)
     if info.fixed_size is not None:
         if input_size is None:
             input_size = info.fixed_size
-        elif _canvas(input_size) != info.fixed_size:
+        elif padded_size(input_size) != info.fixed_size:
+            canvas = padded_size(input_size)
             raise ConfigError(
                 f"{path}: the model takes {info.fixed_size[0]}x{info.fixed_size[1]} inputs; input_size "
-                f"{input_size[0]}x{input_size[1]} pads to {_canvas(input_size)[0]}x{_canvas(input_size)[1]} "
+                f"{input_size[0]}x{input_size[1]} pads to {canvas[0]}x{canvas[1]} "
                 "(use the model's size, or export with --dynamic)")
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     engine = OnnxRuntimeBackend(info, resolved, precision, threads=threads, cache_dir=root)

@@ -16,13 +16,18 @@ and scale factors). They are the labels of a 2-D bilinear resize with PyTorch's
 ``align_corners=False`` coordinates; the last float bit can differ from ``F.interpolate``'s
 fused 2-D kernel (whose rounding itself depends on the memory format and the tensor's shape), so
 an argmax tie can fall the other way on about 1 pixel in 10^5.
+
+``frame_labels`` applies it to the frames of one ``FrameGeometry``: the content box of the canvas
+resampled onto the output's valid window.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_BAND_BYTES", "RowTable", "row_table", "resample_argmax"]
+from sfnet_core.inference.geometry import UNLABELED, FrameGeometry
+
+__all__ = ["DEFAULT_BAND_BYTES", "RowTable", "row_table", "resample_argmax", "frame_labels"]
 
 DEFAULT_BAND_BYTES = {"cpu": 4 << 20, "cuda": 512 << 20}
 
@@ -129,7 +134,7 @@ def resample_argmax(
             y1 = min(big_h, y0 + rows)
             labels, conf = _reduce(scores[:, :, y0:y1], 1, confidence, are_probs)
             out[:, y0:y1] = labels
-            if conf is not None:
+            if conf is not None and conf_out is not None:
                 conf_out[:, y0:y1] = conf
         return out, conf_out
     # Width pass, rows leading: (h, N, C, W), so a band gathers whole contiguous rows.
@@ -149,6 +154,29 @@ def resample_argmax(
             band.add_(rows_first.index_select(0, table.i1[y0:y1]).mul_(table.w1[y0:y1]))
         labels, conf = _reduce(band, 2, confidence, are_probs)  # (bh, N, W)
         out[:, y0:y1] = labels.permute(1, 0, 2)
-        if conf is not None:
+        if conf is not None and conf_out is not None:
             conf_out[:, y0:y1] = conf.permute(1, 0, 2)
     return out, conf_out
+
+
+def frame_labels(scores: torch.Tensor, geom: FrameGeometry, confidence: bool, are_probs: bool,
+                 band_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Canvas scores (n, C, Hc, Wc) of frames sharing ``geom`` -> labels and (with ``confidence``)
+    confidence (n, Ho, Wo) uint8 on the device, at ``geom.output_size``: the content box
+    resampled onto the ``valid`` window, ``UNLABELED`` / 0 around it."""
+    n = scores.shape[0]
+    top, left, ch, cw = geom.content
+    out_h, out_w = geom.output_size
+    vy, vx, vh, vw = geom.valid
+    size = (n, out_h, out_w)
+    if (vy, vx, vh, vw) == (0, 0, out_h, out_w):  # every pixel is written below
+        labels = torch.empty(size, dtype=torch.uint8, device=scores.device)
+        conf = torch.empty(size, dtype=torch.uint8, device=scores.device) if confidence else None
+    else:
+        labels = torch.full(size, UNLABELED, dtype=torch.uint8, device=scores.device)
+        conf = torch.zeros(size, dtype=torch.uint8, device=scores.device) if confidence else None
+    resample_argmax(
+        scores[:, :, top : top + ch, left : left + cw], (vh, vw), confidence=confidence, are_probs=are_probs,
+        band_bytes=band_bytes, out=labels[:, vy : vy + vh, vx : vx + vw],
+        conf_out=conf[:, vy : vy + vh, vx : vx + vw] if conf is not None else None)
+    return labels, conf

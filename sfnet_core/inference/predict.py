@@ -7,14 +7,17 @@ probabilities. Inputs are padded to multiples of ``STRIDE`` so every decoder lev
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["STRIDE", "pad_to_multiple", "predict_logits"]
+from sfnet_core.checkpoint import STRIDE
 
-STRIDE = 32  # output stride of the deepest backbone stage; padded inputs keep every level aligned
+# The network as called here: an nn.Module, or a backend (ONNX Runtime) that is only callable.
+Network = Callable[[torch.Tensor], torch.Tensor]
+
+__all__ = ["pad_to_multiple", "predict_logits"]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = STRIDE) -> torch.Tensor:
@@ -24,14 +27,14 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = STRIDE) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
 
-def _whole(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _whole(model: Network, x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) -> logits (N, C, H, W), running the network on a 32-aligned padded copy."""
     h, w = x.shape[-2:]
     out = model(pad_to_multiple(x))
     return out[..., :h, :w]
 
 
-def _sliding(model: torch.nn.Module, x: torch.Tensor, window: tuple[int, int], stride_ratio: float) -> torch.Tensor:
+def _sliding(model: Network, x: torch.Tensor, window: tuple[int, int], stride_ratio: float) -> torch.Tensor:
     """(N, 3, H, W) -> logits (N, C, H, W) averaged over overlapping ``window`` tiles."""
     wh, ww = window
     h, w = x.shape[-2:]
@@ -55,7 +58,7 @@ def _sliding(model: torch.nn.Module, x: torch.Tensor, window: tuple[int, int], s
 
 
 def predict_logits(
-    model: torch.nn.Module,
+    model: Network,
     batch: torch.Tensor,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,

@@ -21,8 +21,16 @@ from torch import Tensor, nn
 from torchvision.models import shufflenet_v2_x1_0
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-__all__ = ["ResNetBackbone", "ShuffleNetV2Backbone", "resnet18", "resnet50", "resnet101",
+__all__ = ["Backbone", "ResNetBackbone", "ShuffleNetV2Backbone", "resnet18", "resnet50", "resnet101",
            "shufflenet_v2", "make_res_stage", "init_conv_bn"]
+
+class Backbone(nn.Module):
+    """What SFNet's decoders read of an encoder (see the module docstring); set in ``__init__``."""
+
+    out_channels: tuple[int, ...]
+    out_strides: tuple[int, ...]
+    pretrained_ignore: tuple[str, ...] = ("fc.",)
+
 
 def init_conv_bn(module: nn.Module) -> None:
     """He-normal (fan_out) convolutions and unit/zero BatchNorm, torchvision's ResNet init."""
@@ -59,11 +67,13 @@ def _dilate_conv2(stage: nn.Sequential, rate: int) -> None:
     # receptive field grows. torchvision's BasicBlock refuses ``dilation > 1`` in its
     # constructor, hence the edit in place.
     for block in stage:
-        block.conv2.dilation = (rate, rate)
-        block.conv2.padding = (rate, rate)
+        conv = block.conv2
+        assert isinstance(conv, nn.Conv2d)
+        conv.dilation = (rate, rate)
+        conv.padding = (rate, rate)
 
 
-class ResNetBackbone(nn.Module):
+class ResNetBackbone(Backbone):
     """ResNet encoder at output stride 32 returning C2..C5 (strides 4, 8, 16, 32).
 
     Args:
@@ -84,6 +94,7 @@ class ResNetBackbone(nn.Module):
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
                  stem: str = "deep", dilate_last_stages: bool = True) -> None:
         super().__init__()
+        self.conv1: nn.Module
         if stem == "deep":
             # Indices 0, 1, 3, 4, 6 hold parameters, as in the released resnet_d files; the
             # third conv's BN is ``bn1`` below.
@@ -138,7 +149,7 @@ def resnet101(stem: str = "deep", dilate_last_stages: bool = True) -> ResNetBack
     return ResNetBackbone(Bottleneck, (3, 4, 23, 3), stem, dilate_last_stages)
 
 
-class ShuffleNetV2Backbone(nn.Module):
+class ShuffleNetV2Backbone(Backbone):
     """torchvision's ShuffleNetV2 1.0x (built with ``weights=None``) cut into four levels.
 
     Levels: conv1+max-pool (24 ch, stride 4), stage2 (116, 8), stage3 (232, 16), stage4 (464,

@@ -30,7 +30,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-from .backbones import init_conv_bn, make_res_stage
+from .backbones import Backbone, init_conv_bn, make_res_stage
 
 __all__ = ["DFNet", "df1", "df2", "DF1_STAGES", "DF2_STAGES"]
 
@@ -51,7 +51,7 @@ DF2_STAGES = (
 )
 
 
-class DFNet(nn.Module):
+class DFNet(Backbone):
     """A DF encoder built from a stage table; returns the outputs of the marked stages.
 
     Shapes: ``(N, 3, H, W)`` -> ``[(N, c, ~H/s, ~W/s) for c, s in zip(out_channels,

@@ -23,6 +23,7 @@ used (the ImageNet classifier ``fc.*``, a segmentation head...) is named in the 
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
@@ -52,7 +53,9 @@ class PretrainedWeightsError(CheckpointError):
 
 def _numpy_scalar_globals() -> list[Any]:
     """What unpickling a numeric numpy scalar needs: ``scalar``, ``dtype`` and the dtype classes."""
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    # numpy 2 moved numpy.core to numpy._core; Humble's Ubuntu still ships numpy 1.
+    scalar = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core")
+                                     else "numpy.core.multiarray").scalar
     kinds = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
              np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)
     return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),

@@ -3,7 +3,7 @@
 Pure functions over state dicts (no file I/O): ``detect_layout`` tells the variant from the keys
 and shapes, ``import_released`` renames every tensor to this project's names (folding the
 redundant conv biases into BatchNorm), ``export_released`` goes back. ``sfnet-import``
-(``sfnet_core.cli.import_released``) reads the file and writes a project checkpoint.
+(``sfnet_core.cli.import_command``) reads the file and writes a project checkpoint.
 
 The released ``.pth`` files carry no digest of their weights (nothing recorded one when they were
 written), so they are never loaded for inference directly: imported, every tensor is checked for
@@ -165,7 +165,7 @@ def detect_layout(state: Mapping[str, Any], source: str = "<state dict>") -> Rel
             raise ReleasedFormatError(f"{source}: layer0.0.0.weight has shape {tuple(stem.shape)}, not the "
                                       "deep stem's (64, 3, 3, 3)")
         bottleneck = "layer1.0.conv3.weight" in keys
-        blocks = tuple(_blocks(keys, f"layer{n}") for n in range(1, 5))
+        blocks = (_blocks(keys, "layer1"), _blocks(keys, "layer2"), _blocks(keys, "layer3"), _blocks(keys, "layer4"))
         variant = _RESNET_BLOCKS.get((bottleneck, blocks))
         if variant is None:
             kind = "Bottleneck" if bottleneck else "BasicBlock"
@@ -234,7 +234,7 @@ def _fold_pairs(levels: int, dsn: bool) -> list[tuple[str, str]]:
 
 def project_options(layout: ReleasedLayout, fam_align_corners: bool = True) -> dict[str, Any]:
     """Every architecture option of ``layout.variant`` (our defaults, the file's fpn_dim)."""
-    from .sfnet import variant_options
+    from .sfnet import variant_options  # lazy: torchvision (~2 s), not needed to read a layout
 
     options = variant_options(layout.variant)
     options.update(fpn_dim=layout.fpn_dim, fam_align_corners=bool(fam_align_corners))
@@ -253,7 +253,7 @@ def import_released(state: Mapping[str, Any], source: str = "<state dict>", vari
         ReleasedFormatError: naming every key that could not be placed, every weight of ours not
             found, every shape mismatch (up to 20 of each).
     """
-    from .sfnet import build_model
+    from .sfnet import build_model  # lazy: torchvision (~2 s), as above
 
     state = strip_prefix(state)
     layout = detect_layout(state, source)
@@ -272,7 +272,7 @@ def import_released(state: Mapping[str, Any], source: str = "<state dict>", vari
     for key, ref in reference.items():
         name = released_name(key, layout.family, layout.levels)
         value = state.get(name) if name is not None else None
-        if isinstance(value, Tensor):
+        if name is not None and isinstance(value, Tensor):
             ours_of[name] = key
             if tuple(value.shape) != tuple(ref.shape):
                 shapes.append(f"{name} {tuple(value.shape)} (expected {tuple(ref.shape)})")

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from . import backbones, dfnet
-from .backbones import init_conv_bn
+from .backbones import Backbone, init_conv_bn
 from .flow_alignment import flow_to_pixels
 from .heads import AlignedFPNDecoder, AuxHead, FCNDecoder
 from .pretrained import load_backbone_weights
@@ -83,7 +83,11 @@ class SFNet(nn.Module):
     prefix ``aux_heads.``).
     """
 
-    def __init__(self, backbone: nn.Module, decoder: nn.Module, num_classes: int,
+    # Set by ``build_model``: the variant table's name and the options it was built with.
+    variant: str
+    options: dict[str, Any]
+
+    def __init__(self, backbone: Backbone, decoder: nn.Module, num_classes: int,
                  aux_heads: Sequence[nn.Module] = ()) -> None:
         super().__init__()
         self.backbone = backbone
@@ -126,7 +130,7 @@ def _int(key: str, value: Any, minimum: int, even: bool = False, odd: bool = Fal
     return value
 
 
-def _sfnet(backbone: nn.Module, num_classes: int, aux: bool, fpn_dim: int, upsample: str,
+def _sfnet(backbone: Backbone, num_classes: int, aux: bool, fpn_dim: int, upsample: str,
            fuse: str, flow_kernel_size: int, fam_align_corners: bool = True,
            ppm_relu: bool = False) -> SFNet:
     _int("fpn_dim", fpn_dim, 2, even=True)
@@ -151,7 +155,7 @@ def _sfnet(backbone: nn.Module, num_classes: int, aux: bool, fpn_dim: int, upsam
     return model
 
 
-def _resnet(factory: Callable[..., nn.Module], stem: str, dilate_last_stages: bool) -> nn.Module:
+def _resnet(factory: Callable[..., Backbone], stem: str, dilate_last_stages: bool) -> Backbone:
     _choice("stem", stem, ("deep", "torchvision"))
     _choice("dilate_last_stages", dilate_last_stages, (True, False))
     return factory(stem=stem, dilate_last_stages=dilate_last_stages)

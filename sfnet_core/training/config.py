@@ -32,7 +32,7 @@ from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sfnet_core.devices import check_device_spec
 from sfnet_core.errors import ConfigError
 from sfnet_core.training.losses import LossConfig
-from sfnet_core.yaml_config import from_dict, load_yaml
+from sfnet_core.yaml_config import apply_overrides, from_dict, load_yaml
 
 
 @dataclass
@@ -157,8 +157,6 @@ def load_train_config(path: str | os.PathLike, overrides: list[str] | None = Non
     Relative paths written in the file resolve against the file's folder, those given as
     overrides against the working directory (``PATH_KEYS``); ``~`` is expanded in both.
     """
-    from sfnet_core.yaml_config import apply_overrides
-
     data = load_yaml(path)
     source = str(path)
     for (section, key), replacement in _RENAMED.items():

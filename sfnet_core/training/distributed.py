@@ -16,6 +16,7 @@ import random
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from sfnet_core.devices import resolve_device
 from sfnet_core.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -122,10 +125,11 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
         dist.broadcast(buf.data, src=0)
 
 
-def all_gather_object(obj: object, info: DistInfo) -> list[object]:
+def all_gather_object(obj: T, info: DistInfo) -> list[T]:
+    """``obj`` of every rank, in rank order (``[obj]`` without DDP)."""
     if not info.enabled:
         return [obj]
-    out: list[object] = [None] * info.world_size
+    out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
 
@@ -155,7 +159,7 @@ def seed_everything(seed: int) -> None:
 def get_rng_state() -> dict:
     """Python, numpy and torch (CPU + CUDA) generator states, checkpoint-safe (tensors and lists only)."""
     py = random.getstate()
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state())  # the legacy tuple form (the default)
     state = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
@@ -213,7 +217,8 @@ class IterationBatchSampler(Sampler[list[SampleKey]]):
         return max(0, self.stop - self.start)
 
     def _epoch_indices(self, epoch: int) -> list[int]:
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[int] = DistributedSampler(
+            # type: ignore: the stubs want a Dataset; the sampler only takes len(), and a range has one
             range(self.dataset_len), num_replicas=self.world_size, rank=self.rank,  # type: ignore[arg-type]
             shuffle=True, seed=self.seed, drop_last=True,
         )
@@ -222,23 +227,25 @@ class IterationBatchSampler(Sampler[list[SampleKey]]):
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
         epoch, indices = -1, []
-        images = centroids = None
+        planned: tuple[np.ndarray, np.ndarray] | None = None  # (images, centroids) of this epoch
         for it in range(self.start, self.stop):
             e, b = divmod(it, self.batches_per_epoch)
             if e != epoch:
                 epoch, indices = e, self._epoch_indices(e)
                 if self.plan is not None:
-                    images, centroids = self.plan(e)
-                    if len(images) != self.dataset_len:
-                        raise ValueError(f"epoch plan has {len(images)} entries, expected {self.dataset_len}")
+                    planned = self.plan(e)
+                    if len(planned[0]) != self.dataset_len:
+                        raise ValueError(f"epoch plan has {len(planned[0])} entries, expected {self.dataset_len}")
             chunk = indices[b * self.batch_size:(b + 1) * self.batch_size]
             first = b * self.batch_size
             batch: list[SampleKey] = []
             for j, pos in enumerate(chunk):
                 seed = derive_seed(self.seed, e, self.rank, first + j)
-                if images is None:
+                if planned is None:
                     batch.append((pos, seed))
-                elif centroids[pos][0] < 0:
+                    continue
+                images, centroids = planned
+                if centroids[pos][0] < 0:
                     batch.append((int(images[pos]), seed))
                 else:
                     batch.append((int(images[pos]), seed, (int(centroids[pos][0]), int(centroids[pos][1]))))
@@ -257,7 +264,7 @@ class SeededDataset(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours have one
 
     def __getitem__(self, key: SampleKey):
         index, seed = key[0], key[1]
@@ -270,6 +277,7 @@ class SeededDataset(Dataset):
             try:
                 if centroid is None:
                     return self.dataset[index]
+                # type: ignore: only class-uniform runs pass a centroid, and their datasets have sample()
                 return self.dataset.sample(index, centroid)  # type: ignore[attr-defined]
             finally:
                 random.setstate(py_state)

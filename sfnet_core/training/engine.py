@@ -1,4 +1,4 @@
-"""Training engine: ``train(cfg, out_dir)`` (the ``sfnet-train`` command line is ``sfnet_core.cli.train``).
+"""Training engine: ``train(cfg, out_dir)`` (the ``sfnet-train`` command line is ``sfnet_core.cli.train_command``).
 
 One code path for a laptop CPU, one GPU, and many GPUs / nodes under ``torchrun`` (DDP with a
 deterministic per-iteration data order, rank-0 logging and checkpoints). The recipe is the
@@ -37,18 +37,27 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from sfnet_core.checkpoint import load_checkpoint, save_checkpoint
+from sfnet_core.data.class_uniform import CentroidIndex, epoch_plan, load_or_build_index
+from sfnet_core.data.datasets import SegmentationDataset
+from sfnet_core.data.factory import build_datasets, check_crop_fits, largest_image_size
 from sfnet_core.devices import autocast, resolve_precision
 from sfnet_core.errors import ConfigError, SFNetError
+from sfnet_core.evaluation.report_text import percent
+from sfnet_core.evaluation.scoring import evaluate_dataset
 from sfnet_core.io_utils import atomic_write
+from sfnet_core.models import build_model
 from sfnet_core.training.config import TrainConfig, check_input_files
 from sfnet_core.training.distributed import (
     DistInfo,
@@ -65,14 +74,20 @@ from sfnet_core.training.distributed import (
     set_rng_state,
     tensor_digest,
 )
+from sfnet_core.training.init_from import init_from_checkpoint
+from sfnet_core.training.losses import SegmentationLoss
 from sfnet_core.training.run_folder import RunFolder, remove_stale_staging
 from sfnet_core.yaml_config import check_finite, to_dict
 
+if TYPE_CHECKING:  # imported when the run starts (rank 0): TensorBoard costs about a second
+    from torch.utils.tensorboard import SummaryWriter
+
 log = logging.getLogger("sfnet_core.training.engine")
 
-# Besides every runtime.log_interval iterations, a progress line is logged after the first
-# iteration of a run and whenever this many seconds passed without one (slow machines, big crops).
-PROGRESS_SECONDS = 30.0
+# Besides every runtime.log_interval iterations, a progress line (iteration/total, ETA) is logged
+# after the first iteration of a run and whenever this many seconds passed without one (slow
+# machines, big crops, a log_interval longer than the run): a running job is never silent for long.
+PROGRESS_SECONDS = 10.0
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -95,8 +110,6 @@ class _TqdmHandler(logging.Handler):
     """Console log lines that do not break the progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
         try:
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:
@@ -173,18 +186,14 @@ class TrainResult:
     metrics: dict | None  # last validation report (SegmentationMetrics.to_dict())
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def _colour_panel(image: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, mean, std,
                   palette: np.ndarray) -> np.ndarray:
     """(3,H,W) normalised image, (H,W) prediction and ground truth -> (H, 3W, 3) uint8 strip."""
     img = image.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-    img = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    rgb = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     p = palette[pred.detach().cpu().numpy().astype(np.uint8)]
     t = palette[target.detach().cpu().numpy().clip(0, 255).astype(np.uint8)]
-    return np.concatenate([img, p, t], axis=1)
+    return np.concatenate([rgb, p, t], axis=1)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -243,10 +252,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, max_iters: int | None = None, r
 class _Trainer:
     def __init__(self, cfg: TrainConfig, out: Path, info: DistInfo, show_progress: bool | None,
                  resume: bool = False) -> None:
-        from sfnet_core.data.factory import build_datasets
-        from sfnet_core.models import build_model
-        from sfnet_core.training.losses import SegmentationLoss
-
         self.cfg, self.out, self.info = cfg, out, info
         self.device = info.device
         self.precision = resolve_precision(cfg.runtime.precision, self.device, "runtime.precision")
@@ -268,7 +273,9 @@ class _Trainer:
             torch.set_num_threads(cfg.runtime.threads)
         self.show_progress = (cfg.runtime.progress and sys.stderr.isatty()) if show_progress is None else show_progress
         mean, std = tuple(cfg.model.mean), tuple(cfg.model.std)
-        self.train_set, self.val_set, self.classes = build_datasets(cfg.data, mean, std)
+        train_set, self.val_set, self.classes = build_datasets(cfg.data, mean, std)
+        assert train_set is not None  # build_datasets(train=True) always opens the training split
+        self.train_set: SegmentationDataset = train_set
         self._check_crop()
         self.centroids = self._class_uniform_index() if cfg.data.class_uniform.pct > 0 else None
 
@@ -287,8 +294,6 @@ class _Trainer:
             pretrained_backbone=backbone, **cfg.model.options,
         )
         if cfg.model.init_from and not resuming:
-            from sfnet_core.training.init_from import init_from_checkpoint
-
             init_from_checkpoint(model, cfg.model.init_from, cfg.model.name, self.classes, cfg.model.aux,
                                  cfg.model.options, mean, std)
         elif cfg.model.init_from and info.is_main:
@@ -319,12 +324,10 @@ class _Trainer:
         self.iteration = 0
         self.saved_iteration: int | None = None  # what last.pt holds (None: no last.pt)
         self.best_miou: float | None = None
-        self.writer = None
+        self.writer: SummaryWriter | None = None  # rank 0, from the start of the run
 
     def _check_crop(self) -> None:
         """Before anything is written: the crop fits the training images."""
-        from sfnet_core.data.factory import check_crop_fits, largest_image_size
-
         note = check_crop_fits(self.cfg.data, largest_image_size(self.train_set))
         if note and self.info.is_main:
             log.warning("%s", note)
@@ -346,26 +349,23 @@ class _Trainer:
             free, where = torch.cuda.mem_get_info(self.device)[0], f"free on {self.device}"
             ranks = 1
         else:
-            free = _mem_available()
-            if free is None:
+            available = _mem_available()
+            if available is None:
                 return
+            free = available
             ranks = int(os.environ.get("LOCAL_WORLD_SIZE", self.info.world_size))
             where = "available (MemAvailable in /proc/meminfo)" + (f" for {ranks} ranks" if ranks > 1 else "")
         check_step_memory(self.cfg.data.crop_size, self.batch_per_rank, self.cfg.schedule.batch_size, heads,
                           self.classes.num_classes, free, where, ranks)
 
-    def _class_uniform_index(self):
+    def _class_uniform_index(self) -> CentroidIndex:
         """The per-class centroid index of the training set: rank 0 builds (or loads) it, then the others load it."""
-        from sfnet_core.data.class_uniform import load_or_build_index
-
         cu = self.cfg.data.class_uniform
-        result = None
-        if self.info.is_main:
-            result = load_or_build_index(self.train_set, self.classes.num_classes, cu.tile, cu.cache_dir)
+        first = load_or_build_index(self.train_set, self.classes.num_classes, cu.tile, cu.cache_dir) \
+            if self.info.is_main else None
         barrier(self.info)
-        if not self.info.is_main:
-            result = load_or_build_index(self.train_set, self.classes.num_classes, cu.tile, cu.cache_dir)
-        index, path, built = result
+        index, path, built = first if first is not None else \
+            load_or_build_index(self.train_set, self.classes.num_classes, cu.tile, cu.cache_dir)
         if self.info.is_main:
             counts = index.counts()
             absent = [self.classes.names[c] for c in range(self.classes.num_classes) if counts[c] == 0]
@@ -388,8 +388,6 @@ class _Trainer:
         }
 
     def _save(self, name: str, with_state: bool) -> None:
-        from sfnet_core.checkpoint import save_checkpoint
-
         # every rank checks (their parameters are identical), so all of them stop alike
         bad, total = _non_finite_tensors(self.model.state_dict(), self.optimizer.state_dict()["state"])
         if bad:
@@ -416,8 +414,6 @@ class _Trainer:
         return f"last.pt keeps iteration {self.saved_iteration}"
 
     def _restore(self) -> bool:
-        from sfnet_core.checkpoint import load_checkpoint
-
         path = self.out / "last.pt"
         if not path.exists():
             log.warning("--resume: %s does not exist yet, starting from iteration 0", path)
@@ -451,20 +447,20 @@ class _Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def _validate(self) -> dict:
-        from sfnet_core.evaluation.evaluate import evaluate_dataset
-
         cfg = self.cfg.runtime
         broadcast_buffers(self.model, self.info)
+        val_set = self.val_set
+        assert val_set is not None  # validation runs only with a validation split
         window = None
         if cfg.eval_mode == "slide":
-            window = tuple(cfg.eval_window or self.cfg.data.crop_size)
-        n = len(self.val_set)
+            window = cfg.eval_window or self.cfg.data.crop_size
+        n = len(val_set)
         indices = list(range(min(n, cfg.eval_max_images) if cfg.eval_max_images else n))
         self.model.eval()
         try:
             with autocast(self.device, self.precision):
                 cm = evaluate_dataset(
-                    self.model, self.val_set, self.classes.num_classes, self.classes.ignore_index,
+                    self.model, val_set, self.classes.num_classes, self.classes.ignore_index,
                     self.device, window=window,
                     indices=indices[self.info.rank::self.info.world_size],
                 )
@@ -483,7 +479,7 @@ class _Trainer:
         if self.info.is_main:
             with atomic_write(self.out / "config.yaml") as tmp:
                 tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy: TensorBoard (~1 s), rank 0 only
 
             # purge_step drops events a crashed run logged after the checkpoint we resume from
             self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.iteration or None)
@@ -506,10 +502,6 @@ class _Trainer:
     def _loader(self, stop: int) -> DataLoader:
         plan = None
         if self.centroids is not None:
-            from functools import partial
-
-            from sfnet_core.data.class_uniform import epoch_plan
-
             plan = partial(epoch_plan, self.centroids, self.cfg.data.class_uniform.pct, self.cfg.runtime.seed)
         sampler = IterationBatchSampler(
             len(self.train_set), self.batch_per_rank, self.info.world_size, self.info.rank,
@@ -522,9 +514,8 @@ class _Trainer:
         )
 
     def _loop(self, stop: int) -> dict | None:
-        from tqdm import tqdm
-
         cfg, rt = self.cfg, self.cfg.runtime
+        writer = self.writer  # rank 0 only
         palette = self.classes.palette()
         bar = tqdm(total=stop, initial=self.iteration, disable=not (self.info.is_main and self.show_progress),
                    dynamic_ncols=True, unit="it", desc="train", file=sys.stderr)
@@ -569,19 +560,19 @@ class _Trainer:
                     speed = window_iters / elapsed if elapsed > 0 else float("nan")
                     eta = (stop - self.iteration) / speed if speed > 0 else float("nan")
                     log.info("iter %d/%d loss %.4f (main %.4f aux %.4f) lr %.3e %.2f it/s eta %s",
-                             self.iteration, cfg.schedule.iterations, loss_sum / window_iters, parts["main"],
+                             self.iteration, stop, loss_sum / window_iters, parts["main"],
                              parts["aux"], lr, speed, _fmt_eta(eta))
-                if self.info.is_main and regular:
-                    self.writer.add_scalar("train/loss", loss_sum / window_iters, self.iteration)
-                    self.writer.add_scalar("train/loss_main", parts["main"], self.iteration)
-                    self.writer.add_scalar("train/loss_aux", parts["aux"], self.iteration)
-                    self.writer.add_scalar("train/lr", lr, self.iteration)
-                    self.writer.add_scalar("train/iters_per_s", speed, self.iteration)
+                if writer is not None and regular:
+                    writer.add_scalar("train/loss", loss_sum / window_iters, self.iteration)
+                    writer.add_scalar("train/loss_main", parts["main"], self.iteration)
+                    writer.add_scalar("train/loss_aux", parts["aux"], self.iteration)
+                    writer.add_scalar("train/lr", lr, self.iteration)
+                    writer.add_scalar("train/iters_per_s", speed, self.iteration)
                     window_start, window_iters, loss_sum = time.perf_counter(), 0, 0.0
-                if self.info.is_main and rt.image_interval and self.iteration % rt.image_interval == 0:
+                if writer is not None and rt.image_interval and self.iteration % rt.image_interval == 0:
                     panel = _colour_panel(images[0], logits[0].argmax(0), targets[0], cfg.model.mean,
                                           cfg.model.std, palette)
-                    self.writer.add_image("train/input_prediction_groundtruth", panel, self.iteration,
+                    writer.add_image("train/input_prediction_groundtruth", panel, self.iteration,
                                           dataformats="HWC")
 
                 at_end = self.iteration == stop
@@ -626,10 +617,11 @@ class _Trainer:
             self.best_miou = miou
         if not self.info.is_main:
             return
-        log.info("validation at iter %d: mIoU %.4f pixel acc %.4f (best %.4f)", self.iteration, miou,
-                 metrics["pixel_accuracy"], self.best_miou)
-        self.writer.add_scalar("val/miou", miou, self.iteration)
-        self.writer.add_scalar("val/pixel_accuracy", metrics["pixel_accuracy"], self.iteration)
+        log.info("validation at iter %d: mIoU %s, pixel accuracy %s (best mIoU %s)", self.iteration, percent(miou),
+                 percent(metrics["pixel_accuracy"]), percent(self.best_miou))
+        if self.writer is not None:
+            self.writer.add_scalar("val/miou", miou, self.iteration)
+            self.writer.add_scalar("val/pixel_accuracy", metrics["pixel_accuracy"], self.iteration)
         with atomic_write(self.out / "metrics.json") as tmp:
             tmp.write_text(json.dumps({"iteration": self.iteration, **_jsonable(metrics)}, indent=2))
         if improved:
@@ -640,7 +632,7 @@ class _Trainer:
         if not self.info.enabled or not self.cfg.runtime.rank_digest:
             return
         broadcast_buffers(self.model, self.info)
-        mine = {
+        mine: dict[str, Any] = {
             "rank": self.info.rank,
             "params": tensor_digest(dict(self.model.named_parameters())),
             "state": tensor_digest(self.model.state_dict()),
@@ -649,7 +641,7 @@ class _Trainer:
         if self.info.is_main:
             with atomic_write(self.out / "rank_digests.json") as tmp:
                 tmp.write_text(json.dumps(digests, indent=2))
-            if len({d["params"] for d in digests}) != 1:  # type: ignore[index]
+            if len({d["params"] for d in digests}) != 1:
                 raise SFNetError(f"DDP ranks diverged: parameter digests differ across ranks: {digests}")
             log.info("all %d ranks hold identical parameters (sha256 %s)", self.info.world_size, mine["params"][:16])
 

@@ -29,7 +29,7 @@ from torch import nn
 from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import CheckpointError, ConfigError
-from sfnet_core.models import MODEL_VARIANTS, variant_options
+from sfnet_core.models import MODEL_VARIANTS, build_model, variant_options
 
 __all__ = ["InitReport", "class_dependent_keys", "init_from_checkpoint"]
 
@@ -83,8 +83,6 @@ def class_dependent_keys(name: str, num_classes: int, aux: bool, options: dict) 
     Learnt from the architecture itself: the keys whose shapes differ between the model built
     for ``num_classes`` and for ``num_classes + 1`` (on the meta device: no memory, no init cost).
     """
-    from sfnet_core.models import build_model
-
     with torch.device("meta"):
         a = build_model(name, num_classes, aux=aux, **options).state_dict()
         b = build_model(name, num_classes + 1, aux=aux, **options).state_dict()

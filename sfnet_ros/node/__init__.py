@@ -1,5 +1,7 @@
-"""The segmentation node: the process (main), the lifecycle node, its parameter table, frame
-mailboxes + inference thread, output messages, QoS and diagnostics.
+"""The segmentation node: the process (main), the lifecycle node and its wiring, its parameter
+table, the loaded model, frame mailboxes + inference thread, the per-frame pipeline
+(frame_pipeline), camera endpoints (camera_io), output messages, QoS (qos, qos_report) and
+/diagnostics (status_report, diagnostics).
 
 ``SegmentationNode`` and ``main`` resolve lazily, so importing ``sfnet_ros.node.params`` (the
 parameter table, used by tests and tools) does not load rclpy's node machinery.

@@ -41,6 +41,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
@@ -50,6 +51,7 @@ __all__ = [
     "StampGaps",
     "StatsWindow",
     "camera_status",
+    "count_message_lost",
     "diagnostic_array",
     "loss_ratio",
     "node_status",
@@ -260,6 +262,27 @@ class CameraStats:
         return window
 
 
+# A message-lost event's total_count_change at or above this is not a count (count_message_lost).
+MESSAGE_LOST_INVALID = 2**31 - 1
+
+
+def count_message_lost(stats: CameraStats, event: Any, topic: str, logger: Any, throttle_s: float) -> None:
+    """A DDS message-lost event of one input (best effort: a frame missing a fragment, or
+    overwritten in the writer's shared-memory segment): counted, and warned about (throttled)."""
+    count = int(getattr(event, "total_count_change", 0) or 0)
+    if count >= MESSAGE_LOST_INVALID:
+        # Fast DDS 3.2 reports, when a writer resumes after a pause during which some of its
+        # samples were lost, one event of 2**31 - 1 (a negative difference of sequence numbers,
+        # saturated) next to the real ones: not a count (docs/transport.md).
+        logger.debug(f"ignoring a message-lost event of {count} on {topic}")
+        return
+    stats.message_lost(count)
+    if count > 0:
+        logger.warning(f"{count} message(s) lost in transport on {topic} "
+                       f"({getattr(event, 'total_count', '?')} since it subscribed): see docs/transport.md",
+                       throttle_duration_sec=throttle_s)
+
+
 def _mean_max(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
@@ -272,7 +295,8 @@ def _kv(key: str, value: object) -> KeyValue:
     return KeyValue(key=key, value=str(value))
 
 
-def _level_value(level: object) -> int:
+def _level_value(level: bytes | int) -> int:
+    """A DiagnosticStatus level as an int (the message field is a one-byte ``bytes``)."""
     return level[0] if isinstance(level, bytes) else int(level)
 
 

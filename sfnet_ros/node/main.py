@@ -23,19 +23,26 @@ from typing import Any
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 
-from sfnet_ros.node.segmentation_node import (
-    EXIT_CALLBACK_GRACE_S,
-    EXIT_WORKER_GRACE_S,
-    SPIN_STEP_S,
-    STOP_SHUTDOWN_MESSAGE,
-    STOP_SIGNAL_MESSAGE,
-    SegmentationNode,
-)
+from sfnet_ros.node.segmentation_node import SegmentationNode
 from sfnet_ros.node.segmentation_node import __doc__ as NODE_DOC
 from sfnet_ros.transport_profile import apply_profile
 
 __all__ = ["main", "StopRequest"]
+
+# The main thread checks for a stop request this often, and the executor thread comes back from
+# its wait this often to see whether it must stop.
+SPIN_STEP_S = 0.1
+# On the way out: how long to wait for the executor callback in progress (callbacks are short;
+# only a configure requested over change_state can take seconds) ...
+EXIT_CALLBACK_GRACE_S = 1.0
+# ... and for the batch in flight. Its results could not be published anyway (the publishers are
+# gone by then); the wait only lets a batch that is about to end end, so the interpreter can exit
+# the ordinary way. A forward pass on a large frame on a CPU takes seconds and is not waited for.
+EXIT_WORKER_GRACE_S = 0.5
+STOP_SIGNAL_MESSAGE = "stop requested (SIGINT/SIGTERM): shutting down"
+STOP_SHUTDOWN_MESSAGE = "lifecycle shutdown: exiting (exit_on_shutdown)"
 
 
 def _install_core_logging() -> None:
@@ -63,6 +70,23 @@ class StopRequest:
 
     def is_set(self) -> bool:
         return self.reason is not None
+
+
+def autostart(node: SegmentationNode, stop: StopRequest) -> None:
+    """configure + activate, stopping quietly (already logged) at the first failure or when
+    ``stop`` was set meanwhile (a shutdown requested during the model load). main() runs this in
+    a thread of its own, so the node's services answer meanwhile."""
+    try:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().info("autostart: staying unconfigured; fix the cause, then trigger configure "
+                                   "(lifecycle manager or <node>/change_state)")
+            return
+        if not stop.is_set():
+            node.trigger_activate()
+    except Exception as exc:  # a thread must not die with a traceback
+        if stop.is_set():
+            return  # the process is leaving under us
+        node.get_logger().error(f"autostart failed: {type(exc).__name__}: {exc}")
 
 
 def _stop_on_signals(stop: StopRequest | None = None) -> StopRequest:
@@ -200,13 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     node.on_exit_request = partial(stop.request, STOP_SHUTDOWN_MESSAGE)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spin_stop, failure = threading.Event(), []
+    spin_stop, failure = threading.Event(), list[BaseException]()
     spin_thread = threading.Thread(target=_spin, args=(executor, spin_stop, failure), name="sfnet_executor",
                                    daemon=True)
     spin_thread.start()
     autostart_thread = None
     if node.autostart:
-        autostart_thread = threading.Thread(target=node.autostart_transitions, args=(stop,), name="sfnet_autostart",
+        autostart_thread = threading.Thread(target=autostart, args=(node, stop), name="sfnet_autostart",
                                             daemon=True)
         autostart_thread.start()
     # The main thread only waits: Python runs signal handlers in the main thread, so it must

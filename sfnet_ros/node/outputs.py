@@ -1,4 +1,4 @@
-"""What the node publishes beside the label images: camera_info, LabelInfo, timing, flow.
+"""What the node publishes beside the label images: camera_info, classes, LabelInfo, timing, flow.
 
 Pure functions of messages and arrays (no node, no publishers), so each rule is tested on its own
 (test/test_node_messages.py) and over DDS (test/test_node_geometry.py).
@@ -25,25 +25,35 @@ frame's header (so it pairs with the labels by stamp), one status whose values a
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from sensor_msgs.msg import CameraInfo, RegionOfInterest
+
+from sfnet_core.data.classes import ClassTable
+from sfnet_core.viz import flow_to_color
+from sfnet_ros.node.params import topic_token
 
 __all__ = [
     "UNLABELED",
     "UNLABELED_NAME",
     "CameraInfoCache",
     "FrameTiming",
+    "classes_json",
     "fill_label_info",
     "flow_image",
     "frame_in_output",
     "image_intrinsics",
     "info_image_size",
     "output_camera_info",
+    "stamp_ns",
     "timing_array",
 ]
 
@@ -51,7 +61,8 @@ UNLABELED = 255
 UNLABELED_NAME = "unlabeled"
 
 
-def _stamp_ns(header: Any) -> int:
+def stamp_ns(header: Any) -> int:
+    """A std_msgs/Header's stamp in ns (frames and camera_info are matched by it)."""
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
@@ -90,8 +101,6 @@ def info_image_size(info: Any) -> tuple[int, int]:
 def output_camera_info(info: Any, geometry: Any, header: Any) -> Any:
     """The camera_info of the label image made from a frame with camera_info ``info`` by
     ``geometry`` (a ``FrameGeometry``), carrying ``header`` (the frame's). See the module docstring."""
-    from sensor_msgs.msg import CameraInfo, RegionOfInterest
-
     transform = geometry.pixel_transform()
     if np.array_equal(transform, np.eye(3)):
         return CameraInfo(header=header, height=info.height, width=info.width,
@@ -120,7 +129,7 @@ class CameraInfoCache:
         self._newest: Any = None
 
     def put(self, info: Any) -> None:
-        stamp = _stamp_ns(info.header)
+        stamp = stamp_ns(info.header)
         with self._lock:
             self._by_stamp[stamp] = info
             self._by_stamp.move_to_end(stamp)
@@ -134,6 +143,20 @@ class CameraInfoCache:
         with self._lock:
             info = self._by_stamp.get(stamp_ns)
             return (info, True) if info is not None else (self._newest, False)
+
+
+# -- the class table -------------------------------------------------------------------------------
+
+
+def classes_json(classes: ClassTable, mask_ids: Mapping[str, int]) -> str:
+    """segmentation/classes: the class table (id, name, colour), the ignore index, and the topic
+    of each mask class (relative to the camera's prefix)."""
+    return json.dumps({
+        "classes": [{"id": i, "name": name, "color": list(color)}
+                    for i, (name, color) in enumerate(zip(classes.names, classes.colors))],
+        "ignore_index": classes.ignore_index,
+        "mask_topics": {name: f"segmentation/mask/{topic_token(name)}" for name in mask_ids},
+    })
 
 
 # -- LabelInfo -------------------------------------------------------------------------------------
@@ -182,14 +205,12 @@ def timing_array(header: Any, name: str, hardware_id: str, timing: FrameTiming) 
     """diagnostic_msgs/DiagnosticArray for one output frame: ``header`` = the frame's header, one
     status with absolute ROS times (``receive_time``, ``inference_start_time``,
     ``inference_end_time``, ``publish_time``: seconds.nanoseconds) and the intervals in ms."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-
     t = timing
 
     def ros(ns: int) -> str:
         return _ros_time_text(t.published_ros_ns - (t.published_ns - ns))
 
-    stamp = _stamp_ns(header)
+    stamp = stamp_ns(header)
     values = [
         ("receive_time", ros(t.received_ns)),
         ("inference_start_time", ros(t.inference_start_ns)),
@@ -220,8 +241,6 @@ def frame_in_output(image: np.ndarray, geometry: Any) -> np.ndarray:
     output-size canvas (black outside: letterbox bands). For the colour overlay."""
     if tuple(image.shape[:2]) == tuple(geometry.output_size) and geometry.output == "input":
         return image
-    import cv2
-
     y, x, wh, ww = geometry.window
     top, left, ch, cw = geometry.content
     canvas = np.zeros((*geometry.output_size, 3), np.uint8)
@@ -235,10 +254,6 @@ def flow_image(flow: np.ndarray, geometry: Any) -> np.ndarray:
     frame's content box of the network input) colour-coded by ``sfnet_core.viz.flow_to_color``
     (direction = hue, magnitude = saturation relative to the frame's largest vector) and resized
     (nearest: its cells stay visible) onto the labelled window of the output; black elsewhere."""
-    import cv2
-
-    from sfnet_core.viz import flow_to_color
-
     color = flow_to_color(flow)
     vy, vx, vh, vw = geometry.valid
     canvas = np.zeros((*geometry.output_size, 3), np.uint8)

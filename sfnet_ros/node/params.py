@@ -331,10 +331,9 @@ def _check_scalar(p: ParamSpec, value: Any) -> Any:
     expected: dict[str, tuple[type, ...]] = {
         "bool": (bool,), "integer": (int,), "double": (float, int), "string": (str,),
     }
-    types_ = expected[p.kind]
-    if not isinstance(value, types_) or (p.kind != "bool" and isinstance(value, bool)):
+    if not isinstance(value, expected[p.kind]) or (p.kind != "bool" and isinstance(value, bool)):
         raise _bad(p.name, f"expected {p.kind}, got {value!r}")
-    if p.kind == "double":
+    if p.kind == "double" and isinstance(value, (int, float)):  # always, here; says so to the type checker
         value = float(value)
         if not math.isfinite(value):
             raise non_finite_error(p.name, value)

@@ -29,7 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from sfnet_core.cli.common import add_overwrite, device_spec, make_parser, positive_int, run_command
-from sfnet_core.errors import SFNetError
+from sfnet_core.errors import SFNetError, require_model_file
+from sfnet_core.evaluation.report_text import format_report, percent
+from sfnet_core.io_utils import atomic_write, check_output
+from sfnet_core.viz import colorize, image_strip, overlay, render_outputs
 from sfnet_ros.conversions import ImageConversionError, numpy_to_image
 from sfnet_ros.tools.bag_io import (
     COMPRESSED,
@@ -40,9 +43,9 @@ from sfnet_ros.tools.bag_io import (
     check_bag_output,
     decode_image,
     decode_labels,
-    header_stamp,
     image_topic_namespace,
     make_header,
+    required_stamp,
     ros2_class,
     stamp_name,
     write_png,
@@ -68,10 +71,6 @@ def percentiles(values_ms: Sequence[float]) -> dict[str, float | None]:
         "max": round(float(arr.max()), 3),
         "mean": round(float(arr.mean()), 3),
     }
-
-
-def json_float(value: float) -> float | None:
-    return None if value is None or not math.isfinite(float(value)) else round(float(value), 6)
 
 
 STRIPS_TOOL = "sfnet-bag-eval"  # the name in the --strips folder's manifest
@@ -146,9 +145,9 @@ class LabelMatcher:
         """BagError saying why when no image/label pair matched (the mIoU would be over nothing)."""
         if self.matched:
             return
-        if not self.labels_seen:
+        if self.first_label_stamp is None:
             why = f"the label topic {self.label_topic} delivered no message"
-        elif not self.images_seen:
+        elif self.first_image_stamp is None:
             why = f"the image topic {image_topic} delivered no frame"
         else:
             why = (f"no label header stamp equals an image header stamp (first image {image_topic} at "
@@ -185,23 +184,18 @@ def evaluate_bag(
     if out:  # before anything slow: a refused output costs nothing
         check_bag_output(out, inputs=[bag, checkpoint], overwrite=overwrite)
     if strips:
-        from sfnet_core.io_utils import check_output
-
         check_output(strips, inputs=[bag, checkpoint, out], overwrite=overwrite, kind="dir", what="--strips",
                      tool=STRIPS_TOOL)
     with BagReader(bag) as reader:
         info = reader.check_topic(image_topic)
         if label_topic:
             reader.check_topic(label_topic, what="label topic")
-        if segmenter is None and not Path(checkpoint).is_file():
-            from sfnet_core.errors import CheckpointError
-
-            raise CheckpointError(f"{checkpoint}: checkpoint file not found")
-        # torch is imported only now (seconds): the checks above answer bad input at once
-        from sfnet_core.devices import resolve_device
-        from sfnet_core.evaluation.metrics import ConfusionMatrix
-        from sfnet_core.inference import Segmenter
-        from sfnet_core.viz import colorize, image_strip, overlay, render_outputs
+        if segmenter is None:
+            require_model_file(checkpoint)  # missing, or not a model file at all
+        # lazy: torch is imported only now (seconds): the checks above answer bad input at once
+        from sfnet_core.devices import resolve_device  # lazy: torch
+        from sfnet_core.evaluation.metrics import ConfusionMatrix  # lazy: torch
+        from sfnet_core.inference import Segmenter  # lazy: torch
 
         if segmenter is None:
             resolve_device(device, "--device")  # names the option; Segmenter would say "Segmenter: device"
@@ -220,8 +214,6 @@ def evaluate_bag(
         stack = contextlib.ExitStack()
         strip_dir = None
         if strips:
-            from sfnet_core.io_utils import atomic_write
-
             strip_dir = stack.enter_context(atomic_write(strips, overwrite=overwrite, tool=STRIPS_TOOL,
                                                          what="--strips"))
             strip_dir.mkdir()
@@ -248,7 +240,7 @@ def evaluate_bag(
             for f, result in zip(batch, results):
                 frames += 1
                 if strip_dir is not None:
-                    write_strip(f, result.labels)
+                    write_strip(f, result.labels, strip_dir)
                 if label_topic:
                     matcher.add_prediction(f.stamp, result.labels)
                 if writer is not None:
@@ -259,7 +251,7 @@ def evaluate_bag(
                             image, "rgb8" if name == "color" else "mono8", header=header, msg_cls=Image))
             batch.clear()
 
-        def write_strip(f: _Frame, labels: np.ndarray) -> None:
+        def write_strip(f: _Frame, labels: np.ndarray, strip_dir: Path) -> None:
             nonlocal first_ts, strip_count
             first_ts = f.timestamp if first_ts is None else first_ts
             seconds = (f.timestamp - first_ts) / 1e9
@@ -279,7 +271,7 @@ def evaluate_bag(
             if writer is not None:
                 writer.open()
             for topic, msgtype, timestamp, cdr, msg in reader.decoded_cdr_messages(topics):
-                stamp = header_stamp(msg)
+                stamp = required_stamp(msg, topic, msgtype)
                 try:
                     if topic == image_topic:
                         batch.append(_Frame(timestamp, stamp, msg.header.frame_id, cdr, decode_image(msg, msgtype)))
@@ -333,7 +325,7 @@ def evaluate_bag(
             "unmatched_labels": len(matcher.labels),
             **matcher.metrics.report(classes.names),
         })
-    if out:
+    if writer is not None:
         report["out"] = str(out)
         report["out_topics"] = dict(sorted(writer.counts.items()))
     if strips:
@@ -402,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         if args.threads:
-            import torch
+            import torch  # lazy: not needed for --help and the refusals
 
             torch.set_num_threads(args.threads)
         report = evaluate_bag(
@@ -411,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             mask_classes=mask_classes, progress=not args.no_progress, overwrite=args.overwrite,
             backend=args.backend, strips=args.strips, strip_range=strip_range, strip_every=args.strip_every,
         )
+        if "miou" in report:
+            print(format_report(report), file=sys.stderr)
         print(_summary(report), file=sys.stderr)
         print(json.dumps(report))
         return 0
@@ -424,7 +418,7 @@ def _summary(report: dict[str, Any]) -> str:
     text = (f"{report['frames']} frames, {report['fps']} fps end to end, {report['model_fps']} fps model, "
             f"latency p50 {lat['p50']} ms p99 {lat['p99']} ms ({report['device']}, {report['precision']})")
     if "miou" in report:
-        text += (f"; mIoU {report['miou']} over {report['matched']} labelled frames "
+        text += (f"; mIoU {percent(report['miou'])} over {report['matched']} labelled frames "
                  f"({report['unmatched_images']} images and {report['unmatched_labels']} labels unmatched)")
     if "out" in report:
         text += f"; wrote {report['out']}"

@@ -42,7 +42,7 @@ IMAGE_TYPES = (IMAGE, COMPRESSED)
 ROS2_STORE = Stores.ROS2_HUMBLE
 
 _ROS1_SUFFIXES = {".bag"}
-_BARE_STORAGE = {".mcap": McapReader, ".db3": Sqlite3Reader}
+_BARE_STORAGE: dict[str, type[McapReader] | type[Sqlite3Reader]] = {".mcap": McapReader, ".db3": Sqlite3Reader}
 
 
 class BagError(SFNetError, ValueError):
@@ -66,6 +66,10 @@ class BagMessage:
     stamp: int | None
     msg: Any
 
+    def header_ns(self) -> int:
+        """``stamp`` of a message that must have one (an image, a label): BagError if it has none."""
+        return required_stamp(self.msg, self.topic, self.msgtype)
+
 
 _typestores: dict[Stores, Any] = {}
 
@@ -88,6 +92,15 @@ def header_stamp(msg: Any) -> int | None:
     return None if stamp is None else stamp_to_ns(stamp)
 
 
+def required_stamp(msg: Any, topic: str, msgtype: str) -> int:
+    """``header_stamp`` of an image or label message (paired by it): BagError naming the topic if
+    the type has no ``std_msgs/Header``."""
+    stamp = header_stamp(msg)
+    if stamp is None:
+        raise BagError(f"{topic} ({msgtype}): no std_msgs/Header stamp; images and labels are paired by it")
+    return stamp
+
+
 def stamp_name(stamp_ns: int) -> str:
     """``sec_nanosec`` with zero padding so file names sort in time."""
     return f"{stamp_ns // 1_000_000_000:010d}_{stamp_ns % 1_000_000_000:09d}"
@@ -106,8 +119,6 @@ def decode_image(msg: Any, msgtype: str) -> np.ndarray:
 def decode_labels(msg: Any, msgtype: str, topic: str = "") -> np.ndarray:
     """(H, W) uint8 train ids from a mono8 Image (or a lossless PNG CompressedImage)."""
     if msgtype == COMPRESSED:
-        import cv2
-
         array = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_UNCHANGED)
         if array is None or array.ndim != 2 or array.dtype != np.uint8:
             raise ImageConversionError(f"label topic {topic}: expected a single-channel 8-bit PNG")

@@ -351,8 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     own, ros_args = split_ros_args(argv)
     args = build_parser().parse_args(own)
-    import rclpy
-
     lockstep = None
     if args.lockstep:
         source, sep, target = args.lockstep.partition(":")
@@ -378,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     node = None
     spinner: SpinThread | None = None
     try:
+        import rclpy  # lazy: the ROS runtime, after the option checks above
+
         init_rclpy("sfnet-bag-play", ros_args)
         node = rclpy.create_node("sfnet_bag_play")
         player = BagPlayer(node, args.bag, args.topics, args.rate, args.qos, args.restamp,

@@ -33,10 +33,35 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sfnet_core.cli.common import add_overwrite, device_spec, make_parser, positive_float, positive_int, run_command
-from sfnet_core.errors import SFNetError
+from sfnet_core.cli.common import (
+    add_overwrite,
+    check_recipe,
+    device_spec,
+    make_parser,
+    positive_float,
+    positive_int,
+    run_command,
+)
+from sfnet_core.data.synthetic_scenes.arguments import parse_size
+from sfnet_core.errors import SFNetError, require_torch_file
+from sfnet_core.evaluation.report_text import percent
 from sfnet_core.io_utils import atomic_write, check_output
-from sfnet_ros.tools.synthetic_bag import parse_size, write_synthetic_bag
+from sfnet_core.viz import (
+    class_legend,
+    colorize,
+    draw_text,
+    flow_to_color,
+    flow_wheel,
+    image_strip,
+    overlay,
+    stack_rows,
+    text_band,
+    text_scale,
+)
+from sfnet_ros.launch_support import node_launch
+from sfnet_ros.tools.bag_eval import evaluate_bag
+from sfnet_ros.tools.live_eval import live_evaluate
+from sfnet_ros.tools.synthetic_bag import write_synthetic_bag
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "training" / "configs" / "synthetic_quick.yaml"
@@ -88,7 +113,7 @@ def cache_key(config: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
     The code is part of the key: a checkpoint trained by an earlier definition of the network
     (e.g. before the PPM matched the released code) must not be reused silently.
     """
-    import sfnet_core.models
+    import sfnet_core.models  # lazy: torch (only its source files are hashed)
 
     digest = hashlib.sha256(config.read_bytes() + "\n".join(overrides).encode())
     for source in sorted(Path(sfnet_core.models.__file__).parent.glob("*.py")):
@@ -98,8 +123,8 @@ def cache_key(config: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
 
 def checkpoint_for(config: Path, overrides: list[str] | tuple[str, ...], cache_dir: Path) -> Path:
     """Train ``config`` (+ overrides) once; later runs with the same recipe reuse the result."""
-    from sfnet_core.training.config import load_train_config
-    from sfnet_core.training.engine import train
+    from sfnet_core.training.config import load_train_config  # lazy: torch
+    from sfnet_core.training.engine import train  # lazy: torch
 
     run_dir = cache_dir / cache_key(config, overrides)
     done = run_dir / "demo_done.json"
@@ -176,19 +201,7 @@ def write_strip(checkpoint: Path, image: np.ndarray, truth: np.ndarray, path: Pa
     """The picture people look at first: five captioned panels, a legend of the classes present
     (prediction or ground truth) with their colours, the flow panel's colour-wheel key with the
     magnitude it saturates at, and the numbers of the run."""
-    from sfnet_core.inference import Segmenter
-    from sfnet_core.viz import (
-        class_legend,
-        colorize,
-        draw_text,
-        flow_to_color,
-        flow_wheel,
-        image_strip,
-        overlay,
-        stack_rows,
-        text_band,
-        text_scale,
-    )
+    from sfnet_core.inference import Segmenter  # lazy: torch
 
     segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu", warmup=False)
     result = segmenter.segment(image, return_flows=True)
@@ -238,12 +251,12 @@ def write_strip(checkpoint: Path, image: np.ndarray, truth: np.ndarray, path: Pa
         lat = live.get("latency_ms") or {}
         notes.append(f"live (bag -> sfnet_node -> outputs, {live.get('device', 'cpu')}): "
                      f"{_fmt(live.get('fps'))} FPS, latency p50 {_fmt(lat.get('p50'))} ms / p99 "
-                     f"{_fmt(lat.get('p99'))} ms, mIoU {_fmt(live.get('miou'), 3)}, "
+                     f"{_fmt(lat.get('p99'))} ms, mIoU {percent(live.get('miou'))}, "
                      f"{live.get('received')}/{live.get('sent')} frames")
     if offline:
         lat = offline.get("latency_ms") or {}
         notes.append(f"offline (sfnet-bag-eval): model {_fmt(offline.get('model_fps'))} FPS, "
-                     f"{_fmt(lat.get('p50'))} ms/frame, mIoU {_fmt(offline.get('miou'), 3)} over "
+                     f"{_fmt(lat.get('p50'))} ms/frame, mIoU {percent(offline.get('miou'))} over "
                      f"{offline.get('frames')} frames of {image.shape[1]}x{image.shape[0]}")
     rows = [top, bottom] + ([text_band(notes, width, scale)] if notes else [])
     strip = stack_rows(rows, width)
@@ -265,12 +278,15 @@ def _check_options(opts: DemoOptions) -> tuple[Path, Path, Path | None]:
                        overwrite=opts.overwrite, kind="dir", tool=TOOL)
     if opts.frames < 1 or opts.rate <= 0:
         raise SFNetError("--frames must be >= 1 and --rate > 0")
-    from sfnet_core.devices import resolve_device
+    check_recipe("sfnet-demo", str(config), list(opts.train_overrides), empty="training with every default")
+    if checkpoint is not None:
+        require_torch_file(checkpoint)
+    # lazy: torch, after the checks above
+    from sfnet_core.checkpoint import load_checkpoint  # lazy: torch
+    from sfnet_core.devices import resolve_device  # lazy: torch
 
     resolve_device(opts.device, "--device")
     if checkpoint is not None:
-        from sfnet_core.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(checkpoint)
         if ckpt.num_classes != NUM_CLASSES:
             raise SFNetError(f"--checkpoint: {opts.checkpoint} predicts {ckpt.num_classes} classes, but the demo's "
@@ -281,9 +297,7 @@ def _check_options(opts: DemoOptions) -> tuple[Path, Path, Path | None]:
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     """Run the demo into ``opts.out`` (see the module docstring); returns the report."""
     out, config, checkpoint = _check_options(opts)
-    from sfnet_core.training.config import load_train_config
-    from sfnet_ros.tools.bag_eval import evaluate_bag
-    from sfnet_ros.tools.live_eval import live_evaluate
+    from sfnet_core.training.config import load_train_config  # lazy: torch
 
     size = opts.size
     if size is None:
@@ -318,11 +332,9 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         os.environ.update({"ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
                            "ROS_LOCALHOST_ONLY": "1", "PYTHONUNBUFFERED": "1"})
         env = dict(os.environ)
-        node_cmd = [sys.executable, "-m", "sfnet_ros.node", "--ros-args"]
-        if PARAMS_FILE.exists():
-            node_cmd += ["--params-file", str(PARAMS_FILE)]
-        node_cmd += ["-p", f"checkpoint:={json.dumps(str(checkpoint))}", "-p", f"device:={opts.device}",
-                     "-r", f"image:={IMAGE_TOPIC}", "-r", "__ns:=/front"]
+        node_cmd = node_launch({"checkpoint": str(checkpoint), "device": opts.device},
+                               params_file=PARAMS_FILE if PARAMS_FILE.exists() else None,
+                               image_topic=IMAGE_TOPIC, namespace="/front").argv()
         node_log, rec_log = stage / "node.log", stage / "record.log"
         recorded = stage / "node_outputs.mcap"
         node = recorder = None
@@ -411,9 +423,10 @@ def _print_report(report: dict) -> int:
     off, live = report["offline"], report["live"]
     lat = live["latency_ms"]
     print(f"\nOffline (sfnet-bag-eval, {off['device']}): {off['frames']} frames, model {off['model_fps']} fps, "
-          f"{off['fps']} fps end to end, p50 {off['latency_ms']['p50']} ms/frame, mIoU {off['miou']}")
+          f"{off['fps']} fps end to end, p50 {off['latency_ms']['p50']} ms/frame, mIoU {percent(off['miou'])}")
     print(f"Live (bag -> sfnet_node -> outputs): sent {live['sent']}, received {live['received']}, dropped "
-          f"{live['dropped']}, {live['fps']} fps, latency p50 {lat['p50']} ms p99 {lat['p99']} ms, mIoU {live['miou']}")
+          f"{live['dropped']}, {live['fps']} fps, latency p50 {lat['p50']} ms p99 {lat['p99']} ms, "
+          f"mIoU {percent(live['miou'])}")
     for reason, count in live.get("drop_reasons", {}).items():
         print(f"  dropped {count}: {reason}")
     print("Files:")

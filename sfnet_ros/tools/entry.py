@@ -6,7 +6,7 @@ from sfnet_core.cli.entry import launch
 
 
 def sfnet_export() -> None:
-    launch("sfnet_ros.tools.export", "sfnet-export")
+    launch("sfnet_ros.tools.export_with_bags", "sfnet-export")
 
 
 def sfnet_bag_eval() -> None:

@@ -170,8 +170,8 @@ def extract(
                            "(labels are paired by exact stamp)")
         assignment = split_by_time([name for name, _ in kept.values()], val_fraction, split)
         for folder in ("images", "labels"):
-            for part in {p for p in assignment.values() if p is not None}:
-                (staging / folder / part).mkdir()  # labels/<split>/ too, empty, for the labelling tool
+            for split_name in {p for p in assignment.values() if p is not None}:
+                (staging / folder / split_name).mkdir()  # labels/<split>/ too, empty, for the labelling tool
             for name, part in assignment.items():
                 source_file = staging / folder / f"{name}.png"
                 if part is not None and source_file.exists():

@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 
 from sfnet_core.cli.common import make_parser, positive_float, run_command
+from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import SFNetError
+from sfnet_core.evaluation.report_text import percent
 from sfnet_ros.conversions import ImageConversionError, image_to_numpy
 from sfnet_ros.tools.bag_eval import output_namespace, percentiles
 from sfnet_ros.tools.bag_io import BagError, BagReader, decode_labels, header_stamp, stamp_name
@@ -85,8 +87,8 @@ class _Collector:
         arrival = time.time_ns()
         stamp = header_stamp(msg)
         with self.lock:
-            original = self.published.get(stamp)
-            if original is None:
+            original = None if stamp is None else self.published.get(stamp)
+            if stamp is None or original is None:
                 self.unknown += 1  # not ours (an earlier run, another player)
                 return
             if original in self.answered:
@@ -156,6 +158,7 @@ def _load_ground_truth(bag: str | Path, image_topic: str, label_topic: str | Non
         if label_topic:
             reader.check_topic(label_topic, what="label topic")
             for m in reader.messages([label_topic]):
+                stamp = m.header_ns()
                 try:
                     label = decode_labels(m.msg, m.msgtype, label_topic)
                 except ImageConversionError as exc:
@@ -163,12 +166,12 @@ def _load_ground_truth(bag: str | Path, image_topic: str, label_topic: str | Non
                 bad = label[(label >= num_classes) & (label != ignore_index)]
                 if bad.size:
                     values = ", ".join(str(int(v)) for v in np.unique(bad)[:8])
-                    raise BagError(f"{bag}: label topic {label_topic} at stamp {stamp_name(m.stamp)}: value(s) "
+                    raise BagError(f"{bag}: label topic {label_topic} at stamp {stamp_name(stamp)}: value(s) "
                                    f"{values} are not train ids of {classes_source} ({num_classes} classes: "
                                    f"0..{num_classes - 1}, {ignore_index} = ignore); pass the labels' table "
                                    "with --classes")
-                truth[m.stamp] = label
-            image_stamps = {m.stamp for m in reader.messages([image_topic])}
+                truth[stamp] = label
+            image_stamps = {m.header_ns() for m in reader.messages([image_topic])}
             if not image_stamps & set(truth):
                 raise BagError(f"{bag}: no label of {label_topic} has the header stamp of an image of {image_topic} "
                                f"(first image at {stamp_name(min(image_stamps))}, first label at "
@@ -202,7 +205,7 @@ def live_evaluate(
     from rclpy.context import Context
     from sensor_msgs.msg import Image
 
-    from sfnet_core.evaluation.metrics import ConfusionMatrix
+    from sfnet_core.evaluation.metrics import ConfusionMatrix  # lazy: torch
 
     ns = output_namespace(image_topic, info.msgtype) if namespace is None else namespace.rstrip("/")
     labels_topic = labels_topic or f"{ns}/segmentation/labels"
@@ -330,8 +333,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(own)
 
     def run() -> int:
-        from sfnet_core.data.classes import ClassTable
-
         table = ClassTable.from_yaml(args.classes) if args.classes else ClassTable.cityscapes()
         report = live_evaluate(args.bag, args.image_topic, args.label_topic, args.input_topic, args.namespace,
                                args.labels_topic, table.num_classes, table.names, table.ignore_index, args.rate,
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = (f"sent {report['sent']}, received {report['received']}, dropped {report['dropped']}, "
                    f"{report['fps']} fps, latency p50 {lat['p50']} ms p99 {lat['p99']} ms")
         if "miou" in report:
-            summary += f", mIoU {report['miou']} over {report['matched']} frames"
+            summary += f", mIoU {percent(report['miou'])} over {report['matched']} frames"
         print(summary, file=sys.stderr)
         for reason, count in report["drop_reasons"].items():
             print(f"  dropped {count}: {reason}", file=sys.stderr)

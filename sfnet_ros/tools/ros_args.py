@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sfnet_core.errors import SFNetError
+from sfnet_ros.transport_profile import apply_profile
 
 __all__ = ["split_ros_args", "init_rclpy"]
 
@@ -79,8 +81,6 @@ def init_rclpy(prog: str, ros_args: Sequence[str], context: Any = None) -> None:
     from rclpy.logging import get_logger
     from rclpy.signals import SignalHandlerOptions
 
-    from sfnet_ros.transport_profile import apply_profile
-
     profile = apply_profile()
     failure = None
     with _stderr_held() as held:
@@ -102,11 +102,9 @@ def init_rclpy(prog: str, ros_args: Sequence[str], context: Any = None) -> None:
         logger.info(profile.message)
 
 
-def leave_rclpy(node: Any, previous_handlers: dict[int, Any]) -> None:
+def leave_rclpy(node: Any, previous_handlers: Mapping[signal.Signals, Any]) -> None:
     """The end of a tool that ran rclpy (after its executor stopped): destroy ``node`` (if it was
     created), shut the default context down and put back the signal handlers the tool replaced."""
-    import signal
-
     import rclpy
 
     if node is not None:

@@ -22,13 +22,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sfnet_core.cli.common import Terminated, make_parser, positive_float, run_command
 from sfnet_core.errors import SFNetError
 from sfnet_ros.tools.ros_args import init_rclpy, leave_rclpy, split_ros_args
+
+if TYPE_CHECKING:  # rclpy is imported when the tool talks to the node, after its option checks
+    from rclpy.client import Client
 
 __all__ = ["NodeClient", "render_status", "parse_assignment", "build_parser", "main"]
 
@@ -119,7 +122,7 @@ class NodeClient:
         is given (a request that must not run twice), ``unanswered()`` decides: a result to return,
         WAIT to keep waiting for the answer, or None to send the request again."""
         name = f"{self.target}/{service}"
-        client = self.node.create_client(srv_type, name)
+        client: Client[Any, Any] = self.node.create_client(srv_type, name)
         try:
             deadline = time.monotonic() + self.timeout
             while not client.service_is_ready():

@@ -1,7 +1,7 @@
 """A synthetic driving bag: camera images plus a ground-truth label topic, written with rosbags.
 
 Used by the demo and the tests so that every bag tool can run on a fresh machine with nothing
-downloaded. Frames come from ``sfnet_core.data.synthetic.render_sequence`` (coherent motion);
+downloaded. Frames come from ``sfnet_core.data.synthetic_scenes.render.render_sequence`` (coherent motion);
 labels are Cityscapes train ids as mono8 Images with the same header as their image.
 
     python -m sfnet_ros.tools.synthetic_bag --out drive.mcap --frames 20 --size 64x128
@@ -16,9 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from sfnet_core.io_utils import atomic_write
+from sfnet_core.cli.common import add_overwrite, make_parser, positive_float, positive_int, run_command
+from sfnet_core.data.synthetic_scenes.arguments import parse_size
+from sfnet_core.data.synthetic_scenes.render import render_sequence
+from sfnet_core.io_utils import atomic_write, check_output
 from sfnet_ros.conversions import numpy_to_image, rgb_to_compressed
-from sfnet_ros.tools.bag_io import COMPRESSED, IMAGE, BagError, BagWriter, make_header, ros2_class
+from sfnet_ros.tools.bag_io import COMPRESSED, IMAGE, BagError, BagWriter, check_bag_output, make_header, ros2_class
 
 START_NS = 1_700_000_000 * 1_000_000_000  # a fixed epoch so bags (and file names) are reproducible
 TRANSPORT_DELAY_NS = 2_000_000  # bag receive time lags the header stamp, as on a real vehicle
@@ -49,8 +52,6 @@ def write_synthetic_bag(
     the images as PNG CompressedImage (lossless, so decoded frames equal the returned images).
     An existing ``path`` is an error unless ``overwrite`` (a folder only if it is a bag).
     """
-    from sfnet_core.data.synthetic import render_sequence
-
     frames = list(render_sequence(seed, num_frames, height, width))
     images = [np.ascontiguousarray(img) for img, _ in frames]
     labels = [np.ascontiguousarray(lab) for _, lab in frames]
@@ -101,20 +102,7 @@ def _write_ros1(path: Path, images: list[np.ndarray], labels: list[np.ndarray], 
                 writer.write(label_conn, stamp + TRANSPORT_DELAY_NS, store.serialize_ros1(label_msg, IMAGE))
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``64x128`` -> (64, 128) (height x width)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be HEIGHTxWIDTH, e.g. 64x128") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"size {text!r} too small (at least 16x16)")
-    return h, w
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from sfnet_core.cli.common import add_overwrite, make_parser, positive_float, positive_int
-
     parser = make_parser("sfnet-synthetic-bag",
                          "Write a synthetic driving bag with ground-truth labels (an existing --out is refused "
                          "unless --overwrite).")
@@ -133,10 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sfnet_core.cli.common import run_command
-    from sfnet_core.io_utils import check_output
-    from sfnet_ros.tools.bag_io import check_bag_output
-
     args = build_parser().parse_args(argv)
 
     def run() -> int:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from sfnet_core.cli.common import make_parser, positive_int, run_command, warn
-from sfnet_core.errors import ConfigError, require_file
+from sfnet_core.cli.common import ArgumentParser, check_recipe, make_parser, positive_int, run_command
+from sfnet_core.errors import ConfigError
+from sfnet_core.evaluation.report_text import percent
 from sfnet_core.io_utils import check_writable_parent
 from sfnet_core.training.run_folder import holds_only_stale_staging
 
@@ -22,7 +23,7 @@ later keeps its checkpoints (continue it with --resume). An empty recipe file is
 every default (the Cityscapes recipe) and says so on stderr."""
 
 
-def build_parser():
+def build_parser() -> ArgumentParser:
     p = make_parser("sfnet-train", DESCRIPTION)
     p.add_argument("--config", required=True, help="recipe YAML (training/configs/*.yaml)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, TensorBoard)")
@@ -40,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from sfnet_core.cli.evaluate import _is_empty_yaml
-
         out = check_writable_parent(args.out, "--out")
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out: {args.out} is a file; the run needs a folder")
@@ -49,27 +48,24 @@ def main(argv: list[str] | None = None) -> int:
         if out.is_dir() and not holds_only_stale_staging(out) and not args.resume:
             raise ConfigError(f"--out: {args.out} already holds files; pass --resume to continue the run in it, "
                               "or choose a new folder (sfnet-train never replaces a run)")
-        if _is_empty_yaml(args.config):
-            warn("sfnet-train", f"--config {args.config} is empty: training with every default "
-                 "(the Cityscapes recipe)")
-        require_file(args.config, error=ConfigError)  # before seconds of torch imports
-        from sfnet_core.training.config import load_train_config
-        from sfnet_core.training.engine import train
+        check_recipe("sfnet-train", args.config, args.overrides, empty="training with every default")
+        from sfnet_core.training.config import load_train_config  # lazy: torch, after the cheap checks
+        from sfnet_core.training.engine import train  # lazy: torch, after the cheap checks
 
         cfg = load_train_config(args.config, args.overrides)
         if args.no_progress:
             cfg.runtime.progress = False
         result = train(cfg, args.out, max_iters=args.max_iters, resume=args.resume)
         if result.miou is not None:
-            print(f"sfnet-train: {result.iteration} iterations, mIoU {result.miou:.4f} "
-                  f"(best {result.best_miou:.4f})", file=sys.stderr)
+            print(f"sfnet-train: {result.iteration} iterations, mIoU {percent(result.miou)} "
+                  f"(best {percent(result.best_miou)})", file=sys.stderr)
         return 0
 
     status = run_command("sfnet-train", run,
                          interrupted="interrupted (continue with --resume if a checkpoint was written)")
     # only a process that imported torch can hold gloo threads; a refused command line stays cheap
     if "torch" in sys.modules:
-        from sfnet_core.training.distributed import exit_torchrun_worker, is_torchrun_worker
+        from sfnet_core.training.distributed import exit_torchrun_worker, is_torchrun_worker  # lazy: torch
 
         if is_torchrun_worker():  # issue #9: never finalise the interpreter beside live gloo threads
             exit_torchrun_worker(status)

@@ -17,14 +17,8 @@ JSON where structured)::
     sfnet.exporter       {"torch": ..., "onnx_opset": 17}
     sfnet.digest         {"algorithm": "sha256-v1", "weights": hex, "graph": hex, "metadata": hex}
 
-``sfnet.digest`` is stamped last, on every model this package writes (``sfnet-export``, int8,
-the export cache), and checked whenever a model is read: ``weights`` covers the initializers in
-name order (name, data type, dims, the SHA-256 of their bytes, read from the external data file
-when the tensor lives there), ``graph`` the nodes, the graph's inputs and outputs and the opset
-imports (deterministic protobuf encoding), ``metadata`` the other ``sfnet.*`` entries. A
-mismatch is a ``CheckpointError`` naming the file ("corrupted or edited"). A model exported
-before digests existed loads with one warning per file and process (``require_digest`` refuses
-it: the export cache rebuilds such entries).
+``sfnet.digest`` (``sfnet_core.onnx.digest``) is stamped last on every model this package writes
+and checked before any other entry is interpreted.
 
 The input is the *normalised* image ``(rgb / 255 - mean) / std``, zero-padded (= the mean colour)
 to multiples of 32, exactly what the Segmenter feeds the network. The shapes in ``sfnet.input``
@@ -32,26 +26,21 @@ are checked against the graph's own input when the model is read.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import math
 import os
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sfnet_core.checkpoint import DIGEST_ALGORITHM, ModelDescription, parallel_digests, warn_once
+from sfnet_core.checkpoint import STRIDE, ModelDescription, read_normalization
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import CheckpointError, ConfigError, require_file
+from sfnet_core.onnx.digest import verify_digest
 
-__all__ = ["ONNX_FORMAT", "ONNX_VERSION", "DIGEST_KEY", "OnnxModelInfo", "build_metadata", "read_onnx_info",
-           "onnx_digest", "stamp_digest", "verify_digest"]
+__all__ = ["ONNX_FORMAT", "ONNX_VERSION", "PRECISIONS", "OnnxModelInfo", "build_metadata", "write_metadata",
+           "read_onnx_info"]
 
-log = logging.getLogger(__name__)
-
-DIGEST_KEY = "sfnet.digest"
 ONNX_FORMAT = "sfnet_ros/onnx"
 ONNX_VERSION = 1
 PRECISIONS = ("fp32", "int8")
@@ -95,7 +84,6 @@ def build_metadata(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """The ``metadata_props`` of an exported model (None = a dynamic axis)."""
-    from sfnet_core.inference.predict import STRIDE
 
     def axis(v: int | None) -> int | str:
         return "dynamic" if v is None else int(v)
@@ -123,152 +111,14 @@ def build_metadata(
     return meta
 
 
-_PREFIX = b"sfnet_ros onnx digest v1\n"
-_CHUNK = 16 << 20
-
-
-def _external_task(tensor: Any, base_dir: Path | None, where: str) -> tuple[Callable[[], bytes], int]:
-    """Digest task for an initializer stored in an external data file (read in chunks)."""
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    location = info.get("location", "")
-    target = (base_dir or Path(".")) / location
-    if not location or Path(location).is_absolute() or ".." in Path(location).parts or not target.is_file():
-        raise CheckpointError(f"{where}: the external data of initializer {tensor.name!r} ({location!r}) is missing")
-    offset = int(info.get("offset", 0) or 0)
-    length = int(info["length"]) if info.get("length") else target.stat().st_size - offset
-
-    def task() -> bytes:
-        digest = hashlib.sha256()
-        with open(target, "rb") as handle:
-            handle.seek(offset)
-            left = length
-            while left > 0:
-                chunk = handle.read(min(_CHUNK, left))
-                if not chunk:
-                    raise CheckpointError(f"{where}: the external data of initializer {tensor.name!r} is truncated")
-                digest.update(chunk)
-                left -= len(chunk)
-        return digest.digest()
-
-    return task, length
-
-
-def _typed_bytes(tensor: Any) -> bytes:
-    """The elements of an initializer stored in the typed fields (float_data...), as raw_data would
-    hold them, so both representations digest alike."""
-    import numpy as np
-    from onnx import TensorProto, numpy_helper
-
-    if tensor.data_type == TensorProto.STRING:
-        return b"".join(b"%d:" % len(v) + v for v in tensor.string_data)
-    return np.ascontiguousarray(numpy_helper.to_array(tensor)).tobytes()
-
-
-def _nbytes(tensor: Any) -> int:
-    """The size of an initializer's data, from its dims and data type (for the thread decision)."""
-    from onnx import helper
-
-    try:
-        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, TypeError, ValueError):
-        itemsize = 1
-    return math.prod(tensor.dims) * itemsize
-
-
-def onnx_digest(proto: Any, base_dir: str | os.PathLike | None = None, where: str = "<model>") -> dict[str, str]:
-    """``sfnet.digest`` of a ``ModelProto`` (see the module docstring); ``base_dir`` is where
-    external data files are found (the model's folder)."""
-    from onnx import TensorProto
-
-    base = Path(base_dir) if base_dir is not None else None
-    graph = proto.graph
-    headers: list[bytes] = []
-    tasks: list[Callable[[], bytes]] = []
-    total = 0
-    for tensor in sorted(graph.initializer, key=lambda t: t.name):
-        name = tensor.name.encode()
-        headers.append(b"S%d:" % len(name) + name + f"O{tensor.data_type}{list(tensor.dims)}:".encode())
-        if tensor.data_location == TensorProto.EXTERNAL:
-            task, size = _external_task(tensor, base, where)
-        elif tensor.HasField("raw_data"):
-            # raw_data hands out a copy of the bytes (protobuf's API): one tensor at a time
-            task, size = (lambda t=tensor: hashlib.sha256(t.raw_data).digest()), _nbytes(tensor)
+def write_metadata(proto: Any, metadata: Mapping[str, str]) -> None:
+    """Set ``metadata`` in a ``ModelProto``'s ``metadata_props`` (an existing key is replaced)."""
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in metadata.items():
+        if key in existing:
+            existing[key].value = value
         else:
-            task, size = (lambda t=tensor: hashlib.sha256(_typed_bytes(t)).digest()), _nbytes(tensor)
-        tasks.append(task)
-        total += size
-    weights = hashlib.sha256(_PREFIX + b"weights\n")
-    for header, data in zip(headers, parallel_digests(tasks, total)):
-        weights.update(header)
-        weights.update(data)
-    for sparse in graph.sparse_initializer:
-        weights.update(b"sparse" + hashlib.sha256(sparse.SerializeToString(deterministic=True)).digest())
-
-    structure = hashlib.sha256(_PREFIX + b"graph\n")
-    for kind, items in (("opset", proto.opset_import), ("input", graph.input), ("output", graph.output),
-                        ("node", graph.node), ("function", proto.functions)):
-        structure.update(f"{kind}{len(items)}:".encode())
-        for item in items:
-            data = item.SerializeToString(deterministic=True)
-            structure.update(b"%d:" % len(data) + data)
-
-    meta = hashlib.sha256(_PREFIX + b"metadata\n")
-    entries = sorted((p.key, p.value) for p in proto.metadata_props
-                     if p.key.startswith("sfnet.") and p.key != DIGEST_KEY)
-    meta.update(json.dumps(entries, ensure_ascii=True).encode())
-    return {"algorithm": DIGEST_ALGORITHM, "weights": weights.hexdigest(), "graph": structure.hexdigest(),
-            "metadata": meta.hexdigest()}
-
-
-def stamp_digest(proto: Any, base_dir: str | os.PathLike | None = None) -> dict[str, str]:
-    """Record ``sfnet.digest`` in ``proto``'s metadata (the last change before it is saved)."""
-    digest = onnx_digest(proto, base_dir)
-    for prop in proto.metadata_props:
-        if prop.key == DIGEST_KEY:
-            prop.value = json.dumps(digest, sort_keys=True)
-            break
-    else:
-        proto.metadata_props.add(key=DIGEST_KEY, value=json.dumps(digest, sort_keys=True))
-    return digest
-
-
-_PARTS = {"weights": "the weights do not", "graph": "the graph (nodes, inputs, outputs) does not",
-          "metadata": "the sfnet metadata (class table, normalisation, input...) does not"}
-
-
-def verify_digest(proto: Any, path: str | os.PathLike, require: bool = False) -> dict | None:
-    """Check ``proto`` (read from ``path``) against its recorded ``sfnet.digest``.
-
-    Returns the digest, or None for a model written before digests existed (logged once;
-    refused with ``require``). Raises ``CheckpointError`` naming ``path`` on a mismatch.
-    """
-    from sfnet_core.errors import CheckpointError
-
-    path = Path(path)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if DIGEST_KEY not in meta:
-        if require:
-            raise CheckpointError(f"{path}: records no weight digest ({DIGEST_KEY}: written before sfnet_ros "
-                                  "recorded them), so its weights cannot be checked")
-        warn_once(f"onnx:{path.resolve()}", (
-            f"{path}: written before sfnet_ros recorded weight digests ({DIGEST_KEY}), so its weights cannot be "
-            "checked for corruption; export it again with sfnet-export to record one"), log)
-        return None
-    try:
-        recorded = json.loads(meta[DIGEST_KEY])
-    except json.JSONDecodeError:
-        recorded = None
-    if not isinstance(recorded, dict) or recorded.get("algorithm") != DIGEST_ALGORITHM or not all(
-            isinstance(recorded.get(part), str) for part in _PARTS):
-        raise CheckpointError(f"{path}: {DIGEST_KEY} is not a {DIGEST_ALGORITHM} digest "
-                              f"({meta[DIGEST_KEY][:120]!r}): the file is corrupted or was edited")
-    actual = onnx_digest(proto, path.parent, str(path))
-    for part, what in _PARTS.items():
-        if actual[part] != recorded[part]:
-            raise CheckpointError(f"{path}: {what} match the digest recorded when the file was written: "
-                                  "it is corrupted or was edited; refusing to use it (export it again from its "
-                                  "checkpoint)")
-    return recorded
+            proto.metadata_props.add(key=key, value=value)
 
 
 def _graph_dims(proto: Any) -> tuple[str, list[int | None]]:
@@ -302,8 +152,6 @@ def read_onnx_info(path: str | os.PathLike, expected_num_classes: int | None = N
     import onnx
     from google.protobuf.message import DecodeError
 
-    from sfnet_core.checkpoint import read_normalization  # one validation rule for mean / std
-
     path = Path(path)
     require_file(path, "ONNX model")
     try:
@@ -332,6 +180,7 @@ def read_onnx_info(path: str | os.PathLike, expected_num_classes: int | None = N
         classes = ClassTable.from_dict(table, source=f"{path}: sfnet.classes")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
+    # one validation rule for mean / std, the checkpoint's
     mean, std = read_normalization(_json(meta, "sfnet.normalization", path), f"{path}: sfnet.normalization")
     options = _json(meta, "sfnet.model_options", path)
     if not isinstance(options, dict):

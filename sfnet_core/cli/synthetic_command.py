@@ -5,7 +5,9 @@ import argparse
 import sys
 
 from sfnet_core.cli.common import add_overwrite, make_parser, run_command
+from sfnet_core.data.synthetic_scenes.arguments import parse_size
 from sfnet_core.errors import ConfigError
+from sfnet_core.io_utils import check_output
 
 DESCRIPTION = """Write procedural driving scenes with exact Cityscapes train-id labels in the
 folder-dataset layout (images/<split>/, labels/<split>/, classes.yaml).
@@ -13,18 +15,7 @@ folder-dataset layout (images/<split>/, labels/<split>/, classes.yaml).
   sfnet-synthetic --out data/synth --frames 500 --size 256x512 --val 100"""
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"256x512"`` -> (256, 512); an argparse type."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 256x512 (HxW), got {text!r}") from None
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
-    return h, w
-
-
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser("sfnet-synthetic", DESCRIPTION)
     p.add_argument("--out", required=True, help="output folder (new)")
     p.add_argument("--frames", type=int, default=100, help="number of frames in total")
@@ -40,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from sfnet_core.data.synthetic import TOOL, write_folder_dataset
-        from sfnet_core.io_utils import check_output
+        from sfnet_core.data.synthetic_scenes.dataset_writer import TOOL, write_folder_dataset  # lazy: OpenCV
 
         if args.frames < 1:
             raise ConfigError(f"--frames: must be >= 1, got {args.frames}")
@@ -51,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= val <= args.frames:
             raise ConfigError(f"--val: must be in 0..{args.frames}, got {val}")
         out = check_output(args.out, overwrite=args.overwrite, kind="dir", tool=TOOL)
-        root = write_folder_dataset(out, args.frames, *args.size, seed=args.seed,
+        height, width = args.size
+        root = write_folder_dataset(out, args.frames, height, width, seed=args.seed,
                                     splits={"train": args.frames - val, "val": val}, overwrite=args.overwrite,
                                     what="--out")
         print(f"wrote {args.frames} frames ({args.frames - val} train, {val} val) of "
-              f"{args.size[0]}x{args.size[1]} to {root}")
+              f"{height}x{width} to {root}")
         return 0
 
     return run_command("sfnet-synthetic", run)

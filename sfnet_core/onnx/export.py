@@ -1,40 +1,35 @@
-"""ONNX export of a checkpoint, for ONNX Runtime or TensorRT, and int8 static quantisation
-(command line: ``sfnet-export``, ``sfnet_core.cli.export``).
+"""ONNX export of a checkpoint's network, for ONNX Runtime or TensorRT, and its check against PyTorch.
 
 The exported graph takes the *normalised* float input (N, 3, H, W) (``(rgb / 255 - mean) / std``,
 sizes multiples of 32, as the Segmenter feeds it) and outputs logits (N, C, H, W), or with
 ``with_argmax`` int64 labels (N, H, W). The model describes itself in its metadata (model name and
-options, class table, mean/std, input size or dynamic axes, precision: see
-``sfnet_core.inference.onnx_model``), so ``Segmenter.from_checkpoint("model.onnx")``, ``sfnet-eval``
-and the node need only the ``.onnx`` file. Every model written here records ``sfnet.digest`` (the
-SHA-256 of its weights, graph and metadata), checked whenever it is read.
-
-    sfnet-export --checkpoint ck.pt --onnx model.onnx --height 512 --width 1024
-    sfnet-export --checkpoint ck.pt --onnx model.onnx --dynamic --verify
-    sfnet-export --checkpoint ck.pt --onnx int8.onnx --int8 --calibration frames/ --frames 16
+options, class table, mean/std, input size or dynamic axes, precision: ``sfnet_core.onnx.metadata``),
+so ``Segmenter.from_checkpoint("model.onnx")``, ``sfnet-eval`` and the node need only the ``.onnx``
+file. Every model written here records ``sfnet.digest`` (``sfnet_core.onnx.digest``), checked
+whenever it is read. int8: ``sfnet_core.onnx.quantize``; the command line: ``sfnet-export``
+(``sfnet_core.cli.export_command``).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import tempfile
+import sys
 import warnings
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from sfnet_core.checkpoint import Checkpoint
+from sfnet_core.checkpoint import STRIDE, Checkpoint
 from sfnet_core.errors import SFNetError
-from sfnet_core.inference.onnx_model import build_metadata, stamp_digest, verify_digest
-from sfnet_core.inference.predict import STRIDE
 from sfnet_core.io_utils import atomic_write
+from sfnet_core.onnx.digest import stamp_digest
+from sfnet_core.onnx.metadata import build_metadata, write_metadata
 
-__all__ = ["export_onnx", "export_module", "verify_onnx", "quantize_int8", "file_sha256", "INPUT_NAME",
-           "DEFAULT_OPSET", "ExportError"]
+__all__ = ["export_onnx", "export_module", "verify_onnx", "file_sha256", "INPUT_NAME", "DEFAULT_OPSET",
+           "ExportError"]
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +151,7 @@ def export_module(
             except Exception as exc:  # the exporter raises many unrelated types
                 raise ExportError(f"{onnx_path}: torch.onnx.export failed: {exc}") from exc
         proto = onnx.load(str(tmp))
-        _set_metadata(proto, {"sfnet.output": output, **(metadata or {})})
+        write_metadata(proto, {"sfnet.output": output, **(metadata or {})})
         stamp_digest(proto)  # last: covers the weights, the graph and the metadata above
         try:
             onnx.checker.check_model(proto, full_check=True)
@@ -168,24 +163,16 @@ def export_module(
     return onnx_path
 
 
-def _set_metadata(proto, metadata: dict[str, str]) -> None:
-    existing = {p.key: p for p in proto.metadata_props}
-    for key, value in metadata.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            proto.metadata_props.add(key=key, value=value)
-
-
 def verify_onnx(
     checkpoint: Checkpoint, onnx_path: str | os.PathLike, height: int, width: int, seed: int = 0, batch: int = 1,
-    inputs: np.ndarray | None = None,
+    inputs: np.ndarray | None = None, progress: bool = False,
 ) -> dict[str, float]:
     """Run PyTorch and ONNX Runtime (CPU) on the same normalised input and compare.
 
     ``inputs`` (N, 3, H, W) float32 (e.g. preprocessed real frames, which an int8 model needs to
     be judged fairly); default: one random ``batch x 3 x height x width`` input. Returns
     ``{"max_abs_diff": ..., "label_agreement": ...}`` (logits diff is NaN for an argmax export).
+    ``progress``: a bar over the inputs on stderr when it is a terminal.
     """
     import onnxruntime as ort
 
@@ -196,7 +183,9 @@ def verify_onnx(
     model = checkpoint.build_model().eval()
     outs, refs = [], []
     step = fixed if isinstance(fixed, int) else len(inputs)
-    for i in range(0, len(inputs) - len(inputs) % step, step):  # whole batches the model takes
+    starts = range(0, len(inputs) - len(inputs) % step, step)  # whole batches the model takes
+    for i in tqdm(starts, desc="verifying", unit="batch", file=sys.stderr, leave=False,
+                  disable=None if progress else True, dynamic_ncols=True):
         x = torch.from_numpy(np.ascontiguousarray(inputs[i : i + step]))
         with torch.inference_mode():
             refs.append(model(x))
@@ -210,83 +199,3 @@ def verify_onnx(
         "max_abs_diff": float(np.abs(out - ref.numpy()).max()),
         "label_agreement": float((out.argmax(1) == ref.argmax(1).numpy()).mean()),
     }
-
-
-class _Calibration:
-    """``onnxruntime.quantization.CalibrationDataReader`` over normalised batches."""
-
-    def __init__(self, batches: Iterable[np.ndarray], input_name: str) -> None:
-        self._it: Iterator[np.ndarray] = iter(batches)
-        self.input_name = input_name
-        self.frames = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._it, None)
-        if batch is None:
-            return None
-        self.frames += len(batch)
-        return {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
-
-    def rewind(self) -> None:  # not needed by MinMax, which reads each batch once
-        raise NotImplementedError
-
-
-def quantize_int8(
-    fp32_path: str | os.PathLike,
-    onnx_path: str | os.PathLike,
-    calibration: Iterable[np.ndarray],
-    calibration_source: str = "",
-    per_channel: bool = True,
-    reduce_range: bool = False,
-) -> Path:
-    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations, MinMax
-    calibration) of a fixed-size fp32 export, written atomically to ``onnx_path``.
-
-    ``calibration`` yields normalised batches ``(1, 3, H, W)`` float32 at the model's input size
-    (``Segmenter.preprocess`` makes them from camera frames). ``reduce_range`` (7-bit weights)
-    avoids the int16 saturation of AVX2 / AVX-512 CPUs without VNNI, at some accuracy cost. The
-    metadata is kept, with ``sfnet.precision = int8`` and ``sfnet.quantization`` recording how.
-    """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    fp32_path, onnx_path = Path(fp32_path), Path(onnx_path)
-    source = onnx.load(str(fp32_path))
-    # A damaged fp32 model would otherwise come out as an int8 model with a fresh, valid digest.
-    verify_digest(source, fp32_path)
-    meta = {p.key: p.value for p in source.metadata_props}
-    if meta.get("sfnet.precision", "fp32") != "fp32":
-        raise ExportError(f"{fp32_path}: already quantised ({meta.get('sfnet.precision')})")
-    input_name = source.graph.input[0].name
-    reader = _Calibration(calibration, input_name)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".sfnet-quant-", dir=onnx_path.parent) as work:
-        prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-            except Exception as exc:
-                log.warning("quantisation pre-processing skipped: %s", exc)
-                prepared = fp32_path
-            quantize_static(
-                str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-            )
-        if reader.frames == 0:
-            raise ExportError(f"{onnx_path}: no calibration frames ({calibration_source or 'empty iterator'})")
-        proto = onnx.load(str(quantized))
-        meta.update({"sfnet.precision": "int8", "sfnet.quantization": json.dumps({
-            "format": "QDQ", "per_channel": per_channel, "reduce_range": reduce_range, "weights": "int8",
-            "activations": "uint8", "method": "MinMax", "calibration": calibration_source,
-            "frames": reader.frames}, sort_keys=True)})
-        del proto.metadata_props[:]
-        _set_metadata(proto, meta)
-        stamp_digest(proto)
-        with atomic_write(onnx_path) as tmp:
-            onnx.save(proto, str(tmp))
-    log.info("wrote %s (int8, calibrated on %d frame(s))", onnx_path, reader.frames)
-    return onnx_path

@@ -1,11 +1,13 @@
 """``sfnet-import``: a checkpoint of the authors' released code -> a project checkpoint."""
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
 
-from sfnet_core.cli.common import add_overwrite, make_parser, run_command
-from sfnet_core.errors import CheckpointError, ConfigError
+from sfnet_core.cli.common import ArgumentParser, add_overwrite, make_parser, run_command
+from sfnet_core.errors import CheckpointError, ConfigError, require_file, require_torch_file
+from sfnet_core.io_utils import atomic_write, check_output
 
 PROG = "sfnet-import"
 DESCRIPTION = """Import a checkpoint of the authors' released SFNet code (SFSegNets: SFNet-R18, R50,
@@ -28,12 +30,10 @@ def _bool(text: str) -> bool:
         return True
     if value in ("false", "0", "no"):
         return False
-    import argparse
-
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def build_parser():
+def build_parser() -> ArgumentParser:
     p = make_parser(PROG, DESCRIPTION)
     p.add_argument("file", help="released checkpoint (.pth): {'state_dict': ...} as the authors save it, "
                                 "or a bare state dict; 'module.' prefixes allowed")
@@ -53,14 +53,14 @@ def build_parser():
 
 def _released_state(obj: Any, source: str) -> tuple[dict, dict]:
     """(state dict, provenance) of a loaded released file."""
-    from sfnet_core.models.pretrained import extract_state_dict
+    from sfnet_core.models.pretrained import extract_state_dict  # lazy: torch (called after the checks)
 
     if isinstance(obj, dict) and obj.get("format") == "sfnet_ros/checkpoint":
         raise CheckpointError(f"{source}: already a project checkpoint (sfnet_ros/checkpoint); use it as it is")
-    import numpy as np
-    import torch
+    import numpy as np  # lazy: not needed for --help
+    import torch  # lazy: not needed for --help and the refusals
 
-    info = {}
+    info: dict[str, Any] = {}
     if isinstance(obj, dict):
         for key in ("epoch", "mean_iu", "command"):
             value = obj.get(key)
@@ -75,16 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        # The checks that need no torch come first: a refused command line (an existing --out, an
-        # output that is an input, a bad class table) answers in a fraction of a second.
-        from sfnet_core.data.classes import ClassTable
-        from sfnet_core.errors import require_file
-        from sfnet_core.io_utils import atomic_write, check_output
+        # The checks that need no torch come first: a refused command line (a missing or corrupt
+        # file, an existing --out, an output that is an input, a bad class table) answers in a
+        # fraction of a second.
+        from sfnet_core.data.classes import ClassTable  # lazy: numpy, not needed for --help
 
         require_file(args.file)
         out = check_output(args.out, inputs=[args.file, args.classes], overwrite=args.overwrite)
         classes = ClassTable.from_yaml(args.classes) if args.classes else None
+        require_torch_file(args.file, "weights file")
 
+        # lazy: torch, after the checks above
         from sfnet_core.checkpoint import save_checkpoint
         from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
         from sfnet_core.models import build_model

@@ -1,14 +1,25 @@
 """``sfnet-eval``: mIoU of a checkpoint on a recipe's validation split, or of label files."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
-from sfnet_core.cli.common import add_overwrite, device_spec, make_parser, non_negative_int, run_command, warn
-from sfnet_core.errors import ConfigError
+from sfnet_core.cli.common import (
+    ArgumentParser,
+    add_overwrite,
+    check_recipe,
+    device_spec,
+    make_parser,
+    non_negative_int,
+    run_command,
+)
+from sfnet_core.errors import ConfigError, require_model_file
+from sfnet_core.evaluation.report_text import format_report
+from sfnet_core.io_utils import _resolved, atomic_write, check_output
 
-# sfnet_core.evaluation.evaluate.MSF_SCALES and PREDICTIONS_TOOL, repeated so that parsing (and
+# sfnet_core.evaluation.scoring.MSF_SCALES and PREDICTIONS_TOOL, repeated so that parsing (and
 # refusing) a command line does not import torch; test_evaluate / test_outputs check they agree.
 MSF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 PREDICTIONS_TOOL = "sfnet-eval --save-pred"
@@ -26,7 +37,7 @@ if they are, lie inside or contain an input (recipe, checkpoint, dataset, --pred
 --pred-dir and --gt-dir must be two separate folders (neither inside the other)."""
 
 
-def build_parser():
+def build_parser() -> ArgumentParser:
     p = make_parser("sfnet-eval", DESCRIPTION)
     ck = p.add_argument_group("checkpoint mode")
     ck.add_argument("--config", help="recipe YAML whose data section names the validation split")
@@ -65,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from sfnet_core.io_utils import check_output
-
         inputs = [args.config, args.checkpoint, args.pred_dir, args.gt_dir, args.classes]
         json_path = None
         if args.json:
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError(f"{option}: {folder}: folder not found")
                 if not Path(folder).is_dir():
                     raise ConfigError(f"{option}: {folder} is a file, not a folder")
-            pred, gt = _real(args.pred_dir, "--pred-dir"), _real(args.gt_dir, "--gt-dir")
+            pred, gt = _resolved(args.pred_dir, "--pred-dir"), _resolved(args.gt_dir, "--gt-dir")
             if pred == gt:
                 raise ConfigError(f"--pred-dir {args.pred_dir} and --gt-dir {args.gt_dir} are the same folder: "
                                   "every file would be scored against itself")
@@ -102,13 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                              tool=PREDICTIONS_TOOL)
             if json_path is not None and args.save_pred and _inside(json_path, Path(args.save_pred)):
                 raise ConfigError(f"--json: {args.json} lies inside the --save-pred folder {args.save_pred}")
-            if _is_empty_yaml(args.config):
-                warn("sfnet-eval", f"--config {args.config} is empty: every setting is the default "
-                     "(the Cityscapes recipe)")
+            # answered before seconds of torch imports
+            check_recipe("sfnet-eval", args.config, args.overrides, empty="every setting is the default")
+            require_model_file(args.checkpoint)
         report = _evaluate(args)
-        from sfnet_core.evaluation.metrics import format_report
-        from sfnet_core.io_utils import atomic_write
-
         print(format_report(report), file=sys.stderr)
         if json_path is not None:
             with atomic_write(json_path, overwrite=args.overwrite, what="--json") as tmp:
@@ -119,34 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("sfnet-eval", run)
 
 
-def _real(folder: str, option: str) -> Path:
-    from sfnet_core.io_utils import _resolved
-
-    return _resolved(folder, option)
-
-
 def _inside(child: Path, parent: Path) -> bool:
     child, parent = child.resolve(), parent.resolve()
     return child == parent or parent in child.parents
 
 
-def _is_empty_yaml(path: str) -> bool:
-    """True for an existing recipe file with no content (YAML null or an empty mapping)."""
-    import yaml
-
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) in (None, {})
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False  # the loader reports those, naming the file
-
-
-def _evaluate(args) -> dict:
-    from sfnet_core.errors import ConfigError, model_file_noun, require_file
-
-    if not args.pred_dir:  # answered before seconds of torch imports
-        require_file(args.config, error=ConfigError)
-        require_file(args.checkpoint, model_file_noun(args.checkpoint))
-    from sfnet_core.evaluation.evaluate import CheckpointEvaluation, evaluate_checkpoint, evaluate_pred_dir
+def _evaluate(args: argparse.Namespace) -> dict:
+    # lazy: torch, after the checks above
+    from sfnet_core.evaluation.scoring import CheckpointEvaluation, evaluate_checkpoint, evaluate_pred_dir
 
     if args.pred_dir:
         report = evaluate_pred_dir(args.pred_dir, args.gt_dir, args.classes, args.gt_format, args.strict)
@@ -155,7 +141,7 @@ def _evaluate(args) -> dict:
         for path in report["unmatched_prediction_files"]:
             print(f"sfnet-eval: warning: no ground truth for prediction {path}", file=sys.stderr)
         return report
-    from sfnet_core.training.config import load_train_config
+    from sfnet_core.training.config import load_train_config  # lazy: torch (see above)
 
     # the recipe's data section names the validation split (and the dataset the outputs must avoid)
     cfg = load_train_config(args.config, list(args.overrides))

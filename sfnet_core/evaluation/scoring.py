@@ -8,7 +8,7 @@
   ``evaluate_checkpoint`` use.
 
 All of them count with one ``ConfusionMatrix`` (``sfnet_core.evaluation.metrics``) and report
-``metrics.to_dict(names)``. The command line is ``sfnet_core.cli.evaluate`` (``sfnet-eval``).
+``metrics.to_dict(names)``. The command line is ``sfnet_core.cli.evaluate_command`` (``sfnet-eval``).
 """
 from __future__ import annotations
 
@@ -19,13 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.data.config import DataConfig
+from sfnet_core.data.factory import build_datasets
 from sfnet_core.errors import ConfigError, DataError
 from sfnet_core.evaluation.metrics import ConfusionMatrix
+from sfnet_core.inference.loader import open_model
+from sfnet_core.inference.predict import predict_logits
 from sfnet_core.io_utils import atomic_write, check_output
 
 MSF_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale protocol (Table 4)
@@ -41,7 +45,7 @@ LABEL_EXTENSIONS = (".png",)
 
 # ----------------------------------------------------------------------------- network evaluation
 def evaluate_dataset(
-    model: torch.nn.Module,
+    model: Any,  # an nn.Module in eval mode, or an InferenceBackend: normalised (N,3,H,W) -> logits
     dataset: Any,
     num_classes: int,
     ignore_index: int,
@@ -58,8 +62,6 @@ def evaluate_dataset(
     labels (H,W) uint8)`` receives every prediction (e.g. to save it). Returns a ConfusionMatrix
     (not reduced across ranks).
     """
-    from sfnet_core.inference.predict import predict_logits
-
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     with torch.inference_mode():
         for i in (range(len(dataset)) if indices is None else indices):
@@ -109,9 +111,6 @@ def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
     A fixed-size ``.onnx`` takes only inputs of its size: whole-image evaluation needs validation
     images that pad to it, sliding-window evaluation needs ``window`` = that size.
     """
-    from sfnet_core.data.factory import build_datasets
-    from sfnet_core.inference.loader import open_model
-
     if job.mode not in ("whole", "slide", "msf"):
         raise ConfigError(f"mode: expected whole, slide or msf, got {job.mode!r}")
     if job.window is not None and (len(job.window) != 2 or min(job.window) < 1):
@@ -141,9 +140,10 @@ def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
                "e.g. data.classes=config/classes/cityscapes.yaml for the 19 Cityscapes classes)"
                if job.data.kind == "folder" else "")
         )
-    window = None
+    window: tuple[int, int] | None = None
     if job.mode == "slide":
-        window = tuple(job.window or job.data.crop_size)
+        height, width = job.window or job.data.crop_size
+        window = (height, width)
     scales, flip = (tuple(job.scales or MSF_SCALES), True) if job.mode == "msf" else ((1.0,), False)
     _check_fixed_size(loaded, val_set, job.mode, window)
     indices = range(min(len(val_set), job.max_images)) if job.max_images else None
@@ -188,9 +188,10 @@ class _prediction_writer:
         self._atomic: Any = None
 
     def __enter__(self) -> Callable[[int, np.ndarray], None] | None:
-        if self.save_dir is None:
+        save_dir = self.save_dir
+        if save_dir is None:
             return None
-        self._atomic = atomic_write(self.save_dir, overwrite=self.overwrite, tool=PREDICTIONS_TOOL,
+        self._atomic = atomic_write(save_dir, overwrite=self.overwrite, tool=PREDICTIONS_TOOL,
                                     what="--save-pred")
         staging = self._atomic.__enter__()
         try:
@@ -201,13 +202,11 @@ class _prediction_writer:
             raise
 
         def save(i: int, labels: np.ndarray) -> None:
-            import cv2
-
             stem = _sample_name(self.dataset, i)
             for name, img in ((f"{stem}.png", labels), (f"{stem}_color.png", self.palette[labels][:, :, ::-1])):
                 ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
                 if not ok:
-                    raise DataError(f"{self.save_dir / name}: cannot encode the prediction as PNG")
+                    raise DataError(f"{save_dir / name}: cannot encode the prediction as PNG")
                 (staging / name).write_bytes(buf.tobytes())
 
         return save
@@ -264,8 +263,6 @@ def _index_dir(root: Path, role: str, prefer: Sequence[str] = ()) -> dict[str, P
 
 
 def _read_label(path: Path) -> np.ndarray:
-    import cv2
-
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise DataError(f"{path}: not a readable image")
