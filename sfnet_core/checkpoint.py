@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sfnet_core.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from sfnet_core.errors import (
     CheckpointError,
     ConfigError,

@@ -17,28 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import warnings
 from typing import Any
 
 import torch
 
+from sfnet_core.device_spec import check_device_spec
 from sfnet_core.errors import ConfigError
 
-__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "autocast", "check_device_spec"]
+__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "autocast"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-_DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def check_device_spec(spec: str, what: str = "device") -> str:
-    """``spec`` if it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; else a ConfigError naming ``what``."""
-    if not isinstance(spec, str) or not _DEVICE_SPEC.match(spec):
-        raise ConfigError(f"{what}: expected auto, cpu, cuda or cuda:N, got {spec!r}")
-    return spec
 
 
 def resolve_device(spec: str | torch.device, what: str = "device", local_rank: int = 0,

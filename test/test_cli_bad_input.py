@@ -71,7 +71,9 @@ CASES = [
     C("train-max-iters-0", "sfnet-train", "--config {d}/recipe.yaml --out {d}/new_run --max-iters 0",
       "--max-iters: expected an integer >= 1"),
     C("train-device-gpu0", "sfnet-train", "--config {d}/recipe.yaml --out {d}/new_run runtime.device=gpu0",
-      "got 'gpu0'", heavy=True),
+      "got 'gpu0'"),
+    C("train-recipe-bad-value", "sfnet-train", "--config {d}/recipe.yaml --out {d}/new_run loss.ohem_thresh=2",
+      "ohem_thresh: must be in (0, 1]"),
     C("train-missing-recipe", "sfnet-train", "--config {d}/missing.yaml --out {d}/new_run", "missing.yaml"),
     # sfnet-eval
     C("eval-window-0", "sfnet-eval", EVAL + " --mode slide --window 0 0", "--window: needs two positive sizes"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sfnet_core.cli import common
+from sfnet_core.errors import ConfigError
 from sfnet_core.io_utils import OutputError, atomic_write, check_output, check_writable_parent
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,14 +77,15 @@ def test_atomic_write(tmp_path: Path) -> None:
 
 
 def test_device_spec_is_the_devices_rule() -> None:
-    from sfnet_core import devices
+    from sfnet_core.device_spec import check_device_spec
 
-    assert common.DEVICE_SPEC.pattern == devices._DEVICE_SPEC.pattern
     for good in ("auto", "cpu", "cuda", "cuda:1"):
         assert common.device_spec(good) == good
     for bad in ("gpu0", "cuda:x", "CPU", ""):
         with pytest.raises(argparse.ArgumentTypeError, match="expected auto, cpu, cuda or cuda:N"):
             common.device_spec(bad)
+        with pytest.raises(ConfigError, match="runtime.device: expected auto, cpu, cuda or cuda:N"):
+            check_device_spec(bad, "runtime.device")
 
 
 def test_argument_types() -> None:

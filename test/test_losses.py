@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from sfnet_core.errors import ConfigError
-from sfnet_core.training.losses import CrossEntropy, LossConfig, OhemCrossEntropy, SegmentationLoss
+from sfnet_core.training.config import LossConfig
+from sfnet_core.training.losses import CrossEntropy, OhemCrossEntropy, SegmentationLoss
 from sfnet_core.yaml_config import from_dict
 
 # true-class probabilities of six pixels (class 0 is the truth); the last pixel is ignored

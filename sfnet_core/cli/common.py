@@ -26,7 +26,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from typing import Any, NoReturn
 
 from sfnet_core.cli import entry
 from sfnet_core.cli.entry import Terminated
+from sfnet_core.device_spec import DEVICE_SPEC
 from sfnet_core.errors import ConfigError, SFNetError, require_file
 from sfnet_core.io_utils import os_error_message
 from sfnet_core.yaml_config import apply_overrides, load_yaml
@@ -114,11 +114,6 @@ def positive_float(text: str) -> float:
 def fraction(text: str) -> float:
     """argparse type: a number strictly between 0 and 1."""
     return _number(text, float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
-
-
-# The pattern of sfnet_core.devices.check_device_spec, repeated here so that parsing a command
-# line does not import torch (seconds on a loaded machine); test_io_utils checks they agree.
-DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def device_spec(text: str) -> str:

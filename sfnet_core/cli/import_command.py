@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # lazy: torch, after the checks above
         from sfnet_core.checkpoint import save_checkpoint
-        from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from sfnet_core.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
         from sfnet_core.models import build_model
         from sfnet_core.models.pretrained import read_weights_file
         from sfnet_core.models.released import RELEASED_ARCHS, import_released, project_options

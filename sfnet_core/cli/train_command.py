@@ -7,6 +7,7 @@ from sfnet_core.cli.common import ArgumentParser, check_recipe, make_parser, pos
 from sfnet_core.errors import ConfigError
 from sfnet_core.evaluation.report_text import percent
 from sfnet_core.io_utils import check_writable_parent
+from sfnet_core.training.config import load_train_config
 from sfnet_core.training.run_folder import holds_only_stale_staging
 
 DESCRIPTION = """Train SFNet from a recipe (training/configs/*.yaml).
@@ -49,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--out: {args.out} already holds files; pass --resume to continue the run in it, "
                               "or choose a new folder (sfnet-train never replaces a run)")
         check_recipe("sfnet-train", args.config, args.overrides, empty="training with every default")
-        from sfnet_core.training.config import load_train_config  # lazy: torch, after the cheap checks
+        cfg = load_train_config(args.config, args.overrides)  # every value checked, still without torch
         from sfnet_core.training.engine import train  # lazy: torch, after the cheap checks
 
-        cfg = load_train_config(args.config, args.overrides)
         if args.no_progress:
             cfg.runtime.progress = False
         result = train(cfg, args.out, max_iters=args.max_iters, resume=args.resume)

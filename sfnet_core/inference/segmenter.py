@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sfnet_core.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from sfnet_core.devices import resolve_device, resolve_precision
 from sfnet_core.errors import ConfigError
 from sfnet_core.inference.backends import InferenceBackend, TorchBackend

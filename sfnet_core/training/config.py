@@ -7,7 +7,7 @@ YAML shape (every section optional)::
 
     model:    {name, aux, pretrained_backbone, init_from, options, mean, std}
     data:     DataConfig (sfnet_core.data.config)
-    loss:     LossConfig (sfnet_core.training.losses)
+    loss:     LossConfig (OHEM and deep supervision, sfnet_core.training.losses)
     optim:    {lr, momentum, weight_decay, nesterov}
     schedule: {iterations, batch_size, poly_power, warmup_iters, warmup_factor}
     runtime:  {seed, device, precision, sync_bn, channels_last, threads, progress, log_interval,
@@ -28,11 +28,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sfnet_core.data.config import DataConfig
-from sfnet_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from sfnet_core.devices import check_device_spec
+from sfnet_core.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from sfnet_core.device_spec import check_device_spec
 from sfnet_core.errors import ConfigError
-from sfnet_core.training.losses import LossConfig
 from sfnet_core.yaml_config import apply_overrides, from_dict, load_yaml
+
+
+@dataclass
+class LossConfig:
+    ohem: bool = True
+    ohem_thresh: float = 0.7      # keep pixels whose true-class probability is <= this ...
+    ohem_min_kept: int = 100000   # ... and at least this many of the hardest (per batch)
+    aux_weight: float = 0.4       # weight of each auxiliary (deep supervision) head
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ohem_thresh <= 1.0:
+            raise ConfigError(f"ohem_thresh: must be in (0, 1], got {self.ohem_thresh}")
+        if self.ohem_min_kept < 0:
+            raise ConfigError(f"ohem_min_kept: must be >= 0, got {self.ohem_min_kept}")
+        if self.aux_weight < 0:
+            raise ConfigError(f"aux_weight: must be >= 0, got {self.aux_weight}")
 
 
 @dataclass

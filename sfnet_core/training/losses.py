@@ -10,29 +10,12 @@ of them are kept. Auxiliary heads use the same criterion, weighted by ``aux_weig
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sfnet_core.errors import ConfigError
-
-
-@dataclass
-class LossConfig:
-    ohem: bool = True
-    ohem_thresh: float = 0.7      # keep pixels whose true-class probability is <= this ...
-    ohem_min_kept: int = 100000   # ... and at least this many of the hardest (per batch)
-    aux_weight: float = 0.4       # weight of each auxiliary (deep supervision) head
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.ohem_thresh <= 1.0:
-            raise ConfigError(f"ohem_thresh: must be in (0, 1], got {self.ohem_thresh}")
-        if self.ohem_min_kept < 0:
-            raise ConfigError(f"ohem_min_kept: must be >= 0, got {self.ohem_min_kept}")
-        if self.aux_weight < 0:
-            raise ConfigError(f"aux_weight: must be >= 0, got {self.aux_weight}")
+from sfnet_core.training.config import LossConfig
 
 
 def _match_size(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
