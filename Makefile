@@ -1,6 +1,6 @@
 # One setup path on a fresh machine (no ROS install needed): a virtual environment with pinned
 # PyTorch, ROS 2 (kilted) from PyPI wheels, and this project in editable mode.
-#   make test   set up, lint (ruff), then run the whole test suite
+#   make test   set up, lint (ruff), then the whole test suite with the type check (mypy) beside it
 #   make lint   ruff, then mypy (mypy.ini) over sfnet_core and sfnet_ros
 #   make demo   set up, then run the end-to-end demo (synthetic bag -> train -> node -> metrics)
 #   make bench  set up, then run the benchmarks (model table, speed ratios, node latency)
@@ -30,8 +30,15 @@ lint: setup
 # worker has its own ROS domain ids.
 TEST_WORKERS ?= 2
 
-test: lint
-	$(PY) -m pytest test -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+# The type check runs beside the tests (its half minute fits in the workers' waits on processes
+# and DDS); make test fails if either fails, and prints mypy's report after the tests.
+test: setup
+	$(VENV)/bin/ruff check .
+	@typed_log=$$(mktemp); $(VENV)/bin/mypy > $$typed_log 2>&1 & typed=$$!; \
+	$(PY) -m pytest test -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; tests=$$?; \
+	wait $$typed; types=$$?; echo "mypy: $$(tail -n 1 $$typed_log)"; \
+	if [ $$types -ne 0 ]; then cat $$typed_log; fi; rm -f $$typed_log; \
+	test $$tests -eq 0 -a $$types -eq 0
 
 demo: setup
 	$(VENV)/bin/sfnet-demo --overwrite

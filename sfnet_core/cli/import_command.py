@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from sfnet_core.cli.common import ArgumentParser, add_overwrite, make_parser, run_command
+from sfnet_core.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from sfnet_core.errors import CheckpointError, ConfigError, require_file, require_torch_file
 from sfnet_core.io_utils import atomic_write, check_output
 
@@ -87,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
 
         # lazy: torch, after the checks above
         from sfnet_core.checkpoint import save_checkpoint
-        from sfnet_core.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
         from sfnet_core.models import build_model
         from sfnet_core.models.pretrained import read_weights_file
         from sfnet_core.models.released import RELEASED_ARCHS, import_released, project_options

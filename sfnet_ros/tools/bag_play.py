@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,7 @@ class BagPlayer:
             self._lockstep_sub = node.create_subscription(
                 ros_message_class("sensor_msgs/msg/Image"), out_topic, self._on_response,
                 qos_profile("best_effort"), raw=True)
+            self.lockstep_out_topic = self._lockstep_sub.topic_name
         # original stamp -> new stamp, so an image and its label keep sharing a stamp
         self._stamp_map: collections.OrderedDict[int, int] = collections.OrderedDict()
 
@@ -203,6 +205,23 @@ class BagPlayer:
             if on_wait is not None and time.monotonic() >= next_report:
                 on_wait(missing)
                 next_report += 5.0
+        return True
+
+    def wait_for_answer_publisher(self, timeout: float) -> bool:
+        """With ``--lockstep``: block until the answers' subscription has matched a publisher (the
+        node's output). An answer sent before that match is lost, its frame is sent again after the
+        lockstep timeout and the consumer answers it twice. True at once without lockstep; False
+        on timeout or stop."""
+        if self._lockstep_in is None:
+            return True
+        deadline = time.monotonic() + timeout
+        subscription = self._lockstep_sub
+        # matched publishers where rclpy has them (Iron and newer); Humble: the graph's count
+        matched = getattr(subscription, "get_publisher_count", None) or partial(
+            self.node.count_publishers, subscription.topic_name)
+        while matched() == 0:
+            if time.monotonic() > deadline or self.stop_event.wait(0.05):
+                return False
         return True
 
     def _new_stamp(self, original: int) -> int:
@@ -403,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{', '.join(missing)} after {args.wait_timeout} s (--wait-topics chooses the topics "
                       "to wait on)", file=sys.stderr)
                 return 2
+            if not player.wait_for_answer_publisher(args.wait_timeout) and not player.stop_event.is_set():
+                print(f"sfnet-bag-play: warning: nothing publishes the lockstep answers on "
+                      f"{player.lockstep_out_topic} yet; playing anyway", file=sys.stderr, flush=True)
         print(f"sfnet-bag-play: playing {', '.join(player.publishers)} at rate {args.rate}",
               file=sys.stderr, flush=True)
         stats = player.play(loop=args.loop)
