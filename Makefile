@@ -34,6 +34,9 @@ TEST_WORKERS ?= 2
 # and DDS); make test fails if either fails, and prints mypy's report after the tests.
 test: setup
 	$(VENV)/bin/ruff check .
+	@# Byte-compiled once here: where PYTHONDONTWRITEBYTECODE is set (CI), each of the suite's
+	@# hundreds of tool and node processes would otherwise compile our sources again (0.1-0.3 s each).
+	$(PY) -m compileall -q sfnet_core sfnet_ros bench
 	@typed_log=$$(mktemp); $(VENV)/bin/mypy > $$typed_log 2>&1 & typed=$$!; \
 	$(PY) -m pytest test -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; tests=$$?; \
 	wait $$typed; types=$$?; echo "mypy: $$(tail -n 1 $$typed_log)"; \

@@ -33,7 +33,8 @@ BIN = Path(sys.executable).parent
 # tool -> (case name, arguments); "{d}" is the folder of prepared inputs
 CASES: dict[str, list[tuple[str, str]]] = {
     "sfnet-train": [("missing recipe", "--config {d}/missing.yaml --out {d}/run"),
-                    ("malformed YAML", "--config {d}/bad.yaml --out {d}/run")],
+                    ("malformed YAML", "--config {d}/bad.yaml --out {d}/run"),
+                    ("bad recipe value", "--config {d}/recipe.yaml --out {d}/run runtime.device=gpu0")],
     "sfnet-eval": [("missing checkpoint", "--config {d}/recipe.yaml --checkpoint {d}/missing.pt"),
                    ("malformed YAML", "--config {d}/bad.yaml --checkpoint {d}/random.pt"),
                    ("corrupt .pt", "--config {d}/recipe.yaml --checkpoint {d}/random.pt"),

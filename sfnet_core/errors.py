@@ -91,6 +91,10 @@ def _not_torch_reason(path: str | os.PathLike) -> str | None:
     """Why ``path`` is no torch.save file, or None when it looks like one."""
     with open(path, "rb") as handle:
         head = handle.read(64)
+        last = b""
+        if head:
+            handle.seek(-1, os.SEEK_END)
+            last = handle.read(1)
     if not head:
         return "the file is empty"
     if head.startswith(b"PK\x03\x04"):
@@ -109,8 +113,9 @@ def _not_torch_reason(path: str | os.PathLike) -> str | None:
     magic = _LEGACY_MAGIC.to_bytes(10, "little")
     if head[0] == _PICKLE_PROTO and magic in head:
         return None
-    if head[0] == _PICKLE_PROTO and len(head) > 1 and head[1] >= 3:
-        # pickle.dump (protocol 3 and later): torch.save's legacy stream is always protocol 2
+    if head[0] == _PICKLE_PROTO and len(head) > 1 and 3 <= head[1] <= 5 and last == b".":
+        # pickle.dump (protocols 3 to 5, ending with STOP): torch.save's legacy stream is always
+        # protocol 2. Random bytes rarely look like this; a damaged file gets the generic line.
         return f"protocol {head[1]}, not a torch.save file"
     if tarfile.is_tarfile(path):
         return None

@@ -43,7 +43,7 @@ from pathlib import Path
 from sfnet_core.errors import SFNetError
 
 __all__ = ["OutputError", "MANIFEST", "atomic_write", "check_output", "check_writable_parent", "staging_path",
-           "rename_noreplace", "write_manifest", "foreign_files", "os_error_message"]
+           "rename_noreplace", "write_manifest", "foreign_files", "os_error_message", "file_sha256"]
 
 MANIFEST = ".sfnet-manifest.json"  # what a tool wrote into its output folder (see the module docstring)
 _PROBE_BYTES = 4096  # one block: an empty file can still be created on a full disk
@@ -214,7 +214,8 @@ def check_output(
 
 
 # ----------------------------------------------------------------------------- the manifest
-def _digest(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -237,7 +238,7 @@ def write_manifest(folder: str | os.PathLike, tool: str) -> Path:
             rel = path.relative_to(folder).as_posix()
             if rel == MANIFEST or path.is_symlink():
                 continue
-            files[rel] = [path.stat().st_size, _digest(path)]
+            files[rel] = [path.stat().st_size, file_sha256(path)]
     manifest = folder / MANIFEST
     manifest.write_text(json.dumps({"tool": tool, "dirs": dirs, "files": files}, indent=0) + "\n", encoding="utf-8")
     return manifest
@@ -275,7 +276,7 @@ def foreign_files(folder: str | os.PathLike, tool: str) -> list[str] | None:
             except OSError:
                 continue
             if expected is None or not stat.S_ISREG(info.st_mode) or info.st_size != expected[0] \
-                    or _digest(path) != expected[1]:
+                    or file_sha256(path) != expected[1]:
                 found.append(rel)
     return sorted(found)
 

@@ -17,7 +17,8 @@ import torch
 from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.errors import CheckpointError, ConfigError
 from sfnet_core.inference import Segmenter
-from sfnet_core.onnx.export import export_module, export_onnx, file_sha256
+from sfnet_core.io_utils import file_sha256
+from sfnet_core.onnx.export import export_module, export_onnx
 from sfnet_core.onnx.metadata import read_onnx_info
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
+import random
 import re
 import shlex
 import subprocess
@@ -331,7 +331,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys, released_r18) -> None:
     foreign = tmp_path / "foreign.pth"
     torch.save({"encoder.conv.weight": torch.zeros(3, 3, 1, 1), "head.cls.weight": torch.zeros(2, 3, 1, 1)}, foreign)
     garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(os.urandom(4096))
+    garbage.write_bytes(random.Random(0).randbytes(4096))  # the same bytes every run
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
     pickled = tmp_path / "with_args.pth"

@@ -31,7 +31,8 @@ import torch
 
 from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.errors import CheckpointError, ConfigError
-from sfnet_core.onnx.export import DEFAULT_OPSET, export_onnx, file_sha256
+from sfnet_core.io_utils import file_sha256
+from sfnet_core.onnx.export import DEFAULT_OPSET, export_onnx
 from sfnet_core.onnx.metadata import OnnxModelInfo, read_onnx_info
 
 __all__ = ["CACHE_ENV", "cache_root", "cached_onnx", "cached_onnx_model", "cache_key"]

@@ -11,7 +11,6 @@ whenever it is read. int8: ``sfnet_core.onnx.quantize``; the command line: ``sfn
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
@@ -24,11 +23,11 @@ from tqdm import tqdm
 
 from sfnet_core.checkpoint import STRIDE, Checkpoint
 from sfnet_core.errors import SFNetError
-from sfnet_core.io_utils import atomic_write
+from sfnet_core.io_utils import atomic_write, file_sha256
 from sfnet_core.onnx.digest import stamp_digest
 from sfnet_core.onnx.metadata import build_metadata, write_metadata
 
-__all__ = ["export_onnx", "export_module", "verify_onnx", "file_sha256", "INPUT_NAME", "DEFAULT_OPSET",
+__all__ = ["export_onnx", "export_module", "verify_onnx", "INPUT_NAME", "DEFAULT_OPSET",
            "ExportError"]
 
 log = logging.getLogger(__name__)
@@ -52,15 +51,6 @@ class _Wrapped(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
         return logits.argmax(1) if self.with_argmax else logits
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (read in chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _checkpoint_metadata(checkpoint: Checkpoint, output: str, batch: int | None, height: int | None,
