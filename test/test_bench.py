@@ -68,6 +68,20 @@ def test_theoretical_peaks_follow_the_vector_units() -> None:
     assert amx["int8_gops"] == 4096.0
 
 
+def test_startup_bench_times_each_case_and_checks_its_answer() -> None:
+    """The documented start-up bench, one counted run: a row per case, each with the tool's real
+    answer (the bench itself fails on a wrong exit status or a second stderr line)."""
+    command = "python bench/startup.py --tools sfnet-train sfnet-eval"
+    assert command in (REPO / "docs" / "performance.md").read_text()
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "startup.py"), "--repeats", "1",
+                          "--tools", "sfnet-train", "sfnet-eval"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(result["sfnet-train"]) == {"--help", "missing recipe", "malformed YAML", "bad recipe value"}
+    assert len(result["sfnet-eval"]) == 5 and result["reference"]["import torch"] > 0
+    assert "sfnet-train: error: " in run.stdout and "invalid YAML" in run.stdout
+
+
 def test_segmenter_memory_bench_measures_each_case_in_its_own_process() -> None:
     reference = REPO / "sfnet_core" / "inference" / "segmenter.py"  # any segmenter.py, loaded by path
     run = subprocess.run([sys.executable, str(REPO / "bench" / "segmenter_memory.py"), "--frame", "300", "400",
