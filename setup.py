@@ -26,7 +26,8 @@ setup(
     extras_require={
         # what a vehicle or workstation needs besides ROS 2 itself (python3-numpy etc. come
         # from rosdep): torch/torchvision matching the platform's CUDA, and the tools' extras.
-        "ml": ["torch", "torchvision", "onnx", "onnxruntime", "tensorboard", "cityscapesscripts", "rosbags"],
+        "ml": ["torch", "torchvision", "onnx", "onnxruntime", "openvino", "tensorboard", "cityscapesscripts",
+               "rosbags"],
     },
     zip_safe=True,
     maintainer="sfnet_ros developers",

@@ -49,8 +49,28 @@ frame by frame. Per backend: end-to-end latency (publish -> labels arrival), the
 receive -> publish and inference times of each frame (from its ``segmentation/timing``), the
 speed-up over torch and the share of labels equal to the torch node's. Last line: JSON.
 
-The three benchmarks live in ``bench/node_bench/`` (``latency``, ``delivery``, ``backends``, and
-``common``: frames, checkpoint, the node started by ``sfnet_ros.launch_support.node_launch``).
+Overhead (``--overhead``): what the node costs over the bare ``Segmenter`` of the same backend,
+with labels, colour and class masks (road, car, person) subscribed::
+
+    .venv/bin/python bench/node_latency.py --overhead [--backend openvino-int8 --frames 30 --threads 0]
+
+Prepares the model file of ``--backend`` (torch: the checkpoint; onnxruntime / openvino: the
+fixed-size fp32 ``.onnx``; int8 / openvino-int8: its int8 QDQ quantisation; default: the fastest,
+openvino-int8 where the node offers OpenVINO, else int8), starts the node with it as the launch file
+does (``input_size`` = the frame size) and loads the same file into a ``Segmenter`` in this
+process. Per frame, one in flight, the order alternating: the bare ``segment`` call (uint8 frame
+in, labels out), and the frame published to the node: latency = arrival of its last output
+(labels, colour, every mask; subscribed raw, the arrival taken before deserializing) minus its
+header stamp. Prints p50 / p99 and FPS of both, the node's steps (DDS in, queue, decode,
+inference, render from its ``segmentation/timing``; out: rendered -> the last output's arrival,
+of which send: handing them to DDS), the node's labels equal to
+the bare ones, a stream phase (a camera at 1.5x the node's rate: FPS and p50 / p99), and the
+check line ``node / Segmenter = <ratio>x ... target <= 1.05x``. ``--quick``: 64x128, 3 frames,
+a 2 s stream. Last line: JSON.
+
+The four benchmarks live in ``bench/node_bench/`` (``latency``, ``delivery``, ``backends``,
+``overhead``, and ``common``: frames, checkpoint, the node started by
+``sfnet_ros.launch_support.node_launch``).
 """
 from __future__ import annotations
 
@@ -62,7 +82,9 @@ from node_bench.backends import BACKEND_ROWS, parse_backends, run_backends
 from node_bench.common import profile_environment
 from node_bench.delivery import parse_settings, parse_sizes, role_publisher, role_subscriber, run_delivery
 from node_bench.latency import run_latency
+from node_bench.overhead import OVERHEAD_BACKENDS, parse_backend, run_overhead
 
+from sfnet_core.threads import prepare_process
 from sfnet_ros.launch_support import PROFILE_VARIABLES, LaunchArgumentError
 
 __all__ = ["main"]
@@ -86,6 +108,8 @@ def _apply_profile(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    # As the node does before torch loads (its nodes inherit it): OpenMP's idle threads sleep.
+    prepare_process()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=1024)
@@ -115,17 +139,28 @@ def main(argv: list[str] | None = None) -> int:
     delivery.add_argument("--settle", type=float, default=1.5,
                           help="seconds both counts must hold still after a burst (default 1.5)")
     delivery.add_argument("--quick", action="store_true",
-                          help="smoke run: 320x240@10, one round of 10 frames")
+                          help="smoke run: 320x240@10, one round of 10 frames (--overhead: 64x128, 3 frames)")
     backends = parser.add_argument_group("backends (--backends)")
     backends.add_argument("--backends", type=parse_backends, default=None, metavar="NAMES",
                           help="instead of the latency run: one node per backend, comma-separated from "
                                f"{', '.join(BACKEND_ROWS)} (e.g. torch,onnxruntime,int8), the same frames "
                                "interleaved; --height/--width/--frames/--device as above")
     backends.add_argument("--threads", type=int, default=0,
-                          help="intra-op threads of each node (OMP_NUM_THREADS; ONNX Runtime follows); "
-                               "0 = the node's default (one per core)")
+                          help="CPU threads of each node (its threads parameter) and, with --overhead, of the "
+                               "bare Segmenter; 0 = the default (the cores the process may run on)")
     backends.add_argument("--calibration-frames", type=int, default=4,
                           help="frames the int8 model is calibrated on (other frames than the timed ones)")
+    overhead = parser.add_argument_group("overhead (--overhead)")
+    overhead.add_argument("--overhead", action="store_true",
+                          help="instead of the latency run: the node with labels, colour and masks subscribed "
+                               "against the bare Segmenter of the same backend, interleaved; --height/--width/"
+                               "--frames/--threads as above, --quick: 64x128, 3 frames")
+    overhead.add_argument("--backend", type=parse_backend, default=None,
+                          help=f"the overhead run's backend, from {', '.join(OVERHEAD_BACKENDS)} (default: the "
+                               "fastest, openvino-int8 where the node offers OpenVINO, else int8)")
+    overhead.add_argument("--stream-seconds", type=float, default=0.0,
+                          help="the overhead run's stream at 1.5x the node's rate (default 12 frame times, "
+                               "at least 5 s)")
     parser.add_argument("--role", choices=["publisher", "subscriber"], help=argparse.SUPPRESS)
     parser.add_argument("--subscribers", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -139,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--frames and --calibration-frames must be >= 1")
         _apply_profile(parser, args)
         return run_backends(args)
+    if args.overhead:
+        if args.quick:
+            args.height, args.width, args.frames, args.stream_seconds = 64, 128, 3, 2.0
+        if args.frames < 1 or args.threads < 0 or args.stream_seconds < 0:
+            parser.error("--frames must be >= 1, --threads and --stream-seconds >= 0")
+        _apply_profile(parser, args)
+        return run_overhead(args)
     if args.delivery:
         if args.quick:
             args.sizes, args.rounds, args.burst_seconds = parse_sizes("320x240@10"), 1, 1.0

@@ -40,12 +40,39 @@ def _enter_ros_domain(patch: pytest.MonkeyPatch) -> dict[str, str]:
 # each): `make test` runs `--dist loadfile --no-loadscope-reorder`, so xdist hands files to its
 # workers in this order; the long ones start at once and the many short ones fill the end. (By
 # default xdist would order files by their number of tests, which puts these last.)
-SLOW_FIRST = ("test_bench.py", "test_custom_data.py", "test_cli_bad_input.py", "test_node_faults.py", "test_engine.py",
-              "test_doc_performance.py", "test_demo.py", "test_doc_evaluation_and_bags.py", "test_doc_training.py",
-              "test_signals_cli.py", "test_node_lifecycle.py", "test_status.py", "test_released.py", "test_backends.py",
-              "test_bag_live.py", "test_outputs.py", "test_models.py", "test_node_geometry.py", "test_export.py",
-              "test_transport.py", "test_node.py", "test_bag_eval.py", "test_inference.py", "test_model_integrity.py",
-              "test_node_loss.py", "test_node_multi.py", "test_training_failures.py", "test_ddp.py", "test_readme.py")
+SLOW_FIRST = ("test_bench.py", "test_custom_data.py", "test_cli_bad_input.py", "test_node_faults.py",
+              "test_engine.py", "test_doc_performance.py", "test_openvino.py", "test_demo.py",
+              "test_doc_evaluation_and_bags.py", "test_threads.py", "test_doc_training.py", "test_signals_cli.py",
+              "test_node_lifecycle.py", "test_status.py", "test_released.py", "test_backends.py", "test_bag_live.py",
+              "test_outputs.py", "test_accuracy_bench.py", "test_models.py", "test_node_geometry.py",
+              "test_export.py", "test_transport.py", "test_node.py", "test_bag_eval.py", "test_inference.py",
+              "test_model_integrity.py", "test_node_loss.py", "test_node_multi.py", "test_training_failures.py",
+              "test_ddp.py", "test_readme.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One export cache (``SFNET_ROS_CACHE``) per test process, never the user's ~/.cache: the
+    ONNX exports and OpenVINO's compiled models that ``backend: auto`` makes for a ``.pt`` file are
+    reused by every test of this process (and by the nodes and tools it starts) and removed at
+    the end. Tests that check the cache itself give their own ``cache_dir``."""
+    if "SFNET_ROS_CACHE" not in os.environ:
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="sfnet-test-cache-")
+        os.environ["SFNET_ROS_CACHE"] = folder
+        config.stash[_CACHE_KEY] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_CACHE_KEY, None)
+    if folder:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("SFNET_ROS_CACHE", None)
+
+
+_CACHE_KEY = pytest.StashKey[str]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -98,6 +98,12 @@ class NodeProcess:
         log_name: str = "node",
         launch_env: bool = True,
     ) -> None:
+        # The node's own behaviour is tested on PyTorch, which loads in a second: ``backend: auto``
+        # makes a .pt an OpenVINO model on a CPU (an ONNX export and a compile, seconds per node
+        # start). auto itself runs in the node in test_openvino.py, the doc tests and the benches.
+        if parameters is not None and "backend" not in parameters and \
+                str(parameters.get("checkpoint", "")).endswith(".pt"):
+            parameters = {**parameters, "backend": "torch"}
         # launch_env=False: ``env`` exactly, as a user starting ``sfnet_node --ros-args ...`` from a
         # shell (no launch file setting the Fast DDS profile variables)
         self.launch: NodeLaunch = node_launch(

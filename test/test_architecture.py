@@ -21,7 +21,7 @@ ROS_MODULES = ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "lifecycle
 # new top-level module or package is placed here on purpose.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("sfnet_core", "sfnet_core.errors"),  # the package's facade resolves its names lazily: no imports
-    ("sfnet_core.device_spec",),  # the device option's syntax, torch-free
+    ("sfnet_core.device_spec", "sfnet_core.threads"),  # torch-free: the device syntax; the threads setting
     ("sfnet_core.io_utils", "sfnet_core.yaml_config", "sfnet_core.devices", "sfnet_core.viz"),
     ("sfnet_core.data", "sfnet_core.models"),
     ("sfnet_core.checkpoint",),

@@ -1,6 +1,7 @@
 """Inference backends: a self-describing .onnx in ONNX Runtime through the same Segmenter, the
 export cache for a .pt run in ONNX Runtime (atomic, shared by concurrent processes), the refusals,
-and sfnet-eval on an .onnx. Real PyTorch, real ONNX Runtime (CPU execution provider)."""
+and sfnet-eval on an .onnx. Real PyTorch, real ONNX Runtime (CPU execution provider); every load
+names its backend (``auto`` and OpenVINO: test_openvino.py)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from backend_cases import agreement, frames
 
 from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.errors import CheckpointError, ConfigError
@@ -24,19 +26,6 @@ from sfnet_core.onnx.metadata import read_onnx_info
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def frames() -> list[np.ndarray]:
-    from sfnet_core.data.synthetic_scenes.render import render_scene
-
-    # two odd sizes that share the 96x160 canvas, and one on its own canvas
-    return [render_scene(seed=40, height=70, width=130)[0], render_scene(seed=41, height=80, width=150)[0],
-            render_scene(seed=42, height=50, width=90)[0]]
-
-
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    assert a.shape == b.shape
-    return float((a == b).mean())
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +50,8 @@ def test_metadata_describes_the_model(checkpoint: Path, dynamic_onnx: Path, tmp_
 
 
 def test_onnx_segmenter_matches_torch(checkpoint: Path, dynamic_onnx: Path) -> None:
-    torch_seg = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32", warmup=False)
-    onnx_seg = Segmenter.from_checkpoint(dynamic_onnx, device="cpu", warmup=False)
+    torch_seg = Segmenter.from_checkpoint(checkpoint, backend="torch", device="cpu", precision="fp32", warmup=False)
+    onnx_seg = Segmenter.from_checkpoint(dynamic_onnx, backend="onnxruntime", device="cpu", warmup=False)
     assert onnx_seg.backend.name == "onnxruntime" and onnx_seg.precision == "fp32"
     assert onnx_seg.classes == torch_seg.classes and onnx_seg.model_name == "sfnet_resnet18"
     batch = frames()
@@ -72,54 +61,57 @@ def test_onnx_segmenter_matches_torch(checkpoint: Path, dynamic_onnx: Path) -> N
         assert agreement(a.labels, b.labels) >= 0.999
         assert np.abs(a.confidence.astype(int) - b.confidence.astype(int)).max() <= 2
     # the same pre/post-processing options apply to either backend
-    letter = Segmenter.from_checkpoint(dynamic_onnx, device="cpu", warmup=False, input_size=(64, 96),
-                                       resize="letterbox", output="network")
-    ref = Segmenter.from_checkpoint(checkpoint, device="cpu", warmup=False, input_size=(64, 96), resize="letterbox",
-                                    output="network")
+    letter = Segmenter.from_checkpoint(dynamic_onnx, backend="onnxruntime", device="cpu", warmup=False,
+                                       input_size=(64, 96), resize="letterbox", output="network")
+    ref = Segmenter.from_checkpoint(checkpoint, backend="torch", device="cpu", warmup=False, input_size=(64, 96),
+                                    resize="letterbox", output="network")
     a, b = letter.segment(batch[0]), ref.segment(batch[0])
     assert a.labels.shape == (64, 96) and (a.labels == 255).any() and agreement(a.labels, b.labels) >= 0.999
 
 
 def test_fixed_size_model_sets_the_input_size(checkpoint: Path, tmp_path: Path) -> None:
     path = export_onnx(load_checkpoint(checkpoint), tmp_path / "fixed.onnx", height=64, width=96)  # batch 1
-    seg = Segmenter.from_checkpoint(path, device="cpu", warmup=False)
+    seg = Segmenter.from_checkpoint(path, backend="onnxruntime", device="cpu", warmup=False)
     assert seg.input_size == (64, 96) and seg.backend.fixed_size == (64, 96)
-    ref = Segmenter.from_checkpoint(checkpoint, device="cpu", warmup=False, input_size=(64, 96))
+    ref = Segmenter.from_checkpoint(checkpoint, backend="torch", device="cpu", warmup=False, input_size=(64, 96))
     batch = frames()  # three frames through a batch-1 model: run one by one
     for a, b in zip(seg.segment(batch), ref.segment(batch)):
         assert agreement(a.labels, b.labels) >= 0.999
-    assert Segmenter.from_checkpoint(path, device="cpu", warmup=False, input_size=(60, 90)).input_size == (60, 90)
+    assert Segmenter.from_checkpoint(path, backend="onnxruntime", device="cpu", warmup=False,
+                                     input_size=(60, 90)).input_size == (60, 90)
     with pytest.raises(ConfigError, match=r"takes 64x96 inputs; input_size 100x100 pads to 128x128"):
-        Segmenter.from_checkpoint(path, device="cpu", warmup=False, input_size=(100, 100))
+        Segmenter.from_checkpoint(path, backend="onnxruntime", device="cpu", warmup=False, input_size=(100, 100))
 
 
 def test_refusals(checkpoint: Path, dynamic_onnx: Path, tmp_path: Path) -> None:
     bare = export_module(load_checkpoint(checkpoint).build_model(), tmp_path / "bare.onnx", height=64, width=64)
     with pytest.raises(CheckpointError, match="without sfnet_ros metadata.*class table and input normalisation"):
-        Segmenter.from_checkpoint(bare, device="cpu", warmup=False)
+        Segmenter.from_checkpoint(bare, backend="onnxruntime", device="cpu", warmup=False)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(dynamic_onnx.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="not a readable ONNX model"):
-        Segmenter.from_checkpoint(broken, device="cpu", warmup=False)
+        Segmenter.from_checkpoint(broken, backend="onnxruntime", device="cpu", warmup=False)
     with pytest.raises(CheckpointError, match="ONNX model not found"):
-        Segmenter.from_checkpoint(tmp_path / "none.onnx", device="cpu", warmup=False)
-    with pytest.raises(ConfigError, match="runs in ONNX Runtime only"):
+        Segmenter.from_checkpoint(tmp_path / "none.onnx", backend="onnxruntime", device="cpu", warmup=False)
+    with pytest.raises(ConfigError, match="runs in ONNX Runtime or OpenVINO only"):
         Segmenter.from_checkpoint(dynamic_onnx, backend="torch", device="cpu", warmup=False)
-    with pytest.raises(ConfigError, match="backend: expected one of auto, torch, onnxruntime"):
+    with pytest.raises(ConfigError, match="backend: expected one of auto, torch, onnxruntime, openvino"):
         Segmenter.from_checkpoint(dynamic_onnx, backend="tensorrt", device="cpu", warmup=False)
     with pytest.raises(ConfigError, match="an fp32 model runs in fp32 in ONNX Runtime; precision bf16"):
-        Segmenter.from_checkpoint(dynamic_onnx, precision="bf16", device="cpu", warmup=False)
+        Segmenter.from_checkpoint(dynamic_onnx, backend="onnxruntime", precision="bf16", device="cpu", warmup=False)
     with pytest.raises(CheckpointError, match="predicts 19 classes but the configuration expects 5"):
-        Segmenter.from_checkpoint(dynamic_onnx, expected_num_classes=5, device="cpu", warmup=False)
+        Segmenter.from_checkpoint(dynamic_onnx, backend="onnxruntime", expected_num_classes=5, device="cpu",
+                                  warmup=False)
     labels_only = export_onnx(load_checkpoint(checkpoint), tmp_path / "labels.onnx", height=64, width=64,
                               with_argmax=True)
     with pytest.raises(ConfigError, match="--with-argmax.*needs a model that outputs logits"):
-        Segmenter.from_checkpoint(labels_only, device="cpu", warmup=False)
-    seg = Segmenter.from_checkpoint(dynamic_onnx, device="cpu", warmup=False)
+        Segmenter.from_checkpoint(labels_only, backend="onnxruntime", device="cpu", warmup=False)
+    seg = Segmenter.from_checkpoint(dynamic_onnx, backend="onnxruntime", device="cpu", warmup=False)
     with pytest.raises(ConfigError, match="return_flows needs the torch backend"):
         seg.segment(frames()[0], return_flows=True)
     with pytest.raises(ConfigError, match="pipeline compiled needs the torch backend"):
-        Segmenter.from_checkpoint(dynamic_onnx, device="cpu", warmup=False, input_size=(64, 96), pipeline="compiled")
+        Segmenter.from_checkpoint(dynamic_onnx, backend="onnxruntime", device="cpu", warmup=False, input_size=(64, 96),
+                                  pipeline="compiled")
     # this onnxruntime has no CUDA provider: CUDA asked for explicitly is a clear error
     import onnxruntime as ort
 
@@ -146,7 +138,7 @@ def test_pt_in_onnxruntime_through_the_export_cache(checkpoint: Path, tmp_path: 
     assert f"-{file_sha256(checkpoint)[:16]}-64x96-fp32-" in entry.name
     assert read_onnx_info(entry).batch is None  # one model for any number of cameras
     assert read_onnx_info(entry, require_digest=True).digest is not None  # checked before every reuse
-    ref = Segmenter.from_checkpoint(checkpoint, device="cpu", warmup=False, input_size=(64, 96))
+    ref = Segmenter.from_checkpoint(checkpoint, backend="torch", device="cpu", warmup=False, input_size=(64, 96))
     for a, b in zip(seg.segment(frames()), ref.segment(frames())):
         assert agreement(a.labels, b.labels) >= 0.999
     stamp = entry.stat().st_mtime_ns
@@ -212,8 +204,8 @@ def test_sfnet_eval_on_an_onnx_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     save_checkpoint(ck, model, "sfnet_resnet18", SyntheticDataset(2, 64, 128).classes)
     fixed = export_onnx(load_checkpoint(ck), tmp_path / "model.onnx", height=64, width=128)
     reports = {}
-    for name, path in (("pt", ck), ("onnx", fixed)):
-        assert main(["--config", str(recipe), "--checkpoint", str(path)]) == 0
+    for name, path, backend in (("pt", ck, "torch"), ("onnx", fixed, "onnxruntime")):
+        assert main(["--config", str(recipe), "--checkpoint", str(path), "--backend", backend]) == 0
         reports[name] = json.loads(capsys.readouterr().out)
     assert reports["onnx"]["backend"].startswith("onnxruntime fp32") and reports["pt"]["backend"].startswith("torch")
     assert reports["onnx"]["miou"] == pytest.approx(reports["pt"]["miou"], abs=0.01)
@@ -221,7 +213,7 @@ def test_sfnet_eval_on_an_onnx_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     recipe.write_text(yaml.safe_dump({"data": {
         "kind": "synthetic", "crop_size": [64, 128], "workers": 0,
         "synthetic": {"train_frames": 2, "val_frames": 2, "height": 96, "width": 128}}}))
-    assert main(["--config", str(recipe), "--checkpoint", str(fixed)]) == 2
+    assert main(["--config", str(recipe), "--checkpoint", str(fixed), "--backend", "onnxruntime"]) == 2
     err = capsys.readouterr().err
     assert "takes 64x128 inputs, the validation images are 96x128: use --mode slide --window 64 128" in err
     assert main(["--config", str(recipe), "--checkpoint", str(fixed), "--mode", "slide", "--window", "64", "128"]) == 0

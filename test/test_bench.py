@@ -21,21 +21,52 @@ def test_speed_bench_quick_reports_all_ratios() -> None:
     result = json.loads(run.stdout.strip().splitlines()[-1])
     cpu = result["cpu"]
     assert cpu["errors"] == {}
-    segmenter_rows = {"segmenter torch fp32", "segmenter onnxruntime fp32", "segmenter onnxruntime int8"}
+    segmenter_rows = {"segmenter torch fp32", "segmenter onnxruntime fp32", "segmenter onnxruntime int8",
+                      "segmenter openvino fp32", "segmenter openvino int8"}
     if cpu["cpu"]["bf16_native"]:
-        segmenter_rows.add("segmenter torch bf16")
+        segmenter_rows |= {"segmenter torch bf16", "segmenter openvino bf16"}
     else:
         assert "avx512_bf16" in cpu["skipped"]["segmenter torch bf16"]
+        assert "avx512_bf16" in cpu["skipped"]["segmenter openvino bf16"]
+    assert "--quick" in cpu["skipped"]["segmenter pt2e int8"]  # torch.compile rows are not in quick mode
+    network_rows = {name.replace("segmenter", "network", 1) for name in segmenter_rows}
+    prepost_rows = {"pre upload", "pre normalise + pad (NCHW canvas)", "pre normalise + pad (channels_last canvas)"} | {
+        f"post {what} ({layout} scores)" for layout in ("NCHW", "channels_last")
+        for what in ("banded resample + argmax", "argmax + confidence")}
     assert set(cpu["median_ms"]) == {"sfnet_resnet18", "fpn_resnet18", "deeplabv3_resnet50", "fcn_resnet50",
-                                     "sfnet_resnet18_onnxruntime", "deeplabv3_resnet50_onnxruntime"} | segmenter_rows
+                                     "sfnet_resnet18_onnxruntime", "deeplabv3_resnet50_onnxruntime"} | (
+        segmenter_rows | network_rows | prepost_rows)
     assert all(ms > 0 for ms in cpu["median_ms"].values())
     assert set(cpu["min_ms"]) == set(cpu["median_ms"])  # ratios use the fastest round of each
     assert all(cpu["min_ms"][k] <= cpu["median_ms"][k] for k in cpu["min_ms"])
     assert set(cpu["ratios"]) == {"deeplabv3_over_sfnet", "fcn_over_sfnet", "sfnet_over_fpn", "torch_over_onnxruntime",
                                   "deeplabv3_over_sfnet_onnxruntime", "segmenter_best_over_torch_fp32"}
+    target = {"amx": "best_at_most_100ms_amx", "avx512_vnni": "best_at_least_4x_torch_fp32_avx512",
+              "no_vnni": "best_at_least_2.5x_torch_fp32_no_vnni",
+              "avx_vnni": "best_at_least_2.5x_torch_fp32_avx_vnni"}[cpu["cpu"]["kind"]]
     assert set(cpu["checks"]) == {"sfnet_at_least_4x_faster_than_deeplabv3", "fam_overhead_at_most_10pct",
-                                  "sfnet_at_least_4x_faster_than_deeplabv3_onnxruntime",
-                                  "best_cpu_backend_at_least_3.5x_torch_fp32"}
+                                  "sfnet_at_least_4x_faster_than_deeplabv3_onnxruntime", target,
+                                  "pre_post_under_15pct_of_fastest_network"}
+    # per path: the ratio to torch fp32 and the fraction of the peak of the precision it runs
+    paths = cpu["paths"]
+    assert set(paths) == segmenter_rows
+    assert paths["segmenter torch fp32"]["over_torch_fp32"] == 1.0
+    for name, row in paths.items():
+        assert row["precision"] == name.split()[-1] and row["fraction_of_peak"] > 0, name
+        # the peaks' clock is at least what any fp32 path implies: no fp32 fraction above 100%
+        assert row["precision"] != "fp32" or row["fraction_of_peak"] <= 1.0 + 1e-9, name
+        assert row["network_ms"] == cpu["min_ms"][name.replace("segmenter", "network", 1)]
+    assert cpu["peak_clock"]["ghz"] >= cpu["cpu"]["clock_ghz"]
+    # pre / post: each layout's totals add up and are shares of the fastest network
+    prepost = cpu["prepost"]
+    assert prepost["network_ms"] == min(row["network_ms"] for row in paths.values())
+    fastest = paths[prepost["fastest_network"]]  # the path whose bare network is fastest
+    assert fastest["network_ms"] == prepost["network_ms"]
+    assert prepost["fastest_layout"] == fastest["scores_layout"] == (
+        "channels_last" if prepost["fastest_network"].startswith("segmenter torch") else "NCHW")
+    for layout, row in prepost["layouts"].items():
+        assert row["pre_ms"] == cpu["min_ms"]["pre upload"] + cpu["min_ms"][f"pre normalise + pad ({layout} canvas)"]
+        assert abs(row["total_ms"] / prepost["network_ms"] - row["total_share"]) < 1e-9
     assert cpu["segmenter_best"] in segmenter_rows
     # FLOPs are counted, not timed: SFNet-R18 at 128x256 is 1/16 of 121.5 GFLOP at 512x1024
     assert abs(cpu["sfnet_gflops_per_frame"] - 121.5 / 16) < 0.2
@@ -48,15 +79,16 @@ def test_speed_bench_quick_reports_all_ratios() -> None:
     assert 0 < cpu["sfnet_fraction_of_fp32_limit"] <= 1.0  # never above 100% of the limit
     assert 0 < cpu["sfnet_int8_fraction_of_int8_peak"] <= 1.0
     for line in ("DeepLabV3-R50 / SFNet-R18 time:", "DeepLabV3-R50 / SFNet-R18 time in ONNX Runtime",
-                 "Segmenter end to end, best CPU backend", "measured fp32 GEMM: best", "theoretical fp32:",
-                 "theoretical int8:"):
+                 "Segmenter end to end, best CPU path", "target for this CPU:", "measured fp32 GEMM: best",
+                 "theoretical fp32:", "theoretical int8:", "theoretical bf16:", "avx512_vnni=",
+                 "Pre + post (with confidence) under 15% of the fastest network ("):
         assert line in run.stdout, line
 
 
 def test_theoretical_peaks_follow_the_vector_units() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     try:
-        from speed import theoretical_peaks
+        from speed import target_check, theoretical_peaks
     finally:
         sys.path.pop(0)
     base = {"clock_ghz": 2.0, "clock_source": "test"}
@@ -66,6 +98,14 @@ def test_theoretical_peaks_follow_the_vector_units() -> None:
     assert (avx512["fp32_gflops"], avx512["int8_gops"], avx512["bf16_native"]) == (128.0, 512.0, True)
     amx = theoretical_peaks({**base, "flags": ["avx512f", "amx_int8", "amx_bf16"]}, cores=1)
     assert amx["int8_gops"] == 4096.0
+    # bf16: AMX tiles, AVX-512 BF16 dot products (2x fp32), else emulated at fp32's peak
+    assert (amx["bf16_gflops"], avx512["bf16_gflops"], avx2["bf16_gflops"]) == (2048.0, 256.0, 128.0)
+    # the CPU kind picks the target line (AMX: 100 ms; AVX-512 VNNI: 4x; no VNNI: 2.5x)
+    assert (amx["kind"], avx512["kind"], avx2["kind"]) == ("amx", "avx512_vnni", "no_vnni")
+    assert "avx512_vnni=no" in avx2["isa"] and "amx_int8=yes" in amx["isa"]
+    assert target_check("amx", 99.0, 1000.0)[2] and not target_check("amx", 101.0, 1000.0)[2]
+    assert target_check("avx512_vnni", 250.0, 1000.0)[2] and not target_check("avx512_vnni", 260.0, 1000.0)[2]
+    assert target_check("no_vnni", 400.0, 1000.0)[2] and not target_check("no_vnni", 410.0, 1000.0)[2]
 
 
 def test_startup_bench_times_each_case_and_checks_its_answer() -> None:
@@ -174,3 +214,33 @@ def test_node_latency_backends_quick_reports_a_row_per_backend() -> None:
     assert 0 < rows["int8"]["labels_equal_to_torch"] <= 1
     assert result["threads"] == 1 and "1 thread(s) per node" in run.stdout
     assert "onnxruntime int8 (.onnx, QDQ)" in run.stdout and "load average" in run.stdout
+
+
+def test_node_latency_overhead_quick_reports_node_against_segmenter() -> None:
+    """The documented `--overhead` run, shortened by --quick (64x128, 3 frames, a 2 s stream): the
+    node with labels, colour and masks subscribed against the bare Segmenter of the default (the
+    fastest) backend; counts, columns and the check line, no timing."""
+    doc = (REPO / "docs" / "performance.md").read_text()
+    command = ".venv/bin/python bench/node_latency.py --overhead"
+    assert command in doc, "docs/performance.md shows the command this test runs"
+    run = _node_latency("--overhead", "--quick", "--threads", "1")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    row = result["overhead"]
+    report = run.stdout[-3000:]
+    assert (result["height"], result["width"], result["threads"]) == (64, 128, 1)
+    assert row["frames"] == 3 and len(row["per_frame_bare_node_ms"]) == 3 and row["exit_code"] == 0, report
+    assert row["backend"] in ("int8", "openvino-int8") and "1 CPU thread(s)" in row["runs_in"], report
+    # every output of every frame came back, each the answer to its own frame: the node runs the
+    # bare Segmenter's model file, backend and thread count
+    assert row["labels_equal"] >= 0.999, report
+    stages = row["stages_ms"]
+    assert set(stages) == {"dds_in_ms", "queue_ms", "decode_ms", "inference_ms", "render_ms", "out_ms"}
+    # each a time between two instants in that order (out: rendered -> last output arrival)
+    assert stages["inference_ms"] > 0 and stages["render_ms"] >= 0, report
+    assert stages["out_ms"] > 0 and row["send_ms"] >= 0, report
+    assert 1 <= row["stream_answered"] <= row["stream_sent"] and row["ratio"] > 0, report
+    for text in ("p50", "p99", "FPS", "bare Segmenter.segment", "node, stamp -> last output",
+                 "colour + masks road,car,person subscribed", "camera at 1.5x its rate", "render", "of which send",
+                 "target <= 1.05x", "node stopped with exit code 0"):
+        assert text in run.stdout, f"{text!r} missing:\n{report}"

@@ -115,6 +115,9 @@ def test_a_frame_comes_out_on_every_listened_output(tmp_path):
     assert stamp_ns_of(camera_info) == 1 and list(camera_info.k) == list(info.k)
     (timing,) = io.timing.sent
     assert timing.status[0].name == "/veh/sfnet_node: /cam/image"
+    steps = {kv.key: float(kv.value) for kv in timing.status[0].values if kv.key.endswith("_ms")}
+    # publish_ms split at the instant the images were rendered and their messages built
+    assert abs(steps["render_ms"] + steps["send_ms"] - steps["publish_ms"]) < 0.002 and steps["render_ms"] > 0
     totals = io.stats.totals
     assert (totals.published, io.stats.camera_info_published_total, pipeline.discarded_total) == (1, 1, 0)
 

@@ -341,6 +341,20 @@ def test_edited_onnx_metadata_is_refused(small_onnx: Path, tmp_path: Path) -> No
         read_onnx_info(tmp_path / "edited.onnx")
 
 
+def test_any_flipped_byte_near_the_metadata_is_refused(small_onnx: Path, tmp_path: Path) -> None:
+    """The metadata sits at the end of the file: a flipped byte there may make a string field
+    invalid UTF-8, which protobuf hands out as bytes (it was a raw UnicodeDecodeError or TypeError
+    from the digest); every one of these damages is one CheckpointError naming the file."""
+    source = small_onnx.read_bytes()
+    path = tmp_path / "flipped.onnx"
+    for offset in range(1, 600, 3):
+        data = bytearray(source)
+        data[-offset] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with pytest.raises(CheckpointError, match=r"flipped\.onnx"):
+            read_onnx_info(path)
+
+
 def test_onnx_from_before_digests_loads_with_one_warning(small_onnx: Path, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     proto = onnx.load(str(small_onnx))

@@ -172,7 +172,7 @@ def _reference(checkpoint, resize: str, output: str):
     from sfnet_core.inference import Segmenter  # lazy: torch, for this test only
 
     return Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32", input_size=NET, resize=resize,
-                                     output=output, warmup=False)
+                                     output=output, warmup=False, backend="torch")
 
 
 def _assert_info(msg: CameraInfo, policy: str, stamp: int, fx: float = FX) -> None:
@@ -370,8 +370,8 @@ def test_onnx_checkpoint_runs_in_onnxruntime(rig, node, checkpoint, onnx_model):
     assert ros.change_state(node.fqn, Transition.TRANSITION_DEACTIVATE)
     assert ros.change_state(node.fqn, Transition.TRANSITION_CLEANUP)
     # The flow needs the torch backend: configure says so and the node stays unconfigured ...
-    results = ros.set_parameters(node.fqn, {"checkpoint": str(onnx_model), "backend": "auto", "resize": "stretch",
-                                            "output_resolution": "input"})
+    results = ros.set_parameters(node.fqn, {"checkpoint": str(onnx_model), "backend": "onnxruntime",
+                                            "resize": "stretch", "output_resolution": "input"})
     assert all(r.successful for r in results), [r.reason for r in results]
     assert not ros.change_state(node.fqn, Transition.TRANSITION_CONFIGURE)
     node.wait_for_log("configure failed: parameter 'publish_flow': needs the torch backend")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 import numpy as np
@@ -153,6 +153,10 @@ def test_timing_array_places_every_instant_on_the_ros_clock():
     assert (values["inference_ms"], values["publish_ms"], values["receive_to_publish_ms"]) == (
         "50.000", "6.000", "60.000")
     assert values["batch_size"] == "2" and status.hardware_id == "cpu fp32"
+    assert "render_ms" not in values and "send_ms" not in values  # the rendered instant was not recorded
+    timing = replace(timing, rendered_ns=157 * ms)  # images rendered, messages built: publish_ms in two
+    values = {kv.key: kv.value for kv in outputs.timing_array(frame_header, "/n", "cpu", timing).status[0].values}
+    assert (values["render_ms"], values["send_ms"], values["publish_ms"]) == ("3.000", "3.000", "6.000")
 
 
 def test_frame_and_flow_in_the_output_geometry():

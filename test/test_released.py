@@ -223,7 +223,7 @@ def test_segmenter_runs_an_imported_checkpoint(tmp_path: Path, capsys) -> None:
     rc, _, err = run_import([save_released(tmp_path / "df1.pth", weights), "--out", out,
                              "--fam-align-corners", "false"], capsys)
     assert rc == 0, err
-    segmenter = Segmenter.from_checkpoint(out, device="cpu", precision="fp32", warmup=False)
+    segmenter = Segmenter.from_checkpoint(out, device="cpu", precision="fp32", warmup=False, flows=True)
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     result = segmenter.segment(image, return_flows=True)
     x = (torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255.0

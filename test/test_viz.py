@@ -34,6 +34,18 @@ def test_colorize_uses_palette_and_blacks_out_ignore() -> None:
         colorize(labels.astype(np.int64), TABLE.palette())
 
 
+def test_colorize_equals_the_fancy_index_gather_on_random_labels() -> None:
+    """The np.take rendering is exactly the former ``palette[labels]``, contiguous, for every id
+    (ignore and ids past the table included) and for strided label views (crops)."""
+    rng = np.random.default_rng(7)
+    palette = rng.integers(0, 256, size=(256, 3), dtype=np.uint8)
+    labels = rng.integers(0, 256, size=(37, 61), dtype=np.uint8)
+    for view in (labels, labels[3:30:2, 5:50:3], np.asfortranarray(labels)):
+        color = colorize(view, palette)
+        assert color.flags.c_contiguous and color.dtype == np.uint8
+        assert np.array_equal(color, palette[view])
+
+
 def test_overlay_blends() -> None:
     image = np.full((4, 5, 3), 200, np.uint8)
     color = np.zeros((4, 5, 3), np.uint8)

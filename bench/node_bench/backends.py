@@ -27,11 +27,22 @@ from node_bench.common import (
 )
 from sfnet_ros.conversions import image_to_numpy, numpy_to_image
 
-#: ``--backends`` names -> (what the row says, how the node is configured).
+#: ``--backends`` names -> what the row says.
 BACKEND_ROWS = {
     "torch": "torch eager fp32 (.pt)",
     "onnxruntime": "onnxruntime fp32 (.onnx)",
     "int8": "onnxruntime int8 (.onnx, QDQ)",
+    "openvino": "openvino fp32 (.onnx)",
+    "openvino-int8": "openvino int8 (.onnx, QDQ)",
+}
+#: ``--backends`` names -> (the model file ``prepare_models`` makes, the node's ``backend``): named,
+#: never ``auto``, which picks the fastest path of the machine whatever the file.
+BACKEND_MODELS: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "torch"),
+    "onnxruntime": ("onnxruntime", "onnxruntime"),
+    "int8": ("int8", "onnxruntime"),
+    "openvino": ("onnxruntime", "openvino"),
+    "openvino-int8": ("int8", "openvino"),
 }
 
 
@@ -41,9 +52,10 @@ def parse_backends(text: str) -> list[str]:
 
 def prepare_models(checkpoint: Path, folder: Path, height: int, width: int, backends: list[str],
                    calibration: list[np.ndarray]) -> dict[str, Path]:
-    """The model file each backend's node loads: the checkpoint for torch, a fixed-size fp32
-    ``.onnx`` (sfnet-export's library call) and its int8 quantisation calibrated on
-    ``calibration`` frames (normalised exactly as the Segmenter feeds the network)."""
+    """The model files of ``backends`` (kinds, ``BACKEND_MODELS``' first column): ``torch`` the
+    checkpoint, ``onnxruntime`` a fixed-size fp32 ``.onnx`` (sfnet-export's library call), ``int8``
+    its int8 quantisation calibrated on ``calibration`` frames (normalised exactly as the
+    Segmenter feeds the network)."""
     from sfnet_core.checkpoint import STRIDE, load_checkpoint  # lazy: torch, not needed for --help
     from sfnet_core.inference import Segmenter  # lazy: torch (as above)
     from sfnet_core.onnx.export import export_onnx  # lazy: torch, onnx (as above)
@@ -57,7 +69,7 @@ def prepare_models(checkpoint: Path, folder: Path, height: int, width: int, back
     models["onnxruntime"] = fp32
     if "int8" in backends:
         segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32", input_size=(height, width),
-                                              warmup=False)
+                                              warmup=False, backend="torch")
         batches = [segmenter.preprocess(frame).numpy() for frame in calibration]
         models["int8"] = quantize_int8(fp32, folder / "model_int8.onnx", batches,
                                        calibration_source=f"{len(batches)} synthetic bench frames")
@@ -146,20 +158,22 @@ def run_backends(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name)
         checkpoint = write_checkpoint(tmp / "sfnet_resnet18_random.pt")
         prepare_started = time.monotonic()
-        models = prepare_models(checkpoint, tmp, args.height, args.width, names, calibration)
+        kinds = sorted({BACKEND_MODELS[name][0] for name in names})
+        files = prepare_models(checkpoint, tmp, args.height, args.width, kinds, calibration)
+        models = {name: files[BACKEND_MODELS[name][0]] for name in names}
         prepare_s = time.monotonic() - prepare_started
         nodes: dict[str, subprocess.Popen] = {}
         logs = {name: tmp / f"node_{name}.log" for name in names}
         client = None
         try:
             for name in names:
+                # threads: the node's one setting (0 = the cores it may run on); OMP_NUM_THREADS
+                # no longer decides it.
                 parameters = {"input_size": [args.height, args.width], "diagnostics_period": 1.0,
-                              "qos_reliability": "reliable", "backend": "auto"}
-                env = dict(os.environ)
-                if args.threads:  # PyTorch's and (it follows torch's count) ONNX Runtime's intra-op threads
-                    env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+                              "qos_reliability": "reliable", "backend": BACKEND_MODELS[name][1],
+                              "threads": args.threads}
                 nodes[name] = start_node(node_argv(models[name], args.device, f"/bench_{name}", parameters,
-                                                   image_topic=None), logs[name], env)
+                                                   image_topic=None), logs[name])
             for name in names:
                 wait_active(nodes[name], logs[name], 600, f"the {name} node")
             described = {}

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +122,43 @@ def stop_node(node: subprocess.Popen, timeout: float = 30.0) -> int | None:
         node.kill()
         node.wait(10)
         return None
+
+
+class BareSegmenter:
+    """A ``Segmenter`` loaded, warmed up and timed in one worker thread of this process, as the
+    node runs it in its inference thread (on a busy CPU, PyTorch's intra-op pool behaves very
+    differently when driven from the main thread, which would skew the comparison). ``load``
+    runs in that thread and returns the warmed-up Segmenter (thread setup included)."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare_segmenter")
+        self.segmenter = self._pool.submit(load).result()
+
+    def run(self, frame: np.ndarray) -> tuple[float, Any]:
+        """(ms, result) of one ``segment`` call (a CUDA device synchronised before the clock stops)."""
+        return self._pool.submit(self._timed, frame).result()
+
+    def _timed(self, frame: np.ndarray) -> tuple[float, Any]:
+        start = time.perf_counter()
+        result = self.segmenter.segment(frame)
+        if self.segmenter.device.type == "cuda":
+            import torch  # lazy: loaded by the Segmenter by now
+
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1e3, result
+
+    def close(self) -> None:
+        self._pool.submit(self._release).result()
+        self._pool.shutdown()
+
+    def _release(self) -> None:
+        self.segmenter = None  # freed in its own thread (the GPU context lives there)
+
+
+def spin_in_thread(executor: Any) -> None:
+    """Spin an rclpy executor in a daemon thread until its context shuts down."""
+    def spin() -> None:
+        with contextlib.suppress(Exception):  # ends with the context
+            executor.spin()
+
+    threading.Thread(target=spin, daemon=True).start()

@@ -7,7 +7,6 @@ publisher|subscriber``, driven by stdin lines (``role_publisher``, ``role_subscr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import queue
@@ -25,6 +24,7 @@ from node_bench.common import (
     distinct_names,
     node_argv,
     profile_environment,
+    spin_in_thread,
     start_node,
     stop_node,
     wait_active,
@@ -192,11 +192,7 @@ class DiagnosticsReader:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        threading.Thread(target=self._spin, daemon=True).start()
-
-    def _spin(self) -> None:
-        with contextlib.suppress(Exception):  # ends with the context
-            self.executor.spin()
+        spin_in_thread(self.executor)
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:

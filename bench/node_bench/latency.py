@@ -3,19 +3,19 @@ under overload (see bench/node_latency.py for what is measured and how)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from node_bench.common import (
+    BareSegmenter,
     bench_frames,
     node_argv,
     percentile,
+    spin_in_thread,
     start_node,
     stop_node,
     wait_active,
@@ -27,42 +27,16 @@ from sfnet_ros.conversions import numpy_to_image
 TARGET_RATIO = 1.15
 
 
-class BareSegmenter:
-    """``Segmenter.segment`` timed in one worker thread of this process, as the node runs it
-    (on a busy CPU, PyTorch's intra-op thread pool behaves very differently when driven from the
-    main thread, which would skew the comparison)."""
-
-    def __init__(self, checkpoint: Path, device: str, warmup_frame: np.ndarray) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bare_segmenter")
-        self.segmenter = self._pool.submit(self._load, checkpoint, device, warmup_frame).result()
-        self.description = f"{self.segmenter.device} {self.segmenter.precision}"
-
-    @staticmethod
-    def _load(checkpoint: Path, device: str, warmup_frame: np.ndarray):
+def bare_segmenter(checkpoint: Path, device: str, warmup_frame: np.ndarray) -> BareSegmenter:
+    """The bare ``Segmenter`` of the node's defaults, warmed up at the benchmark size."""
+    def load():
         from sfnet_core.inference import Segmenter  # lazy: torch, not needed for --help
 
         segmenter = Segmenter.from_checkpoint(checkpoint, device=device, input_size=None, warmup=False)
-        segmenter.segment(warmup_frame)  # warm-up at the benchmark size
+        segmenter.segment(warmup_frame)
         return segmenter
 
-    def time_ms(self, frame: np.ndarray) -> float:
-        return self._pool.submit(self._timed, frame).result()
-
-    def _timed(self, frame: np.ndarray) -> float:
-        start = time.perf_counter()
-        self.segmenter.segment(frame)
-        if self.segmenter.device.type == "cuda":
-            import torch  # lazy: loaded by the Segmenter by now
-
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1e3
-
-    def close(self) -> None:
-        self._pool.submit(self._release).result()
-        self._pool.shutdown()
-
-    def _release(self) -> None:
-        del self.segmenter
+    return BareSegmenter(load)
 
 
 class LatencyClient:
@@ -91,12 +65,7 @@ class LatencyClient:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        with contextlib.suppress(Exception):  # ends with the context
-            self.executor.spin()
+        spin_in_thread(self.executor)
 
     def _on_labels(self, msg) -> None:
         now = self.clock.now().nanoseconds
@@ -151,8 +120,9 @@ def run_latency(args: argparse.Namespace) -> int:
     frames = bench_frames(args.frames, args.height, args.width)
     with tempfile.TemporaryDirectory(prefix="sfnet_bench_") as tmp:
         checkpoint = write_checkpoint(Path(tmp) / "sfnet_resnet18_random.pt")
-        bare = BareSegmenter(checkpoint, args.device, frames[0])
-        bare_ms = bare.time_ms(frames[0])  # a first estimate, for the time-outs below
+        bare = bare_segmenter(checkpoint, args.device, frames[0])
+        runs_on = f"{bare.segmenter.device} {bare.segmenter.precision}"
+        bare_ms = bare.run(frames[0])[0]  # a first estimate, for the time-outs below
 
         log_path = Path(tmp) / "node.log"
         node = start_node(node_argv(checkpoint, args.device, "/bench",
@@ -178,14 +148,14 @@ def run_latency(args: argparse.Namespace) -> int:
             diagnostics_mark = len(client.diagnostics)
             bare_times, latencies = [], []
             for frame, msg in zip(frames, messages):
-                bare_times.append(bare.time_ms(frame))
+                bare_times.append(bare.run(frame)[0])
                 if (lat := served(msg, 30 + 10 * bare_ms / 1e3)) is not None:
                     latencies.append(lat)
             bare.close()
             bare_ms = float(np.median(bare_times))
             e2e_ms = float(np.median(latencies))
             ratio = e2e_ms / bare_ms
-            print(f"bare Segmenter.segment {args.height}x{args.width} on {bare.description}: median "
+            print(f"bare Segmenter.segment {args.height}x{args.width} on {runs_on}: median "
                   f"{bare_ms:.1f} ms over {len(bare_times)} frames, interleaved with the end-to-end runs")
             print(f"end-to-end (publish -> labels arrival) over DDS: median {e2e_ms:.1f} ms over "
                   f"{len(latencies)}/{len(messages)} frames, max {max(latencies):.1f} ms")

@@ -9,6 +9,8 @@
 * argparse types that turn bad values into one-line usage errors: ``positive_int``,
   ``non_negative_int``, ``positive_float``, ``fraction``, ``device_spec``.
 * ``warn`` - one ``<prog>: warning: ...`` line on stderr.
+* ``add_threads`` / ``apply_threads_option`` - ``--threads`` (0 = the cores this process may run
+  on), the same setting as the node's ``threads`` parameter (``sfnet_core.threads``).
 * ``check_recipe`` - a recipe's YAML and its ``key=value`` overrides parse, checked before the
   seconds of torch imports that the typed recipe (``sfnet_core.training.config``) costs.
 * one line means one line: every parser has ``--verbose``; without it ``run_command`` holds what
@@ -42,7 +44,8 @@ from sfnet_core.io_utils import os_error_message
 from sfnet_core.yaml_config import apply_overrides, load_yaml
 
 __all__ = ["HelpFormatter", "ArgumentParser", "make_parser", "run_command", "Terminated", "add_overwrite",
-           "positive_int", "non_negative_int", "positive_float", "fraction", "device_spec", "warn", "check_recipe"]
+           "add_threads", "apply_threads_option", "positive_int", "non_negative_int", "positive_float", "fraction",
+           "device_spec", "warn", "check_recipe"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -126,6 +129,23 @@ def device_spec(text: str) -> str:
 
 def warn(prog: str, message: str) -> None:
     print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def add_threads(parser: argparse._ActionsContainer) -> None:  # a parser or an argument group
+    """``--threads N``: the one CPU thread setting of a tool that runs the network (the node's
+    ``threads`` parameter; ``sfnet_core.threads``)."""
+    parser.add_argument("--threads", type=non_negative_int, default=0,
+                        help="CPU threads of the network (PyTorch, ONNX Runtime, OpenVINO): 0 = the cores this "
+                             "process may run on (its affinity mask); more is allowed, with a warning")
+
+
+def apply_threads_option(prog: str, threads: int) -> int:
+    """Apply ``--threads`` to torch (call in the tool's body, where torch may load) and return the
+    count to pass to ``Segmenter.from_checkpoint(threads=...)``; a count above the available
+    cores is a ``<prog>: warning:`` line."""
+    from sfnet_core.threads import apply_threads  # lazy: imports torch when called (not for --help)
+
+    return apply_threads(threads, lambda text: warn(prog, f"--threads: {text}"))
 
 
 def check_recipe(prog: str, path: str, overrides: list[str], empty: str) -> None:

@@ -1,8 +1,10 @@
 """Console-script entry points: Ctrl-C and SIGTERM are handled from the first line to the last.
 
 ``launch(module)`` is what every ``sfnet-*`` console script calls (``setup.py``): it installs
-the SIGINT / SIGTERM handlers first (this module imports nothing but the standard library, so
-they are in place within milliseconds of the interpreter's start), then imports the tool's module
+the SIGINT / SIGTERM handlers first (this module imports nothing but the standard library and
+the torch-free ``sfnet_core.threads``, so they are in place within milliseconds of the
+interpreter's start), bounds OpenMP's spinning (``prepare_process``: it must precede torch's
+import), then imports the tool's module
 (seconds: torch, OpenCV, rclpy) and runs its ``main``. A signal at any instant ends the process
 with exit status 130 (SIGINT) or 143 (SIGTERM), no traceback:
 
@@ -25,6 +27,8 @@ import signal
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from sfnet_core.threads import prepare_process  # standard library only, like this module
 
 __all__ = ["Terminated", "launch", "raising_handlers", "stopping", "sfnet_train", "sfnet_eval", "sfnet_import",
            "sfnet_synthetic"]
@@ -136,6 +140,10 @@ def launch(module: str, prog: str | None = None, function: str = "main") -> None
     _state["stopping"] = False
     _state["signum"] = None
     raising_handlers()
+    # Before the tool's imports load torch (and its OpenMP runtime, which reads this once): idle
+    # OpenMP threads sleep instead of spinning, so a CPU-hungry neighbour cannot make a tool 10x
+    # slower (issue 18; sfnet_core/threads.py). A user's own OMP_WAIT_POLICY is kept.
+    prepare_process()
     prog = prog or os.path.basename(sys.argv[0]) or module
     status = 1
     try:

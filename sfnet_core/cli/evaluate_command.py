@@ -9,6 +9,8 @@ from pathlib import Path
 from sfnet_core.cli.common import (
     ArgumentParser,
     add_overwrite,
+    add_threads,
+    apply_threads_option,
     check_recipe,
     device_spec,
     make_parser,
@@ -18,6 +20,7 @@ from sfnet_core.cli.common import (
 from sfnet_core.errors import ConfigError, require_model_file
 from sfnet_core.evaluation.report_text import format_report
 from sfnet_core.io_utils import _resolved, atomic_write, check_output
+from sfnet_core.threads import prepare_process
 
 # sfnet_core.evaluation.scoring.MSF_SCALES and PREDICTIONS_TOOL, repeated so that parsing (and
 # refusing) a command line does not import torch; test_evaluate / test_outputs check they agree.
@@ -49,11 +52,13 @@ def build_parser() -> ArgumentParser:
     ck.add_argument("--scales", type=float, nargs="+",
                     help=f"msf scales (default: {' '.join(map(str, MSF_SCALES))})")
     ck.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda or cuda:N")
-    ck.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                    help="auto: PyTorch for a .pt, ONNX Runtime for a .onnx; onnxruntime runs a .pt through "
-                    "the export cache")
+    ck.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                    help="auto: the fastest path here (on the CPU OpenVINO when installed, else ONNX Runtime for "
+                    "a .onnx and PyTorch for a .pt; on a GPU PyTorch / ONNX Runtime); onnxruntime and openvino "
+                    "run a .pt through the export cache")
     ck.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="fp32",
                     help="inference precision (auto: bf16/fp16 on CUDA, fp32 on CPU)")
+    add_threads(ck)
     ck.add_argument("--max-images", type=non_negative_int, default=0,
                     help="evaluate the first N images only (0 = all)")
     ck.add_argument("--save-pred", metavar="DIR",
@@ -73,6 +78,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_process()  # before torch loads: training/*.py under torchrun come here without entry.launch
     args = build_parser().parse_args(argv)
 
     def run() -> int:
@@ -143,6 +149,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
         return report
     from sfnet_core.training.config import load_train_config  # lazy: torch (see above)
 
+    apply_threads_option("sfnet-eval", args.threads)  # the backends follow torch's count
     # the recipe's data section names the validation split (and the dataset the outputs must avoid)
     cfg = load_train_config(args.config, list(args.overrides))
     source = args.config + (f" (with overrides {' '.join(args.overrides)})" if args.overrides else "")

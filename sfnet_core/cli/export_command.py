@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sfnet_core.cli.common import add_overwrite, make_parser, run_command
+from sfnet_core.cli.common import add_overwrite, add_threads, apply_threads_option, make_parser, run_command
 from sfnet_core.errors import ConfigError, DataError, SFNetError, require_torch_file
 from sfnet_core.io_utils import atomic_write, check_output
 from sfnet_core.onnx.calibration import BagFrames, CalibrationSource
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how calibration frames reach --height x --width (as the Segmenter's resize)")
     q.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights (avoids int16 saturation on AVX2 / AVX-512 CPUs without VNNI)")
+    add_threads(p)
     add_overwrite(p, "an existing --onnx file")
     return p
 
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None, bag_frames: BagFrames | None = None) -> 
         from sfnet_core.onnx.export import export_onnx, verify_onnx  # lazy: torch
         from sfnet_core.onnx.quantize import export_int8  # lazy: torch, onnxruntime
 
+        apply_threads_option("sfnet-export", args.threads)  # tracing, calibration, --verify
         ckpt = load_checkpoint(args.checkpoint)
         batches: list[np.ndarray] | None = None  # int8: the calibration batches
         described = ""

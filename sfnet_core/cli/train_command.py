@@ -7,6 +7,7 @@ from sfnet_core.cli.common import ArgumentParser, check_recipe, make_parser, pos
 from sfnet_core.errors import ConfigError
 from sfnet_core.evaluation.report_text import percent
 from sfnet_core.io_utils import check_writable_parent
+from sfnet_core.threads import prepare_process
 from sfnet_core.training.config import load_train_config
 from sfnet_core.training.run_folder import holds_only_stale_staging
 
@@ -39,6 +40,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_process()  # before torch loads: training/*.py under torchrun come here without entry.launch
     args = build_parser().parse_args(argv)
 
     def run() -> int:

@@ -97,7 +97,7 @@ class CheckpointEvaluation:
     scales: tuple[float, ...] | None = None       # msf: scales (default MSF_SCALES)
     device: str = "auto"
     precision: str = "fp32"                       # fp32 | fp16 | bf16 | auto; an .onnx runs its own (fp32 or int8)
-    backend: str = "auto"                         # auto (torch for .pt, onnxruntime for .onnx) | torch | onnxruntime
+    backend: str = "auto"                         # auto (loader.choose_backend) | torch | onnxruntime | openvino
     max_images: int = 0                           # 0 = all
     save_pred: Path | None = None                 # folder for <name>.png and <name>_color.png
     overwrite: bool = False                       # replace an existing save_pred folder of ours
@@ -124,8 +124,13 @@ def evaluate_checkpoint(job: CheckpointEvaluation) -> dict:
         save_dir = check_output(job.save_pred, inputs=(job.checkpoint, job.data.root),
                                 overwrite=job.overwrite, kind="dir", what="save_pred", tool=PREDICTIONS_TOOL)
     is_onnx = Path(job.checkpoint).suffix.lower() == ".onnx"
-    # An exported model runs in its own precision: fp32 (the default) and auto mean "as stored".
-    precision = "auto" if is_onnx and job.precision == "fp32" else job.precision
+    precision = job.precision
+    if is_onnx and precision == "fp32":
+        # fp32 (the recipes' default) means "as stored" for an exported model: an int8 model runs in
+        # int8, an fp32 one in fp32 exactly ("auto" would let OpenVINO pick bf16 on AMX CPUs)
+        from sfnet_core.onnx.metadata import read_onnx_info
+
+        precision = "auto" if read_onnx_info(job.checkpoint, verify=False).precision == "int8" else "fp32"
     loaded = open_model(job.checkpoint, backend=job.backend, device=job.device, precision=precision,
                         channels_last=False)
     model, ck_classes = loaded.backend, loaded.classes

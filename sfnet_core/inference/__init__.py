@@ -9,8 +9,11 @@
 ``geometry``     resize policies (stretch / letterbox / crop), output resolution, camera_info mapping
 ``postprocess``  scores -> labels / confidence at another resolution in row bands of bounded memory
 ``backends``     PyTorch and ONNX Runtime (CPU, CUDA, TensorRT providers) behind one call
-``loader``       a ``.pt`` or self-describing ``.onnx`` file -> a backend (``open_model``)
-``cache``        the export cache (``~/.cache/sfnet_ros``) for a ``.pt`` run in ONNX Runtime
+``openvino_backend``  the same ``.onnx`` files in OpenVINO on the CPU (fp32, bf16 where native, int8)
+``loader``       a ``.pt`` or self-describing ``.onnx`` file -> a backend (``open_model``); what
+                 ``backend="auto"`` picks (``choose_backend``)
+``cache``        the export cache (``~/.cache/sfnet_ros``) for a ``.pt`` run in ONNX Runtime or
+                 OpenVINO, and OpenVINO's compiled models
                  (the export itself and the ONNX metadata: ``sfnet_core.onnx``)
 ``predict``      whole-image / sliding-window / multi-scale + flip inference shared with sfnet-eval
 """

@@ -1,17 +1,21 @@
 """Inference backends: what turns a normalised canvas into class scores.
 
-Both take a normalised float tensor ``(N, 3, H, W)`` (H, W multiples of 32) on the Segmenter's
+All take a normalised float tensor ``(N, 3, H, W)`` (H, W multiples of 32) on the Segmenter's
 device and return logits ``(N, C, H, W)`` on the same device, so the pre- and post-processing
 around them is one code path (``sfnet_core.inference.segmenter``) and ``predict_logits``
-(multi-scale, sliding window) runs on either.
+(multi-scale, sliding window) runs on any.
 
 ``TorchBackend``       the PyTorch network (eager, ``channels_last``, ``torch.compile``, autocast
                        in fp16 / bf16); the only one that can return the FAM flows.
+``OnnxFileBackend``    what the two runtimes of a self-describing ``.onnx`` share: the metadata
+                       refusals, the fixed-size check, fixed-batch chunking, the reused output.
 ``OnnxRuntimeBackend`` an exported, self-describing ``.onnx`` (``sfnet_core.onnx.metadata``)
                        in ONNX Runtime: the CPU execution provider, or on a CUDA device the
                        TensorRT and CUDA providers when the installed onnxruntime has them
                        (inputs and outputs stay on the GPU through I/O binding). fp32 or int8
                        models (``sfnet-export --int8``); on TensorRT fp16 too.
+``OpenVinoBackend``    the same files in OpenVINO on the CPU (``openvino_backend``): fp32, bf16
+                       where the CPU has it natively, int8 QDQ; the fastest CPU path measured.
 """
 from __future__ import annotations
 
@@ -25,11 +29,12 @@ from sfnet_core.devices import autocast
 from sfnet_core.errors import ConfigError
 from sfnet_core.onnx.metadata import OnnxModelInfo
 
-__all__ = ["BACKENDS", "InferenceBackend", "TorchBackend", "OnnxRuntimeBackend", "onnxruntime_providers"]
+__all__ = ["BACKENDS", "InferenceBackend", "TorchBackend", "OnnxFileBackend", "OnnxRuntimeBackend",
+           "onnxruntime_providers"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 
 
 class InferenceBackend:
@@ -42,6 +47,7 @@ class InferenceBackend:
     supports_flows = False
     fixed_size: tuple[int, int] | None = None  # the only canvas size the model takes (None: any)
     memory_format = torch.contiguous_format  # what the canvas should be laid out as
+    selection = ""  # why ``backend: auto`` chose this backend ("" when it was named)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -49,8 +55,13 @@ class InferenceBackend:
     def forward_with_flows(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         raise ConfigError(f"return_flows needs the torch backend; the {self.name} backend only returns scores")
 
-    def describe(self) -> str:
+    def summary(self) -> str:
+        """Backend, precision, where it runs (one line for logs, reports and /diagnostics)."""
         return f"{self.name} {self.precision} on {self.device}"
+
+    def describe(self) -> str:
+        """``summary()``, and when ``backend: auto`` chose it, why (so a log or report says it)."""
+        return f"{self.summary()} [auto: {self.selection}]" if self.selection else self.summary()
 
 
 class TorchBackend(InferenceBackend):
@@ -80,7 +91,7 @@ class TorchBackend(InferenceBackend):
         with autocast(self.device, self.precision):
             return self.model(x, return_flows=True)
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         layout = " channels_last" if self.memory_format == torch.channels_last else ""
         return f"torch {self.precision}{layout}{' compiled' if self.compiled else ''} on {self.device}"
 
@@ -113,7 +124,56 @@ def onnxruntime_providers(device: torch.device, precision: str, cache_dir: Path 
     return providers
 
 
-class OnnxRuntimeBackend(InferenceBackend):
+class OnnxFileBackend(InferenceBackend):
+    """A self-describing ``.onnx`` in some runtime: what ONNX Runtime and OpenVINO share.
+
+    Refuses a labels-only model (``--with-argmax``), checks a fixed-size model's canvas, runs a
+    fixed-batch model in chunks of its batch size, and keeps one output buffer from call to call.
+    Subclasses set ``precision`` and implement ``_run`` (one batch the model takes -> logits in
+    ``self._output(...)`` or a tensor of their own).
+    """
+
+    def __init__(self, info: OnnxModelInfo, device: torch.device) -> None:
+        if info.output != "logits":
+            raise ConfigError(f"{info.path}: exported with --with-argmax (labels only); the Segmenter needs a "
+                              "model that outputs logits (export without --with-argmax)")
+        self.info = info
+        self.device = device
+        self.num_classes = info.num_classes
+        self.fixed_size = info.fixed_size
+        self.fixed_batch = info.batch
+        self._out: torch.Tensor | None = None
+
+    def _output(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """The output buffer for ``shape``, reused from call to call: a fresh 40 MB (19 x 512 x 1024)
+        output per frame costs its page faults every time (measured: ~10% of an int8 forward).
+        Callers consume the scores before the next call (the Segmenter is single-threaded)."""
+        if self._out is None or tuple(self._out.shape) != shape or self._out.device != device:
+            self._out = torch.empty(shape, dtype=torch.float32, device=device)
+        return self._out
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """(k, 3, H, W) float32 contiguous, k the model's batch (or any) -> (k, C, H, W) float32."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixed_size is not None and tuple(x.shape[-2:]) != self.fixed_size:
+            raise ConfigError(
+                f"{self.info.path}: the model takes {self.fixed_size[0]}x{self.fixed_size[1]} inputs only, got "
+                f"{x.shape[-2]}x{x.shape[-1]} (set input_size to the model's size, or export with --dynamic)")
+        x = x.detach().float().contiguous()
+        n = x.shape[0]
+        if self.fixed_batch is None or n == self.fixed_batch:
+            return self._run(x)
+        # A fixed-batch model: run chunks of its batch size, the last one padded with zeros.
+        k = self.fixed_batch
+        pad = -n % k
+        if pad:
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+        return torch.cat([self._run(x[i : i + k]).clone() for i in range(0, n + pad, k)])[:n]
+
+
+class OnnxRuntimeBackend(OnnxFileBackend):
     """An exported model in an ONNX Runtime session (see the module docstring).
 
     ``precision``: ``auto`` = the model's own (fp32 or int8); asking for another one is an error,
@@ -127,20 +187,13 @@ class OnnxRuntimeBackend(InferenceBackend):
                  threads: int | None = None, cache_dir: Path | None = None) -> None:
         import onnxruntime as ort
 
-        if info.output != "logits":
-            raise ConfigError(f"{info.path}: exported with --with-argmax (labels only); the Segmenter needs a "
-                              "model that outputs logits (export without --with-argmax)")
+        super().__init__(info, device)
         if precision not in ("auto", info.precision):
             allowed = device.type == "cuda" and info.precision == "fp32" and precision == "fp16"
             if not allowed:
                 raise ConfigError(f"{info.path}: an {info.precision} model runs in {info.precision} in ONNX Runtime; "
                                   f"precision {precision} was asked (use auto)")
-        self.info = info
-        self.device = device
         self.precision = info.precision if precision == "auto" else precision
-        self.num_classes = info.num_classes
-        self.fixed_size = info.fixed_size
-        self.fixed_batch = info.batch
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
@@ -154,19 +207,9 @@ class OnnxRuntimeBackend(InferenceBackend):
             raise ConfigError(f"{info.path}: ONNX Runtime cannot load the model: {reason}") from None
         self.providers = self.session.get_providers()
         self.output_name = self.session.get_outputs()[0].name
-        self._out: torch.Tensor | None = None
         log.info("ONNX Runtime session on %s: %s", info.path, ", ".join(self.providers))
 
-    def _output(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        """The output buffer for ``shape``, reused from call to call: a fresh 40 MB (19 x 512 x 1024)
-        output per frame costs its page faults every time (measured: ~10% of an int8 forward).
-        Callers consume the scores before the next call (the Segmenter is single-threaded)."""
-        if self._out is None or tuple(self._out.shape) != shape or self._out.device != device:
-            self._out = torch.empty(shape, dtype=torch.float32, device=device)
-        return self._out
-
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().float().contiguous()
         out = self._output((x.shape[0], self.num_classes, x.shape[2], x.shape[3]), x.device)
         binding = self.session.io_binding()
         if self.device.type != "cuda":
@@ -182,20 +225,5 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.session.run_with_iobinding(binding)
         return out
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fixed_size is not None and tuple(x.shape[-2:]) != self.fixed_size:
-            raise ConfigError(
-                f"{self.info.path}: the model takes {self.fixed_size[0]}x{self.fixed_size[1]} inputs only, got "
-                f"{x.shape[-2]}x{x.shape[-1]} (set input_size to the model's size, or export with --dynamic)")
-        n = x.shape[0]
-        if self.fixed_batch is None or n == self.fixed_batch:
-            return self._run(x)
-        # A fixed-batch model: run chunks of its batch size, the last one padded with zeros.
-        k = self.fixed_batch
-        pad = -n % k
-        if pad:
-            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
-        return torch.cat([self._run(x[i : i + k]).clone() for i in range(0, n + pad, k)])[:n]
-
-    def describe(self) -> str:
+    def summary(self) -> str:
         return f"onnxruntime {self.precision} ({self.providers[0]}) on {self.device}"

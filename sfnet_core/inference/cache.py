@@ -1,4 +1,4 @@
-"""The export cache: a ``.pt`` checkpoint run in ONNX Runtime is exported once, then reused.
+"""The export cache: a ``.pt`` checkpoint run in ONNX Runtime or OpenVINO is exported once, then reused.
 
 Like the TensorRT engine caches of Autoware's nodes, the exported model lives under
 ``~/.cache/sfnet_ros/onnx`` (``$SFNET_ROS_CACHE`` overrides the folder, else
@@ -16,12 +16,18 @@ graph and metadata as written: ``sfnet_core.onnx.digest``) and its metadata name
 same checkpoint hash. Anything else (damaged, edited, truncated, without a digest, from another
 checkpoint) is logged as a warning and exported again; a fresh export is checked once more
 before it is used.
+
+OpenVINO keeps its compiled models beside them, under ``<cache>/openvino/<model>-<content key>``
+(``openvino_cache_dir``): the key hashes the file's verified ``sfnet.digest`` (its content), so
+a different model written to the same path never meets another's compiled blob, and a file that
+fails its digest is refused before OpenVINO or its cache sees it.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -35,7 +41,8 @@ from sfnet_core.io_utils import file_sha256
 from sfnet_core.onnx.export import DEFAULT_OPSET, export_onnx
 from sfnet_core.onnx.metadata import OnnxModelInfo, read_onnx_info
 
-__all__ = ["CACHE_ENV", "cache_root", "cached_onnx", "cached_onnx_model", "cache_key"]
+__all__ = ["CACHE_ENV", "cache_root", "cache_folder", "cached_onnx", "cached_onnx_model", "cache_key",
+           "openvino_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,31 @@ def cache_root() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "sfnet_ros"
+
+
+def cache_folder(kind: str, root: str | os.PathLike | None = None) -> Path:
+    """``<root>/<kind>`` (root: ``cache_root()`` when None), created; a ConfigError naming
+    ``$SFNET_ROS_CACHE`` when it cannot be created or written."""
+    folder = (Path(root).expanduser() if root is not None else cache_root()) / kind
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"export cache {folder}: cannot create it ({exc.strerror}); set {CACHE_ENV} to a "
+                          "writable folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"export cache {folder}: not writable; set {CACHE_ENV} to a writable folder")
+    return folder
+
+
+def openvino_cache_dir(info: OnnxModelInfo, root: str | os.PathLike | None = None) -> Path:
+    """OpenVINO's CACHE_DIR for the model ``info`` describes (see the module docstring): keyed by
+    its verified digest (content), or the file's SHA-256 for a model written before digests."""
+    if info.digest:
+        key = hashlib.sha256(json.dumps(info.digest, sort_keys=True).encode()).hexdigest()[:16]
+    else:
+        key = file_sha256(info.path)[:16]
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(info.path).stem)[:40] or "model"
+    return cache_folder(f"openvino/{stem}-{key}", root)
 
 
 def _code_fingerprint(opset: int) -> str:
@@ -102,20 +134,12 @@ def cached_onnx_model(
     """``cached_onnx``, with the entry's verified ``OnnxModelInfo`` (so it is not read twice)."""
     if precision != "fp32":
         raise ConfigError(
-            f"backend onnxruntime: a .pt checkpoint runs in ONNX Runtime in fp32; an {precision} model needs "
+            f"a .pt checkpoint runs in ONNX Runtime or OpenVINO as an fp32 export; an {precision} model needs "
             f"calibration frames: build it with sfnet-export --int8 --calibration ... and load that .onnx")
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise CheckpointError(f"{checkpoint}: checkpoint file not found")
-    folder = Path(root).expanduser() if root is not None else cache_root()
-    folder = folder / "onnx"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"export cache {folder}: cannot create it ({exc.strerror}); set {CACHE_ENV} to a "
-                          "writable folder") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"export cache {folder}: not writable; set {CACHE_ENV} to a writable folder")
+    folder = cache_folder("onnx", root)
     sha = file_sha256(checkpoint)
     name = cache_key(sha, checkpoint.stem, canvas, precision, DEFAULT_OPSET)
     target = folder / f"{name}.onnx"

@@ -72,10 +72,15 @@ def _reduce(band: torch.Tensor, dim: int, confidence: bool,
             are_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Labels (and uint8 confidence) of a band of scores, the class axis ``dim`` removed.
 
-    On the CPU a running maximum over the class planes (each plane contiguous along the rows) is
-    3x faster than ``argmax`` reducing across the strided class axis (measured: 34 vs 117 ms for
-    19 x 512 x 1024, one thread); a strict ``>`` keeps the first maximum, as ``argmax`` does. On
-    CUDA one ``max`` kernel is cheaper than a kernel per class.
+    On the CPU, three whole-band passes instead of a loop over the class planes: the maximum
+    (``amax`` across the class axis vectorises along the contiguous rows), the planes that reach it
+    weighted ``C - c``, and the largest weight: the *first* class reaching the maximum, as
+    ``argmax`` picks it (same labels as the per-plane running maximum it replaces, tested; measured
+    on 19 x 512 x 1024 scores, one thread: 34 -> 15 ms NCHW, 63 -> 23 ms channels_last, where
+    ``argmax`` across the strided class axis of NCHW takes over 80 ms). A channels_last band is
+    made contiguous first (one copy of the band: interleaved classes defeat the vectorisation).
+    The confidence keeps the plane-by-plane sum in class order, so its rounding is unchanged. On
+    CUDA one ``max`` kernel is cheaper.
     """
     if band.device.type == "cuda" or band.shape[dim] > 255:
         if not confidence:
@@ -84,22 +89,26 @@ def _reduce(band: torch.Tensor, dim: int, confidence: bool,
         best, labels = band.max(dim)
         conf = best if are_probs else (band - best.unsqueeze(dim)).exp_().sum(dim).reciprocal_()
         return labels, conf.mul_(255).round_().to(torch.uint8)
-    planes = band.unbind(dim)
-    best = planes[0].float().clone()
-    labels = torch.zeros(best.shape, dtype=torch.uint8, device=band.device)
-    for c in range(1, len(planes)):
-        plane = planes[c].float()
-        higher = plane > best
-        labels.masked_fill_(higher, c)
-        torch.maximum(best, plane, out=best)
+    band = band.float()
+    if band.stride(-1) != 1:
+        band = band.contiguous()
+    classes = band.shape[dim]
+    best = band.amax(dim)
+    shape = [1] * band.dim()
+    shape[dim] = classes
+    weights = torch.arange(classes, 0, -1, dtype=torch.uint8, device=band.device).view(shape)
+    first = torch.mul(band == best.unsqueeze(dim), weights).amax(dim)
+    # NaN scores reach no maximum (weight 0): the clamp keeps the label a valid class.
+    labels = torch.sub(classes, first).to(torch.uint8).clamp_(max=classes - 1)
     if not confidence:
         return labels, None
     if are_probs:
         conf = best
-    else:  # max softmax = exp(0) / sum(exp(x - max))
-        total = torch.zeros_like(best)
-        for plane in planes:
-            total.add_(plane.float().sub(best).exp_())
+    else:  # max softmax = exp(0) / sum(exp(x - max)), summed in class order
+        planes = band.sub(best.unsqueeze(dim)).exp_().unbind(dim)
+        total = planes[0].clone()
+        for plane in planes[1:]:
+            total.add_(plane)
         conf = total.reciprocal_()
     return labels, conf.mul_(255).round_().to(torch.uint8)
 

@@ -68,9 +68,12 @@ class DevicePreprocessor:
              bgr: bool) -> torch.Tensor:
         """uint8 (H, W, 3) device tensors -> normalised canvas (N, 3, Hc, Wc) float32 (see the module docstring)."""
         canvas_h, canvas_w = canvas_hw
-        # Zeros after normalisation = the mean colour: padding and letterbox bands look like "nothing".
         canvas = torch.empty((len(frames), 3, canvas_h, canvas_w), device=self.device,
-                             memory_format=self.memory_format).zero_()
+                             memory_format=self.memory_format)
+        if any(g.content != (0, 0, canvas_h, canvas_w) for g in geoms):
+            # Zeros after normalisation = the mean colour: padding and letterbox bands look like "nothing".
+            # (A frame covering its whole canvas, the usual camera at a multiple of 32, skips this pass.)
+            canvas.zero_()
         for i, (u8, geom) in enumerate(zip(frames, geoms)):
             y, x, wh, ww = geom.window
             top, left, ch, cw = geom.content

@@ -5,7 +5,7 @@ modules of one concept each:
 
 ``validation``       what the Segmenter refuses: its settings, each call's images and requests
 ``preprocess``       upload, channel order, resize policy, normalisation, padding to a multiple of 32
-``backends``         the forward pass: PyTorch or ONNX Runtime
+``backends``         the forward pass: PyTorch, ONNX Runtime or OpenVINO
 ``postprocess``      resampling of the scores to the output resolution and the argmax, in row bands
                      of bounded memory
 ``eager``            the step by step pipeline: any sizes, multi-scale + flip, flows; batching
@@ -49,8 +49,8 @@ class Segmenter:
     """A network ready to label camera images: ``segment(images) -> SegmentationResult(s)``.
 
     Construction: ``Segmenter.from_checkpoint(path, ...)`` for a ``.pt`` checkpoint or an ``.onnx``
-    model exported by ``sfnet-export`` (``backend="auto" | "torch" | "onnxruntime"``: see
-    ``sfnet_core.inference.loader``), or ``Segmenter(model, classes, mean, std, ...)`` for a network
+    model exported by ``sfnet-export`` (``backend="auto" | "torch" | "onnxruntime" | "openvino"``:
+    see ``sfnet_core.inference.loader``), or ``Segmenter(model, classes, mean, std, ...)`` for a network
     in memory (a ``torch.nn.Module``, or an ``InferenceBackend``).
 
     Geometry (``sfnet_core.inference.geometry``; ``geometry(frame_hw)`` or ``result.geometry``):
@@ -72,7 +72,8 @@ class Segmenter:
     Execution:
 
     * ``device`` / ``precision`` follow ``sfnet_core.devices`` (torch backend); an ONNX Runtime
-      backend runs its model's precision (fp32 or int8).
+      backend runs its model's precision (fp32 or int8); OpenVINO an int8 model in int8, an fp32
+      one in fp32 or bf16 where the CPU has it natively (``openvino_backend``).
     * ``scales`` / ``flip``: multi-scale + flip inference (paper, Table 4) for every call;
       ``segment`` can override them per call (eager pipeline only).
     * ``pipeline``: ``"eager"`` (default); ``"compiled"``: at a fixed ``input_size`` the whole step
@@ -175,18 +176,22 @@ class Segmenter:
         threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         band_bytes: int | None = None,
+        flows: bool = False,
     ) -> Segmenter:
         """Load a ``.pt`` checkpoint or a self-describing ``.onnx`` and get ready to segment.
 
-        ``backend``: ``auto`` (torch for ``.pt``, onnxruntime for ``.onnx``), ``torch`` or
-        ``onnxruntime`` (a ``.pt`` is then exported once into the export cache, ``cache_dir`` or
-        ``$SFNET_ROS_CACHE`` or ``~/.cache/sfnet_ros``). A fixed-size ``.onnx`` sets
-        ``input_size`` to its size when none is given. ``threads``: ONNX Runtime intra-op threads
-        (default ``torch.get_num_threads()``). The other arguments: see the class docstring.
+        ``backend``: ``auto`` (the fastest path this machine offers: ``loader.choose_backend``),
+        ``torch``, ``onnxruntime`` or ``openvino`` (a ``.pt`` is then exported once into the export
+        cache, ``cache_dir`` or ``$SFNET_ROS_CACHE`` or ``~/.cache/sfnet_ros``). A fixed-size
+        ``.onnx`` sets ``input_size`` to its size when none is given. ``threads``: ONNX Runtime /
+        OpenVINO inference threads (default ``torch.get_num_threads()``). ``flows``: the caller
+        will ask for ``return_flows``, so ``auto`` picks PyTorch (as it does for ``compile`` and
+        the compiled / CUDA-graph pipelines). The other arguments: see the class docstring.
         """
+        needs_torch = "return_flows" if flows else (f"pipeline {pipeline}" if pipeline != "eager" else "")
         loaded = open_model(path, backend=backend, device=device, precision=precision, input_size=input_size,
                             channels_last=channels_last, compile=compile and pipeline == "eager", threads=threads,
-                            cache_dir=cache_dir, expected_num_classes=expected_num_classes)
+                            cache_dir=cache_dir, expected_num_classes=expected_num_classes, needs_torch=needs_torch)
         segmenter = cls(
             loaded.backend, loaded.classes, loaded.mean, loaded.std, input_size=loaded.input_size or input_size,
             warmup=False, scales=scales, flip=flip, resize=resize, output=output, pipeline=pipeline,

@@ -70,4 +70,6 @@ def check_flow_request(return_flows: bool | str, tta: bool, backend: InferenceBa
         raise ValueError("segment(): return_flows needs single-scale inference without flip "
                          "(scales=(1.0,), flip=False)")
     if return_flows and not backend.supports_flows:
-        raise ConfigError(f"segment(): return_flows needs the torch backend, not {backend.name}")
+        hint = (" (backend auto chose it: pass flows=True or backend='torch' to Segmenter.from_checkpoint)"
+                if backend.selection else "")
+        raise ConfigError(f"segment(): return_flows needs the torch backend, not {backend.name}{hint}")

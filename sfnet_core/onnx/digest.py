@@ -161,6 +161,9 @@ def verify_digest(proto: Any, path: str | os.PathLike, require: bool = False) ->
     """
     path = Path(path)
     meta = {p.key: p.value for p in proto.metadata_props}
+    if not all(isinstance(v, str) for item in meta.items() for v in item):
+        # protobuf hands out a string field that is not valid UTF-8 as bytes
+        raise CheckpointError(f"{path}: its metadata is not valid text: the file is corrupted or was edited")
     if DIGEST_KEY not in meta:
         if require:
             raise CheckpointError(f"{path}: records no weight digest ({DIGEST_KEY}: written before sfnet_ros "

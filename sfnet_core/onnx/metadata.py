@@ -156,10 +156,14 @@ def read_onnx_info(path: str | os.PathLike, expected_num_classes: int | None = N
     require_file(path, "ONNX model")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
+        # protobuf decodes string fields lazily: a flipped byte in the metadata surfaces here
+        meta = {p.key: p.value for p in proto.metadata_props}
+    except (DecodeError, OSError, ValueError, RuntimeError) as exc:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"{path}: not a readable ONNX model (truncated or corrupt?): "
                               f"{type(exc).__name__}") from None
-    meta = {p.key: p.value for p in proto.metadata_props}
+    if not all(isinstance(v, str) for item in meta.items() for v in item):
+        # protobuf hands out a string field that is not valid UTF-8 as bytes
+        raise CheckpointError(f"{path}: its metadata is not valid text: the file is corrupted or was edited")
     if meta.get("sfnet.format") != ONNX_FORMAT:
         found = ", ".join(sorted(meta)[:6]) or "none"
         raise CheckpointError(

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from sfnet_core.threads import follow_threads
 from sfnet_core.viz import render_outputs
 from sfnet_ros.conversions import ImageConversionError, compressed_to_rgb, image_to_numpy, image_to_rgb, numpy_to_image
 from sfnet_ros.node import outputs
@@ -121,6 +122,7 @@ class FramePipeline:
             self.discard(len(frames) - len(current))
         if model is None or not plans:
             return
+        follow_threads(model.threads)  # torch's count is per thread; configure ran in another one
         pending = [p for p in (self._decode(replace(plan, taken_ns=taken_ns), model.config) for plan in plans)
                    if p is not None]
         for bgr in (False, True):
@@ -234,6 +236,7 @@ class FramePipeline:
         messages: list[tuple[OutputPublisher | None, Any]] = [
             (publishers[name], numpy_to_image(image, "mono8" if image.ndim == 2 else "rgb8", header=header))
             for name, image in self._render(item, result, model, draw, geometry).items()]
+        rendered_ns = time.monotonic_ns()
         info_msg, info_matched, want_timing = None, False, False
         with self._gate.lock:
             # The publishers of an earlier activation are destroyed: only look at them while live.
@@ -261,16 +264,16 @@ class FramePipeline:
         stamp_ms = (now_ros_ns - outputs.stamp_ns(header)) / 1e6
         io.stats.published(receive_ms, stamp_ms)
         if want_timing:
-            self._publish_timing(item, model, generation, inference, now_ns, now_ros_ns)
+            self._publish_timing(item, model, generation, inference, rendered_ns, now_ns, now_ros_ns)
 
     def _publish_timing(self, item: _Pending, model: LoadedModel, generation: int, inference: tuple[int, int, int],
-                        now_ns: int, now_ros_ns: int) -> None:
+                        rendered_ns: int, now_ns: int, now_ros_ns: int) -> None:
         start_ns, end_ns, batch = inference
         io = item.io
         timing = outputs.FrameTiming(
             received_ns=item.frame.received_ns, taken_ns=item.taken_ns, decoded_ns=item.decoded_ns,
             inference_start_ns=start_ns, inference_end_ns=end_ns, published_ns=now_ns,
-            published_ros_ns=now_ros_ns, batch_size=batch)
+            published_ros_ns=now_ros_ns, batch_size=batch, rendered_ns=rendered_ns)
         msg = outputs.timing_array(item.frame.msg.header, f"{self._node_name}: {io.input_topic}",
                                    model.device_text, timing)
         with self._gate.lock:

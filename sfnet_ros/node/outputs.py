@@ -190,6 +190,7 @@ class FrameTiming:
     published_ns: int        # every output of the frame handed to DDS
     published_ros_ns: int    # ROS clock at published_ns
     batch_size: int          # frames in the forward pass
+    rendered_ns: int = 0     # output images rendered and their messages built (0: not recorded)
 
 
 def _ms(a: int, b: int) -> float:
@@ -199,6 +200,15 @@ def _ms(a: int, b: int) -> float:
 def _ros_time_text(ns: int) -> str:
     sec, nsec = divmod(ns, 1_000_000_000)
     return f"{sec}.{nsec:09d}"
+
+
+def _publish_parts(t: FrameTiming) -> list[tuple[str, str]]:
+    """``publish_ms`` split in two, when the instant between is known: ``render_ms`` (colour,
+    masks, confidence images and their messages built) and ``send_ms`` (handed to DDS)."""
+    if not t.inference_end_ns <= t.rendered_ns <= t.published_ns:
+        return []
+    return [("render_ms", f"{_ms(t.inference_end_ns, t.rendered_ns):.3f}"),
+            ("send_ms", f"{_ms(t.rendered_ns, t.published_ns):.3f}")]
 
 
 def timing_array(header: Any, name: str, hardware_id: str, timing: FrameTiming) -> Any:
@@ -222,6 +232,7 @@ def timing_array(header: Any, name: str, hardware_id: str, timing: FrameTiming) 
         ("wait_for_batch_ms", f"{_ms(t.decoded_ns, t.inference_start_ns):.3f}"),
         ("inference_ms", f"{_ms(t.inference_start_ns, t.inference_end_ns):.3f}"),
         ("publish_ms", f"{_ms(t.inference_end_ns, t.published_ns):.3f}"),
+        *_publish_parts(t),
         ("receive_to_publish_ms", f"{_ms(t.received_ns, t.published_ns):.3f}"),
         ("stamp_to_publish_ms", f"{(t.published_ros_ns - stamp) / 1e6:.3f}"),
         ("batch_size", str(t.batch_size)),

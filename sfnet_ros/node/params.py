@@ -47,7 +47,7 @@ APPLIED_AT_RUNTIME = "runtime"      # settable any time, used from the next fram
 
 # The Segmenter's choices (sfnet_core.inference: BACKENDS, RESIZE_POLICIES, OUTPUT_RESOLUTIONS),
 # repeated so this table imports no torch; test_node_messages.py keeps them equal.
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 RESIZE_POLICIES = ("stretch", "letterbox", "crop")
 OUTPUT_RESOLUTIONS = ("input", "network")
 
@@ -101,10 +101,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "backend", "string", "auto",
-        "Inference runtime: auto (PyTorch for a .pt, ONNX Runtime for a .onnx), torch, or "
-        "onnxruntime (a .pt is exported once into the export cache, $SFNET_ROS_CACHE or "
-        "~/.cache/sfnet_ros). ONNX Runtime uses the CPU execution provider, or CUDA / TensorRT "
-        "when the installed onnxruntime has them and the device is CUDA.",
+        "Inference runtime: auto (the fastest path here: on the CPU OpenVINO when installed, else "
+        "ONNX Runtime for a .onnx and PyTorch for a .pt; on CUDA PyTorch for a .pt, ONNX Runtime for "
+        "a .onnx; PyTorch whenever publish_flow or compile asks for it), torch, onnxruntime or "
+        "openvino (CPU only). onnxruntime and openvino run a .pt through the export cache "
+        "($SFNET_ROS_CACHE or ~/.cache/sfnet_ros; OpenVINO's compiled models too). ONNX Runtime uses "
+        "the CPU execution provider, or CUDA / TensorRT when the installed onnxruntime has them and "
+        "the device is CUDA.",
         choices=BACKENDS,
     ),
     ParamSpec(
@@ -115,7 +118,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "precision", "string", "auto",
         "Arithmetic precision: auto (torch: fp16 on CUDA, fp32 on CPU; onnxruntime: the model's "
-        "own, fp32 or int8), fp32, fp16, bf16, or int8 (an int8 .onnx from sfnet-export --int8).",
+        "own, fp32 or int8; openvino: an int8 model's int8, else bf16 where the CPU has it natively, "
+        "else fp32), fp32, fp16, bf16, or int8 (an int8 .onnx from sfnet-export --int8).",
         choices=("auto", "fp32", "fp16", "bf16", "int8"),
     ),
     ParamSpec(
@@ -123,6 +127,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "Compile the network with torch.compile at configure. On a GPU at batch 1 eager PyTorch is "
         "bound by kernel launches (measured on an H200: 1.5x the frame rate end to end); configure "
         "then takes about a minute more, and each new input size compiles again, so fix input_size.",
+    ),
+    ParamSpec(
+        "threads", "integer", 0,
+        "CPU threads of the network (PyTorch's intra-op threads; ONNX Runtime and OpenVINO use the "
+        "same count): 0 = the cores this process may run on (its affinity mask, e.g. from taskset "
+        "or a container's cpuset). A larger value is allowed and logged as a warning. "
+        "Idle threads spin only briefly before they sleep, so a CPU-hungry neighbour does not collapse "
+        "the frame rate (docs/performance.md, Threads).",
+        value_range=(0, 1024),
     ),
     ParamSpec(
         "input_size", "integer_array", [],
@@ -271,6 +284,7 @@ class NodeConfig:
     device: str
     precision: str
     compile: bool
+    threads: int
     input_size: tuple[int, int] | None
     resize: str
     output_resolution: str
@@ -370,8 +384,8 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
     if not checkpoint_path.is_file():
         raise _bad("checkpoint", f"file not found: {checkpoint_path}")
     if checkpoint_path.suffix.lower() == ".onnx" and checked["backend"] == "torch":
-        raise _bad("backend", f"torch cannot run the exported model {checkpoint_path.name}: use onnxruntime "
-                   "(or auto), or give the .pt checkpoint")
+        raise _bad("backend", f"torch cannot run the exported model {checkpoint_path.name}: use onnxruntime, "
+                   "openvino (or auto), or give the .pt checkpoint")
 
     device = checked["device"].strip().lower()
     if not _DEVICE_RE.match(device):
@@ -385,13 +399,13 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
     if not size and checked["output_resolution"] == "network":
         raise _bad("output_resolution", "network needs input_size (at the native resolution the network's "
                    "size is the frame's)")
-    runs_torch = checked["backend"] == "torch" or (
-        checked["backend"] == "auto" and checkpoint_path.suffix.lower() != ".onnx")
-    if checked["precision"] == "int8" and runs_torch:
-        raise _bad("precision", "int8 needs an int8 .onnx model (sfnet-export --int8) in ONNX Runtime; "
-                   f"{checkpoint_path.name} runs in PyTorch (fp32, fp16 or bf16)")
-    if checked["publish_flow"] and checked["backend"] == "onnxruntime":
-        raise _bad("publish_flow", "needs the torch backend (an ONNX Runtime model returns class scores only)")
+    if checked["precision"] == "int8" and (checked["backend"] == "torch" or checkpoint_path.suffix.lower() != ".onnx"):
+        raise _bad("precision", "int8 needs an int8 .onnx model (sfnet-export --int8) in ONNX Runtime or OpenVINO; "
+                   f"{checkpoint_path.name} runs in fp32, fp16 or bf16")
+    if checked["publish_flow"] and checked["backend"] in ("onnxruntime", "openvino"):
+        raise _bad("publish_flow", f"needs the torch backend (an {checked['backend']} model returns class scores only)")
+    if checked["compile"] and checked["backend"] in ("onnxruntime", "openvino"):
+        raise _bad("compile", f"needs the torch backend (torch.compile); {checked['backend']} compiles its own graph")
 
     cameras = _as_list("cameras", raw["cameras"], str, "camera names")
     for camera in cameras:
@@ -416,6 +430,7 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
         device=device,
         precision=checked["precision"],
         compile=checked["compile"],
+        threads=checked["threads"],
         input_size=(size[0], size[1]) if size else None,
         resize=checked["resize"],
         output_resolution=checked["output_resolution"],

@@ -28,10 +28,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sfnet_core.cli.common import add_overwrite, device_spec, make_parser, positive_int, run_command
+from sfnet_core.cli.common import (
+    add_overwrite,
+    add_threads,
+    device_spec,
+    make_parser,
+    positive_int,
+    run_command,
+    warn,
+)
 from sfnet_core.errors import SFNetError, require_model_file
 from sfnet_core.evaluation.report_text import format_report, percent
 from sfnet_core.io_utils import atomic_write, check_output
+from sfnet_core.threads import apply_threads
 from sfnet_core.viz import colorize, image_strip, overlay, render_outputs
 from sfnet_ros.conversions import ImageConversionError, numpy_to_image
 from sfnet_ros.tools.bag_io import (
@@ -173,8 +182,13 @@ def evaluate_bag(
     strips: str | Path | None = None,
     strip_range: tuple[float, float] = (0.0, math.inf),
     strip_every: int = 1,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate; returns the report dict (see module docstring). Raises SFNetError subclasses.
+
+    ``threads``: CPU threads of the network (``sfnet_core.threads.apply_threads``: 0 or None = the
+    cores this process may run on), applied to torch right before the model loads, after the
+    checks of the input (they answer before torch is imported).
 
     ``out``: a new bag (``check_bag_output`` rules: an existing one only with ``overwrite``,
     never the input bag or the checkpoint, a folder only if it is a bag).
@@ -197,10 +211,11 @@ def evaluate_bag(
         from sfnet_core.evaluation.metrics import ConfusionMatrix  # lazy: torch
         from sfnet_core.inference import Segmenter  # lazy: torch
 
+        count = apply_threads(threads, lambda text: warn("sfnet-bag-eval", f"--threads: {text}"))
         if segmenter is None:
             resolve_device(device, "--device")  # names the option; Segmenter would say "Segmenter: device"
             segmenter = Segmenter.from_checkpoint(checkpoint, device=device, precision=precision, warmup=False,
-                                                  backend=backend)
+                                                  backend=backend, threads=count)
         classes = segmenter.classes
         mask_ids = {name: classes.index(name) for name in mask_classes}  # ConfigError on unknown names
         palette = classes.palette()
@@ -353,9 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(default: none, no mIoU)")
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint: .pt, or a self-describing .onnx (sfnet-export)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                        help="auto: PyTorch for a .pt, ONNX Runtime for a .onnx; onnxruntime runs a .pt through "
-                        "the export cache")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                        help="auto: the fastest path here (on the CPU OpenVINO when installed, else ONNX Runtime for "
+                        "a .onnx and PyTorch for a .pt; on a GPU PyTorch / ONNX Runtime); onnxruntime and openvino "
+                        "run a .pt through the export cache")
     parser.add_argument("--out", help="write a bag with the inputs and <ns>/segmentation/* topics "
                                       "(name ending .mcap: one MCAP file; otherwise a rosbag2 MCAP directory; "
                                       "default: no output bag)")
@@ -365,8 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="auto: bf16/fp16 on CUDA, fp32 on the CPU")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)")
+    add_threads(parser)
     parser.add_argument("--strips", metavar="DIR",
                         help="also write PNG strips (input | labels | overlay) into the new folder DIR, to look "
                              "at the results without Foxglove")
@@ -393,15 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--strip-range needs --strips DIR")
 
     def run() -> int:
-        if args.threads:
-            import torch  # lazy: not needed for --help and the refusals
-
-            torch.set_num_threads(args.threads)
         report = evaluate_bag(
             args.bag, args.image_topic, args.checkpoint, label_topic=args.label_topic, out=args.out,
             batch_size=args.batch_size, device=args.device, precision=args.precision,
             mask_classes=mask_classes, progress=not args.no_progress, overwrite=args.overwrite,
             backend=args.backend, strips=args.strips, strip_range=strip_range, strip_every=args.strip_every,
+            threads=args.threads,
         )
         if "miou" in report:
             print(format_report(report), file=sys.stderr)

@@ -35,6 +35,7 @@ import numpy as np
 
 from sfnet_core.cli.common import (
     add_overwrite,
+    add_threads,
     check_recipe,
     device_spec,
     make_parser,
@@ -91,6 +92,7 @@ class DemoOptions:
     lockstep: bool = False
     domain_id: int | None = None
     overwrite: bool = False
+    threads: int = 0                           # CPU threads of the network, offline and in the node; 0 = the cores
 
 
 def log(text: str) -> None:
@@ -203,7 +205,7 @@ def write_strip(checkpoint: Path, image: np.ndarray, truth: np.ndarray, path: Pa
     magnitude it saturates at, and the numbers of the run."""
     from sfnet_core.inference import Segmenter  # lazy: torch
 
-    segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu", warmup=False)
+    segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu", warmup=False, flows=True)
     result = segmenter.segment(image, return_flows=True)
     classes = segmenter.classes
     palette = classes.palette()
@@ -321,7 +323,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         log("offline evaluation over the bag (sfnet-bag-eval)")
         offline = evaluate_bag(bag, IMAGE_TOPIC, checkpoint, label_topic=LABEL_TOPIC,
                                out=stage / "drive_segmented.mcap", batch_size=4, device=opts.device,
-                               mask_classes=["road", "car"], progress=True)
+                               mask_classes=["road", "car"], progress=True, threads=opts.threads)
 
         # 4. live: the node as its own process, its own ROS domain, localhost only
         domain = opts.domain_id
@@ -332,7 +334,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         os.environ.update({"ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
                            "ROS_LOCALHOST_ONLY": "1", "PYTHONUNBUFFERED": "1"})
         env = dict(os.environ)
-        node_cmd = node_launch({"checkpoint": str(checkpoint), "device": opts.device},
+        node_cmd = node_launch({"checkpoint": str(checkpoint), "device": opts.device, "threads": opts.threads},
                                params_file=PARAMS_FILE if PARAMS_FILE.exists() else None,
                                image_topic=IMAGE_TOPIC, namespace="/front").argv()
         node_log, rec_log = stage / "node.log", stage / "record.log"
@@ -404,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lockstep", action="store_true", help="send a frame only after the previous one's labels")
     p.add_argument("--domain-id", type=int, default=None,
                    help="ROS_DOMAIN_ID for the node (default: $ROS_DOMAIN_ID, else one from the process id)")
+    add_threads(p)
     add_overwrite(p, "a previous demo's --out folder")
     return p
 
@@ -414,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         out=Path(args.out), frames=args.frames, size=args.size, seed=args.seed, config=Path(args.config),
         train_overrides=tuple(args.train_overrides), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         cache_dir=Path(args.cache_dir), device=args.device, rate=args.rate, lockstep=args.lockstep,
-        domain_id=args.domain_id, overwrite=args.overwrite)
+        domain_id=args.domain_id, overwrite=args.overwrite, threads=args.threads)
     return run_command("sfnet-demo", lambda: _print_report(run_demo(opts)), (SFNetError, OSError),
                        interrupted="interrupted; everything it started has been stopped, no output written")
 
