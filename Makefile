@@ -25,10 +25,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# Two pytest-xdist workers, one test file each at a time (a file's module fixtures, e.g. its node
-# process, stay in one worker), the longest files first (test/conftest.py: SLOW_FIRST); each
-# worker has its own ROS domain ids.
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers on the 2-core CI machine (a third fills the time the others spend
+# waiting on processes, DDS discovery and compiles), one test file each at a time (a file's module
+# fixtures, e.g. its node process, stay in one worker), the longest files first
+# (test/conftest.py: SLOW_FIRST); each worker has its own ROS domain ids. The slowest tests are
+# listed at the end (--durations), to keep the suite's time in view.
+TEST_WORKERS ?= 3
 
 # The type check runs beside the tests (its half minute fits in the workers' waits on processes
 # and DDS); make test fails if either fails, and prints mypy's report after the tests.
@@ -38,7 +40,7 @@ test: setup
 	@# hundreds of tool and node processes would otherwise compile our sources again (0.1-0.3 s each).
 	$(PY) -m compileall -q sfnet_core sfnet_ros bench
 	@typed_log=$$(mktemp); $(VENV)/bin/mypy > $$typed_log 2>&1 & typed=$$!; \
-	$(PY) -m pytest test -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; tests=$$?; \
+	$(PY) -m pytest test -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25; tests=$$?; \
 	wait $$typed; types=$$?; echo "mypy: $$(tail -n 1 $$typed_log)"; \
 	if [ $$types -ne 0 ]; then cat $$typed_log; fi; rm -f $$typed_log; \
 	test $$tests -eq 0 -a $$types -eq 0

@@ -8,7 +8,10 @@ environment the tests start the node with (``node_harness.NodeProcess``); this m
 from __future__ import annotations
 
 import ast
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,14 +228,15 @@ def test_launch_sets_the_fastdds_profile_for_the_node(launch):
 
 
 def test_harness_command_is_what_the_launch_file_runs(tmp_path):
-    # the launch file's defaults: one camera on /camera/image_raw
-    cmd = NodeProcess({}, tmp_path, parameters={"checkpoint": "/m.pt", "device": "cpu"},
+    # the launch file's defaults: one camera on /camera/image_raw (an .onnx: for a .pt without a
+    # backend the harness adds backend torch, see node_harness.py)
+    cmd = NodeProcess({}, tmp_path, parameters={"checkpoint": "/m.onnx", "device": "cpu"},
                       remaps=dict(camera_plan("", "", "/camera/image_raw").remappings), namespace="/veh").command
-    assert cmd == node_launch({"checkpoint": "/m.pt", "device": "cpu"}, params_file=DEFAULT_PARAMS_FILE,
+    assert cmd == node_launch({"checkpoint": "/m.onnx", "device": "cpu"}, params_file=DEFAULT_PARAMS_FILE,
                               image_topic="/camera/image_raw", namespace="/veh").argv()
     assert cmd[1:4] == ["-m", "sfnet_ros.node", "--ros-args"]
     assert cmd[4:6] == ["--params-file", str(DEFAULT_PARAMS_FILE)]
-    assert cmd[6:] == ["-p", 'checkpoint:="/m.pt"', "-p", 'device:="cpu"', "-r", "image:=/camera/image_raw",
+    assert cmd[6:] == ["-p", 'checkpoint:="/m.onnx"', "-p", 'device:="cpu"', "-r", "image:=/camera/image_raw",
                        "-r", "camera_info:=/camera/camera_info", "-r", "__ns:=/veh"]
 
 
@@ -622,3 +626,16 @@ def test_launch_doc_command_line_is_the_harness_command():
                           cameras=arguments["cameras"], image_topics=arguments["image_topics"],
                           namespace=arguments["namespace"]).argv()
     assert options(words[6:]) == options(harness[4:])
+
+
+@pytest.mark.parametrize("ros_args", [["-r", "__ns:=/bench_openvino-int8"], ["-r", "nonsense"]])
+def test_malformed_ros_arguments_end_the_node_in_one_line(ros_args: list[str], tmp_path: Path) -> None:
+    """A namespace with a dash (met as the bench's backend name) or a broken remap: rcl refuses
+    it at init; the node says so in one line of its own and exits 2, no traceback."""
+    run = subprocess.run([sys.executable, "-m", "sfnet_ros.node", "--ros-args", *ros_args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    ours = [line for line in run.stderr.splitlines() if line.startswith("sfnet_node: ")]
+    assert len(ours) == 1 and ours[0].startswith("sfnet_node: invalid ROS arguments: "), run.stderr

@@ -76,6 +76,11 @@ def prepare_models(checkpoint: Path, folder: Path, height: int, width: int, back
     return {name: models[name] for name in backends}
 
 
+def _ns(name: str) -> str:
+    """A ROS name part for a backend name ("openvino-int8" -> "openvino_int8": no dashes in names)."""
+    return name.replace("-", "_")
+
+
 class BackendClient:
     """Publishers of frames to each backend's node and subscribers of its labels (reliable, keep
     last 1, as the nodes are told) and of its per-frame ``segmentation/timing``, spun in a thread."""
@@ -96,11 +101,11 @@ class BackendClient:
         self.arrivals: dict[tuple[str, int], tuple[int, np.ndarray]] = {}  # (backend, stamp) -> (ns, labels)
         self.timings: dict[tuple[str, int], dict[str, str]] = {}  # (backend, stamp) -> timing values
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self.publishers = {name: self.node.create_publisher(Image, f"/bench_{name}/image", qos) for name in names}
+        self.publishers = {name: self.node.create_publisher(Image, f"/bench_{_ns(name)}/image", qos) for name in names}
         for name in names:
-            self.node.create_subscription(Image, f"/bench_{name}/segmentation/labels",
+            self.node.create_subscription(Image, f"/bench_{_ns(name)}/segmentation/labels",
                                           lambda msg, name=name: self._on_labels(name, msg), qos)
-            self.node.create_subscription(DiagnosticArray, f"/bench_{name}/segmentation/timing",
+            self.node.create_subscription(DiagnosticArray, f"/bench_{_ns(name)}/segmentation/timing",
                                           lambda msg, name=name: self._on_timing(name, msg), qos)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -172,7 +177,7 @@ def run_backends(args: argparse.Namespace) -> int:
                 parameters = {"input_size": [args.height, args.width], "diagnostics_period": 1.0,
                               "qos_reliability": "reliable", "backend": BACKEND_MODELS[name][1],
                               "threads": args.threads}
-                nodes[name] = start_node(node_argv(models[name], args.device, f"/bench_{name}", parameters,
+                nodes[name] = start_node(node_argv(models[name], args.device, f"/bench_{_ns(name)}", parameters,
                                                    image_topic=None), logs[name])
             for name in names:
                 wait_active(nodes[name], logs[name], 600, f"the {name} node")

@@ -208,12 +208,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Started without the launch file, the node must not be blind to camera-sized frames.
     profile = apply_profile()
     try:
-        from rclpy.signals import SignalHandlerOptions
+        try:
+            from rclpy.signals import SignalHandlerOptions
 
-        rclpy.init(args=["sfnet_node", *args], signal_handler_options=SignalHandlerOptions.NO)
-    except ImportError:  # an rclpy without SignalHandlerOptions installs its own: replace them
-        rclpy.init(args=["sfnet_node", *args])
-        _stop_on_signals(stop)
+            rclpy.init(args=["sfnet_node", *args], signal_handler_options=SignalHandlerOptions.NO)
+        except ImportError:  # an rclpy without SignalHandlerOptions installs its own: replace them
+            rclpy.init(args=["sfnet_node", *args])
+            _stop_on_signals(stop)
+    except RuntimeError as exc:  # rclpy's RCLError: a malformed --ros-args (remap, parameter, ...)
+        reason = str(exc).split(", at ")[0].strip()
+        print(f"sfnet_node: invalid ROS arguments: {reason}", file=sys.stderr)
+        return 2
     try:
         node = SegmentationNode()
     except BaseException:
