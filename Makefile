@@ -25,12 +25,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# Three pytest-xdist workers on the 2-core CI machine (a third fills the time the others spend
-# waiting on processes, DDS discovery and compiles), one test file each at a time (a file's module
-# fixtures, e.g. its node process, stay in one worker), the longest files first
+# Two pytest-xdist workers (a third, tried, made the suite slower on the 2-core CI machine), one
+# test file each at a time (a file's module fixtures, e.g. its node process, stay in one worker), the longest files first
 # (test/conftest.py: SLOW_FIRST); each worker has its own ROS domain ids. The slowest tests are
 # listed at the end (--durations), to keep the suite's time in view.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 
 # The type check runs beside the tests (its half minute fits in the workers' waits on processes
 # and DDS); make test fails if either fails, and prints mypy's report after the tests.

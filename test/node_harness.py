@@ -98,9 +98,9 @@ class NodeProcess:
         log_name: str = "node",
         launch_env: bool = True,
     ) -> None:
-        # The node's own behaviour is tested on PyTorch, which loads in a second: ``backend: auto``
-        # makes a .pt an OpenVINO model on a CPU (an ONNX export and a compile, seconds per node
-        # start). auto itself runs in the node in test_openvino.py, the doc tests and the benches.
+        # The node's own behaviour is tested on PyTorch, which loads in a second, on every CPU:
+        # ``backend: auto`` makes a .pt an OpenVINO bf16 model on a CPU with native bf16 (an ONNX
+        # export and a compile, seconds per node start). auto in the node: test_openvino.py.
         if parameters is not None and "backend" not in parameters and \
                 str(parameters.get("checkpoint", "")).endswith(".pt"):
             parameters = {**parameters, "backend": "torch"}

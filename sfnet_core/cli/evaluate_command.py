@@ -53,9 +53,9 @@ def build_parser() -> ArgumentParser:
                     help=f"msf scales (default: {' '.join(map(str, MSF_SCALES))})")
     ck.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda or cuda:N")
     ck.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
-                    help="auto: the fastest path here (on the CPU OpenVINO when installed, else ONNX Runtime for "
-                    "a .onnx and PyTorch for a .pt; on a GPU PyTorch / ONNX Runtime); onnxruntime and openvino "
-                    "run a .pt through the export cache")
+                    help="auto: the fastest path here (on the CPU a .onnx in OpenVINO, else ONNX Runtime; "
+                    "a .pt in OpenVINO bf16 where the CPU has native bf16, else PyTorch; "
+                    "on a GPU PyTorch / ONNX Runtime); onnxruntime and openvino run a .pt through the export cache")
     ck.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="fp32",
                     help="inference precision (auto: bf16/fp16 on CUDA, fp32 on CPU)")
     add_threads(ck)

@@ -19,12 +19,13 @@ any           ``auto``          ``choose_backend``: the fastest path this machin
 ============  ================  ================================================================
 
 ``auto`` (``choose_backend``, which says why in one logged line, also shown by ``describe()``):
-on the CPU, OpenVINO when it is installed (the fastest CPU runtime measured, docs/performance.md;
-a ``.pt`` through the export cache), else ONNX Runtime for an ``.onnx`` and PyTorch for a
-``.pt``; on a CUDA device PyTorch for a ``.pt`` and ONNX Runtime for an ``.onnx``; PyTorch
-whenever something only it can do is asked (FAM flows, ``torch.compile``, the compiled or
-CUDA-graph pipelines) or a precision OpenVINO cannot give on this CPU (fp16, bf16 without
-native bf16).
+on the CPU, an ``.onnx`` in OpenVINO when it is installed (the fastest CPU runtime measured,
+docs/performance.md), else ONNX Runtime; a ``.pt`` in OpenVINO bf16 (through the export cache)
+where the CPU has native bf16, else in PyTorch (OpenVINO fp32 measured 1.02x PyTorch fp32 on
+AVX2: not worth an export and a compile at every start); on a CUDA device PyTorch for a
+``.pt`` and ONNX Runtime for an ``.onnx``; PyTorch whenever something only it can do is asked
+(FAM flows, ``torch.compile``, the compiled or CUDA-graph pipelines) or a precision OpenVINO
+cannot give on this CPU (fp16, bf16 without native bf16).
 
 Every file is checked against the digest recorded when it was written (``sfnet_core.checkpoint``,
 ``sfnet_core.onnx.digest``): a corrupted or edited model is refused naming the file; an
@@ -115,7 +116,11 @@ def choose_backend(path: str | os.PathLike, device: str | torch.device = "auto",
         return fallback[0], f"{fallback[1]}, OpenVINO not installed"
     if precision == "fp16" or (precision == "bf16" and not native_bf16()):
         return fallback[0], f"{fallback[1]}: precision {precision} is not native here, OpenVINO refuses it"
-    return "openvino", "OpenVINO, the fastest CPU runtime here" + (" (via the export cache)" if not is_onnx else "")
+    if not is_onnx and precision in ("auto", "fp32") and not (precision == "auto" and native_bf16()):
+        # Measured on AVX2 (docs/performance.md): OpenVINO fp32 1.02x PyTorch fp32, not worth an ONNX
+        # export and a compile (seconds) at every start; with native bf16 OpenVINO is 2x faster.
+        return "torch", "a .pt on a CPU without native bf16: PyTorch (OpenVINO fp32 is no faster here)"
+    return "openvino", "OpenVINO, the fastest CPU runtime here" + ("" if is_onnx else " (bf16, via the export cache)")
 
 
 def open_model(

@@ -64,7 +64,14 @@ def _core() -> Any:
 @functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX), as OpenVINO's CPU plugin
-    reports it: the one place that decides whether bf16 is offered."""
+    reports it: the one place that decides whether bf16 is offered. The CPU's flags are read
+    first, so a CPU without them never loads OpenVINO just to be told so."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+        if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+            return False
+    except OSError:  # no /proc: ask OpenVINO
+        pass
     return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 

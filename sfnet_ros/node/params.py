@@ -101,8 +101,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "backend", "string", "auto",
-        "Inference runtime: auto (the fastest path here: on the CPU OpenVINO when installed, else "
-        "ONNX Runtime for a .onnx and PyTorch for a .pt; on CUDA PyTorch for a .pt, ONNX Runtime for "
+        "Inference runtime: auto (the fastest path here: on the CPU a .onnx in OpenVINO when "
+        "installed, else ONNX Runtime, and a .pt in OpenVINO bf16 where the CPU has native bf16, "
+        "else PyTorch; on CUDA PyTorch for a .pt, ONNX Runtime for "
         "a .onnx; PyTorch whenever publish_flow or compile asks for it), torch, onnxruntime or "
         "openvino (CPU only). onnxruntime and openvino run a .pt through the export cache "
         "($SFNET_ROS_CACHE or ~/.cache/sfnet_ros; OpenVINO's compiled models too). ONNX Runtime uses "

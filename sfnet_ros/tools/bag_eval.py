@@ -369,9 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint: .pt, or a self-describing .onnx (sfnet-export)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
-                        help="auto: the fastest path here (on the CPU OpenVINO when installed, else ONNX Runtime for "
-                        "a .onnx and PyTorch for a .pt; on a GPU PyTorch / ONNX Runtime); onnxruntime and openvino "
-                        "run a .pt through the export cache")
+                        help="auto: the fastest path here (on the CPU a .onnx in OpenVINO, else ONNX "
+                        "Runtime; a .pt in OpenVINO bf16 where the CPU has native bf16, else PyTorch; "
+                        "on a GPU PyTorch / ONNX Runtime); onnxruntime and openvino run a .pt through the export cache")
     parser.add_argument("--out", help="write a bag with the inputs and <ns>/segmentation/* topics "
                                       "(name ending .mcap: one MCAP file; otherwise a rosbag2 MCAP directory; "
                                       "default: no output bag)")
