@@ -379,6 +379,74 @@ def test_torchvision_weights_load_into_torchvision_stem(tmp_path: Path) -> None:
     assert torch.equal(model.backbone.stage4[0].branch1[0].weight, sn.stage4[0].branch1[0].weight)
 
 
+@pytest.mark.parametrize("block_name", ["BasicBlock", "Bottleneck"])
+@pytest.mark.parametrize("inplanes,planes,stride", [(64, 64, 1), (64, 128, 2), (256, 64, 1)])
+def test_blocks_are_torchvisions(block_name: str, inplanes: int, planes: int, stride: int) -> None:
+    """``sfnet_core.models.blocks`` against torchvision's own blocks: the same state-dict keys and
+    shapes, and the same output for the same weights (random BN statistics, training and eval)."""
+    from torchvision.models import resnet as tv_resnet
+
+    from sfnet_core.models import blocks
+    from sfnet_core.models.backbones import make_res_stage
+
+    ours = make_res_stage(getattr(blocks, block_name), inplanes, planes, 2, stride)
+    theirs = make_res_stage(getattr(tv_resnet, block_name), inplanes, planes, 2, stride)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    state = {k: torch.rand_like(v) + 0.5 if v.is_floating_point() else v for k, v in theirs.state_dict().items()}
+    ours.load_state_dict(state)
+    theirs.load_state_dict(state)
+    x = torch.randn(2, inplanes, 17, 22)
+    for train in (False, True):
+        ours.train(train)
+        theirs.train(train)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+    assert ours[0].stride == theirs[0].stride == stride
+
+
+def test_backbones_equal_torchvisions_networks() -> None:
+    """Whole encoders: torchvision's ResNet-18/50 (7x7 stem, no dilation) and ShuffleNetV2 1.0x
+    weights give, in ours, the same maps as torchvision's own networks."""
+    from sfnet_core.models.backbones import resnet18, resnet50, shufflenet_v2
+
+    def resnet_levels(t: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        x = t.maxpool(t.relu(t.bn1(t.conv1(x))))
+        levels = []
+        for stage in (t.layer1, t.layer2, t.layer3, t.layer4):
+            levels.append(x := stage(x))
+        return levels
+
+    def shufflenet_levels(t: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+        levels = [x := t.maxpool(t.conv1(x))]
+        for stage in (t.stage2, t.stage3, t.stage4):
+            levels.append(x := stage(x))
+        return levels
+
+    pairs = ((resnet18("torchvision", False), torchvision.models.resnet18(weights=None), resnet_levels),
+             (resnet50("torchvision", False), torchvision.models.resnet50(weights=None), resnet_levels),
+             (shufflenet_v2(), torchvision.models.shufflenet_v2_x1_0(weights=None), shufflenet_levels))
+    for ours, theirs, levels in pairs:
+        state = {k: torch.rand_like(v) + 0.5 if v.is_floating_point() else v for k, v in theirs.state_dict().items()}
+        theirs.load_state_dict(state)
+        ours.load_state_dict({k: v for k, v in state.items() if not k.startswith(ours.pretrained_ignore)})
+        ours.eval()
+        theirs.eval()
+        x = torch.randn(1, 3, 64, 96)
+        for a, b in zip(ours(x), levels(theirs, x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_building_a_model_does_not_import_torchvision() -> None:
+    """torchvision's import costs ~2 s per process (blocks.py): no variant, nor the checkpoint
+    loader or the Segmenter, imports it."""
+    code = ("import sys; from sfnet_core.models import MODEL_VARIANTS, build_model; "
+            "from sfnet_core.inference import Segmenter; import sfnet_core.checkpoint; "
+            "[build_model(n, 19) for n in MODEL_VARIANTS]; assert 'torchvision' not in sys.modules, 'imported'")
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 def _imagenet_file(backbone: torch.nn.Module, classifier_in: int) -> dict[str, torch.Tensor]:
     """An ImageNet state dict laid out as the authors' files: the encoder's names + ``fc``."""
     state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in backbone.state_dict().items()}

@@ -351,21 +351,25 @@ def test_services_answer_during_autostart_and_shutdown_exits(ros_domain, checkpo
     # A large warm-up (input_size) keeps configure busy for seconds on one thread.
     slow = NodeProcess(env, tmp_path, namespace="/slow", log_name="slow", parameters={
         "checkpoint": str(checkpoint), "device": "cpu", "input_size": [BIG_H, BIG_W]})
+    exits = NodeProcess(env, tmp_path, namespace="/exits", log_name="exits", parameters={
+        "checkpoint": str(checkpoint), "device": "cpu"})
     stays = NodeProcess(env, tmp_path, namespace="/stays", log_name="stays", parameters={
         "checkpoint": str(checkpoint), "device": "cpu", "exit_on_shutdown": False})
-    with slow, stays, RosClient() as ros:
+    with slow, exits, stays, RosClient() as ros:
         slow.wait_for_log("Segmenter: device")  # the model is built; the warm-up pass starts
         assert ros.get_state(slow.fqn) == "configuring"
         # The parameter services answer too, and refuse configure-time changes meanwhile.
         (result,) = ros.set_parameters(slow.fqn, {"checkpoint": "/elsewhere.pt"})
         assert not result.successful and "node is configuring" in result.reason, result.reason
         assert "configured in" not in slow.log(), "configure ended before the services answered"
-        slow.wait_for_log("active:", timeout=300)
+        # its warm-up is not waited for: a signal ends the process mid-pass (as in the signal test above)
+        assert slow.stop(signal.SIGTERM) == 0, slow.log()
 
         # shutdown from active: the transition succeeds and the process exits 0 by itself.
-        assert ros.change_state(slow.fqn, Transition.TRANSITION_ACTIVE_SHUTDOWN)
-        code = slow.wait(60)
-        log = slow.log()
+        exits.wait_for_log("active:")
+        assert ros.change_state(exits.fqn, Transition.TRANSITION_ACTIVE_SHUTDOWN)
+        code = exits.wait(60)
+        log = exits.log()
         assert code == 0, log
         assert "finalized: the process exits (exit_on_shutdown)" in log, log
         assert "lifecycle shutdown: exiting (exit_on_shutdown)" in log, log

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import Tensor, nn
-from torchvision.models import shufflenet_v2_x1_0
-from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from .blocks import BasicBlock, Bottleneck, InvertedResidual
 
 __all__ = ["Backbone", "ResNetBackbone", "ShuffleNetV2Backbone", "resnet18", "resnet50", "resnet101",
            "shufflenet_v2", "make_res_stage", "init_conv_bn"]
@@ -64,8 +64,8 @@ def _dilate_conv2(stage: nn.Sequential, rate: int) -> None:
     # The released SFNet code dilates the 3x3 ``conv2`` of every block of the last two stages
     # after construction. With padding == dilation a 3x3 conv keeps its output size (strided
     # or not), so the network stays at output stride 32 and costs the same MACs; only the
-    # receptive field grows. torchvision's BasicBlock refuses ``dilation > 1`` in its
-    # constructor, hence the edit in place.
+    # receptive field grows. Edited in place, as the released code does: the blocks keep
+    # torchvision's constructor (whose BasicBlock refuses ``dilation > 1``).
     for block in stage:
         conv = block.conv2
         assert isinstance(conv, nn.Conv2d)
@@ -77,7 +77,7 @@ class ResNetBackbone(Backbone):
     """ResNet encoder at output stride 32 returning C2..C5 (strides 4, 8, 16, 32).
 
     Args:
-        block: torchvision ``BasicBlock`` or ``Bottleneck``.
+        block: ``BasicBlock`` or ``Bottleneck`` (``blocks.py``: torchvision's, defined here).
         layers: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
         stem: ``"deep"``: three 3x3 convs (3->64 stride 2, 64->64, 64->128) then max-pool, as in
             the authors' code (ResNet-D style; layer1 then starts with a 128->64*expansion
@@ -150,11 +150,12 @@ def resnet101(stem: str = "deep", dilate_last_stages: bool = True) -> ResNetBack
 
 
 class ShuffleNetV2Backbone(Backbone):
-    """torchvision's ShuffleNetV2 1.0x (built with ``weights=None``) cut into four levels.
+    """ShuffleNetV2 1.0x (torchvision's layout and names) cut into four levels.
 
     Levels: conv1+max-pool (24 ch, stride 4), stage2 (116, 8), stage3 (232, 16), stage4 (464,
-    32). The 1x1 ``conv5`` (464->1024) and ``fc`` are classifier parts and are not built; their
-    keys are skipped when loading an ImageNet state dict. Attribute names are torchvision's.
+    32); 4, 8 and 4 ``InvertedResidual`` units, the first of each stage strided. torchvision's
+    1x1 ``conv5`` (464->1024) and ``fc`` are classifier parts and are not built; their keys are
+    skipped when loading an ImageNet state dict. Default PyTorch initialisation, as torchvision's.
 
     Shapes: ``(N, 3, H, W)`` -> 4 maps as in ``out_channels`` / ``out_strides``.
     """
@@ -163,9 +164,16 @@ class ShuffleNetV2Backbone(Backbone):
 
     def __init__(self) -> None:
         super().__init__()
-        net = shufflenet_v2_x1_0(weights=None)
-        self.conv1, self.maxpool = net.conv1, net.maxpool
-        self.stage2, self.stage3, self.stage4 = net.stage2, net.stage3, net.stage4
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 24, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(24),
+                                   nn.ReLU(inplace=True))
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        stages = []
+        inplanes = 24
+        for planes, units in ((116, 4), (232, 8), (464, 4)):
+            stages.append(nn.Sequential(InvertedResidual(inplanes, planes, 2),
+                                        *(InvertedResidual(planes, planes, 1) for _ in range(units - 1))))
+            inplanes = planes
+        self.stage2, self.stage3, self.stage4 = stages
         self.out_channels = (24, 116, 232, 464)
         self.out_strides = (4, 8, 16, 32)
 

@@ -23,14 +23,14 @@ The released decoder on them has fpn_dim 64 (``AlignedDFnetv1/v2``): 8.42M / 17.
 Using the stride-4 stem output as a fourth level would cost 69 GMACs. Attribute names match
 the released code (``backbone.stage1.0.weight``...), so its ImageNet files (``df1_imagenet.pth``,
 ``df2_imagenet.pth``) and SFNet checkpoints load without renaming (``fc.*`` skipped). The
-released encoder has no ``fc``; its blocks are torchvision's ``BasicBlock`` layer for layer.
+released encoder has no ``fc``; its blocks are torchvision's ``BasicBlock`` layer for layer (``blocks.py``).
 """
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock
 
 from .backbones import Backbone, init_conv_bn, make_res_stage
+from .blocks import BasicBlock
 
 __all__ = ["DFNet", "df1", "df2", "DF1_STAGES", "DF2_STAGES"]
 
