@@ -54,7 +54,14 @@ def pytest_configure(config: pytest.Config) -> None:
     """One export cache (``SFNET_ROS_CACHE``) per test process, never the user's ~/.cache: the
     ONNX exports and OpenVINO's compiled models that ``backend: auto`` makes for a ``.pt`` file are
     reused by every test of this process (and by the nodes and tools it starts) and removed at
-    the end. Tests that check the cache itself give their own ``cache_dir``."""
+    the end. Tests that check the cache itself give their own ``cache_dir``.
+
+    The test process bounds OpenMP's spin-waiting as the project's tools do at start
+    (``sfnet_core.threads.prepare_process``, before torch loads): the suite keeps both cores busy,
+    and PyTorch's idle threads would otherwise spin on the cores the other worker needs."""
+    from sfnet_core.threads import prepare_process
+
+    prepare_process()
     if "SFNET_ROS_CACHE" not in os.environ:
         import tempfile
 

@@ -10,7 +10,8 @@ after it (the interpreter's exit). A try passes when the process exits 130 (SIGI
 uninterrupted run; stderr never holds "Traceback" or "Exception ignored"; and no staging file or
 folder is left next to the outputs.
 
-``SFNET_SIGNAL_TRIES`` (default 20) tries per tool; they run a few at a time.
+``SFNET_SIGNAL_TRIES`` (default 12: 9 in the first 0.8 s, 3 later; more to hunt a rare fault)
+tries per tool; they run a few at a time.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 import pytest
 
 BIN = Path(sys.executable).parent
-TRIES = max(20, int(os.environ.get("SFNET_SIGNAL_TRIES", "20")))
+TRIES = max(12, int(os.environ.get("SFNET_SIGNAL_TRIES", "12")))
 # command line per tool ({d}: shared inputs, {o}: this try's own output folder) and the exit
 # statuses of an uninterrupted run (sfnet-bag-record ends a recording on a signal with 0 by design)
 TOOLS = {
@@ -127,9 +128,9 @@ def test_signals_at_random_instants_exit_130_or_143(inputs: Path, tmp_path: Path
 
 
 def test_the_plan_reaches_every_phase() -> None:
-    """The seeded delays are the same on every run, >= 20 per tool, both signals, a few late ones."""
+    """The seeded delays are the same on every run, >= 12 per tool, both signals, a few late ones."""
     for tool in TOOLS:
         plan = _delays(tool)
-        assert plan == _delays(tool) and len(plan) >= 20
+        assert plan == _delays(tool) and len(plan) >= 12
         assert {s for _, s in plan} == {signal.SIGINT, signal.SIGTERM}
-        assert sum(d < 0.8 for d, _ in plan) >= 15 and any(d > 1.5 for d, _ in plan)
+        assert sum(d < 0.8 for d, _ in plan) >= 9 and any(d > 1.5 for d, _ in plan)

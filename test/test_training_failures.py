@@ -83,8 +83,9 @@ def test_nan_recipe_through_the_cli_and_the_library_creates_nothing(tmp_path: Pa
 # ----------------------------------------------------------------------------- diverging runs
 def test_a_diverging_run_stops_without_saving_non_finite_weights(tmp_path: Path, capsys) -> None:
     """lr 1e12: iteration 1's update leaves huge but finite weights (saved), iteration 2's loss is
-    NaN: stop there, last.pt keeps iteration 1. lr 1e37: iteration 1's update overflows the
-    weights: last.pt is never written, and the run folder it created is removed."""
+    NaN: stop there, last.pt keeps iteration 1. lr 3e38 (float32 ends at 3.4e38: any gradient
+    above 1.2 overflows): iteration 1's update overflows the weights: last.pt is never written,
+    and the run folder it created is removed."""
     recipe = tiny_recipe(tmp_path, iterations=4, runtime={"checkpoint_interval": 1, "image_interval": 0})
     out = tmp_path / "run"
     assert main(["--config", str(recipe), "--out", str(out), "optim.lr=1.0e+12"]) == 2
@@ -99,7 +100,7 @@ def test_a_diverging_run_stops_without_saving_non_finite_weights(tmp_path: Path,
     assert "ERROR stopped: iteration 2: the loss is nan" in (out / "train.log").read_text()
 
     deep = tmp_path / "new" / "deeper" / "run"
-    assert main(["--config", str(recipe), "--out", str(deep), "optim.lr=1.0e+37"]) == 2
+    assert main(["--config", str(recipe), "--out", str(deep), "optim.lr=3.0e+38"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("sfnet-train: error: iteration 1: ") and "hold NaN or infinity" in line, line
     assert "last.pt was not written, there is no last.pt" in line
