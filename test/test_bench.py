@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_speed_bench_quick_reports_all_ratios() -> None:
     run = subprocess.run(
         [sys.executable, str(REPO / "bench" / "speed.py"), "--quick", "--no-cuda", "--repeats", "1",
-         "--warmup", "0", "--threads", "1"],
+         "--warmup", "0", "--threads", "1", "--size", "64", "128"],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]

@@ -189,7 +189,7 @@ def test_walkthrough_runs_as_written(tmp_path: Path, ros_domain: dict[str, str])
     drive2 = json.loads((folder / "runs" / "my_run" / "drive2.json").read_text())
     assert val["images"] == 10 and drive2["images"] == 16
     assert list(val["per_class"]) == list(expected.names) == list(drive2["per_class"])
-    assert val["miou"] > 0.4, val  # it learnt (0.646 measured; a model that did not learn: < 0.1)
+    assert val["miou"] > 0.4, val  # it learnt (0.580 measured; a model that did not learn: < 0.1)
     assert (folder / "runs" / "my_run" / "model.onnx").stat().st_size > 1_000_000
     # The offline run over the bag and the node: seven classes, the same labels.
     offline = segmented_labels(folder / "drive2_segmented.mcap", "/front/segmentation/labels")

@@ -274,8 +274,9 @@ def test_synthetic_training_learns(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     result = train(load_train_config(recipe), out)
     # Chance on these frames: 0.037 (always "road") / 0.040 (uniform over the 10 drawn classes);
-    # this run reaches 0.404 (60 iterations: 0.305, 150: 0.44), so the floor leaves room for
-    # platform differences in the float maths.
+    # this run reaches 0.336 (with the ShuffleNetV2 of sfnet_core/models/blocks.py, whose random
+    # initialisation draws differ from torchvision's network, which also drew its conv5 and fc:
+    # 0.404 then), so the floor, 6x chance, leaves room for platform differences in the float maths.
     assert result.miou is not None and result.miou > FLOOR, result.metrics
     # sfnet-eval on the saved best checkpoint reproduces the engine's number (same frames, whole image)
     capsys.readouterr()
@@ -284,4 +285,4 @@ def test_synthetic_training_learns(tmp_path: Path, capsys) -> None:
     assert report["miou"] == pytest.approx(result.best_miou, abs=1e-9)
 
 
-FLOOR = 0.30
+FLOOR = 0.25
