@@ -68,8 +68,8 @@ def test_speed_bench_quick_reports_all_ratios() -> None:
         assert row["pre_ms"] == cpu["min_ms"]["pre upload"] + cpu["min_ms"][f"pre normalise + pad ({layout} canvas)"]
         assert abs(row["total_ms"] / prepost["network_ms"] - row["total_share"]) < 1e-9
     assert cpu["segmenter_best"] in segmenter_rows
-    # FLOPs are counted, not timed: SFNet-R18 at 128x256 is 1/16 of 121.5 GFLOP at 512x1024
-    assert abs(cpu["sfnet_gflops_per_frame"] - 121.5 / 16) < 0.2
+    # FLOPs are counted, not timed: SFNet-R18 at 64x128 is about 1/64 of 121.5 GFLOP at 512x1024
+    assert abs(cpu["sfnet_gflops_per_frame"] - 121.5 / 64) < 0.05
     # the machine's limit: a measured GEMM per size, and peaks derived from flags and clock
     assert set(cpu["gemm"]["per_size_gflops"]) == {"256", "512"}  # JSON keys are strings
     assert cpu["gemm_gflop_per_s"] == max(cpu["gemm"]["per_size_gflops"].values())
