@@ -4,8 +4,8 @@ torchvision's ResNet ``BasicBlock`` and ``Bottleneck`` and ShuffleNetV2 ``Invert
 the reference (``test/test_models.py`` loads one's state dict into the other and compares
 outputs); they are defined here because importing anything from torchvision 0.29 imports
 ``torch._dynamo`` (its ``ops`` package does, eagerly): about 2 s of every process start on the
-project's 2-core machine (``sfnet-export`` of a small model: 8.2 s with torchvision's blocks,
-4.7 s with these), paid by every tool and node that builds a model.
+project's 2-core machine (``sfnet-export`` of a small model, interleaved quiet runs: 8.2-9.8 s
+with torchvision's blocks, 6.2-6.7 s with these), paid by every tool and node that builds a model.
 
 Names follow torchvision (``conv1``, ``bn1``, ``conv2``, ``bn2``, [``conv3``, ``bn3``],
 ``downsample``; ``branch1``, ``branch2``), so the authors' ``resnet_d`` files and torchvision's
@@ -47,7 +47,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision: no extra feature map per block
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -75,7 +76,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += identity
+        return self.relu(out)
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:

@@ -234,7 +234,7 @@ def _fold_pairs(levels: int, dsn: bool) -> list[tuple[str, str]]:
 
 def project_options(layout: ReleasedLayout, fam_align_corners: bool = True) -> dict[str, Any]:
     """Every architecture option of ``layout.variant`` (our defaults, the file's fpn_dim)."""
-    from .sfnet import variant_options  # lazy: torchvision (~2 s), not needed to read a layout
+    from .sfnet import variant_options  # lazy: the model modules are not needed to read a layout
 
     options = variant_options(layout.variant)
     options.update(fpn_dim=layout.fpn_dim, fam_align_corners=bool(fam_align_corners))
@@ -253,7 +253,7 @@ def import_released(state: Mapping[str, Any], source: str = "<state dict>", vari
         ReleasedFormatError: naming every key that could not be placed, every weight of ours not
             found, every shape mismatch (up to 20 of each).
     """
-    from .sfnet import build_model  # lazy: torchvision (~2 s), as above
+    from .sfnet import build_model  # lazy, as above
 
     state = strip_prefix(state)
     layout = detect_layout(state, source)
