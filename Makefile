@@ -39,6 +39,9 @@ TEST_WORKERS ?= 2
 # and DDS); make test fails if either fails, and prints mypy's report after the tests.
 test: setup
 	$(VENV)/bin/ruff check .
+	@# the fleet report's browser test needs Chromium: Debian's headless shell, installed as root (26 s
+	@# once); elsewhere that test skips and says why
+	bash .ci/install_browser.sh
 	@# Byte-compiled once here: where PYTHONDONTWRITEBYTECODE is set (CI), each of the suite's
 	@# hundreds of tool and node processes would otherwise compile our sources again (0.1-0.3 s each).
 	$(PY) -m compileall -q sfnet_core sfnet_ros bench

@@ -52,6 +52,8 @@ setup(
             "sfnet-demo = sfnet_ros.tools.entry:sfnet_demo",
             "sfnet-status = sfnet_ros.tools.entry:sfnet_status",
             "sfnet-synthetic-bag = sfnet_ros.tools.entry:sfnet_synthetic_bag",
+            "sfnet-fleet-eval = sfnet_ros.tools.entry:sfnet_fleet_eval",
+            "sfnet-fleet-merge = sfnet_ros.tools.entry:sfnet_fleet_merge",
         ],
     },
 )

@@ -42,12 +42,13 @@ def _enter_ros_domain(patch: pytest.MonkeyPatch) -> dict[str, str]:
 # default xdist would order files by their number of tests, which puts these last.)
 SLOW_FIRST = ("test_bench.py", "test_custom_data.py", "test_cli_bad_input.py", "test_node_faults.py",
               "test_engine.py", "test_doc_performance.py", "test_openvino.py", "test_demo.py",
-              "test_doc_evaluation_and_bags.py", "test_threads.py", "test_doc_training.py", "test_signals_cli.py",
+              "test_doc_evaluation_and_bags.py", "test_fleet_eval.py", "test_threads.py", "test_doc_training.py",
+              "test_signals_cli.py",
               "test_node_lifecycle.py", "test_status.py", "test_released.py", "test_backends.py", "test_bag_live.py",
               "test_outputs.py", "test_accuracy_bench.py", "test_models.py", "test_node_geometry.py",
               "test_export.py", "test_transport.py", "test_node.py", "test_bag_eval.py", "test_inference.py",
               "test_model_integrity.py", "test_node_loss.py", "test_node_multi.py", "test_training_failures.py",
-              "test_ddp.py", "test_readme.py")
+              "test_ddp.py", "test_readme.py", "test_fleet_report.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:

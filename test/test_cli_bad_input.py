@@ -41,7 +41,8 @@ MODULES = {  # console script -> module, for a checkout whose scripts are not in
     "sfnet-bag-play": "sfnet_ros.tools.bag_play", "sfnet-bag-record": "sfnet_ros.tools.bag_record",
     "sfnet-live-eval": "sfnet_ros.tools.live_eval", "sfnet-extract": "sfnet_ros.tools.extract",
     "sfnet-demo": "sfnet_ros.tools.demo", "sfnet-status": "sfnet_ros.tools.status",
-    "sfnet-synthetic-bag": "sfnet_ros.tools.synthetic_bag",
+    "sfnet-synthetic-bag": "sfnet_ros.tools.synthetic_bag", "sfnet-fleet-eval": "sfnet_ros.tools.fleet_eval",
+    "sfnet-fleet-merge": "sfnet_ros.tools.fleet_merge",
 }
 
 
@@ -61,6 +62,7 @@ def C(id: str, tool: str, args: str, expect: str, heavy: bool = False) -> Case:
 BAG = "--bag {d}/drive.mcap --image-topic /front/image_raw"
 EVAL = "--config {d}/recipe.yaml --checkpoint {d}/model.pt"
 CK = "--checkpoint {d}/model.pt"
+FLEET = "--bag {d}/drive.mcap --camera /front/image_raw:/front/labels " + CK
 CASES = [
     # sfnet-train
     C("train-out-unwritable", "sfnet-train", "--config {d}/recipe.yaml --out /proc/sfnet_run", "cannot write /proc"),
@@ -135,6 +137,37 @@ CASES = [
     C("synthetic-bag-bad-size", "sfnet-synthetic-bag", "--out {d}/new.mcap --size 64", "--size"),
     C("synthetic-bag-existing", "sfnet-synthetic-bag", "--out {d}/existing.mcap", "exists"),
     C("synthetic-bag-bad-storage", "sfnet-synthetic-bag", "--out {d}/new.mcap --storage zip", "invalid choice"),
+    # sfnet-fleet-eval / sfnet-fleet-merge
+    C("fleet-no-camera", "sfnet-fleet-eval", "--bag {d}/drive.mcap " + CK + " --out {d}/f", "no camera"),
+    C("fleet-camera-not-a-topic", "sfnet-fleet-eval", "--bag {d}/drive.mcap --camera /front//image " + CK +
+      " --out {d}/f", "'/front//image' is not a ROS topic name"),
+    C("fleet-missing-bag", "sfnet-fleet-eval", FLEET.replace("drive.mcap", "none.mcap") + " --out {d}/f",
+      "--bag: {d}/none.mcap: no such file or folder"),
+    C("fleet-glob-matches-nothing", "sfnet-fleet-eval", FLEET.replace("drive.mcap", "*.nothing") + " --out {d}/f",
+      "matches no bag"),
+    C("fleet-folder-without-bags", "sfnet-fleet-eval", FLEET.replace("drive.mcap", "existing_dir") + " --out {d}/f",
+      "holds no bag"),
+    C("fleet-missing-list", "sfnet-fleet-eval", FLEET + " --bag-list {d}/none.txt --out {d}/f", "--bag-list"),
+    C("fleet-camera-not-in-bag", "sfnet-fleet-eval", "--bag {d}/drive.mcap --cameras rear " + CK + " --out {d}/f",
+      "'/rear/image_raw' not in the bag"),
+    C("fleet-out-exists", "sfnet-fleet-eval", FLEET + " --out {d}/existing_dir", "exists (folder)"),
+    C("fleet-out-not-ours", "sfnet-fleet-eval", FLEET + " --out {d}/existing_dir --overwrite", "never replaced"),
+    C("fleet-out-inside-bag", "sfnet-fleet-eval", FLEET.replace("drive.mcap", "drive_dir") + " --out {d}/drive_dir/f",
+      "is inside the input"),
+    C("fleet-missing-checkpoint", "sfnet-fleet-eval", FLEET.replace("model.pt", "missing.pt") + " --out {d}/f",
+      "missing.pt"),
+    C("fleet-report-not-html", "sfnet-fleet-eval", FLEET + " --out {d}/f --report {d}/r.txt", "is an HTML page"),
+    C("fleet-gate-without-baseline", "sfnet-fleet-eval", FLEET + " --out {d}/f --gate-classes car",
+      "--gate-classes compares two models: give --baseline"),
+    C("fleet-max-drop-range", "sfnet-fleet-eval", FLEET + " --out {d}/f --max-drop 200", "--max-drop"),
+    C("fleet-ray-with-workers", "sfnet-fleet-eval", FLEET + " --out {d}/f --ray local --workers 2",
+      "--workers is for this machine"),
+    C("fleet-gate-unknown-class", "sfnet-fleet-eval", FLEET + " --baseline {d}/model.pt --out {d}/f "
+      "--gate-classes unicorn", "--gate-classes: unicorn not among the model's classes", heavy=True),
+    C("fleet-merge-no-results", "sfnet-fleet-merge", "{d}/existing_dir --out {d}/m", "holds no fleet result"),
+    C("fleet-merge-bad-npz", "sfnet-fleet-merge", "{d}/released.pth --out {d}/m", "not a fleet output folder"),
+    C("fleet-merge-out-exists", "sfnet-fleet-merge", "{d}/fleet_partials --out {d}/existing_dir", "exists (folder)"),
+    C("fleet-merge-damaged", "sfnet-fleet-merge", "{d}/fleet_partials --out {d}/m", "not a readable fleet result"),
     C("bag-play-no-topics", "sfnet-bag-play", "--bag {d}/empty.mcap", "the bag has no topics", heavy=True),
     C("bag-play-missing-bag", "sfnet-bag-play", "--bag {d}/none.mcap", "no such bag", heavy=True),
     C("bag-play-rate-0", "sfnet-bag-play", "--bag {d}/drive.mcap --rate 0", "--rate: expected a number > 0"),
@@ -335,6 +368,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _label_bag(d / "wrongsize.mcap", [np.zeros((H // 2, W // 2), np.uint8)])
     with BagWriter(d / "empty.mcap"):
         pass
+    (d / "fleet_partials").mkdir()
+    (d / "fleet_partials" / "bag.npz").write_bytes(b"PK\x03\x04 a fleet result cut short")
     (d / "existing_dir").mkdir()
     (d / "existing_dir" / "keep.txt").write_text("81 files of somebody's data set")
     (d / "a_file.txt").write_text("not a folder")

@@ -45,6 +45,8 @@ TOOLS = {
     "sfnet-demo": ("--out {o}/demo --config {d}/missing.yaml", {2}),
     "sfnet-synthetic-bag": ("--out {o}/drive.mcap --frames 2 --size 16x32", {0}),
     "sfnet-status": ("set checkpoint", {2}),
+    "sfnet-fleet-eval": ("--bag {d}/drive.mcap --cameras front --checkpoint {d}/missing.pt --out {o}/fleet", {2}),
+    "sfnet-fleet-merge": ("{d}/pred --out {o}/merged", {2}),
 }
 STAGING_MARKS = (".tmp", ".old", ".work", ".sfnet-probe-")
 

@@ -99,6 +99,7 @@ TOOLS = {
     "sfnet-bag-eval": ("sfnet_ros.tools.bag_eval", ["--bag", "b.mcap", "--image-topic", "/i", "--checkpoint", "x.pt"]),
     "sfnet-export": ("sfnet_core.cli.export_command", ["--checkpoint", "x.pt", "--onnx", "x.onnx"]),
     "sfnet-demo": ("sfnet_ros.tools.demo", []),
+    "sfnet-fleet-eval": ("sfnet_ros.tools.fleet_eval", ["--bag", "b.mcap", "--checkpoint", "x.pt", "--out", "o"]),
 }
 
 

@@ -39,3 +39,11 @@ def sfnet_status() -> None:
 
 def sfnet_synthetic_bag() -> None:
     launch("sfnet_ros.tools.synthetic_bag", "sfnet-synthetic-bag")
+
+
+def sfnet_fleet_eval() -> None:
+    launch("sfnet_ros.tools.fleet_eval", "sfnet-fleet-eval")
+
+
+def sfnet_fleet_merge() -> None:
+    launch("sfnet_ros.tools.fleet_merge", "sfnet-fleet-merge")

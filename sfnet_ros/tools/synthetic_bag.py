@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,22 @@ def write_synthetic_bag(
     rate_hz: float = 10.0,
     frame_id: str = "front_camera",
     overwrite: bool = False,
+    cameras: Sequence[str] = (),
 ) -> tuple[Path, list[np.ndarray], list[np.ndarray]]:
     """Write the bag; returns (path, images RGB (H,W,3) uint8, labels (H,W) uint8) as written.
+
+    ``cameras`` (e.g. ``("front", "left")``): instead of ``image_topic`` / ``label_topic``, one
+    ``/<camera>/image_raw`` and ``/<camera>/labels`` pair per camera (frame id ``<camera>_camera``),
+    each its own scene (seed ``seed + index``), frames interleaved in time as a recorder writes
+    them; the returned lists hold every camera's frames in that order.
 
     ``storage``: "mcap" | "sqlite3" (rosbag2) or "ros1" (a ROS 1 .bag file). ``compressed`` stores
     the images as PNG CompressedImage (lossless, so decoded frames equal the returned images).
     An existing ``path`` is an error unless ``overwrite`` (a folder only if it is a bag).
     """
+    if cameras:
+        return _write_cameras(path, num_frames, height, width, seed, cameras, label_topic is not None, compressed,
+                              storage, rate_hz, overwrite)
     frames = list(render_sequence(seed, num_frames, height, width))
     images = [np.ascontiguousarray(img) for img, _ in frames]
     labels = [np.ascontiguousarray(lab) for _, lab in frames]
@@ -69,6 +79,29 @@ def write_synthetic_bag(
             if label_topic:
                 label_msg = numpy_to_image(label, "mono8", header=header, msg_cls=ros2_class(IMAGE))
                 writer.write(label_topic, stamp + TRANSPORT_DELAY_NS, label_msg)
+    return Path(path), images, labels
+
+
+def _write_cameras(path: str | os.PathLike, num_frames: int, height: int, width: int, seed: int,
+                   cameras: Sequence[str], with_labels: bool, compressed: bool, storage: str, rate_hz: float,
+                   overwrite: bool) -> tuple[Path, list[np.ndarray], list[np.ndarray]]:
+    if storage == "ros1":
+        raise BagError("several cameras are written to rosbag2 (mcap or sqlite3) bags only")
+    scenes = [list(render_sequence(seed + i, num_frames, height, width)) for i in range(len(cameras))]
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    with BagWriter(path, storage=storage, overwrite=overwrite) as writer:
+        for f, stamp in enumerate(frame_stamps(num_frames, rate_hz)):
+            for camera, frames in zip(cameras, scenes):
+                image, label = (np.ascontiguousarray(a) for a in frames[f])
+                header = make_header(stamp, f"{camera}_camera")
+                msg = _image_msg(image, header, compressed, ros2_class(IMAGE), ros2_class(COMPRESSED))
+                writer.write(f"/{camera}/image_raw", stamp + TRANSPORT_DELAY_NS, msg)
+                if with_labels:
+                    writer.write(f"/{camera}/labels", stamp + TRANSPORT_DELAY_NS,
+                                 numpy_to_image(label, "mono8", header=header, msg_cls=ros2_class(IMAGE)))
+                images.append(image)
+                labels.append(label)
     return Path(path), images, labels
 
 
@@ -113,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=positive_float, default=10.0, help="frame rate in Hz")
     parser.add_argument("--image-topic", default="/front/image_raw", help="image topic")
     parser.add_argument("--label-topic", default="/front/labels", help="mono8 train-id label topic")
+    parser.add_argument("--cameras", default="", metavar="NAME,...",
+                        help="several cameras, e.g. front,left: /<name>/image_raw and /<name>/labels each, "
+                             "instead of --image-topic / --label-topic")
+    parser.add_argument("--no-labels", action="store_true", help="no label topic (a drive without ground truth)")
     parser.add_argument("--compressed", action="store_true", help="PNG CompressedImage instead of rgb8 Image")
     parser.add_argument("--storage", choices=("mcap", "sqlite3", "ros1"), default=None,
                         help="default: ros1 for a .bag path, else mcap")
@@ -130,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             check_bag_output(args.out, overwrite=args.overwrite, storage=storage)
         h, w = args.size
-        path, _, _ = write_synthetic_bag(args.out, args.frames, h, w, args.seed, args.image_topic, args.label_topic,
-                                         args.compressed, storage, args.rate, overwrite=args.overwrite)
+        cameras = [c.strip() for c in args.cameras.split(",") if c.strip()]
+        path, _, _ = write_synthetic_bag(args.out, args.frames, h, w, args.seed, args.image_topic,
+                                         None if args.no_labels else args.label_topic, args.compressed, storage,
+                                         args.rate, overwrite=args.overwrite, cameras=cameras)
         print(path)
         return 0
 
