@@ -196,9 +196,13 @@ def test_ab_comparison_finds_the_known_winner_and_gates(fleet: Path) -> None:
     assert len(compare["disagreements"]) == 8 and compare["disagreements"][0]["disagree_fraction"] == 1.0
     assert "Gate: **FAILED**" in proc.stdout
     # the same results as a gate on sky: passes (merge re-gates without evaluating again)
-    merged = _run(["ab", "--out", "ab_sky", "--gate-classes", "sky", "--max-drop", "1"], fleet, "sfnet-fleet-merge")
+    merged = _run(["ab", "--out", "ab_sky", "--gate-classes", "sky", "--max-drop", "1", "--resample", "drives"],
+                  fleet, "sfnet-fleet-merge")
     assert merged.returncode == 0, merged.stderr[-3000:]
-    assert json.loads((fleet / "ab_sky" / "summary.json").read_text())["compare"]["gate"]["passed"] is True
+    by_drives = json.loads((fleet / "ab_sky" / "summary.json").read_text())["compare"]
+    assert by_drives["gate"]["passed"] is True and by_drives["resampled"] == "drives"
+    assert by_drives["delta_miou"]["value"] == delta["value"]  # the same point value, another interval
+    assert by_drives["delta_miou"]["high"] - by_drives["delta_miou"]["low"] > 0
 
 
 def test_merging_partial_results_equals_one_run(fleet: Path, whole_run: tuple) -> None:
@@ -213,6 +217,35 @@ def test_merging_partial_results_equals_one_run(fleet: Path, whole_run: tuple) -
     summary = json.loads((fleet / "merged" / "summary.json").read_text())
     assert np.array_equal(_confusion(summary), _confusion(whole_run[1]))
     assert summary["overall"] == whole_run[1]["overall"]
+
+
+def test_label_ids_mapped_by_the_class_tables_id_map(fleet: Path) -> None:
+    """A bag whose labels are Cityscapes label ids (not train ids): --label-classes with the
+    class table's id_map gives exactly the numbers of the train-id bag; without it, exit 2."""
+    from sfnet_core.data.classes import ClassTable
+    from sfnet_ros.conversions import numpy_to_image
+    from sfnet_ros.tools.bag_io import IMAGE, BagReader, BagWriter, decode_labels, ros2_class
+
+    table = ClassTable.from_yaml(Path(__file__).resolve().parents[1] / "config" / "classes" / "cityscapes.yaml")
+    raw_of = np.full(256, 0, np.uint8)  # train id -> one label id mapping to it (255 -> 0, "unlabeled")
+    for raw, train in sorted(table.id_map.items(), reverse=True):
+        raw_of[train] = raw
+    with BagReader(fleet / LABELLED[0]) as reader, BagWriter(fleet / "label_ids.mcap") as writer:
+        for topic, msgtype, timestamp, cdr, msg in reader.decoded_cdr_messages():
+            if topic.endswith("labels"):
+                raw = raw_of[decode_labels(msg, msgtype, topic)]
+                image = numpy_to_image(raw, "mono8", header=msg.header, msg_cls=ros2_class(IMAGE))
+                writer.write(topic, timestamp, image)
+            else:
+                writer.write_raw(topic, msgtype, timestamp, cdr)
+    args = ["--bag", "label_ids.mcap", "--checkpoint", "model.pt", *COMMON]
+    mapped = _run([*args, "--out", "label_ids", "--label-classes",
+                   str(Path(__file__).resolve().parents[1] / "config" / "classes" / "cityscapes.yaml")], fleet)
+    assert mapped.returncode == 0, mapped.stderr[-3000:]
+    summary = json.loads((fleet / "label_ids" / "summary.json").read_text())
+    assert np.array_equal(_confusion(summary), _reference(fleet, "model.pt", LABELLED[:1])[:, :19])
+    unmapped = _run([*args, "--out", "label_ids_raw"], fleet)
+    assert unmapped.returncode == 2 and "give --label-classes" in unmapped.stderr, unmapped.stderr[-2000:]
 
 
 def test_ray_tasks_give_the_same_totals(fleet: Path) -> None:

@@ -97,9 +97,13 @@ def _segmenters(options: FleetOptions, threads: int) -> list[Any]:
     key = (tuple(options.models), options.backend, options.device, options.precision, threads)
     if key not in _MODELS:
         from sfnet_core.inference import Segmenter  # lazy: torch
+        from sfnet_core.threads import apply_threads
 
+        # torch's own threads too (Segmenter's ``threads`` sets ONNX Runtime's and OpenVINO's): two
+        # workers of a 2-core machine with torch's default 2 threads each ran at half the speed of one
+        count = apply_threads(threads or None)
         loaded = [Segmenter.from_checkpoint(path, device=options.device, precision=options.precision,
-                                            warmup=False, backend=options.backend, threads=threads or None)
+                                            warmup=False, backend=options.backend, threads=count)
                   for path in options.models]
         if len(loaded) == 2 and list(loaded[0].classes.names) != list(loaded[1].classes.names):
             raise SFNetError(f"--baseline {options.baseline} and --checkpoint {options.checkpoint} have different "
