@@ -579,3 +579,24 @@ class ScriptedProcess:
                 self.process.kill()
                 self.process.wait(10)
         self._log.close()
+
+
+def write_label_id_bag(source: Path, out: Path) -> Path:
+    """``source`` again with its labels turned from Cityscapes train ids into label ids (labelIds,
+    e.g. road 0 -> 7; ignore -> 0 "unlabeled"): what a team's ground truth may hold."""
+    from sfnet_ros.conversions import numpy_to_image
+    from sfnet_ros.tools.bag_io import IMAGE, BagReader, BagWriter, decode_labels, ros2_class
+
+    table = ClassTable.from_yaml(REPO_ROOT / "config" / "classes" / "cityscapes.yaml")
+    label_id = np.zeros(256, np.uint8)
+    for raw, train in sorted(table.id_map.items(), reverse=True):  # the smallest label id of each train id
+        label_id[train] = raw
+    with BagReader(source) as reader, BagWriter(out) as writer:
+        for topic, msgtype, timestamp, cdr, msg in reader.decoded_cdr_messages():
+            if topic.endswith("labels"):
+                raw = label_id[decode_labels(msg, msgtype, topic)]
+                writer.write(topic, timestamp, numpy_to_image(raw, "mono8", header=msg.header,
+                                                              msg_cls=ros2_class(IMAGE)))
+            else:
+                writer.write_raw(topic, msgtype, timestamp, cdr)
+    return out

@@ -137,6 +137,10 @@ CASES = [
     C("synthetic-bag-bad-size", "sfnet-synthetic-bag", "--out {d}/new.mcap --size 64", "--size"),
     C("synthetic-bag-existing", "sfnet-synthetic-bag", "--out {d}/existing.mcap", "exists"),
     C("synthetic-bag-bad-storage", "sfnet-synthetic-bag", "--out {d}/new.mcap --storage zip", "invalid choice"),
+    C("extract-classes-and-label-classes", "sfnet-extract", "--bag {d}/drive.mcap --image-topic /front/image_raw "
+      "--out {d}/x --classes {d}/classes.yaml --label-classes {d}/classes.yaml", "not allowed with argument"),
+    C("bag-eval-label-classes-alone", "sfnet-bag-eval", BAG + " " + CK + " --label-classes {d}/classes.yaml",
+      "--label-classes maps the labels of --label-topic"),
     # sfnet-fleet-eval / sfnet-fleet-merge
     C("fleet-no-camera", "sfnet-fleet-eval", "--bag {d}/drive.mcap " + CK + " --out {d}/f", "no camera"),
     C("fleet-camera-not-a-topic", "sfnet-fleet-eval", "--bag {d}/drive.mcap --camera /front//image " + CK +

@@ -56,11 +56,11 @@ def test_every_command_block_runs(workspace: Path, ros_domain: dict[str, str]) -
     assert (workspace / "recorded_db3" / "recorded_db3.db3").exists()
     assert len(list((workspace / "my_data" / "images" / "val").iterdir())) == 2
     assert len(list((workspace / "my_data" / "labels" / "train").iterdir())) == 6
-    fleet = json.loads((workspace / "fleet" / "summary.json").read_text())
+    fleet = json.loads((workspace / "fleet_report" / "summary.json").read_text())
     assert fleet["overall"]["labelled_frames"] == 4 * 2 * 6 and not fleet["failed"]
-    ab = json.loads((workspace / "ab" / "summary.json").read_text())["compare"]
+    ab = json.loads((workspace / "fleet_ab" / "summary.json").read_text())["compare"]
     assert ab["gate"]["passed"] and ab["delta_miou"]["value"] == pytest.approx(0, abs=0.01)
-    merged = json.loads((workspace / "merged" / "summary.json").read_text())
+    merged = json.loads((workspace / "fleet_merged" / "summary.json").read_text())
     assert merged["confusion"] == fleet["confusion"]  # two shares merged = the whole fleet, exactly
     report = json.loads((workspace / "demo_out" / "report.json").read_text())
     assert report["live"]["received"] == 8 and (workspace / "demo_out" / "strip.png").exists()

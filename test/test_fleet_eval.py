@@ -222,22 +222,9 @@ def test_merging_partial_results_equals_one_run(fleet: Path, whole_run: tuple) -
 def test_label_ids_mapped_by_the_class_tables_id_map(fleet: Path) -> None:
     """A bag whose labels are Cityscapes label ids (not train ids): --label-classes with the
     class table's id_map gives exactly the numbers of the train-id bag; without it, exit 2."""
-    from sfnet_core.data.classes import ClassTable
-    from sfnet_ros.conversions import numpy_to_image
-    from sfnet_ros.tools.bag_io import IMAGE, BagReader, BagWriter, decode_labels, ros2_class
+    from node_harness import write_label_id_bag
 
-    table = ClassTable.from_yaml(Path(__file__).resolve().parents[1] / "config" / "classes" / "cityscapes.yaml")
-    raw_of = np.full(256, 0, np.uint8)  # train id -> one label id mapping to it (255 -> 0, "unlabeled")
-    for raw, train in sorted(table.id_map.items(), reverse=True):
-        raw_of[train] = raw
-    with BagReader(fleet / LABELLED[0]) as reader, BagWriter(fleet / "label_ids.mcap") as writer:
-        for topic, msgtype, timestamp, cdr, msg in reader.decoded_cdr_messages():
-            if topic.endswith("labels"):
-                raw = raw_of[decode_labels(msg, msgtype, topic)]
-                image = numpy_to_image(raw, "mono8", header=msg.header, msg_cls=ros2_class(IMAGE))
-                writer.write(topic, timestamp, image)
-            else:
-                writer.write_raw(topic, msgtype, timestamp, cdr)
+    write_label_id_bag(fleet / LABELLED[0], fleet / "label_ids.mcap")
     args = ["--bag", "label_ids.mcap", "--checkpoint", "model.pt", *COMMON]
     mapped = _run([*args, "--out", "label_ids", "--label-classes",
                    str(Path(__file__).resolve().parents[1] / "config" / "classes" / "cityscapes.yaml")], fleet)

@@ -54,6 +54,7 @@ from sfnet_ros.tools.bag_io import (
     decode_labels,
     image_topic_namespace,
     make_header,
+    read_label_classes,
     required_stamp,
     ros2_class,
     stamp_name,
@@ -120,7 +121,8 @@ class LabelMatcher:
             values = ", ".join(str(int(v)) for v in np.unique(bad)[:8])
             raise BagError(f"label topic {self.label_topic} at stamp {stamp_name(stamp)}: value(s) {values} are not "
                            f"train ids of {self.classes_source} ({c} classes: 0..{c - 1}, {ignore} = ignore); "
-                           "are the labels and the checkpoint for the same class table?")
+                           "are the labels and the checkpoint for the same class table? (labels holding other "
+                           "ids, e.g. Cityscapes labelIds: --label-classes with a table whose id_map maps them)")
 
     def add_prediction(self, stamp: int, pred: np.ndarray) -> None:
         self.images_seen += 1
@@ -183,6 +185,7 @@ def evaluate_bag(
     strip_range: tuple[float, float] = (0.0, math.inf),
     strip_every: int = 1,
     threads: int | None = None,
+    label_classes: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate; returns the report dict (see module docstring). Raises SFNetError subclasses.
 
@@ -194,7 +197,9 @@ def evaluate_bag(
     never the input bag or the checkpoint, a folder only if it is a bag).
     ``strips``: a new folder of PNG strips (input | labels | overlay), one per ``strip_every``-th
     frame whose time since the first image lies in ``strip_range`` (seconds): the results looked
-    at without Foxglove. Evaluation covers every frame either way."""
+    at without Foxglove. Evaluation covers every frame either way.
+    ``label_classes``: the labels' class table (``read_label_classes``): its ``id_map`` maps the
+    label values to the checkpoint's train ids (its class names must be the checkpoint's)."""
     if out:  # before anything slow: a refused output costs nothing
         check_bag_output(out, inputs=[bag, checkpoint], overwrite=overwrite)
     if strips:
@@ -217,11 +222,14 @@ def evaluate_bag(
             segmenter = Segmenter.from_checkpoint(checkpoint, device=device, precision=precision, warmup=False,
                                                   backend=backend, threads=count)
         classes = segmenter.classes
+        lut = read_label_classes(label_classes, classes.names)[1] if label_classes else None
         mask_ids = {name: classes.index(name) for name in mask_classes}  # ConfigError on unknown names
         palette = classes.palette()
         matcher = LabelMatcher(ConfusionMatrix(classes.num_classes, ignore_index=classes.ignore_index),
                                label_topic=label_topic or "",
                                classes_source=f"the checkpoint {checkpoint}" if checkpoint else "the checkpoint")
+        if label_classes:
+            matcher.classes_source += f" (label values mapped by --label-classes {label_classes})"
         ns = output_namespace(image_topic, info.msgtype)
         seg_ns = f"{ns}/segmentation"
         Image = ros2_class(IMAGE)
@@ -295,7 +303,7 @@ def evaluate_bag(
                             run_batch()
                     else:
                         label = decode_labels(msg, msgtype, topic)
-                        matcher.add_label(stamp, label)
+                        matcher.add_label(stamp, label if lut is None else lut[label])
                         if writer is not None:
                             writer.write_raw(topic, msgtype, timestamp, cdr)
                 except ImageConversionError as exc:
@@ -366,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     parser.add_argument("--label-topic", help="mono8 train-id Image topic, matched to images by header stamp "
                                               "(default: none, no mIoU)")
+    parser.add_argument("--label-classes", metavar="YAML",
+                        help="the labels' class table: its id_map maps the label values (e.g. Cityscapes labelIds) "
+                             "to the checkpoint's train ids (default: the labels hold train ids)")
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint: .pt, or a self-describing .onnx (sfnet-export)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
@@ -406,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         strip_range = (start, end)
     if args.strip_range is not None and not args.strips:
         build_parser().error("--strip-range needs --strips DIR")
+    if args.label_classes and not args.label_topic:
+        build_parser().error("--label-classes maps the labels of --label-topic: give --label-topic")
 
     def run() -> int:
         report = evaluate_bag(
@@ -413,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, device=args.device, precision=args.precision,
             mask_classes=mask_classes, progress=not args.no_progress, overwrite=args.overwrite,
             backend=args.backend, strips=args.strips, strip_range=strip_range, strip_every=args.strip_every,
-            threads=args.threads,
+            threads=args.threads, label_classes=args.label_classes,
         )
         if "miou" in report:
             print(format_report(report), file=sys.stderr)

@@ -17,7 +17,7 @@ import dataclasses
 import errno
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -521,6 +521,27 @@ def sample_frames(path: str | os.PathLike, topic: str | None, count: int) -> Ite
                     yield decode_image(message.msg, message.msgtype)
                 except ValueError as exc:
                     raise BagError(f"{path}: {topic} message {i}: {exc}") from None
+
+
+def read_label_classes(path: str | os.PathLike, class_names: Sequence[str] | None = None,
+                       option: str = "--label-classes") -> tuple[Any, np.ndarray | None]:
+    """The class table of a bag's labels and its lookup label value -> train id.
+
+    The table's ``id_map`` maps the values the labels hold (e.g. Cityscapes ``labelIds``) to its
+    train ids, values it does not list to the ignore index, as training reads label PNGs; the
+    lookup is None when the table has no ``id_map`` (the labels hold train ids). ``class_names``
+    (the model's): the table must have exactly these, else a BagError naming ``option``."""
+    from sfnet_core.data.classes import ClassTable
+    from sfnet_core.errors import ConfigError
+
+    try:
+        table = ClassTable.from_yaml(path)
+    except (ConfigError, OSError) as exc:
+        raise BagError(f"{option} {path}: {exc}") from None
+    if class_names is not None and list(table.names) != list(class_names):
+        raise BagError(f"{option} {path}: its classes ({', '.join(table.names[:5])}, ...) are not the model's "
+                       f"({', '.join(list(class_names)[:5])}, ...)")
+    return table, table.label_lut()
 
 
 def write_png(path: Path, array: np.ndarray) -> None:

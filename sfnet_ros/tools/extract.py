@@ -45,7 +45,15 @@ from sfnet_core.data.classes import ClassTable
 from sfnet_core.errors import SFNetError
 from sfnet_core.io_utils import MANIFEST, atomic_write, check_output, foreign_files
 from sfnet_ros.conversions import ImageConversionError
-from sfnet_ros.tools.bag_io import BagError, BagReader, decode_image, decode_labels, stamp_name, write_png
+from sfnet_ros.tools.bag_io import (
+    BagError,
+    BagReader,
+    decode_image,
+    decode_labels,
+    read_label_classes,
+    stamp_name,
+    write_png,
+)
 
 TOOL = "sfnet-extract"  # the manifest's tool name (sfnet_core.io_utils): what --overwrite may replace
 MARKER = MANIFEST  # the record of the files this tool wrote
@@ -93,15 +101,27 @@ def extract(
     overwrite: bool = False,
     split: str | None = None,
     val_fraction: float | None = None,
+    label_classes: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Extract; returns a summary dict. Raises SFNetError subclasses on bad input (see module doc)."""
+    """Extract; returns a summary dict. Raises SFNetError subclasses on bad input (see module doc).
+
+    ``label_classes`` (instead of ``classes``): the labels' class table, whose ``id_map`` maps the
+    bag's label values (e.g. Cityscapes labelIds) to the train ids written into the label PNGs."""
     if split is not None and val_fraction is not None:
         raise BagError("--split and --val-fraction exclude each other (--val-fraction writes train and val)")
     if split is not None and (not split or "/" in split or split.startswith(".")):
         raise BagError(f"--split: {split!r} is not a folder name")
-    out_path = check_output(out, inputs=[bag, classes], overwrite=overwrite, kind="dir", tool=TOOL)
-    table = ClassTable.from_yaml(classes) if classes else ClassTable.cityscapes()
-    source = str(classes) if classes else "the Cityscapes train ids"
+    if classes and label_classes:
+        raise BagError("--classes (labels hold train ids) and --label-classes (its id_map maps them) exclude "
+                       "each other")
+    out_path = check_output(out, inputs=[bag, classes, label_classes], overwrite=overwrite, kind="dir", tool=TOOL)
+    lut = None
+    if label_classes:
+        table, lut = read_label_classes(label_classes)
+        source = f"{label_classes} (label values mapped by its id_map)"
+    else:
+        table = ClassTable.from_yaml(classes) if classes else ClassTable.cityscapes()
+        source = str(classes) if classes else "the Cityscapes train ids"
     min_gap_ns = int(1e9 / rate_hz) if rate_hz else 0
     kept: dict[int, tuple[str, tuple[int, int]]] = {}  # header stamp -> (file name, image (h, w))
     pending_labels: dict[int, np.ndarray] = {}
@@ -151,6 +171,8 @@ def extract(
                         label = pending_labels.pop(m.stamp, None)
                     else:
                         label = decode_labels(m.msg, m.msgtype, m.topic)
+                        if lut is not None:
+                            label = lut[label]
                         if m.stamp not in kept:
                             pending_labels[m.stamp] = label  # image not seen yet (or skipped)
                             continue
@@ -209,7 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_argument("--val-fraction", type=fraction, default=None,
                         help="write train/ and val/ splits; the last F of the frames in time order are val "
                              "(default: no split folder)")
-    parser.add_argument("--classes", help="class YAML to copy as classes.yaml (default: Cityscapes train ids)")
+    tables = parser.add_mutually_exclusive_group()
+    tables.add_argument("--classes", help="class YAML to copy as classes.yaml; the labels hold its train ids "
+                                          "(default: Cityscapes train ids)")
+    tables.add_argument("--label-classes", metavar="YAML",
+                        help="the labels' class YAML: its id_map maps the bag's label values (e.g. Cityscapes "
+                             "labelIds) to the train ids written; classes.yaml is it without the id_map")
     parser.add_argument("--label-topic", help="also write mono8 train-id labels from this topic, matched by "
                                               "header stamp (default: none; labels/ is left for labelling)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -223,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         summary = extract(args.bag, args.image_topic, args.out, args.every, args.rate, args.classes,
                           args.label_topic, progress=not args.no_progress, overwrite=args.overwrite,
-                          split=args.split, val_fraction=args.val_fraction)
+                          split=args.split, val_fraction=args.val_fraction, label_classes=args.label_classes)
         print(f"wrote {summary['images']} images and {summary['labels']} labels to {summary['out']}",
               file=sys.stderr)
         print(json.dumps(summary))

@@ -36,7 +36,14 @@ from sfnet_core.errors import SFNetError
 from sfnet_core.evaluation.report_text import percent
 from sfnet_ros.conversions import ImageConversionError, image_to_numpy
 from sfnet_ros.tools.bag_eval import output_namespace, percentiles
-from sfnet_ros.tools.bag_io import BagError, BagReader, decode_labels, header_stamp, stamp_name
+from sfnet_ros.tools.bag_io import (
+    BagError,
+    BagReader,
+    decode_labels,
+    header_stamp,
+    read_label_classes,
+    stamp_name,
+)
 from sfnet_ros.tools.bag_play import BagPlayer, SpinThread, qos_profile
 from sfnet_ros.tools.ros_args import init_rclpy, split_ros_args
 
@@ -149,9 +156,10 @@ def drop_reasons(sent: int, received: int, counters: dict[str, str] | None) -> d
 
 def _load_ground_truth(bag: str | Path, image_topic: str, label_topic: str | None, num_classes: int = 19,
                        ignore_index: int = 255, classes_source: str = "the class table",
-                       ) -> tuple[Any, dict[int, np.ndarray]]:
-    """The image topic's info and {header stamp: label}; every label checked against the class
-    table and paired with an image (by stamp) before anything is played."""
+                       label_lut: np.ndarray | None = None) -> tuple[Any, dict[int, np.ndarray]]:
+    """The image topic's info and {header stamp: label}; every label mapped to train ids
+    (``label_lut``: the labels' class table's id_map), checked against the class table and paired
+    with an image (by stamp) before anything is played."""
     with BagReader(bag) as reader:
         info = reader.check_topic(image_topic)
         truth: dict[int, np.ndarray] = {}
@@ -161,6 +169,8 @@ def _load_ground_truth(bag: str | Path, image_topic: str, label_topic: str | Non
                 stamp = m.header_ns()
                 try:
                     label = decode_labels(m.msg, m.msgtype, label_topic)
+                    if label_lut is not None:
+                        label = label_lut[label]
                 except ImageConversionError as exc:
                     raise BagError(f"{bag}: {exc}") from None
                 bad = label[(label >= num_classes) & (label != ignore_index)]
@@ -169,7 +179,7 @@ def _load_ground_truth(bag: str | Path, image_topic: str, label_topic: str | Non
                     raise BagError(f"{bag}: label topic {label_topic} at stamp {stamp_name(stamp)}: value(s) "
                                    f"{values} are not train ids of {classes_source} ({num_classes} classes: "
                                    f"0..{num_classes - 1}, {ignore_index} = ignore); pass the labels' table "
-                                   "with --classes")
+                                   "with --classes, or one whose id_map maps them with --label-classes")
                 truth[stamp] = label
             image_stamps = {m.header_ns() for m in reader.messages([image_topic])}
             if not image_stamps & set(truth):
@@ -196,10 +206,13 @@ def live_evaluate(
     qos: str = "reliable",
     ros_args: tuple[str, ...] = (),
     classes_source: str = "the class table",
+    label_lut: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Run one live evaluation (own rclpy context, without rclpy's signal handlers; ROS_DOMAIN_ID
-    from the environment). Raises SFNetError subclasses on bad input and when nothing was scored."""
-    info, truth = _load_ground_truth(bag, image_topic, label_topic, num_classes, ignore_index, classes_source)
+    from the environment). Raises SFNetError subclasses on bad input and when nothing was scored.
+    ``label_lut``: label value -> train id (the labels' class table's id_map; None: train ids)."""
+    info, truth = _load_ground_truth(bag, image_topic, label_topic, num_classes, ignore_index, classes_source,
+                                     label_lut)
     # imported after the checks above: torch and rclpy take seconds to load
     import rclpy
     from rclpy.context import Context
@@ -318,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-topic", help="publish the frames here (default: --image-topic)")
     p.add_argument("--namespace", help="namespace of the node's outputs (default: that of --image-topic)")
     p.add_argument("--labels-topic", help="node output to collect (default: <namespace>/segmentation/labels)")
-    p.add_argument("--classes", help="class YAML of the labels: names and count (default: Cityscapes)")
+    tables = p.add_mutually_exclusive_group()
+    tables.add_argument("--classes", help="class YAML of the labels, which hold its train ids (default: Cityscapes)")
+    tables.add_argument("--label-classes", metavar="YAML",
+                        help="class YAML whose id_map maps the label values (e.g. Cityscapes labelIds) to train ids")
     p.add_argument("--rate", type=positive_float, default=1.0, help="playback speed factor")
     p.add_argument("--lockstep", action="store_true", help="send each frame after the previous one's labels")
     p.add_argument("--qos", choices=("reliable", "best_effort"), default="reliable", help="publisher reliability")
@@ -333,11 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(own)
 
     def run() -> int:
-        table = ClassTable.from_yaml(args.classes) if args.classes else ClassTable.cityscapes()
+        lut = None
+        if args.label_classes:
+            table, lut = read_label_classes(args.label_classes)
+        else:
+            table = ClassTable.from_yaml(args.classes) if args.classes else ClassTable.cityscapes()
         report = live_evaluate(args.bag, args.image_topic, args.label_topic, args.input_topic, args.namespace,
                                args.labels_topic, table.num_classes, table.names, table.ignore_index, args.rate,
                                args.lockstep, args.wait_timeout, args.drain_timeout, args.qos, tuple(ros_args),
-                               classes_source=str(args.classes) if args.classes else "the Cityscapes class table")
+                               classes_source=str(args.classes or args.label_classes or "the Cityscapes class table"),
+                               label_lut=lut)
         lat = report["latency_ms"]
         summary = (f"sent {report['sent']}, received {report['received']}, dropped {report['dropped']}, "
                    f"{report['fps']} fps, latency p50 {lat['p50']} ms p99 {lat['p99']} ms")

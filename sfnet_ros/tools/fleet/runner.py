@@ -25,7 +25,7 @@ from typing import Any
 from sfnet_core.errors import SFNetError
 from sfnet_core.io_utils import file_sha256
 from sfnet_ros.conversions import ImageConversionError
-from sfnet_ros.tools.bag_io import BagError, BagReader
+from sfnet_ros.tools.bag_io import BagError, BagReader, read_label_classes
 from sfnet_ros.tools.fleet.results import BagResult, ResultError
 from sfnet_ros.tools.fleet.sources import Camera, bag_identity
 
@@ -125,15 +125,7 @@ def model_class_names(path: str) -> list[str]:
 
 
 def _label_lut(options: FleetOptions, class_names: Sequence[str]) -> Any:
-    if not options.label_classes:
-        return None
-    from sfnet_core.data.classes import ClassTable
-
-    table = ClassTable.from_yaml(options.label_classes)
-    if list(table.names) != list(class_names):
-        raise SFNetError(f"--label-classes {options.label_classes}: its classes {list(table.names)[:4]}... are not "
-                         f"the checkpoint's {list(class_names)[:4]}...")
-    return table.label_lut()
+    return read_label_classes(options.label_classes, class_names)[1] if options.label_classes else None
 
 
 def evaluate_task(task: Task, options: FleetOptions, settings: str, threads: int,
