@@ -15,13 +15,16 @@ UV := uv==0.13.9
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# uv installs the same pins from the sources pip is configured with (.ci/uv_sources.py) in
 	@# 24-40 s where pip takes 125 s on the CI machine; where uv cannot be had or fails, pip does it.
 	if $(PY) -m pip install --quiet $(UV) && $(VENV)/bin/uv pip install --python $(PY) --quiet \
 	    --compile-bytecode --index-strategy unsafe-best-match $$($(PY) .ci/uv_sources.py) \
-	    $(TORCH) -r requirements.txt; then :; else $(PY) -m pip install --quiet $(TORCH) -r requirements.txt; fi
+	    $(TORCH) -r requirements.txt && $(VENV)/bin/uv pip install --python $(PY) --quiet --compile-bytecode \
+	    --no-deps $$($(PY) .ci/uv_sources.py) -r requirements-nodeps.txt; then :; else \
+	    $(PY) -m pip install --quiet $(TORCH) -r requirements.txt && \
+	    $(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt; fi
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

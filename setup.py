@@ -53,6 +53,7 @@ setup(
             "sfnet-status = sfnet_ros.tools.entry:sfnet_status",
             "sfnet-synthetic-bag = sfnet_ros.tools.entry:sfnet_synthetic_bag",
             "sfnet-fleet-eval = sfnet_ros.tools.entry:sfnet_fleet_eval",
+            "sfnet-labels = sfnet_core.cli.entry:sfnet_labels",
             "sfnet-fleet-merge = sfnet_ros.tools.entry:sfnet_fleet_merge",
         ],
     },

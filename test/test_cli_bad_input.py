@@ -42,7 +42,7 @@ MODULES = {  # console script -> module, for a checkout whose scripts are not in
     "sfnet-live-eval": "sfnet_ros.tools.live_eval", "sfnet-extract": "sfnet_ros.tools.extract",
     "sfnet-demo": "sfnet_ros.tools.demo", "sfnet-status": "sfnet_ros.tools.status",
     "sfnet-synthetic-bag": "sfnet_ros.tools.synthetic_bag", "sfnet-fleet-eval": "sfnet_ros.tools.fleet_eval",
-    "sfnet-fleet-merge": "sfnet_ros.tools.fleet_merge",
+    "sfnet-fleet-merge": "sfnet_ros.tools.fleet_merge", "sfnet-labels": "sfnet_core.cli.labels_command",
 }
 
 
@@ -141,6 +141,24 @@ CASES = [
       "--out {d}/x --classes {d}/classes.yaml --label-classes {d}/classes.yaml", "not allowed with argument"),
     C("bag-eval-label-classes-alone", "sfnet-bag-eval", BAG + " " + CK + " --label-classes {d}/classes.yaml",
       "--label-classes maps the labels of --label-topic"),
+    C("extract-budget-without-select", "sfnet-extract", "--bag {d}/drive.mcap --image-topic /front/image_raw "
+      "--out {d}/x --budget 3", "--budget is the number of frames --select keeps"),
+    C("extract-select-without-budget", "sfnet-extract", "--bag {d}/drive.mcap --image-topic /front/image_raw "
+      "--out {d}/x --select stride", "--select needs --budget N"),
+    C("extract-prelabel-without-model", "sfnet-extract", "--bag {d}/drive.mcap --image-topic /front/image_raw "
+      "--out {d}/x --prelabel", "need the model: --checkpoint"),
+    C("extract-prelabel-missing-model", "sfnet-extract", "--bag {d}/drive.mcap --image-topic /front/image_raw "
+      "--out {d}/x --prelabel --checkpoint {d}/missing.pt", "missing.pt"),
+    # sfnet-labels (the importers' bad files: test_labels.py)
+    C("labels-export-not-a-dataset", "sfnet-labels", "export {d}/existing_dir --format cvat --out {d}/x",
+      "no classes.yaml"),
+    C("labels-export-without-out", "sfnet-labels", "export {d}/existing_dir --format cvat",
+      "export writes --out"),
+    C("labels-import-without-into", "sfnet-labels", "import {d}/existing_dir --format cvat",
+      "import writes into --into"),
+    C("labels-import-missing", "sfnet-labels", "import {d}/none --format label-studio --into {d}/existing_dir",
+      "{d}/none: no such file or folder"),
+    C("labels-bad-format", "sfnet-labels", "export {d}/existing_dir --format coco --out {d}/x", "invalid choice"),
     # sfnet-fleet-eval / sfnet-fleet-merge
     C("fleet-no-camera", "sfnet-fleet-eval", "--bag {d}/drive.mcap " + CK + " --out {d}/f", "no camera"),
     C("fleet-camera-not-a-topic", "sfnet-fleet-eval", "--bag {d}/drive.mcap --camera /front//image " + CK +

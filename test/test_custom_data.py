@@ -204,6 +204,14 @@ def test_walkthrough_runs_as_written(tmp_path: Path, ros_domain: dict[str, str])
     # The launch line feeds the node's input from the topic the walkthrough's node used.
     assert launch_remaps is not None and launch_remaps["image"] == node.remaps["image"]
     assert any(line.startswith("sfnet-export") and "--verify" in line for line in run)
+    # Step 10: the 4 most uncertain frames of the unseen drive, drafted in the new class table, to
+    # CVAT and Label Studio and back
+    ranked = (folder / "to_label" / "selection.csv").read_text().splitlines()
+    assert len(ranked) == 5 and ranked[0].startswith("rank,file,bag")
+    assert len(list((folder / "to_label" / "labels").glob("*.png"))) == 4
+    assert ClassTable.from_yaml(folder / "to_label" / "classes.yaml").names == expected.names
+    assert "vehicle:0,0,142::" in (folder / "to_label_cvat" / "labelmap.txt").read_text()
+    assert len(json.loads((folder / "to_label_ls" / "tasks.json").read_text())) == 4
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no staging left over
     print(f"\ncustom-data walkthrough: {elapsed:.0f} s; mIoU {val['miou']:.3f} on the validation split, "
           f"{drive2['miou']:.3f} on the unseen drive; node published {len(node_labels)} of 16 frames")

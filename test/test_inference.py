@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from sfnet_core.checkpoint import IMAGENET_MEAN, IMAGENET_STD, save_checkpoint
 from sfnet_core.data.classes import ClassTable
+from sfnet_core.errors import ConfigError
 from sfnet_core.inference import SegmentationResult, Segmenter, pad_to_multiple, predict_logits
 from sfnet_core.models import build_model
 
@@ -240,6 +241,38 @@ def test_banded_resample_is_exact_for_any_band(src: tuple[int, int], dst: tuple[
     labels, conf = resample_argmax(probs, dst, confidence=True, are_probs=True, band_bytes=1)
     ref_p = F.interpolate(probs, size=dst, mode="bilinear", align_corners=False)
     assert (conf.float() - ref_p.amax(1) * 255).abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("classes", [19, 300])  # 300: the path for more classes than uint8 weights (and CUDA)
+def test_margin_is_top1_minus_top2_probability(classes: int) -> None:
+    """``confidence="margin"``: p1 - p2 of the softmax at each output pixel (0 where two classes tie),
+    for logits and for probabilities; the labels are those of the max-confidence call."""
+    torch.manual_seed(classes)
+    scores = torch.randn(2, classes, 12, 16) * 3
+    scores[0, :2, 0, 0] = 5.0  # a tie for the first place
+    scores[0, 2:, 0, 0] = -5.0
+    dst = (12, 16)  # no resampling: the reference is exact
+    labels, margin = resample_argmax(scores, dst, confidence="margin", band_bytes=1 << 16)
+    assert torch.equal(labels, resample_argmax(scores, dst)[0])
+    top2 = scores.softmax(1).topk(2, 1).values
+    ref = (top2[:, 0] - top2[:, 1]) * 255
+    assert (margin.float() - ref).abs().max() <= 1.0 and margin[0, 0, 0] == 0
+    probs = scores.softmax(1)
+    _, margin_p = resample_argmax(probs, dst, confidence="margin", are_probs=True, band_bytes=1 << 16)
+    assert (margin_p.float() - ref).abs().max() <= 1.0
+    _, up = resample_argmax(scores, (25, 33), confidence="margin", band_bytes=1)  # resampled, banded
+    ref_up = F.interpolate(scores, size=(25, 33), mode="bilinear", align_corners=False).softmax(1).topk(2, 1).values
+    assert (up.float() - (ref_up[:, 0] - ref_up[:, 1]) * 255).abs().max() <= 1.0
+
+
+def test_segmenter_margin_and_bad_confidence_kind(model: torch.nn.Module) -> None:
+    seg = Segmenter(model, CLASSES, device="cpu", input_size=(64, 96))
+    img = image(64, 96, seed=21)
+    top1 = seg.segment(img, return_confidence=True)
+    margin = seg.segment(img, return_confidence="margin")
+    assert np.array_equal(top1.labels, margin.labels) and (margin.confidence <= top1.confidence).all()
+    with pytest.raises(ConfigError, match="return_confidence"):
+        seg.segment(img, return_confidence="entropy")
 
 
 def test_segmenter_labels_do_not_depend_on_band_size(model: torch.nn.Module) -> None:

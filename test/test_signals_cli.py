@@ -47,6 +47,7 @@ TOOLS = {
     "sfnet-status": ("set checkpoint", {2}),
     "sfnet-fleet-eval": ("--bag {d}/drive.mcap --cameras front --checkpoint {d}/missing.pt --out {o}/fleet", {2}),
     "sfnet-fleet-merge": ("{d}/pred --out {o}/merged", {2}),
+    "sfnet-labels": ("export {d}/pred --format cvat --out {o}/cvat", {2}),
 }
 STAGING_MARKS = (".tmp", ".old", ".work", ".sfnet-probe-")
 

@@ -49,7 +49,7 @@ def guarded(tool: str) -> list[str]:
 
 TOOLS = ("sfnet-train", "sfnet-eval", "sfnet-export", "sfnet-import", "sfnet-synthetic", "sfnet-bag-eval",
          "sfnet-bag-play", "sfnet-bag-record", "sfnet-live-eval", "sfnet-extract", "sfnet-demo", "sfnet-status",
-         "sfnet-synthetic-bag", "sfnet-fleet-eval", "sfnet-fleet-merge")
+         "sfnet-synthetic-bag", "sfnet-fleet-eval", "sfnet-fleet-merge", "sfnet-labels")
 
 
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:

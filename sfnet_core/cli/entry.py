@@ -31,6 +31,7 @@ from typing import Any
 from sfnet_core.threads import prepare_process  # standard library only, like this module
 
 __all__ = ["Terminated", "launch", "raising_handlers", "stopping", "sfnet_train", "sfnet_eval", "sfnet_import",
+           "sfnet_labels",
            "sfnet_synthetic"]
 
 
@@ -187,6 +188,10 @@ def sfnet_train() -> None:
 
 def sfnet_eval() -> None:
     launch("sfnet_core.cli.evaluate_command", "sfnet-eval")
+
+
+def sfnet_labels() -> None:
+    launch("sfnet_core.cli.labels_command", "sfnet-labels")
 
 
 def sfnet_import() -> None:

@@ -31,7 +31,7 @@ class EagerPipeline:
     def __init__(self, backend: InferenceBackend, prep: DevicePreprocessor, band_bytes: int) -> None:
         self.backend, self.prep, self.band_bytes = backend, prep, band_bytes
 
-    def __call__(self, batch: list[np.ndarray], geoms: list[FrameGeometry], bgr: bool, confidence: bool,
+    def __call__(self, batch: list[np.ndarray], geoms: list[FrameGeometry], bgr: bool, confidence: bool | str,
                  return_flows: bool | str, scales: tuple[float, ...], flip: bool) -> list[SegmentationResult]:
         """One result per frame of ``batch`` (see ``Segmenter.segment``); requests already checked."""
         tta = scales != (1.0,) or flip
@@ -58,7 +58,8 @@ class EagerPipeline:
         return [results[i] for i in range(len(batch))]
 
     def _results(self, geoms: list[FrameGeometry], canvas_hw: tuple[int, int], scores: torch.Tensor,
-                 flows: list[torch.Tensor] | None, are_probs: bool, confidence: bool) -> list[SegmentationResult]:
+                 flows: list[torch.Tensor] | None, are_probs: bool, confidence: bool | str,
+                 ) -> list[SegmentationResult]:
         """Crop, resample to the output size, argmax on the device; download uint8 only."""
         # Frames of one geometry (a camera stream) take one resample/argmax/download for all.
         by_geom: dict[FrameGeometry, list[int]] = {}

@@ -68,9 +68,13 @@ def row_table(n_in: int, n_out: int, device: torch.device) -> RowTable:
     return table
 
 
-def _reduce(band: torch.Tensor, dim: int, confidence: bool,
+def _reduce(band: torch.Tensor, dim: int, confidence: bool | str,
             are_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Labels (and uint8 confidence) of a band of scores, the class axis ``dim`` removed.
+
+    ``confidence``: False, True / ``"max"`` (the largest softmax probability) or ``"margin"``
+    (the largest minus the second largest: 0 where two classes tie, the usual uncertainty score
+    for choosing frames to label).
 
     On the CPU, three whole-band passes instead of a loop over the class planes: the maximum
     (``amax`` across the class axis vectorises along the contiguous rows), the planes that reach it
@@ -88,7 +92,10 @@ def _reduce(band: torch.Tensor, dim: int, confidence: bool,
         band = band.float()
         best, labels = band.max(dim)
         conf = best if are_probs else (band - best.unsqueeze(dim)).exp_().sum(dim).reciprocal_()
-        return labels, conf.mul_(255).round_().to(torch.uint8)
+        if confidence == "margin" and band.shape[dim] > 1:
+            second = band.topk(2, dim).values.select(dim, 1)
+            conf = conf - second if are_probs else conf * (1 - (second - best).exp())
+        return labels, conf.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
     band = band.float()
     if band.stride(-1) != 1:
         band = band.contiguous()
@@ -97,7 +104,8 @@ def _reduce(band: torch.Tensor, dim: int, confidence: bool,
     shape = [1] * band.dim()
     shape[dim] = classes
     weights = torch.arange(classes, 0, -1, dtype=torch.uint8, device=band.device).view(shape)
-    first = torch.mul(band == best.unsqueeze(dim), weights).amax(dim)
+    at_max = band == best.unsqueeze(dim)
+    first = torch.mul(at_max, weights).amax(dim)
     # NaN scores reach no maximum (weight 0): the clamp keeps the label a valid class.
     labels = torch.sub(classes, first).to(torch.uint8).clamp_(max=classes - 1)
     if not confidence:
@@ -110,13 +118,18 @@ def _reduce(band: torch.Tensor, dim: int, confidence: bool,
         for plane in planes[1:]:
             total.add_(plane)
         conf = total.reciprocal_()
-    return labels, conf.mul_(255).round_().to(torch.uint8)
+    if confidence == "margin":
+        # the runner-up: the maximum of the other classes; a tie for the first place is margin 0
+        second = band.masked_fill(at_max, float("-inf")).amax(dim)
+        conf = conf - second.clamp(min=0) if are_probs else conf * (1 - (second - best).exp())
+        conf = conf.masked_fill_(at_max.sum(dim) > 1, 0)
+    return labels, conf.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 def resample_argmax(
     scores: torch.Tensor,
     size: tuple[int, int],
-    confidence: bool = False,
+    confidence: bool | str = False,
     are_probs: bool = False,
     band_bytes: int = DEFAULT_BAND_BYTES["cpu"],
     out: torch.Tensor | None = None,
@@ -125,7 +138,8 @@ def resample_argmax(
     """Bilinear resize of ``scores`` (N, C, h, w) to ``size`` (H, W), then the argmax over classes.
 
     Returns labels (N, H, W) uint8 and, with ``confidence``, the max softmax (or, with
-    ``are_probs``, the max of the resized probabilities) * 255 as (N, H, W) uint8. ``out`` /
+    ``are_probs``, the max of the resized probabilities; ``confidence="margin"``: the largest
+    minus the second largest) * 255 as (N, H, W) uint8. ``out`` /
     ``conf_out`` (N, H, W) uint8 views may be given to write into (e.g. a window of a larger
     label image). Peak extra memory: ``N*C*h*W`` floats for the width pass plus about two
     bands of ``band_bytes``, never ``N*C*H*W``.
@@ -168,7 +182,7 @@ def resample_argmax(
     return out, conf_out
 
 
-def frame_labels(scores: torch.Tensor, geom: FrameGeometry, confidence: bool, are_probs: bool,
+def frame_labels(scores: torch.Tensor, geom: FrameGeometry, confidence: bool | str, are_probs: bool,
                  band_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Canvas scores (n, C, Hc, Wc) of frames sharing ``geom`` -> labels and (with ``confidence``)
     confidence (n, Ho, Wo) uint8 on the device, at ``geom.output_size``: the content box

@@ -225,12 +225,12 @@ class Segmenter:
             return self._prep.fill(self._prep.upload(batch), geoms, canvases.pop(), bgr).contiguous()
 
     @overload
-    def segment(self, images: np.ndarray, bgr: bool = False, return_confidence: bool = False,
+    def segment(self, images: np.ndarray, bgr: bool = False, return_confidence: bool | str = False,
                 return_flows: bool | str = False, scales: Sequence[float] | None = None,
                 flip: bool | None = None) -> SegmentationResult: ...
 
     @overload
-    def segment(self, images: Sequence[np.ndarray], bgr: bool = False, return_confidence: bool = False,
+    def segment(self, images: Sequence[np.ndarray], bgr: bool = False, return_confidence: bool | str = False,
                 return_flows: bool | str = False, scales: Sequence[float] | None = None,
                 flip: bool | None = None) -> list[SegmentationResult]: ...
 
@@ -238,14 +238,17 @@ class Segmenter:
         self,
         images: np.ndarray | Sequence[np.ndarray],
         bgr: bool = False,
-        return_confidence: bool = False,
+        return_confidence: bool | str = False,
         return_flows: bool | str = False,
         scales: Sequence[float] | None = None,
         flip: bool | None = None,
     ) -> SegmentationResult | list[SegmentationResult]:
         """Label one (H, W, 3) uint8 image (-> one result) or a list (-> a list), batched.
 
-        ``bgr``: the images are BGR (OpenCV order). ``scales`` / ``flip`` override the
+        ``bgr``: the images are BGR (OpenCV order). ``return_confidence``: True (or ``"max"``)
+        the largest softmax probability per pixel, ``"margin"`` the largest minus the second
+        largest (0 at a tie: how sure the network is of its first choice over the next), as
+        ``result.confidence`` * 255. ``scales`` / ``flip`` override the
         Segmenter's multi-scale + flip setting for this call. ``return_flows``: ``True`` / ``"all"``
         every FAM's flow, coarse to fine, ``"finest"`` only the finest (the cheap one for a debug
         topic): (2, h, w) float32 arrays in pixels *of their own grid*, cropped to the frame's
@@ -254,14 +257,17 @@ class Segmenter:
         window ``geometry.content``). Flows need the torch backend and single-scale, unflipped
         inference.
         """
+        if return_confidence not in (False, True, "max", "margin"):
+            raise ConfigError(f"return_confidence: expected False, True, 'max' or 'margin', got {return_confidence!r}")
         batch = check_images(images)
         call_scales = self.scales if scales is None else tuple(float(s) for s in scales)
         call_flip = self.flip if flip is None else bool(flip)
         tta = call_scales != (1.0,) or call_flip
         check_flow_request(return_flows, tta, self.backend)
         geoms = [self.geometry(img.shape[:2]) for img in batch]
-        if self.pipeline != "eager" and not tta and not return_flows:
-            results = self._static(batch, geoms, bgr, return_confidence)
+        # the compiled / CUDA-graph steps return the max-softmax confidence only
+        if self.pipeline != "eager" and not tta and not return_flows and return_confidence != "margin":
+            results = self._static(batch, geoms, bgr, bool(return_confidence))
         else:
             results = self._eager(batch, geoms, bgr, return_confidence, return_flows, call_scales, call_flip)
         return results[0] if isinstance(images, np.ndarray) else results

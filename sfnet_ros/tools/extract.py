@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from tqdm import tqdm
 
 from sfnet_core.cli.common import (
     add_overwrite,
+    add_threads,
+    device_spec,
     fraction,
     make_parser,
     positive_float,
@@ -42,7 +45,7 @@ from sfnet_core.cli.common import (
     run_command,
 )
 from sfnet_core.data.classes import ClassTable
-from sfnet_core.errors import SFNetError
+from sfnet_core.errors import SFNetError, require_model_file
 from sfnet_core.io_utils import MANIFEST, atomic_write, check_output, foreign_files
 from sfnet_ros.conversions import ImageConversionError
 from sfnet_ros.tools.bag_io import (
@@ -54,6 +57,7 @@ from sfnet_ros.tools.bag_io import (
     stamp_name,
     write_png,
 )
+from sfnet_ros.tools.select_frames import Candidate, candidate_stamps, choose, score_frames, selection_csv
 
 TOOL = "sfnet-extract"  # the manifest's tool name (sfnet_core.io_utils): what --overwrite may replace
 MARKER = MANIFEST  # the record of the files this tool wrote
@@ -102,11 +106,14 @@ def extract(
     split: str | None = None,
     val_fraction: float | None = None,
     label_classes: str | os.PathLike | None = None,
+    selection: Selection | None = None,
 ) -> dict[str, Any]:
     """Extract; returns a summary dict. Raises SFNetError subclasses on bad input (see module doc).
 
     ``label_classes`` (instead of ``classes``): the labels' class table, whose ``id_map`` maps the
-    bag's label values (e.g. Cityscapes labelIds) to the train ids written into the label PNGs."""
+    bag's label values (e.g. Cityscapes labelIds) to the train ids written into the label PNGs.
+    ``selection``: pick a budget of the candidate frames (``select_frames``) and/or pre-label the
+    kept frames that have no label with a model; ``selection.csv`` ranks the picked frames."""
     if split is not None and val_fraction is not None:
         raise BagError("--split and --val-fraction exclude each other (--val-fraction writes train and val)")
     if split is not None and (not split or "/" in split or split.startswith(".")):
@@ -122,6 +129,16 @@ def extract(
     else:
         table = ClassTable.from_yaml(classes) if classes else ClassTable.cityscapes()
         source = str(classes) if classes else "the Cityscapes train ids"
+    segmenter = chosen = None
+    if selection is not None:
+        segmenter, chosen = _select(bag, image_topic, every, rate_hz, selection, table,
+                                    "--classes" if classes else "--label-classes" if label_classes else None,
+                                    progress)
+        if segmenter is not None and not (classes or label_classes):  # the drafts' table: the model's
+            table, source = segmenter.classes, f"the checkpoint {selection.checkpoint}"
+    keep = None if chosen is None else {c.stamp for c in chosen}
+    drafts: dict[int, np.ndarray] = {}  # kept frames to pre-label: stamp -> RGB
+    prelabelled = 0
     min_gap_ns = int(1e9 / rate_hz) if rate_hz else 0
     kept: dict[int, tuple[str, tuple[int, int]]] = {}  # header stamp -> (file name, image (h, w))
     pending_labels: dict[int, np.ndarray] = {}
@@ -158,7 +175,10 @@ def extract(
                     if m.topic == image_topic:
                         bar.update(1)
                         index, seen = seen, seen + 1
-                        if index % every or (last_kept is not None and m.stamp - last_kept < min_gap_ns):
+                        if keep is not None:  # the candidates were filtered by --every / --rate already
+                            if m.stamp not in keep:
+                                continue
+                        elif index % every or (last_kept is not None and m.stamp - last_kept < min_gap_ns):
                             continue
                         if m.stamp in kept:
                             duplicates += 1  # two frames with one stamp: keep the first
@@ -167,6 +187,8 @@ def extract(
                         image = decode_image(m.msg, m.msgtype)
                         write_png(staging / "images" / f"{name}.png", image)
                         kept[m.stamp] = (name, image.shape[:2])
+                        if segmenter is not None and selection is not None and selection.prelabel:
+                            drafts[m.stamp] = image
                         last_kept = m.stamp
                         label = pending_labels.pop(m.stamp, None)
                     else:
@@ -190,6 +212,14 @@ def extract(
         if label_topic and not labelled:
             raise BagError(f"{bag}: no label of {label_topic} has the header stamp of a kept image of {image_topic} "
                            "(labels are paired by exact stamp)")
+        if drafts and segmenter is not None:  # frames without a label in the bag: the model's as a draft
+            done = set(labelled)
+            todo = [(s, rgb) for s, rgb in drafts.items() if kept[s][0] not in done]
+            prelabelled = len(todo)
+            for i in range(0, len(todo), 4):
+                for (stamp, _), result in zip(todo[i:i + 4], segmenter.segment([rgb for _, rgb in todo[i:i + 4]])):
+                    write_png(staging / "labels" / f"{kept[stamp][0]}.png", result.labels)
+                    labelled.append(kept[stamp][0])
         assignment = split_by_time([name for name, _ in kept.values()], val_fraction, split)
         for folder in ("images", "labels"):
             for split_name in {p for p in assignment.values() if p is not None}:
@@ -199,10 +229,70 @@ def extract(
                 if part is not None and source_file.exists():
                     os.replace(source_file, staging / folder / part / f"{name}.png")
         (staging / "classes.yaml").write_text(class_template(table, source), encoding="utf-8")
+        if chosen is not None and selection is not None and selection.method:
+            files = {s: "/".join(("images", *filter(None, [assignment[name]]), f"{name}.png"))
+                     for s, (name, _) in kept.items()}
+            (staging / "selection.csv").write_text(
+                selection_csv([c for c in chosen if c.stamp in kept], files, bag, image_topic, selection.method),
+                encoding="utf-8")
     splits = sorted({p for p in assignment.values() if p is not None})
     counts = {p: sum(1 for v in assignment.values() if v == p) for p in splits}
-    return {"out": str(out), "images": len(kept), "labels": len(labelled), "frames_in_bag": seen,
-            "duplicate_stamps": duplicates, "splits": counts, "classes": str(Path(out) / "classes.yaml")}
+    summary = {"out": str(out), "images": len(kept), "labels": len(labelled), "frames_in_bag": seen,
+               "duplicate_stamps": duplicates, "splits": counts, "classes": str(Path(out) / "classes.yaml")}
+    if selection is not None:
+        summary["prelabelled"] = prelabelled
+        summary["selection"] = None if chosen is None else {
+            "method": selection.method, "budget": selection.budget, "selected": len(chosen),
+            "file": str(Path(out) / "selection.csv")}
+    return summary
+
+
+@dataclass(frozen=True)
+class Selection:
+    """``--select`` / ``--budget`` / ``--prelabel`` and the model they use."""
+
+    checkpoint: str | None = None
+    method: str | None = None  # "uncertainty" | "stride" | None (keep every candidate)
+    budget: int = 0
+    min_gap_s: float = 1.0
+    focus: tuple[str, ...] = ()
+    prelabel: bool = False
+    device: str = "auto"
+    threads: int = 0
+
+
+def _select(bag: str | os.PathLike, topic: str, every: int, rate_hz: float | None, selection: Selection,
+            table: ClassTable, table_option: str | None, progress: bool) -> tuple[Any, Any]:
+    """(the model or None, the chosen candidates or None): scores the candidates when asked."""
+    segmenter = None
+    if selection.checkpoint and (selection.prelabel or selection.method == "uncertainty"):
+        from sfnet_core.inference import Segmenter  # lazy: torch
+        from sfnet_core.threads import apply_threads
+
+        count = apply_threads(selection.threads or None)
+        segmenter = Segmenter.from_checkpoint(selection.checkpoint, device=selection.device, warmup=False,
+                                              threads=count)
+        if table_option and list(segmenter.classes.names) != list(table.names):
+            raise BagError(f"{table_option}: its classes are not the checkpoint's ({', '.join(table.names[:4])}, ... "
+                           f"vs {', '.join(segmenter.classes.names[:4])}, ...); drafts must use the labels' table")
+    if selection.method is None:
+        return segmenter, None
+    stamps = candidate_stamps(bag, topic, every, rate_hz)
+    if selection.method == "uncertainty" and segmenter is not None:
+        focus = [segmenter.classes.index(name) for name in selection.focus]
+        bar = tqdm(total=len(stamps), unit="frame", file=sys.stderr, desc="sfnet-extract: scoring",
+                   disable=True if not progress else None)
+
+        def scored(frames: int) -> None:
+            bar.update(frames)
+
+        try:
+            candidates = score_frames(bag, topic, stamps, segmenter, focus, progress=scored)
+        finally:
+            bar.close()
+    else:
+        candidates = [Candidate(s, (s - stamps[0]) / 1e9, float("nan")) for s in stamps]
+    return segmenter, choose(candidates, selection.budget, selection.method, selection.min_gap_s)
 
 
 DESCRIPTION = """Dump a bag's image topic into the folder-dataset layout that sfnet-train reads
@@ -239,18 +329,60 @@ def build_parser() -> argparse.ArgumentParser:
                              "labelIds) to the train ids written; classes.yaml is it without the id_map")
     parser.add_argument("--label-topic", help="also write mono8 train-id labels from this topic, matched by "
                                               "header stamp (default: none; labels/ is left for labelling)")
+    choose_group = parser.add_argument_group("choosing what to label (docs/custom-data.md)")
+    choose_group.add_argument("--checkpoint", help="the model for --select uncertainty and --prelabel (.pt or .onnx)")
+    choose_group.add_argument("--select", choices=("uncertainty", "stride"), default=None,
+                              help="keep --budget of the candidate frames: the most uncertain (1 - margin of the two "
+                                   "most probable classes), or evenly spaced in time (default: every candidate)")
+    choose_group.add_argument("--budget", type=positive_int, default=None, help="--select: frames to keep")
+    choose_group.add_argument("--min-gap", type=positive_float, default=1.0, metavar="SECONDS",
+                              help="--select uncertainty: never two picks closer than this in header time "
+                                   "(neighbouring frames are near copies)")
+    choose_group.add_argument("--focus-classes", default="",
+                              help="--select uncertainty: score only the pixels predicted as these classes "
+                                   "(comma-separated names, e.g. a rare class)")
+    choose_group.add_argument("--prelabel", action="store_true",
+                              help="write --checkpoint's labels as drafts for the kept frames the bag has no label "
+                                   "for (ignored regions stay 255)")
+    choose_group.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda or cuda:N")
+    add_threads(choose_group)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_overwrite(parser, "a dataset folder previously written by sfnet-extract and unchanged since")
     return parser
 
 
+def _selection(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Selection | None:
+    """The --select / --prelabel options, checked before anything is read."""
+    if args.budget is not None and not args.select:
+        parser.error("--budget is the number of frames --select keeps: give --select uncertainty or stride")
+    if args.select and args.budget is None:
+        parser.error("--select needs --budget N (the frames to keep)")
+    focus = tuple(c.strip() for c in args.focus_classes.split(",") if c.strip())
+    if focus and args.select != "uncertainty":
+        parser.error("--focus-classes narrows --select uncertainty")
+    needs_model = args.prelabel or args.select == "uncertainty"
+    if needs_model and not args.checkpoint:
+        parser.error("--select uncertainty and --prelabel need the model: --checkpoint")
+    if args.checkpoint and not needs_model:
+        parser.error("--checkpoint is for --select uncertainty and --prelabel")
+    if not (args.select or args.prelabel):
+        return None
+    return Selection(args.checkpoint, args.select, args.budget or 0, args.min_gap, focus, args.prelabel,
+                     args.device, args.threads)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    selection = _selection(args, parser)
 
     def run() -> int:
+        if selection is not None and selection.checkpoint:
+            require_model_file(selection.checkpoint)
         summary = extract(args.bag, args.image_topic, args.out, args.every, args.rate, args.classes,
                           args.label_topic, progress=not args.no_progress, overwrite=args.overwrite,
-                          split=args.split, val_fraction=args.val_fraction, label_classes=args.label_classes)
+                          split=args.split, val_fraction=args.val_fraction, label_classes=args.label_classes,
+                          selection=selection)
         print(f"wrote {summary['images']} images and {summary['labels']} labels to {summary['out']}",
               file=sys.stderr)
         print(json.dumps(summary))

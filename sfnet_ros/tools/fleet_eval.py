@@ -127,8 +127,9 @@ def check_outputs(args: argparse.Namespace, inputs: list[Any], tool: str) -> tup
 # ----------------------------------------------------------------------------- sfnet-fleet-eval
 DESCRIPTION = """Evaluate one or two models on a fleet of drives: many bags, several cameras; totals
 from summed confusion matrices (exactly the numbers of evaluating everything as one set), per
-bag, camera and class, the frames ranked by uncertainty (1 - max softmax), the worst frames as
-pictures, and with --baseline an A/B comparison with bootstrap intervals and an optional CI gate.
+bag, camera and class, the frames ranked by uncertainty (1 - the margin between the two most
+probable classes), the worst frames as pictures, and with --baseline an A/B comparison with
+bootstrap intervals and an optional CI gate.
 
   sfnet-fleet-eval --bag drives/ --cameras front,left --checkpoint new.pt --out fleet
 

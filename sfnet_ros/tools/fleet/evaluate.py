@@ -1,7 +1,8 @@
 """One bag, every camera, one or two models: the per-frame numbers a fleet report is made of.
 
-Frames are read in bag order, batched per model through ``Segmenter.segment`` (with the
-confidence map: uncertainty is ``1 - max softmax``, the node's ``segmentation/confidence``),
+Frames are read in bag order, batched per model through ``Segmenter.segment`` (with the margin
+map: a pixel's uncertainty is ``1 - (p1 - p2)``, p1 and p2 its two largest softmax probabilities,
+the usual score for choosing what to label: 1 where the network cannot tell two classes apart),
 and paired with ground truth by camera and header stamp, whichever comes first. A labelled
 frame keeps its confusion counts; every frame keeps its uncertainty. The worst frames (lowest
 frame mIoU; the most uncertain where a bag has no labels) and, for two models, the frames where
@@ -145,7 +146,7 @@ def evaluate_bag(bag: Path, name: str, identity: str, settings: str, cameras: Se
             outputs = []
             for m, segmenter in enumerate(segmenters):
                 begin = time.perf_counter()
-                outputs.append(segmenter.segment(images, return_confidence=True))
+                outputs.append(segmenter.segment(images, return_confidence="margin"))
                 model_ms[m] += [1000.0 * (time.perf_counter() - begin) / len(images)] * len(images)
             for j, (index, rgb) in enumerate(batch):
                 preds = [outputs[m][j].labels for m in range(m_count)]

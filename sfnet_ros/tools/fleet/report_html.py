@@ -157,7 +157,7 @@ def _overall(s: Mapping[str, Any]) -> str:
         cards += [_card("mIoU", _pct(o.get("miou"))), _card("pixel accuracy", _pct(o.get("pixel_accuracy"))),
                   _card("mean class accuracy", _pct(o.get("mean_accuracy")))]
     cards += [_card("frames", _count(o.get("frames")), f"{_count(o.get('labelled_frames'))} labelled"),
-              _card("mean uncertainty", _num(o.get("uncertainty")), "1 − max softmax"),
+              _card("mean uncertainty", _num(o.get("uncertainty")), "1 − margin (top-1 − top-2 probability)"),
               _card("failed bags", str(len(s.get("failed") or [])))]
     note = "" if s.get("labelled") else (
         '<p class="note">No labels: no camera had a label topic, so there is no IoU, accuracy or '
@@ -307,7 +307,7 @@ def _class_uncertainty(s: Mapping[str, Any]) -> str:
     colors = _colors(s)
     rows = (_tr([_class_cell(n, colors), _num(values.get(n)), _bar(values.get(n), color=_UNC_COLOR)], num=(1,))
             for n in colors)
-    return ('<p class="muted">Mean (1 − max softmax) over the pixels predicted as the class; '
+    return ('<p class="muted">Mean (1 − margin) over the pixels predicted as the class; '
             f"{DASH}: never predicted.</p>" + _table(["class", "uncertainty", ""], rows, num=(1,)))
 
 

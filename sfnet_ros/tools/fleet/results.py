@@ -59,8 +59,8 @@ class BagResult:
     time_s: np.ndarray  # (F,) float64 seconds since the camera's first frame in this bag
     labelled: np.ndarray  # (F,) bool: a label with the same stamp was found
     counts: np.ndarray  # (M, F, C, C + 1) int64 per-frame confusion counts (zeros when unlabelled)
-    uncertainty: np.ndarray  # (M, F) float32 mean (1 - max softmax) over the frame's valid pixels
-    class_uncertainty: np.ndarray  # (M, C) float64 sum of (1 - max softmax) over pixels predicted as c
+    uncertainty: np.ndarray  # (M, F) float32 mean (1 - margin) over the frame's valid pixels
+    class_uncertainty: np.ndarray  # (M, C) float64 sum of (1 - margin) over pixels predicted as c
     class_pixels: np.ndarray  # (M, C) int64 pixels predicted as c
     model_ms: np.ndarray  # (M, F) float32 model time per frame (batch time / batch size)
     disagreement: np.ndarray  # (F,) float32 fraction of pixels where the two models differ (M == 2)
