@@ -168,6 +168,11 @@ def test_a_killed_run_resumes_without_redoing_finished_bags(fleet: Path, whole_r
     assert summary["speed"]["reused_bags"] == len(kept)
     assert np.array_equal(_confusion(summary), _confusion(whole_run[1]))
     assert not partials.exists()
+    # an interrupted run with other settings leaves results the next complete run supersedes
+    stale = fleet / ".resumed_again.partial"
+    stale.mkdir()
+    (stale / f"{kept[0].name.split('-')[0]}-0123456789abcdef.npz").write_bytes(b"other settings")
+    assert _run([*args, "--out", "resumed_again"], fleet).returncode == 0 and not stale.exists()
 
 
 def test_ab_comparison_finds_the_known_winner_and_gates(fleet: Path) -> None:

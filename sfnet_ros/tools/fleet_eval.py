@@ -244,9 +244,11 @@ def _evaluate(args: argparse.Namespace, tasks: list, failed: list, options: Any,
         "fps": round(sum(r.frames for r in fleet.results) / fleet.wall_s, 3) if fleet.wall_s and not fleet.reused
         else None,
         "device": fleet.results[0].info.get("device"), "backend": fleet.results[0].info["models"][-1]["backend"]})
-    # the output is complete: the finished bags it was resumable from are in <out>/partials now
+    # the output is complete: its bags' results are in <out>/partials now; results of these bags
+    # kept from an interrupted run with other settings are superseded too
     for task in tasks:
-        (partials / f"{task.identity}-{settings}.npz").unlink(missing_ok=True)
+        for stale in partials.glob(f"{task.identity}-*.npz"):
+            stale.unlink(missing_ok=True)
     return status
 
 
