@@ -39,6 +39,28 @@ UNLABELED = 255  # Segmenter's label outside the frame's valid region
 PENDING_LIMIT = 512  # frames waiting for a label that never comes are let go (they count unlabelled)
 
 
+class _Pairs:
+    """Predictions and labels of one (camera, stamp) meet here, whichever comes first. At most
+    ``PENDING_LIMIT`` wait on either side: a frame whose label never comes is let go (it counts as
+    unlabelled), so memory stays bounded however a bag orders its topics."""
+
+    PREDICTION, LABEL = 0, 1
+
+    def __init__(self) -> None:
+        self.waiting: tuple[dict, dict] = ({}, {})
+        self.let_go = [0, 0]
+
+    def add(self, side: int, key: tuple[int, int], value: Any) -> Any | None:
+        """The other side's value for ``key`` if it is here (taken), else None (``value`` waits)."""
+        other = self.waiting[1 - side].pop(key, None)
+        if other is None:
+            self.waiting[side][key] = value
+            if len(self.waiting[side]) > PENDING_LIMIT:
+                self.waiting[side].pop(next(iter(self.waiting[side])))
+                self.let_go[side] += 1
+        return other
+
+
 @dataclass
 class _Pending:
     index: int
@@ -123,13 +145,11 @@ def evaluate_bag(bag: Path, name: str, identity: str, settings: str, cameras: Se
         disagreement: list[float] = []
         class_unc = np.zeros((m_count, num_classes), np.float64)
         class_pix = np.zeros((m_count, num_classes), np.int64)
-        pending: dict[tuple[int, int], _Pending] = {}  # predictions waiting for their label
-        labels_waiting: dict[tuple[int, int], np.ndarray] = {}  # labels waiting for their image
+        pairs = _Pairs()
         worst = [_Keeper(keep) for _ in segmenters]
         uncertain = [_Keeper(keep) for _ in segmenters]
         disagree = _Keeper(keep if m_count == 2 else 0)
         batch: list[tuple[int, np.ndarray]] = []  # (frame, rgb)
-        unmatched_labels = 0
 
         def score(key: tuple[int, int], item: _Pending, gt: np.ndarray) -> None:
             if gt.shape != item.preds[0].shape:
@@ -167,13 +187,9 @@ def evaluate_bag(bag: Path, name: str, identity: str, settings: str, cameras: Se
                 key = rows[index]
                 if key[0] in label_topics.values():
                     item = _Pending(index, rgb, preds)
-                    gt = labels_waiting.pop(key, None)
+                    gt = pairs.add(_Pairs.PREDICTION, key, item)
                     if gt is not None:
                         score(key, item, gt)
-                    else:
-                        pending[key] = item
-                        if len(pending) > PENDING_LIMIT:
-                            pending.pop(next(iter(pending)))
             if progress is not None:
                 progress(len(batch))
             batch.clear()
@@ -198,19 +214,14 @@ def evaluate_bag(bag: Path, name: str, identity: str, settings: str, cameras: Se
                                    f"train ids of the checkpoint's {num_classes} classes (or {ignore} = ignore); "
                                    "give --label-classes with an id_map if the bag holds other label ids")
                 key = (label_topics[topic], stamp)
-                item = pending.pop(key, None)
+                item = pairs.add(_Pairs.LABEL, key, gt)
                 if item is not None:
                     score(key, item, gt)
-                else:
-                    labels_waiting[key] = gt
-                    if len(labels_waiting) > PENDING_LIMIT:
-                        labels_waiting.pop(next(iter(labels_waiting)))
-                        unmatched_labels += 1
             if batch:
                 run_batch()
         except ImageConversionError as exc:
             raise BagError(f"{exc}") from None
-    unmatched_labels += len(labels_waiting)
+    unmatched_labels = pairs.let_go[_Pairs.LABEL] + len(pairs.waiting[_Pairs.LABEL])
     frames = len(rows)
     camera_index = np.array([c for c, _ in rows], np.int16)
     stamps = np.array([s for _, s in rows], np.int64)
