@@ -13,7 +13,7 @@ import numpy as np
 
 from sfnet_core.cli.common import ArgumentParser, add_overwrite, make_parser, run_command
 from sfnet_core.data.exchange import cvat, label_studio
-from sfnet_core.data.exchange.layout import frames, read_classes, read_label
+from sfnet_core.data.exchange.layout import frames, label_png, read_classes, read_label
 from sfnet_core.errors import DataError, SFNetError
 from sfnet_core.io_utils import OutputError, atomic_write, check_output
 
@@ -102,17 +102,8 @@ def import_labels(source: Path, fmt: str, dataset: Path, overwrite: bool) -> dic
                           f"{replaced[0]}.png); pass --overwrite to replace them with the imported labels")
     for key, label in labels.items():
         with atomic_write(targets[key], what="--into") as tmp:
-            tmp.write_bytes(_png(label))
+            tmp.write_bytes(label_png(label))
     return {"into": str(dataset), "format": fmt, "labels": len(labels), "replaced": len(replaced)}
-
-
-def _png(label: np.ndarray) -> bytes:
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", label)
-    if not ok:
-        raise DataError("cannot encode a label PNG")
-    return encoded.tobytes()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,8 @@ def extract(
         if segmenter is not None and not (classes or label_classes):  # the drafts' table: the model's
             table, source = segmenter.classes, f"the checkpoint {selection.checkpoint}"
     keep = None if chosen is None else {c.stamp for c in chosen}
-    drafts: dict[int, np.ndarray] = {}  # kept frames to pre-label: stamp -> RGB
+    drafts: list[tuple[str, np.ndarray]] = []  # kept frames waiting for the model (at most a batch)
+    drafted: list[str] = []  # names with a draft in <staging>/drafts (a bag's own label wins at the end)
     prelabelled = 0
     min_gap_ns = int(1e9 / rate_hz) if rate_hz else 0
     kept: dict[int, tuple[str, tuple[int, int]]] = {}  # header stamp -> (file name, image (h, w))
@@ -188,7 +189,9 @@ def extract(
                         write_png(staging / "images" / f"{name}.png", image)
                         kept[m.stamp] = (name, image.shape[:2])
                         if segmenter is not None and selection is not None and selection.prelabel:
-                            drafts[m.stamp] = image
+                            drafts.append((name, image))
+                            if len(drafts) == 4:  # drafted as the frames come: memory stays one batch
+                                draft(drafts, drafted, segmenter, staging)
                         last_kept = m.stamp
                         label = pending_labels.pop(m.stamp, None)
                     else:
@@ -212,14 +215,19 @@ def extract(
         if label_topic and not labelled:
             raise BagError(f"{bag}: no label of {label_topic} has the header stamp of a kept image of {image_topic} "
                            "(labels are paired by exact stamp)")
-        if drafts and segmenter is not None:  # frames without a label in the bag: the model's as a draft
-            done = set(labelled)
-            todo = [(s, rgb) for s, rgb in drafts.items() if kept[s][0] not in done]
-            prelabelled = len(todo)
-            for i in range(0, len(todo), 4):
-                for (stamp, _), result in zip(todo[i:i + 4], segmenter.segment([rgb for _, rgb in todo[i:i + 4]])):
-                    write_png(staging / "labels" / f"{kept[stamp][0]}.png", result.labels)
-                    labelled.append(kept[stamp][0])
+        if drafts:
+            draft(drafts, drafted, segmenter, staging)
+        done = set(labelled)
+        for name in drafted:  # frames without a label in the bag get the model's as their draft
+            draft_file = staging / "drafts" / f"{name}.png"
+            if name in done:
+                draft_file.unlink()
+            else:
+                os.replace(draft_file, staging / "labels" / f"{name}.png")
+                labelled.append(name)
+                prelabelled += 1
+        if drafted:
+            (staging / "drafts").rmdir()
         assignment = split_by_time([name for name, _ in kept.values()], val_fraction, split)
         for folder in ("images", "labels"):
             for split_name in {p for p in assignment.values() if p is not None}:
@@ -245,6 +253,15 @@ def extract(
             "method": selection.method, "budget": selection.budget, "selected": len(chosen),
             "file": str(Path(out) / "selection.csv")}
     return summary
+
+
+def draft(frames: list[tuple[str, np.ndarray]], drafted: list[str], segmenter: Any, staging: Path) -> None:
+    """The model's labels of ``frames`` (name, RGB) into ``staging/drafts``; empties ``frames``."""
+    (staging / "drafts").mkdir(exist_ok=True)
+    for (name, _), result in zip(frames, segmenter.segment([rgb for _, rgb in frames])):
+        write_png(staging / "drafts" / f"{name}.png", result.labels)
+        drafted.append(name)
+    frames.clear()
 
 
 @dataclass(frozen=True)

@@ -75,15 +75,12 @@ def check_label(label: np.ndarray, table: ClassTable, size: tuple[int, int], whe
                         f"(0..{table.num_classes - 1}, {table.ignore_index} = ignore)")
 
 
-def write_png(path: Path, array: np.ndarray) -> None:
-    """A PNG written with the folders it needs (``array`` RGB (H, W, 3) or single channel)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = array[..., ::-1] if array.ndim == 3 else array
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image))
+def label_png(label: np.ndarray) -> bytes:
+    """A train-id label map as the bytes of a single-channel 8-bit PNG."""
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(label))
     if not ok:
-        raise DataError(f"{path}: cannot encode a PNG")
-    with open(path, "wb") as handle:
-        handle.write(encoded.tobytes())
+        raise DataError("cannot encode a label PNG")
+    return encoded.tobytes()
 
 
 def safe_key(key: str, where: str) -> str:
@@ -94,4 +91,4 @@ def safe_key(key: str, where: str) -> str:
     return Path(key).as_posix()
 
 
-__all__ = ["Frame", "read_classes", "frames", "read_label", "check_label", "write_png", "safe_key"]
+__all__ = ["Frame", "read_classes", "frames", "read_label", "check_label", "label_png", "safe_key"]
