@@ -246,6 +246,14 @@ CASES = [
     C("extract-every-0", "sfnet-extract", BAG + " --out {d}/new_data --every 0", "--every: expected an integer >= 1"),
     C("extract-missing-classes", "sfnet-extract", BAG + " --out {d}/new_data --classes {d}/missing.yaml",
       "missing.yaml"),
+    C("extract-no-bag", "sfnet-extract", "--image-topic /front/image_raw --out {d}/new_data",
+      "give --bag (a bag, a folder of bags or a glob) or --bag-list FILE"),
+    C("extract-bag-list-missing", "sfnet-extract", "--bag-list {d}/missing.txt --image-topic /front/image_raw "
+      "--out {d}/new_data", "--bag-list {d}/missing.txt: cannot read it"),
+    C("extract-bag-glob-no-match", "sfnet-extract", BAG + " --bag {d}/nothing*.mcap --out {d}/new_data",
+      "the pattern '{d}/nothing*.mcap' matches no bag"),
+    C("extract-second-bag-without-topic", "sfnet-extract", BAG + " --bag {d}/empty.mcap --out {d}/new_data",
+      "{d}/empty.mcap: image topic '/front/image_raw' not in the bag"),
     # sfnet-synthetic
     C("synthetic-out-existing-dir", "sfnet-synthetic", "--out {d}/existing_dir", "{d}/existing_dir exists (folder)"),
     C("synthetic-out-dir-overwrite", "sfnet-synthetic", "--out {d}/existing_dir --overwrite", "never replaced"),

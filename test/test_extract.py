@@ -180,3 +180,50 @@ def _terminate_when_staging_appears(proc: subprocess.Popen, folder: Path, prefix
             raise AssertionError("no staging folder appeared")
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def two_drives(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[Path, list, list]]]:
+    """drives/day1/drive.mcap and drives/day2/drive.mcap: other streets, the same header stamps;
+    left.mcap: another camera's topic only."""
+    d = tmp_path_factory.mktemp("two_drives")
+    drives = [write_synthetic_bag(d / "drives" / day / "drive.mcap", 3, 32, 64, seed=seed)
+              for day, seed in (("day1", 1), ("day2", 2))]
+    write_synthetic_bag(d / "left.mcap", 2, 32, 64, image_topic="/left/image_raw", label_topic=None)
+    return d, drives
+
+
+def test_several_bags_with_the_same_stamps(two_drives: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A folder of bags: every frame kept under a name of its bag, labels paired within their bag,
+    --val-fraction holding out the last bag."""
+    d, drives = two_drives
+    code, summary, err = _run(capsys, "--bag", d / "drives", "--image-topic", "/front/image_raw", "--label-topic",
+                              "/front/labels", "--out", tmp_path / "data", "--val-fraction", "0.5")
+    assert code == 0, err
+    assert (summary["bags"], summary["images"], summary["labels"], summary["frames_in_bag"]) == (2, 6, 6, 6)
+    assert summary["splits"] == {"train": 3, "val": 3}
+    stamps = [stamp_name(s) for s in frame_stamps(3, 10.0)]
+    for part, tag, (_, images, labels) in zip(("train", "val"), ("day1-drive", "day2-drive"), drives):
+        assert sorted(p.name for p in (tmp_path / "data" / "images" / part).iterdir()) == \
+            [f"{tag}_{s}.png" for s in stamps]
+        assert sorted(p.name for p in (tmp_path / "data" / "labels" / part).iterdir()) == \
+            [f"{tag}_{s}.png" for s in stamps]
+        for stamp, image, label in zip(stamps, images, labels):
+            written = cv2.imread(str(tmp_path / "data" / "images" / part / f"{tag}_{stamp}.png"))
+            np.testing.assert_array_equal(cv2.cvtColor(written, cv2.COLOR_BGR2RGB), image)
+            np.testing.assert_array_equal(
+                cv2.imread(str(tmp_path / "data" / "labels" / part / f"{tag}_{stamp}.png"), cv2.IMREAD_UNCHANGED),
+                label)
+    # the two drives differ frame by frame: a label paired with the other bag's image would show
+    assert all(not np.array_equal(a, b) for a, b in zip(drives[0][2], drives[1][2]))
+
+
+def test_a_bag_without_the_topic_is_an_error_naming_it(two_drives: tuple, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    d, _ = two_drives
+    code, _, err = _run(capsys, "--bag", d / "drives" / "*" / "drive.mcap", "--bag", d / "left.mcap",
+                        "--image-topic", "/front/image_raw", "--out", tmp_path / "data")
+    assert code == 2
+    assert err.splitlines() == [f"sfnet-extract: error: {d / 'left.mcap'}: image topic '/front/image_raw' not in "
+                                "the bag; topics: /left/image_raw [sensor_msgs/msg/Image, 2 msgs]"]
+    assert list(tmp_path.iterdir()) == []  # no dataset, no staging folder

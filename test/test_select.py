@@ -99,3 +99,70 @@ def test_stride_selection_and_ground_truth_wins_over_drafts(drive: tuple, tmp_pa
     rows = list(csv.DictReader((tmp_path / "stride" / "selection.csv").open()))
     stamps = frame_stamps(N, 10.0)
     assert [r["stamp"] for r in rows] == [stamp_name(stamps[i]) for i in (0, 3, 6, 9)] and rows[0]["score"] == ""
+
+
+def test_choose_over_several_bags_gap_within_a_bag_only_and_stride_in_proportion() -> None:
+    stamps = frame_stamps(6, 10.0)  # both drives start at the same header stamp
+    a = [Candidate(s, (s - stamps[0]) / 1e9, score, 0) for s, score in zip(stamps, [0.9, 0.8, 0.1, 0.2, 0.3, 0.1])]
+    b = [Candidate(s, (s - stamps[0]) / 1e9, score, 1) for s, score in zip(stamps[:3], [0.85, 0.05, 0.7])]
+    picked = choose(b + a, 3, "uncertainty", min_gap_s=0.25)
+    # 0.85 has the stamp of 0.9 but is of the other drive: kept; 0.8 and 0.7 are near copies in their own drive
+    assert [(c.bag, c.score) for c in picked] == [(0, 0.9), (1, 0.85), (0, 0.3)]
+    # stride: evenly over the candidates in (bag, time) order, each bag in proportion to its candidates
+    assert [(c.bag, c.stamp) for c in choose(b + a, 3, "stride")] == [(0, stamps[0]), (0, stamps[4]), (1, stamps[2])]
+    assert [(c.bag, c.stamp) for c in choose(b + a, 5, "stride")] == \
+        [(0, stamps[0]), (0, stamps[2]), (0, stamps[4]), (1, stamps[0]), (1, stamps[2])]
+
+
+@pytest.fixture(scope="module")
+def two_drives(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[Path, list, list]]]:
+    """Two drives in drives/day1/, drives/day2/ with the same header stamps, and a list file naming them."""
+    d = tmp_path_factory.mktemp("select_two")
+    drives = [write_synthetic_bag(d / "drives" / day / "drive.mcap", 4, 32, 64, seed=seed, label_topic=None)
+              for day, seed in (("day1", 5), ("day2", 6))]
+    (d / "bags.txt").write_text("# the week's drives\ndrives/day1/drive.mcap\ndrives/day2/drive.mcap\n")
+    return d, drives
+
+
+def test_one_budget_over_several_bags(drive: tuple, two_drives: tuple, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    """--bag-list: the most uncertain frames of all the drives, wherever they are; --min-gap
+    within a drive only; drafts of the right drive's frames."""
+    from sfnet_core.inference import Segmenter
+
+    _, checkpoint, _ = drive
+    d, drives = two_drives
+    stamps = frame_stamps(4, 10.0)
+    segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu", warmup=False)
+    expected = {}  # (tag, stamp name) -> (score, the model's labels)
+    for tag, (_, images, _) in zip(("day1-drive", "day2-drive"), drives):
+        for stamp, image in zip(stamps, images):
+            result = segmenter.segment(image, return_confidence="margin")
+            expected[tag, stamp_name(stamp)] = (frame_uncertainty(result.labels, result.confidence), result.labels)
+    ranked = sorted(expected, key=lambda k: -expected[k][0])
+    assert {tag for tag, _ in ranked[:3]} == {"day1-drive", "day2-drive"}  # the budget is split between the drives
+
+    def select(out: Path, min_gap: str) -> list[dict]:
+        code = extract.main(["--no-progress", "--bag-list", str(d / "bags.txt"), "--image-topic", "/front/image_raw",
+                             "--out", str(out), "--checkpoint", str(checkpoint), "--select", "uncertainty",
+                             "--budget", "3", "--min-gap", min_gap, "--prelabel", "--threads", "1"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        summary = json.loads(captured.out)
+        assert summary["bags"] == 2 and summary["prelabelled"] == summary["images"] == summary["selection"]["selected"]
+        return list(csv.DictReader((out / "selection.csv").open()))
+
+    rows = select(tmp_path / "close", "0.05")  # frames are 0.1 s apart: no gap rule in the way
+    # the bag as --bag-list names it (relative to the list file), the file named after bag and stamp
+    assert [(r["file"], r["bag"]) for r in rows] == [
+        (f"images/{tag}_{stamp}.png", f"{d}/drives/{tag.replace('-', '/')}.mcap") for tag, stamp in ranked[:3]]
+    for row, key in zip(rows, ranked):
+        assert float(row["score"]) == pytest.approx(expected[key][0], abs=1e-6) and row["stamp"] == key[1]
+        assert row["time_s"] == f"{(next(s for s in stamps if stamp_name(s) == key[1]) - stamps[0]) / 1e9:.3f}"
+        draft = cv2.imread(str(tmp_path / "close" / row["file"].replace("images", "labels")), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(draft, expected[key][1])  # the model's labels of that drive's frame
+    # a gap longer than the drives: one frame of each, though their stamps are within 0.3 s
+    rows = select(tmp_path / "apart", "10")
+    best = [next(k for k in ranked if k[0] == tag) for tag in ("day1-drive", "day2-drive")]
+    assert [r["file"] for r in rows] == [f"images/{tag}_{stamp}.png"
+                                         for tag, stamp in sorted(best, key=lambda k: -expected[k][0])]

@@ -1,10 +1,22 @@
-"""``sfnet-extract``: turn a recorded bag into a folder dataset ready for labelling and ``sfnet-train``.
+"""``sfnet-extract``: turn recorded bags into a folder dataset ready for labelling and ``sfnet-train``.
 
     sfnet-extract --bag drive.mcap --image-topic /front/image_raw --out my_data --rate 2 --val-fraction 0.2
+    sfnet-extract --bag drives/ --bag-list more.txt --image-topic /front/image_raw --out to_label \\
+        --checkpoint model.pt --select uncertainty --budget 200 --prelabel
 
 writes PNG images named after their header stamps (``<sec>_<nanosec>.png``, so they sort in time),
 label PNGs of the same names (from ``--label-topic``, or left to the labelling tool) and
-``classes.yaml``, the class table the labels must use (train ids, no id_map). Layouts:
+``classes.yaml``, the class table the labels must use (train ids, no id_map).
+
+``--bag`` takes what ``sfnet-fleet-eval``'s does (a bag, a folder of bags searched recursively,
+a glob; repeatable) and ``--bag-list FILE`` (``sfnet_ros.tools.fleet.sources.resolve_bags``).
+With several bags the frames of different bags may share header stamps, so each name starts
+with its bag's tag: ``<tag>_<sec>_<nanosec>.png``, the tag being the shortest path suffix that
+tells the bags apart, file-name safe (``day1/drive.mcap`` -> ``day1-drive``; ``bag_tags``); names
+sort by bag, then time. Every bag must hold the image topic (and ``--label-topic``), each is read
+on its own (``--every`` / ``--rate`` and the pairing of labels by stamp are per bag), and every
+error names its bag. ``--select`` picks one budget from the candidates of all the bags together
+(``select_frames``). With one bag nothing changes: no tag. Layouts:
 
 * default: ``images/``, ``labels/`` (``data.train_split: null`` in a recipe reads this);
 * ``--split NAME``: ``images/NAME/``, ``labels/NAME/``;
@@ -12,7 +24,9 @@ label PNGs of the same names (from ``--label-topic``, or left to the labelling t
   ``training/configs/custom_template.yaml`` reads (``train_split: train``, ``val_split: val``).
   The split is by time, deterministic: the kept frames in stamp order, the last
   ``round(F * N)`` (at least one) in ``val``. Neighbouring frames of a drive are near copies of
-  each other; a random split would put copies of training frames into the validation set.
+  each other; a random split would put copies of training frames into the validation set. With
+  several bags the order is the names' (by bag tag, then time): ``val`` holds the last bags'
+  frames, whole drives held out, and at most one bag, at the boundary, is split in two by time.
 
 Label values must be train ids of the class table (or its ignore index) and labels must have
 their image's size; anything else is an error, not a silently wrong dataset. The folder appears
@@ -23,9 +37,12 @@ in ``.sfnet-manifest.json``: ``sfnet_core.io_utils``), so labelling work is neve
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +74,7 @@ from sfnet_ros.tools.bag_io import (
     stamp_name,
     write_png,
 )
+from sfnet_ros.tools.fleet.sources import BAG_FILE_SUFFIXES, display_name, resolve_bags
 from sfnet_ros.tools.select_frames import Candidate, candidate_stamps, choose, score_frames, selection_csv
 
 TOOL = "sfnet-extract"  # the manifest's tool name (sfnet_core.io_utils): what --overwrite may replace
@@ -93,8 +111,33 @@ def split_by_time(names: list[str], val_fraction: float | None, split: str | Non
     return {name: ("val" if i >= len(ordered) - n_val else "train") for i, name in enumerate(ordered)}
 
 
+def bag_tags(bags: Sequence[str | os.PathLike]) -> list[str]:
+    """The file-name prefix of each bag's frames when several bags are read: its ``display_name``
+    (the shortest path suffix that tells the bags apart, ``day1/drive.mcap``) without the bag file
+    suffix, every character but letters, digits, ``.`` and ``-`` made ``-`` (``day1-drive``), and no
+    leading ``.``. Where two come out alike, the file suffixes are kept; where two are still alike,
+    every tag gets ``-<its position in bags>`` (the text after the last ``-`` then tells them apart).
+    A tag holds no ``_``, so ``<tag>_<sec>_<nanosec>`` names sort by bag, then by time."""
+    paths = [Path(b) for b in bags]
+    names = [display_name(p, paths) for p in paths]
+
+    def safe(name: str) -> str:
+        return re.sub(r"^\.", "-", re.sub(r"[^A-Za-z0-9.-]", "-", name))
+
+    def bare(name: str) -> str:  # without the bag file's suffix
+        suffix = next((x for x in BAG_FILE_SUFFIXES if name.endswith(x) and len(name) > len(x)), "")
+        return name[: len(name) - len(suffix)]
+
+    tags = [safe(bare(n)) for n in names]
+    if len(set(tags)) < len(tags):
+        tags = [safe(n) for n in names]
+    if len(set(tags)) < len(tags):
+        tags = [f"{tag}-{i + 1}" for i, tag in enumerate(tags)]
+    return tags
+
+
 def extract(
-    bag: str | os.PathLike,
+    bag: str | os.PathLike | Sequence[str | os.PathLike],
     image_topic: str,
     out: str | os.PathLike,
     every: int = 1,
@@ -110,10 +153,23 @@ def extract(
 ) -> dict[str, Any]:
     """Extract; returns a summary dict. Raises SFNetError subclasses on bad input (see module doc).
 
+    ``bag``: one bag, or a list of bags (each a bag path as ``BagReader`` opens it: no folders of
+    bags or globs here, ``sfnet_ros.tools.fleet.sources.resolve_bags`` expands those); with more
+    than one, the file names start with the bag's tag (``bag_tags``).
     ``label_classes`` (instead of ``classes``): the labels' class table, whose ``id_map`` maps the
     bag's label values (e.g. Cityscapes labelIds) to the train ids written into the label PNGs.
-    ``selection``: pick a budget of the candidate frames (``select_frames``) and/or pre-label the
-    kept frames that have no label with a model; ``selection.csv`` ranks the picked frames."""
+    ``selection``: pick a budget of the candidate frames of all the bags (``select_frames``) and/or
+    pre-label the kept frames that have no label with a model; ``selection.csv`` ranks the picked
+    frames."""
+    bags = [bag] if isinstance(bag, (str, os.PathLike)) else list(bag)
+    if not bags:
+        raise BagError("no bag: give --bag (a bag, a folder of bags or a glob) or --bag-list FILE")
+    resolved: set[Path] = set()
+    for one in bags:
+        if Path(one).resolve() in resolved:
+            raise BagError(f"{one}: the bag is given twice")
+        resolved.add(Path(one).resolve())
+    tags = bag_tags(bags) if len(bags) > 1 else [""]
     if split is not None and val_fraction is not None:
         raise BagError("--split and --val-fraction exclude each other (--val-fraction writes train and val)")
     if split is not None and (not split or "/" in split or split.startswith(".")):
@@ -121,7 +177,7 @@ def extract(
     if classes and label_classes:
         raise BagError("--classes (labels hold train ids) and --label-classes (its id_map maps them) exclude "
                        "each other")
-    out_path = check_output(out, inputs=[bag, classes, label_classes], overwrite=overwrite, kind="dir", tool=TOOL)
+    out_path = check_output(out, inputs=[*bags, classes, label_classes], overwrite=overwrite, kind="dir", tool=TOOL)
     lut = None
     if label_classes:
         table, lut = read_label_classes(label_classes)
@@ -129,25 +185,29 @@ def extract(
     else:
         table = ClassTable.from_yaml(classes) if classes else ClassTable.cityscapes()
         source = str(classes) if classes else "the Cityscapes train ids"
+    total = 0  # the image topic's messages in all the bags; every bag checked before any is read through
+    for one in bags:
+        with BagReader(one) as reader:
+            total += reader.check_topic(image_topic).count
+            if label_topic:
+                reader.check_topic(label_topic, what="label topic")
     segmenter = chosen = None
     if selection is not None:
-        segmenter, chosen = _select(bag, image_topic, every, rate_hz, selection, table,
+        segmenter, chosen = _select(bags, image_topic, every, rate_hz, selection, table,
                                     "--classes" if classes else "--label-classes" if label_classes else None,
                                     progress)
         if segmenter is not None and not (classes or label_classes):  # the drafts' table: the model's
             table, source = segmenter.classes, f"the checkpoint {selection.checkpoint}"
-    keep = None if chosen is None else {c.stamp for c in chosen}
+    keep = None if chosen is None else {(c.bag, c.stamp) for c in chosen}
     drafts: list[tuple[str, np.ndarray]] = []  # kept frames waiting for the model (at most a batch)
     drafted: list[str] = []  # names with a draft in <staging>/drafts (a bag's own label wins at the end)
     prelabelled = 0
     min_gap_ns = int(1e9 / rate_hz) if rate_hz else 0
-    kept: dict[int, tuple[str, tuple[int, int]]] = {}  # header stamp -> (file name, image (h, w))
-    pending_labels: dict[int, np.ndarray] = {}
+    kept: dict[tuple[int, int], tuple[str, tuple[int, int]]] = {}  # (bag, header stamp) -> (file name, (h, w))
     labelled: list[str] = []
     seen = duplicates = 0
-    last_kept: int | None = None
 
-    def check_label(stamp: int, label: np.ndarray, image_shape: tuple[int, int]) -> None:
+    def check_label(bag: str | os.PathLike, stamp: int, label: np.ndarray, image_shape: tuple[int, int]) -> None:
         where = f"{bag}: label topic {label_topic} at stamp {stamp_name(stamp)}"
         if label.shape != image_shape:
             raise BagError(f"{where}: the label is {label.shape[1]}x{label.shape[0]} but its image is "
@@ -159,62 +219,68 @@ def extract(
                            f"classes: 0..{table.num_classes - 1}, {table.ignore_index} = ignore); pass the "
                            "class table of these labels with --classes")
 
-    with BagReader(bag) as reader, atomic_write(out_path, overwrite=overwrite, tool=TOOL, what="--out") as staging:
-        info = reader.check_topic(image_topic)
-        if label_topic:
-            reader.check_topic(label_topic, what="label topic")
+    with atomic_write(out_path, overwrite=overwrite, tool=TOOL, what="--out") as staging:
         (staging / "images").mkdir(parents=True)
         (staging / "labels").mkdir()
         topics = [image_topic] + ([label_topic] if label_topic else [])
-        bar = tqdm(total=info.count, unit="frame", file=sys.stderr,
+        bar = tqdm(total=total, unit="frame", file=sys.stderr,
                    disable=True if not progress else None, desc="sfnet-extract")  # None: no bar unless a terminal
         try:
-            for m in reader.messages(topics):
-                if m.stamp is None:
-                    raise BagError(f"{bag}: {m.topic} messages have no header stamp")
-                try:
-                    if m.topic == image_topic:
-                        bar.update(1)
-                        index, seen = seen, seen + 1
-                        if keep is not None:  # the candidates were filtered by --every / --rate already
-                            if m.stamp not in keep:
-                                continue
-                        elif index % every or (last_kept is not None and m.stamp - last_kept < min_gap_ns):
-                            continue
-                        if m.stamp in kept:
-                            duplicates += 1  # two frames with one stamp: keep the first
-                            continue
-                        name = stamp_name(m.stamp)
-                        image = decode_image(m.msg, m.msgtype)
-                        write_png(staging / "images" / f"{name}.png", image)
-                        kept[m.stamp] = (name, image.shape[:2])
-                        if segmenter is not None and selection is not None and selection.prelabel:
-                            drafts.append((name, image))
-                            if len(drafts) == 4:  # drafted as the frames come: memory stays one batch
-                                draft(drafts, drafted, segmenter, staging)
-                        last_kept = m.stamp
-                        label = pending_labels.pop(m.stamp, None)
-                    else:
-                        label = decode_labels(m.msg, m.msgtype, m.topic)
-                        if lut is not None:
-                            label = lut[label]
-                        if m.stamp not in kept:
-                            pending_labels[m.stamp] = label  # image not seen yet (or skipped)
-                            continue
-                        name = kept[m.stamp][0]
-                    if label is not None:
-                        check_label(m.stamp, label, kept[m.stamp][1])
-                        write_png(staging / "labels" / f"{name}.png", label)
-                        labelled.append(name)
-                except ImageConversionError as exc:
-                    raise BagError(f"{bag}: {m.topic} message at {m.timestamp} ns: {exc}") from None
+            for n, bag_path in enumerate(bags):
+                pending_labels: dict[int, np.ndarray] = {}
+                last_kept: int | None = None
+                index = 0  # the frame's index in its bag (--every)
+                bag_kept = bag_labelled = 0
+                with BagReader(bag_path) as reader:
+                    for m in reader.messages(topics):
+                        if m.stamp is None:
+                            raise BagError(f"{bag_path}: {m.topic} messages have no header stamp")
+                        try:
+                            if m.topic == image_topic:
+                                bar.update(1)
+                                frame, index, seen = index, index + 1, seen + 1
+                                if keep is not None:  # the candidates were filtered by --every / --rate already
+                                    if (n, m.stamp) not in keep:
+                                        continue
+                                elif frame % every or (last_kept is not None and m.stamp - last_kept < min_gap_ns):
+                                    continue
+                                if (n, m.stamp) in kept:
+                                    duplicates += 1  # two frames with one stamp: keep the first
+                                    continue
+                                name = f"{tags[n]}_{stamp_name(m.stamp)}" if tags[n] else stamp_name(m.stamp)
+                                image = decode_image(m.msg, m.msgtype)
+                                write_png(staging / "images" / f"{name}.png", image)
+                                kept[n, m.stamp] = (name, image.shape[:2])
+                                bag_kept += 1
+                                if segmenter is not None and selection is not None and selection.prelabel:
+                                    drafts.append((name, image))
+                                    if len(drafts) == 4:  # drafted as the frames come: memory stays one batch
+                                        draft(drafts, drafted, segmenter, staging)
+                                last_kept = m.stamp
+                                label = pending_labels.pop(m.stamp, None)
+                            else:
+                                label = decode_labels(m.msg, m.msgtype, m.topic)
+                                if lut is not None:
+                                    label = lut[label]
+                                if (n, m.stamp) not in kept:
+                                    pending_labels[m.stamp] = label  # image not seen yet (or skipped)
+                                    continue
+                                name = kept[n, m.stamp][0]
+                            if label is not None:
+                                check_label(bag_path, m.stamp, label, kept[n, m.stamp][1])
+                                write_png(staging / "labels" / f"{name}.png", label)
+                                labelled.append(name)
+                                bag_labelled += 1
+                        except ImageConversionError as exc:
+                            raise BagError(f"{bag_path}: {m.topic} message at {m.timestamp} ns: {exc}") from None
+                if label_topic and bag_kept and not bag_labelled:
+                    raise BagError(f"{bag_path}: no label of {label_topic} has the header stamp of a kept image of "
+                                   f"{image_topic} (labels are paired by exact stamp)")
         finally:
             bar.close()
         if not kept:
-            raise BagError(f"{bag}: no frame of {image_topic} was kept")
-        if label_topic and not labelled:
-            raise BagError(f"{bag}: no label of {label_topic} has the header stamp of a kept image of {image_topic} "
-                           "(labels are paired by exact stamp)")
+            where = str(bags[0]) if len(bags) == 1 else f"{len(bags)} bags"
+            raise BagError(f"{where}: no frame of {image_topic} was kept")
         if drafts:
             draft(drafts, drafted, segmenter, staging)
         done = set(labelled)
@@ -238,15 +304,17 @@ def extract(
                     os.replace(source_file, staging / folder / part / f"{name}.png")
         (staging / "classes.yaml").write_text(class_template(table, source), encoding="utf-8")
         if chosen is not None and selection is not None and selection.method:
-            files = {s: "/".join(("images", *filter(None, [assignment[name]]), f"{name}.png"))
-                     for s, (name, _) in kept.items()}
+            files = {key: "/".join(("images", *filter(None, [assignment[name]]), f"{name}.png"))
+                     for key, (name, _) in kept.items()}
             (staging / "selection.csv").write_text(
-                selection_csv([c for c in chosen if c.stamp in kept], files, bag, image_topic, selection.method),
+                selection_csv([c for c in chosen if (c.bag, c.stamp) in kept], files, bags, image_topic,
+                              selection.method),
                 encoding="utf-8")
     splits = sorted({p for p in assignment.values() if p is not None})
     counts = {p: sum(1 for v in assignment.values() if v == p) for p in splits}
-    summary = {"out": str(out), "images": len(kept), "labels": len(labelled), "frames_in_bag": seen,
-               "duplicate_stamps": duplicates, "splits": counts, "classes": str(Path(out) / "classes.yaml")}
+    summary = {"out": str(out), "images": len(kept), "labels": len(labelled), "bags": len(bags),
+               "frames_in_bag": seen, "duplicate_stamps": duplicates, "splits": counts,
+               "classes": str(Path(out) / "classes.yaml")}
     if selection is not None:
         summary["prelabelled"] = prelabelled
         summary["selection"] = None if chosen is None else {
@@ -278,9 +346,10 @@ class Selection:
     threads: int = 0
 
 
-def _select(bag: str | os.PathLike, topic: str, every: int, rate_hz: float | None, selection: Selection,
-            table: ClassTable, table_option: str | None, progress: bool) -> tuple[Any, Any]:
-    """(the model or None, the chosen candidates or None): scores the candidates when asked."""
+def _select(bags: Sequence[str | os.PathLike], topic: str, every: int, rate_hz: float | None,
+            selection: Selection, table: ClassTable, table_option: str | None, progress: bool) -> tuple[Any, Any]:
+    """(the model or None, the chosen candidates or None): scores the candidates of all the bags
+    (one model, loaded once) when asked, and chooses one budget from them together."""
     segmenter = None
     if selection.checkpoint and (selection.prelabel or selection.method == "uncertainty"):
         from sfnet_core.inference import Segmenter  # lazy: torch
@@ -294,39 +363,52 @@ def _select(bag: str | os.PathLike, topic: str, every: int, rate_hz: float | Non
                            f"vs {', '.join(segmenter.classes.names[:4])}, ...); drafts must use the labels' table")
     if selection.method is None:
         return segmenter, None
-    stamps = candidate_stamps(bag, topic, every, rate_hz)
+    per_bag = [candidate_stamps(bag, topic, every, rate_hz) for bag in bags]
+    candidates: list[Candidate] = []
     if selection.method == "uncertainty" and segmenter is not None:
         focus = [segmenter.classes.index(name) for name in selection.focus]
-        bar = tqdm(total=len(stamps), unit="frame", file=sys.stderr, desc="sfnet-extract: scoring",
+        bar = tqdm(total=sum(map(len, per_bag)), unit="frame", file=sys.stderr, desc="sfnet-extract: scoring",
                    disable=True if not progress else None)
 
         def scored(frames: int) -> None:
             bar.update(frames)
 
         try:
-            candidates = score_frames(bag, topic, stamps, segmenter, focus, progress=scored)
+            for index, (bag, stamps) in enumerate(zip(bags, per_bag)):
+                candidates += score_frames(bag, topic, stamps, segmenter, focus, progress=scored, bag_index=index)
         finally:
             bar.close()
     else:
-        candidates = [Candidate(s, (s - stamps[0]) / 1e9, float("nan")) for s in stamps]
+        candidates = [Candidate(s, (s - stamps[0]) / 1e9, float("nan"), index)
+                      for index, stamps in enumerate(per_bag) for s in stamps]
     return segmenter, choose(candidates, selection.budget, selection.method, selection.min_gap_s)
 
 
-DESCRIPTION = """Dump a bag's image topic into the folder-dataset layout that sfnet-train reads
-(images/, labels/, classes.yaml; see the layouts below).
+DESCRIPTION = """Dump the image topic of one or many bags into the folder-dataset layout that
+sfnet-train reads (images/, labels/, classes.yaml; see the layouts below).
 
   sfnet-extract --bag drive.mcap --image-topic /front/image_raw --out my_data --rate 2 --val-fraction 0.2
+  sfnet-extract --bag drives/ --image-topic /front/image_raw --out to_label --checkpoint model.pt \\
+      --select uncertainty --budget 200 --prelabel
 
+Files are named after the header stamp (<sec>_<nanosec>.png); with several bags after the bag and
+the stamp (<bag tag>_<sec>_<nanosec>.png, the tag the shortest path suffix telling the bags apart,
+e.g. day1-drive), so they sort by bag, then time. --select chooses one --budget from all the bags
+together (--min-gap between frames of the same bag only).
 Layouts: default images/ and labels/ (recipe: train_split: null); --split NAME: images/NAME/;
 --val-fraction F: images/train/ and images/val/ (recipe: train_split: train, val_split: val), the
-last F of the kept frames in time order going to val.
+last F of the kept frames in time order going to val (with several bags in name order: the last
+bags' frames, whole drives held out).
 --out is refused if it exists (unless --overwrite, and then only a folder sfnet-extract wrote and
-nobody changed since: labelling work is never replaced) or if it is the bag or lies inside it."""
+nobody changed since: labelling work is never replaced) or if it is a bag or lies inside one."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("sfnet-extract", DESCRIPTION)
-    parser.add_argument("--bag", required=True, help="rosbag2 directory, .mcap or .db3 file, or ROS 1 .bag")
+    parser.add_argument("--bag", action="append", default=[], metavar="BAG",
+                        help="a bag (.mcap, .db3, .bag, rosbag2 folder), a folder of bags, or a glob; repeatable")
+    parser.add_argument("--bag-list", action="append", default=[], metavar="FILE",
+                        help="a text file naming bags, folders or globs, one per line; repeatable")
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     parser.add_argument("--out", required=True, help="dataset folder to create")
     pick = parser.add_mutually_exclusive_group()
@@ -349,12 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
     choose_group = parser.add_argument_group("choosing what to label (docs/custom-data.md)")
     choose_group.add_argument("--checkpoint", help="the model for --select uncertainty and --prelabel (.pt or .onnx)")
     choose_group.add_argument("--select", choices=("uncertainty", "stride"), default=None,
-                              help="keep --budget of the candidate frames: the most uncertain (1 - margin of the two "
-                                   "most probable classes), or evenly spaced in time (default: every candidate)")
-    choose_group.add_argument("--budget", type=positive_int, default=None, help="--select: frames to keep")
+                              help="keep --budget of the candidate frames of all the bags: the most uncertain (1 - "
+                                   "margin of the two most probable classes), or evenly spaced in time (each bag "
+                                   "in proportion to its candidates) (default: every candidate)")
+    choose_group.add_argument("--budget", type=positive_int, default=None,
+                              help="--select: frames to keep (in all, over all the bags)")
     choose_group.add_argument("--min-gap", type=positive_float, default=1.0, metavar="SECONDS",
-                              help="--select uncertainty: never two picks closer than this in header time "
-                                   "(neighbouring frames are near copies)")
+                              help="--select uncertainty: never two picks of the same bag closer than this in "
+                                   "header time (neighbouring frames are near copies)")
     choose_group.add_argument("--focus-classes", default="",
                               help="--select uncertainty: score only the pixels predicted as these classes "
                                    "(comma-separated names, e.g. a rare class)")
@@ -388,16 +472,30 @@ def _selection(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Sel
                      args.device, args.threads)
 
 
+def bags_of(entries: Sequence[str], list_files: Sequence[str]) -> list[str | Path]:
+    """The bags ``--bag`` and ``--bag-list`` name (``resolve_bags``: bags, folders of bags, globs,
+    list files). A single ``--bag`` that is neither a glob nor a folder of bags is passed on as
+    given, so that its reader says what is wrong with it (a missing bag, not a bag, ...)."""
+    if not list_files and len(entries) == 1:
+        path = Path(entries[0])
+        if not glob.has_magic(entries[0]) and not (path.is_dir() and not (path / "metadata.yaml").is_file()):
+            return [entries[0]]
+    return list(resolve_bags(entries, list_files))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.bag and not args.bag_list:
+        parser.error("give --bag (a bag, a folder of bags or a glob) or --bag-list FILE")
     selection = _selection(args, parser)
 
     def run() -> int:
+        bags = bags_of(args.bag, args.bag_list)
         if selection is not None and selection.checkpoint:
             require_model_file(selection.checkpoint)
-        summary = extract(args.bag, args.image_topic, args.out, args.every, args.rate, args.classes,
-                          args.label_topic, progress=not args.no_progress, overwrite=args.overwrite,
+        summary = extract(bags[0] if len(bags) == 1 else bags, args.image_topic, args.out, args.every, args.rate,
+                          args.classes, args.label_topic, progress=not args.no_progress, overwrite=args.overwrite,
                           split=args.split, val_fraction=args.val_fraction, label_classes=args.label_classes,
                           selection=selection)
         print(f"wrote {summary['images']} images and {summary['labels']} labels to {summary['out']}",

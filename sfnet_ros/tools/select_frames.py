@@ -1,15 +1,19 @@
-"""Which frames of a bag are worth labelling: by the model's uncertainty, or by a fixed stride.
+"""Which frames of one or many bags are worth labelling: by the model's uncertainty, or by a fixed stride.
 
 ``score_frames`` runs a model over a bag's candidate frames (those ``--every`` / ``--rate`` keep)
 and gives each its uncertainty: the mean over its pixels of ``1 - margin``, the margin being the
 difference of the two largest softmax probabilities (1 where the network cannot tell two classes
 apart); with ``focus`` classes, only over the pixels predicted as one of them (a frame unsure
-about the rare class, not about the sky). ``choose`` picks a budget of frames:
+about the rare class, not about the sky). ``choose`` picks one budget of frames from the
+candidates of all the bags together (each candidate knows its bag: ``Candidate.bag``):
 
-* ``uncertainty``: the most uncertain first, never two within ``min_gap_s`` seconds of header
-  time of each other (neighbouring frames of a drive are near copies: one label of the two is
-  enough), so a second is spent on another moment of the drive;
-* ``stride``: evenly spaced in time over the candidates, the baseline a team uses today.
+* ``uncertainty``: the most uncertain first, wherever they are, never two of the same bag within
+  ``min_gap_s`` seconds of header time of each other (neighbouring frames of a drive are near
+  copies: one label of the two is enough), so a second is spent on another moment of the drive;
+  frames of different bags are different drives, never near copies, whatever their stamps;
+* ``stride``: evenly spaced over the candidates in (bag, time) order, the baseline a team uses
+  today: within a bag evenly in time, and each bag gets a share of the budget in proportion to
+  its number of candidates.
 
 The ranked list (``selection.csv``: rank, file, bag, topic, stamp, seconds, score) goes with the
 dataset, so a labeller knows why each frame is there and in which order to label them.
@@ -33,8 +37,9 @@ UNLABELED = 255
 @dataclass
 class Candidate:
     stamp: int
-    time_s: float  # header time since the first candidate
+    time_s: float  # header time since the first candidate of its bag
     score: float  # mean (1 - margin) over the frame's (focus) pixels; NaN without a model
+    bag: int = 0  # which bag (its index in the list of bags read)
 
 
 def candidate_stamps(bag: str | os.PathLike, topic: str, every: int, rate_hz: float | None) -> list[int]:
@@ -66,8 +71,10 @@ def frame_uncertainty(labels: np.ndarray, margin: np.ndarray, focus: Sequence[in
 
 
 def score_frames(bag: str | os.PathLike, topic: str, stamps: Sequence[int], segmenter: Any, focus: Sequence[int] = (),
-                 batch_size: int = 4, progress: Callable[[int], None] | None = None) -> list[Candidate]:
-    """The uncertainty of every frame of ``stamps`` (batches through ``segmenter``)."""
+                 batch_size: int = 4, progress: Callable[[int], None] | None = None,
+                 bag_index: int = 0) -> list[Candidate]:
+    """The uncertainty of every frame of ``stamps`` (batches through ``segmenter``); the
+    candidates are of bag number ``bag_index``."""
     wanted = set(stamps)
     scores: dict[int, float] = {}
     batch: list[tuple[int, np.ndarray]] = []
@@ -90,7 +97,7 @@ def score_frames(bag: str | os.PathLike, topic: str, stamps: Sequence[int], segm
         if batch:
             run()
     first = min(stamps) if stamps else 0
-    return [Candidate(s, (s - first) / 1e9, scores.get(s, float("nan"))) for s in stamps]
+    return [Candidate(s, (s - first) / 1e9, scores.get(s, float("nan")), bag_index) for s in stamps]
 
 
 def choose(candidates: Sequence[Candidate], budget: int, method: str, min_gap_s: float = 1.0) -> list[Candidate]:
@@ -99,7 +106,7 @@ def choose(candidates: Sequence[Candidate], budget: int, method: str, min_gap_s:
     if not candidates:
         raise BagError("no candidate frame to select from (--every / --rate kept none)")
     if method == "stride":
-        ordered = sorted(candidates, key=lambda c: c.stamp)
+        ordered = sorted(candidates, key=lambda c: (c.bag, c.stamp))
         if budget >= len(ordered):
             return ordered
         picks = np.linspace(0, len(ordered) - 1, budget).round().astype(int)
@@ -110,21 +117,22 @@ def choose(candidates: Sequence[Candidate], budget: int, method: str, min_gap_s:
         raise BagError("--select uncertainty needs every candidate scored (a model: --checkpoint)")
     chosen: list[Candidate] = []
     gap_ns = int(min_gap_s * 1e9)
-    for candidate in sorted(candidates, key=lambda c: (-c.score, c.stamp)):
-        if all(abs(candidate.stamp - c.stamp) >= gap_ns for c in chosen):
+    for candidate in sorted(candidates, key=lambda c: (-c.score, c.bag, c.stamp)):
+        if all(c.bag != candidate.bag or abs(candidate.stamp - c.stamp) >= gap_ns for c in chosen):
             chosen.append(candidate)
             if len(chosen) == budget:
                 break
     return chosen
 
 
-def selection_csv(chosen: Sequence[Candidate], files: dict[int, str], bag: str | os.PathLike, topic: str,
-                  method: str) -> str:
-    """The ranked list: rank, file, bag, topic, stamp, seconds, score, method."""
+def selection_csv(chosen: Sequence[Candidate], files: dict[tuple[int, int], str],
+                  bags: Sequence[str | os.PathLike], topic: str, method: str) -> str:
+    """The ranked list: rank, file, bag, topic, stamp, seconds, score, method. ``files``: (bag
+    index, stamp) -> the file's path in the dataset; ``bags``: the bags, by index."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["rank", "file", "bag", "topic", "stamp", "time_s", "score", "method"])
     for rank, c in enumerate(chosen, 1):
-        writer.writerow([rank, files[c.stamp], str(bag), topic, stamp_name(c.stamp), f"{c.time_s:.3f}",
+        writer.writerow([rank, files[c.bag, c.stamp], str(bags[c.bag]), topic, stamp_name(c.stamp), f"{c.time_s:.3f}",
                          "" if np.isnan(c.score) else f"{c.score:.6f}", method])
     return out.getvalue()
