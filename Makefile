@@ -1,6 +1,8 @@
 # One setup path on a fresh machine (no ROS install needed): a virtual environment with pinned
 # PyTorch, ROS 2 (kilted) from PyPI wheels, and this project in editable mode.
-#   make test   set up, lint (ruff), then the whole test suite with the type check (mypy) beside it
+#   make test   set up, lint (ruff), then the whole test suite with the type check (mypy) and the
+#               ROS-facing tests on a second distribution (Jazzy, .venv-jazzy) beside it
+#   make test-jazzy  only the ROS-facing tests on Jazzy
 #   make lint   ruff, then mypy (mypy.ini) over sfnet_core and sfnet_ros
 #   make demo   set up, then run the end-to-end demo (synthetic bag -> train -> node -> metrics)
 #   make bench  set up, then run the benchmarks (model table, speed ratios, node latency)
@@ -11,7 +13,23 @@ STAMP := $(VENV)/.sfnet-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 UV := uv==0.13.9
 
-.PHONY: setup lint test demo bench model-stats clean
+# The second distribution: ROS 2 Jazzy's wheels (requirements-jazzy.txt) in .venv-jazzy beside
+# .venv, every other package at requirements.txt's pins; the ROS-facing tests run there too.
+JAZZY_VENV ?= .venv-jazzy
+JAZZY_PY := $(JAZZY_VENV)/bin/python
+JAZZY_STAMP := $(JAZZY_VENV)/.sfnet-installed
+# What differs between distributions: messages, QoS events, lifecycle and parameter services, Fast
+# DDS 2 against 3 (the profile variable), discovery settings; test/test_ros_distro.py checks that
+# every test file starting a node or a ROS tool is here or named there as distribution-independent.
+JAZZY_TESTS := test/test_node.py test/test_node_lifecycle.py test/test_node_faults.py test/test_node_geometry.py \
+	test/test_node_multi.py test/test_node_loss.py test/test_node_messages.py test/test_bag_live.py \
+	test/test_bag_play_wait.py test/test_status.py test/test_transport.py test/test_ros_distro.py \
+	test/test_conversions.py test/test_frame_pipeline.py
+# What those tests import besides ROS (at requirements.txt's pins): not ray, the labelling tools' or lint's packages.
+JAZZY_PACKAGES := numpy opencv-python-headless PyYAML tqdm onnx onnxruntime openvino openvino-telemetry \
+	cityscapesscripts rosbags pytest pytest-timeout pytest-xdist execnet
+
+.PHONY: setup setup-jazzy lint test test-kilted test-jazzy demo bench model-stats clean
 
 setup: $(STAMP)
 
@@ -28,6 +46,20 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+setup-jazzy: $(JAZZY_STAMP)
+
+$(JAZZY_STAMP): $(STAMP) requirements-jazzy.txt
+	test -x $(JAZZY_PY) || $(PYTHON) -m venv $(JAZZY_VENV)
+	grep -v '^ros-' requirements.txt > $(JAZZY_VENV)/constraints.txt
+	@# uv links the packages from its cache; pip where uv is missing or fails
+	if test -x $(VENV)/bin/uv && $(VENV)/bin/uv pip install --python $(JAZZY_PY) --quiet \
+	    --index-strategy unsafe-best-match $$($(PY) .ci/uv_sources.py) -c $(JAZZY_VENV)/constraints.txt \
+	    $(TORCH) $(JAZZY_PACKAGES) -r requirements-jazzy.txt; then :; else \
+	    $(JAZZY_PY) -m pip install --quiet -c $(JAZZY_VENV)/constraints.txt $(TORCH) $(JAZZY_PACKAGES) \
+	    -r requirements-jazzy.txt; fi
+	$(JAZZY_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(JAZZY_STAMP)
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -38,9 +70,20 @@ lint: setup
 # listed at the end (--durations), to keep the suite's time in view.
 TEST_WORKERS ?= 2
 
-# The type check runs beside the tests (its half minute fits in the workers' waits on processes
-# and DDS); make test fails if either fails, and prints mypy's report after the tests.
-test: setup
+# The ROS-facing tests on Jazzy: .venv-jazzy is installed without byte-compiling (half the time);
+# its pytest may write .pyc files (even where CI sets PYTHONDONTWRITEBYTECODE), so the first process
+# that imports a module compiles it for the others. torch.compile is the same on both distributions.
+JAZZY_PYTEST = env -u PYTHONDONTWRITEBYTECODE $(JAZZY_PY) -m pytest $(JAZZY_TESTS) --dist loadfile \
+	--no-loadscope-reorder -p no:cacheprovider \
+	--deselect test/test_node_lifecycle.py::test_compile_parameter_serves_the_same_labels
+
+test-jazzy: setup-jazzy
+	$(JAZZY_PYTEST) -n $(TEST_WORKERS)
+
+# The type check and the Jazzy run (one worker) go beside the Kilted suite: their minutes fit in the
+# workers' waits on processes and DDS. Each pytest has its own ROS domain ids (SFNET_TEST_DOMAINS,
+# test/conftest.py). make test fails if any of the three fails, and prints the reports after the tests.
+test: setup setup-jazzy
 	$(VENV)/bin/ruff check .
 	@# the fleet report's browser test needs Chromium: Debian's headless shell, installed as root (26 s
 	@# once); elsewhere that test skips and says why
@@ -48,11 +91,16 @@ test: setup
 	@# Byte-compiled once here: where PYTHONDONTWRITEBYTECODE is set (CI), each of the suite's
 	@# hundreds of tool and node processes would otherwise compile our sources again (0.1-0.3 s each).
 	$(PY) -m compileall -q sfnet_core sfnet_ros bench
-	@typed_log=$$(mktemp); $(VENV)/bin/mypy > $$typed_log 2>&1 & typed=$$!; \
-	$(PY) -m pytest test -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25; tests=$$?; \
+	@typed_log=$$(mktemp); jazzy_log=$$(mktemp); \
+	$(VENV)/bin/mypy > $$typed_log 2>&1 & typed=$$!; \
+	SFNET_TEST_DOMAINS=67-100 $(JAZZY_PYTEST) -n 1 -q > $$jazzy_log 2>&1 & jazzy=$$!; \
+	SFNET_TEST_DOMAINS=1-66 $(PY) -m pytest test -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	    --durations=25; tests=$$?; \
+	wait $$jazzy; jazzy_tests=$$?; echo "Jazzy (ROS-facing tests in $(JAZZY_VENV)): $$(tail -n 1 $$jazzy_log)"; \
+	if [ $$jazzy_tests -ne 0 ]; then cat $$jazzy_log; fi; rm -f $$jazzy_log; \
 	wait $$typed; types=$$?; echo "mypy: $$(tail -n 1 $$typed_log)"; \
 	if [ $$types -ne 0 ]; then cat $$typed_log; fi; rm -f $$typed_log; \
-	test $$tests -eq 0 -a $$types -eq 0
+	test $$tests -eq 0 -a $$jazzy_tests -eq 0 -a $$types -eq 0
 
 demo: setup
 	$(VENV)/bin/sfnet-demo --overwrite
@@ -66,4 +114,4 @@ bench: setup
 	$(PY) bench/node_latency.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(JAZZY_VENV) build *.egg-info

@@ -86,6 +86,7 @@ from node_bench.overhead import OVERHEAD_BACKENDS, parse_backend, run_overhead
 
 from sfnet_core.threads import prepare_process
 from sfnet_ros.launch_support import PROFILE_VARIABLES, LaunchArgumentError
+from sfnet_ros.ros_distro import apply_localhost_discovery
 
 __all__ = ["main"]
 
@@ -96,8 +97,8 @@ def _apply_profile(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     participant alike (Fast DDS reads the variable when a process's first participant is created:
     nothing ROS ran before)."""
     os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 5))
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+    if "ROS_AUTOMATIC_DISCOVERY_RANGE" not in os.environ and "ROS_LOCALHOST_ONLY" not in os.environ:
+        apply_localhost_discovery(os.environ)
     try:
         profiled = profile_environment(dict(os.environ), args.fastdds_profile)
     except LaunchArgumentError as exc:

@@ -167,8 +167,9 @@ def fastdds_profile_environment(argument: str, environ: Mapping[str, str], defau
     * ``none`` or empty: ``SFNET_FASTDDS_PROFILE=off`` (the node then applies no profile itself);
     * a path: that file (made absolute).
 
-    ``ros_distro`` (``$ROS_DISTRO``) decides the variables: ``FASTDDS_DEFAULT_PROFILES_FILE``
-    always, ``FASTRTPS_DEFAULT_PROFILES_FILE`` too for the Fast DDS 2 distributions. Raises
+    ``ros_distro`` (``$ROS_DISTRO``; unset: the installed rclpy's, ``sfnet_ros.ros_distro``) decides
+    the variables: ``FASTDDS_DEFAULT_PROFILES_FILE`` always, ``FASTRTPS_DEFAULT_PROFILES_FILE`` too
+    for the Fast DDS 2 distributions. Raises
     LaunchArgumentError when the file does not exist (Fast DDS would only log it and run with its
     defaults, losing large frames silently).
     """

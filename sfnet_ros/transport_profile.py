@@ -33,6 +33,8 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sfnet_ros.ros_distro import FAST_DDS_2_DISTROS, ros_distribution
+
 __all__ = [
     "FAST_DDS_2_DISTROS",
     "OFF_VALUES",
@@ -56,8 +58,6 @@ AUTO = "auto"
 OFF_VALUES = frozenset({"off", "none", "0", "false", "no"})
 #: Fast DDS 3 reads the first, Fast DDS 2 (the distributions below) the second.
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-#: ROS 2 distributions whose rmw_fastrtps uses Fast DDS 2.x (profile variable FASTRTPS_...).
-FAST_DDS_2_DISTROS = frozenset({"foxy", "galactic", "humble", "iron", "jazzy"})
 #: Files Fast DDS (3, 2) loads from the working directory by themselves.
 USER_PROFILE_FILES = ("DEFAULT_FASTDDS_PROFILES.xml", "DEFAULT_FASTRTPS_PROFILES.xml")
 #: Fast DDS >= 2.13: the built-in transports chosen by name (e.g. LARGE_DATA): a choice of the user's.
@@ -126,9 +126,16 @@ def find_profile_file(candidates: Sequence[Path] | None = None) -> Path | None:
     return None
 
 
+def _distribution(ros_distro: str | None) -> str | None:
+    """``ROS_DISTRO``'s value, or (unset: the PyPI wheels) the installed rclpy's distribution."""
+    return (ros_distro or "").strip().lower() or ros_distribution({})
+
+
 def _variables(path: str, ros_distro: str | None) -> dict[str, str]:
-    distro = (ros_distro or "").strip().lower()
-    names = PROFILE_VARIABLES if distro in FAST_DDS_2_DISTROS else PROFILE_VARIABLES[:1]
+    # an unknown distribution gets both variables: Fast DDS 2 silently ignores the new one and the
+    # frames would be lost, where Kilted only warns about the old one
+    distro = _distribution(ros_distro)
+    names = PROFILE_VARIABLES if distro is None or distro in FAST_DDS_2_DISTROS else PROFILE_VARIABLES[:1]
     return {name: path for name in names}
 
 
@@ -158,7 +165,8 @@ def decide_profile(environ: Mapping[str, str], choice: str | None = None,
     docstring). ``choice``: ``auto``, ``off``/``none`` or a path (default: ``environ``'s
     ``SFNET_FASTDDS_PROFILE``, else ``auto``); ``default_profile``: this package's profile file
     (default: ``find_profile_file(candidates)``); ``cwd``: the process's working directory (Fast DDS
-    looks for its default file there). ``ROS_DISTRO`` in ``environ`` decides the variable names."""
+    looks for its default file there). ``ROS_DISTRO`` in ``environ`` decides the variable names; unset,
+    the installed rclpy does (``sfnet_ros.ros_distro``)."""
     if not is_fast_dds(environ):
         rmw = environ.get("RMW_IMPLEMENTATION")
         return ProfileDecision("other-rmw", message=f"RMW_IMPLEMENTATION={rmw} is not Fast DDS: no Fast DDS "
@@ -195,6 +203,11 @@ def decide_profile(environ: Mapping[str, str], choice: str | None = None,
         missing = ""
         if what.startswith(PROFILE_VARIABLES) and not os.path.isfile(value):
             missing = " - that file does not exist: Fast DDS only logs this and runs on its defaults"
+        distro = _distribution(ros_distro)
+        if what.startswith(PROFILE_VARIABLES[0]) and distro in FAST_DDS_2_DISTROS and \
+                not environ.get(PROFILE_VARIABLES[1]):
+            missing += (f" - but the Fast DDS 2 of {distro} reads only {PROFILE_VARIABLES[1]}: export it too (the same "
+                        "file), or Fast DDS runs on its defaults")
         return ProfileDecision("user", path=value, warning=bool(missing),
                                message=f"Fast DDS profile of the user's own kept: {what}{missing} (this package's "
                                        f"large-frame profile is not applied; see {DOCS})")

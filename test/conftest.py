@@ -8,29 +8,38 @@ from pathlib import Path
 
 import pytest
 
+from sfnet_ros.ros_distro import localhost_discovery, ros_distribution
+
 # Domain ids 1..100 are safe on Linux (higher ones collide with ephemeral ports). The suite runs
 # in pytest-xdist workers (gw0, gw1, ...: see the Makefile): each worker owns its own slice of the
 # ids, so two tests running at the same time never share a domain; the counter keeps consecutive
 # tests of one worker apart so a late message from one test's node never reaches the next test.
 # Outside xdist the slice is all 100 ids, starting from the pid (two pytest runs side by side).
+# ``SFNET_TEST_DOMAINS=FIRST-LAST`` narrows the ids to a range: make test runs the Jazzy pytest beside
+# the Kilted one, each on its own range.
+_LOW, _, _HIGH = os.environ.get("SFNET_TEST_DOMAINS", "1-100").partition("-")
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_SLICE = 100 // max(_WORKERS, 1)
-_FIRST = int(_WORKER.removeprefix("gw")) * _SLICE if _WORKER.startswith("gw") else 0
+_SLICE = (int(_HIGH) - int(_LOW) + 1) // max(_WORKERS, 1)
+_FIRST = int(_LOW) + (int(_WORKER.removeprefix("gw")) * _SLICE if _WORKER.startswith("gw") else 0)
 _domain_counter = itertools.count(0 if _WORKER else os.getpid() % _SLICE)
 
 
 def next_domain_id() -> int:
     """A ROS_DOMAIN_ID no other test running now uses (see above)."""
-    return _FIRST + next(_domain_counter) % _SLICE + 1
+    return _FIRST + next(_domain_counter) % _SLICE
 
 
 def _enter_ros_domain(patch: pytest.MonkeyPatch) -> dict[str, str]:
     """Set a fresh ROS_DOMAIN_ID with localhost-only discovery; return the environment."""
     domain = next_domain_id()
     patch.setenv("ROS_DOMAIN_ID", str(domain))
-    patch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    patch.setenv("ROS_LOCALHOST_ONLY", "1")  # older distros (Humble) read this one
+    # the distribution's own variable: Jazzy and later warn on every start about ROS_LOCALHOST_ONLY
+    wanted = localhost_discovery(ros_distribution())
+    if "ROS_LOCALHOST_ONLY" not in wanted:
+        patch.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    for name, value in wanted.items():
+        patch.setenv(name, value)
     patch.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     patch.setenv("PYTHONUNBUFFERED", "1")
     return dict(os.environ)

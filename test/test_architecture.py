@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sfnet_core.evaluation",),  # evaluates through inference's loader and predict_logits
     ("sfnet_core.training",),  # validates through evaluation
     ("sfnet_core.cli",),
+    ("sfnet_ros.ros_distro",),  # which distribution, from metadata: below everything that differs by it
     ("sfnet_ros", "sfnet_ros.conversions", "sfnet_ros.transport_profile"),
     ("sfnet_ros.launch_support",),
     ("sfnet_ros.node", "sfnet_ros.tools"),  # the tools never import the node, nor it them
@@ -42,6 +43,7 @@ FORBIDDEN = [
     ("sfnet_ros.conversions", ("rclpy",)),  # message <-> numpy only, shared by the node and tools
     # imported by the launch file: must load without ROS, launch or torch
     ("sfnet_ros.launch_support", (*ROS_MODULES, "sfnet_core", "torch")),
+    ("sfnet_ros.ros_distro", (*ROS_MODULES, "sfnet_core", "torch")),  # tells the distro before rclpy loads
 ]
 
 

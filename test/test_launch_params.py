@@ -33,6 +33,7 @@ from sfnet_ros.launch_support import (
     split_list,
 )
 from sfnet_ros.node.params import PARAMETERS, config_from_values, parameters_markdown, spec, topic_token
+from sfnet_ros.ros_distro import ros_distribution
 
 LAUNCH_FILE = REPO_ROOT / "launch" / "sfnet.launch.py"
 NODE_DOC = REPO_ROOT / "docs" / "node.md"
@@ -163,7 +164,12 @@ def test_launch_imports_only_documented_apis():
     rule = ast.parse((REPO_ROOT / "sfnet_ros" / "transport_profile.py").read_text())
     top = {a.name for n in rule.body if isinstance(n, ast.Import) for a in n.names}
     top |= {n.module for n in rule.body if isinstance(n, ast.ImportFrom)}
-    assert top <= {"__future__", "os", "collections.abc", "dataclasses", "pathlib"}
+    assert top <= {"__future__", "os", "collections.abc", "dataclasses", "pathlib", "sfnet_ros.ros_distro"}
+    # ... and the distribution lookup it uses reads metadata, never rclpy itself
+    distro = ast.parse((REPO_ROOT / "sfnet_ros" / "ros_distro.py").read_text())
+    top = {a.name for n in distro.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module for n in distro.body if isinstance(n, ast.ImportFrom)}
+    assert top <= {"__future__", "importlib.metadata", "os", "collections.abc"}
 
 
 def test_launch_parameters_match_the_node(launch):
@@ -243,7 +249,7 @@ def test_harness_command_is_what_the_launch_file_runs(tmp_path):
 def test_harness_environment_is_what_the_launch_file_sets(tmp_path, monkeypatch):
     """NodeProcess gives the node the profile variable exactly as fastdds_profile:=auto does."""
     monkeypatch.delenv("ROS_DISTRO", raising=False)
-    plain = {"PATH": "/usr/bin", "ROS_DOMAIN_ID": "7"}
+    plain = {"PATH": "/usr/bin", "ROS_DOMAIN_ID": "7", "ROS_DISTRO": "kilted"}
     node = NodeProcess(plain, tmp_path)
     assert node.env == {**plain, "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE)}
     assert FASTDDS_PROFILE == REPO_ROOT / "config" / PROFILE_FILE_NAME
@@ -251,7 +257,7 @@ def test_harness_environment_is_what_the_launch_file_sets(tmp_path, monkeypatch)
     assert humble.env["FASTRTPS_DEFAULT_PROFILES_FILE"] == humble.env["FASTDDS_DEFAULT_PROFILES_FILE"]
     exported = {**plain, "FASTDDS_DEFAULT_PROFILES_FILE": "/stack/profile.xml"}  # the stack's own wins
     assert NodeProcess(exported, tmp_path).env == exported
-    assert plain == {"PATH": "/usr/bin", "ROS_DOMAIN_ID": "7"}, "the caller's mapping is not modified"
+    assert plain == {"PATH": "/usr/bin", "ROS_DOMAIN_ID": "7", "ROS_DISTRO": "kilted"}, "the caller's mapping is kept"
 
 
 def test_setup_installs_launch_and_config():
@@ -328,7 +334,9 @@ def test_fastdds_profile_environment(tmp_path, monkeypatch):
     mine.write_text("<dds/>")
     # auto: our profile, under the variable(s) the distribution's Fast DDS reads
     assert fastdds_profile_environment("auto", {}, profile, "kilted") == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
-    assert fastdds_profile_environment("auto", {}, profile, None) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}
+    # no ROS_DISTRO (the PyPI wheels): the installed rclpy's distribution decides (sfnet_ros.ros_distro)
+    assert fastdds_profile_environment("auto", {}, profile, None) == fastdds_profile_environment(
+        "auto", {}, profile, ros_distribution())
     for distro in ("humble", "jazzy", "Humble"):
         assert fastdds_profile_environment("auto", {}, profile, distro) == {
             "FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "FASTRTPS_DEFAULT_PROFILES_FILE": str(profile)}

@@ -24,6 +24,7 @@ from node_harness import (
 )
 
 from sfnet_ros.launch_support import PROFILE_FILE_NAME, PROFILE_VARIABLES, camera_plan, fastdds_profile_environment
+from sfnet_ros.ros_distro import FAST_DDS_2_DISTROS, ros_distribution
 from sfnet_ros.transport_profile import OFF_VALUES, SWITCH_VARIABLE, decide_profile
 
 NS = "{http://www.eprosima.com}"
@@ -66,7 +67,8 @@ _SEGMENT_PROBE = textwrap.dedent("""
     with open("/proc/self/maps") as maps:
         for line in maps:
             path = line.split()[-1]
-            if path.startswith("/dev/shm/fastdds_") and "_port" not in path and not path.endswith("_el"):
+            if path.startswith(("/dev/shm/fastdds_", "/dev/shm/fastrtps_")) and "_port" not in path \
+                    and not path.endswith("_el"):  # Fast DDS 3 (Kilted) and 2 (Jazzy) names
                 start, end = (int(v, 16) for v in line.split()[0].split("-"))
                 sizes.append(end - start)
     print(max(sizes, default=0))
@@ -108,7 +110,9 @@ def test_the_shared_init_applies_the_profile_keeps_the_users_and_can_be_switched
     shell = {k: v for k, v in ros_domain.items() if k not in (*PROFILE_VARIABLES, SWITCH_VARIABLE)}
     user_profile = tmp_path / "my_stack.xml"
     user_profile.write_text(FASTDDS_PROFILE.read_text().replace(">67108864<", ">8388608<"))
-    cases = {"package": shell, "user": {**shell, PROFILE_VARIABLES[0]: str(user_profile)},
+    # the variable this distribution's Fast DDS reads (2: Jazzy and older; 3: Kilted)
+    user_variable = PROFILE_VARIABLES[1 if ros_distribution() in FAST_DDS_2_DISTROS else 0]
+    cases = {"package": shell, "user": {**shell, user_variable: str(user_profile)},
              "off": {**shell, SWITCH_VARIABLE: "off"}}
     # A domain each: a participant also maps the segments of the participants it discovers.
     from conftest import next_domain_id
@@ -126,7 +130,7 @@ def test_the_shared_init_applies_the_profile_keeps_the_users_and_can_be_switched
     assert mapped >= segment
     mapped, stderr = out["user"]
     assert 8 << 20 <= mapped < segment, stderr[-2000:]
-    assert f"Fast DDS profile of the user's own kept: {PROFILE_VARIABLES[0]}={user_profile}" in stderr
+    assert f"Fast DDS profile of the user's own kept: {user_variable}={user_profile}" in stderr
     mapped, stderr = out["off"]
     assert 0 < mapped < 4 << 20, stderr[-2000:]
     assert f"large-frame Fast DDS profile off ({SWITCH_VARIABLE}=off)" in stderr
@@ -146,12 +150,17 @@ def test_profile_rule(tmp_path, monkeypatch):
     ours.write_text("<dds/>")
     theirs = tmp_path / "theirs.xml"
     theirs.write_text("<dds/>")
-    decision = decide_profile({}, default_profile=ours)
+    decision = decide_profile({"ROS_DISTRO": "kilted"}, default_profile=ours)
     assert (decision.action, decision.variables, decision.warning) == (
         "package", {PROFILE_VARIABLES[0]: str(ours)}, False)
     assert f"{SWITCH_VARIABLE}=off runs without it" in decision.message
-    assert decide_profile({"ROS_DISTRO": "humble"}, default_profile=ours).variables == dict.fromkeys(
-        PROFILE_VARIABLES, str(ours))
+    for fast_dds_2 in ("humble", "jazzy"):
+        assert decide_profile({"ROS_DISTRO": fast_dds_2}, default_profile=ours).variables == dict.fromkeys(
+            PROFILE_VARIABLES, str(ours))
+    # a user's profile under the variable that Fast DDS 2 does not read: kept, but said loudly
+    decision = decide_profile({PROFILE_VARIABLES[0]: str(theirs), "ROS_DISTRO": "jazzy"}, default_profile=ours)
+    assert decision.action == "user" and decision.warning and f"reads only {PROFILE_VARIABLES[1]}" in decision.message
+    assert not decide_profile({PROFILE_VARIABLES[0]: str(theirs), "ROS_DISTRO": "kilted"}).warning
     # the user's choice is kept and named: either variable, a default file in the cwd, the transports
     for environ, named in (({PROFILE_VARIABLES[1]: str(theirs)}, f"{PROFILE_VARIABLES[1]}={theirs}"),
                            ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}, "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA")):
@@ -170,8 +179,8 @@ def test_profile_rule(tmp_path, monkeypatch):
     for value in ("off", "OFF", "none", "0", "false"):
         decision = decide_profile({SWITCH_VARIABLE: value}, default_profile=ours)
         assert (decision.action, decision.variables) == ("off", {}), value
-    assert decide_profile({SWITCH_VARIABLE: "theirs.xml", PROFILE_VARIABLES[0]: "/x.xml"}).variables == {
-        PROFILE_VARIABLES[0]: str(theirs)}
+    assert decide_profile({SWITCH_VARIABLE: "theirs.xml", PROFILE_VARIABLES[0]: "/x.xml",
+                           "ROS_DISTRO": "kilted"}).variables == {PROFILE_VARIABLES[0]: str(theirs)}
     decision = decide_profile({SWITCH_VARIABLE: "nope.xml"})
     assert decision.action == "missing" and decision.warning and decision.variables == {}
     # not Fast DDS: nothing at all

@@ -32,6 +32,7 @@ from node_bench.common import (
     write_checkpoint,
 )
 from sfnet_ros.conversions import numpy_to_image
+from sfnet_ros.ros_distro import apply_localhost_discovery
 from sfnet_ros.tools.ros_args import init_rclpy
 
 DELIVERY_TARGET = 0.99
@@ -235,8 +236,8 @@ class Stack:
     def __init__(self, name: str, domain: int, checkpoint: Path, device: str, tmp: Path,
                  node_parameters: dict[str, object]) -> None:
         self.name = name
-        base = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-                "ROS_LOCALHOST_ONLY": "1", "PYTHONUNBUFFERED": "1"}
+        base = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONUNBUFFERED": "1"}
+        apply_localhost_discovery(base)
         node_profile, camera_profile = SETTINGS[name]
         self.env = profile_environment(base, node_profile)
         camera_env = profile_environment(base, camera_profile)

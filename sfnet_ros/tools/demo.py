@@ -60,6 +60,7 @@ from sfnet_core.viz import (
     text_scale,
 )
 from sfnet_ros.launch_support import node_launch
+from sfnet_ros.ros_distro import apply_localhost_discovery
 from sfnet_ros.tools.bag_eval import evaluate_bag
 from sfnet_ros.tools.live_eval import live_evaluate
 from sfnet_ros.tools.synthetic_bag import write_synthetic_bag
@@ -331,8 +332,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             domain = ros_domain_from_environment()
         if domain is None:
             domain = (os.getpid() % 90) + 10
-        os.environ.update({"ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-                           "ROS_LOCALHOST_ONLY": "1", "PYTHONUNBUFFERED": "1"})
+        os.environ.update({"ROS_DOMAIN_ID": str(domain), "PYTHONUNBUFFERED": "1"})
+        apply_localhost_discovery(os.environ)
         env = dict(os.environ)
         node_cmd = node_launch({"checkpoint": str(checkpoint), "device": opts.device, "threads": opts.threads},
                                params_file=PARAMS_FILE if PARAMS_FILE.exists() else None,
