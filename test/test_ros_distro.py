@@ -69,6 +69,8 @@ DISTRIBUTION_INDEPENDENT = {
     "test_launch_params.py": "the launch file read as a syntax tree, the node's command line",
     "test_cli_bad_input.py": "the tools' argument checks (one line, exit 2) before anything ROS starts",
     "test_signals_cli.py": "the tools' exit codes on signals (the node's are in test_node_faults.py)",
+    "test_status.py": "sfnet-status: the node's standard lifecycle, parameter and /diagnostics messages, the same "
+                      "in both (the transitions on both: test_node_lifecycle.py)",
     "test_openvino.py": "the OpenVINO runtime behind the node",
     "test_threads.py": "the CPU thread settings",
     "test_custom_data.py": "docs/custom-data.md run as written (its node and tools: the files above)",
