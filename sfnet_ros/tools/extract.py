@@ -199,101 +199,21 @@ def extract(
         if segmenter is not None and not (classes or label_classes):  # the drafts' table: the model's
             table, source = segmenter.classes, f"the checkpoint {selection.checkpoint}"
     keep = None if chosen is None else {(c.bag, c.stamp) for c in chosen}
-    drafts: list[tuple[str, np.ndarray]] = []  # kept frames waiting for the model (at most a batch)
-    drafted: list[str] = []  # names with a draft in <staging>/drafts (a bag's own label wins at the end)
-    prelabelled = 0
-    min_gap_ns = int(1e9 / rate_hz) if rate_hz else 0
-    kept: dict[tuple[int, int], tuple[str, tuple[int, int]]] = {}  # (bag, header stamp) -> (file name, (h, w))
-    labelled: list[str] = []
-    seen = duplicates = 0
-
-    def check_label(bag: str | os.PathLike, stamp: int, label: np.ndarray, image_shape: tuple[int, int]) -> None:
-        where = f"{bag}: label topic {label_topic} at stamp {stamp_name(stamp)}"
-        if label.shape != image_shape:
-            raise BagError(f"{where}: the label is {label.shape[1]}x{label.shape[0]} but its image is "
-                           f"{image_shape[1]}x{image_shape[0]}")
-        bad = label[(label >= table.num_classes) & (label != table.ignore_index)]
-        if bad.size:
-            values = ", ".join(str(int(v)) for v in np.unique(bad)[:8])
-            raise BagError(f"{where}: value(s) {values} are not train ids of {source} ({table.num_classes} "
-                           f"classes: 0..{table.num_classes - 1}, {table.ignore_index} = ignore); pass the "
-                           "class table of these labels with --classes")
-
     with atomic_write(out_path, overwrite=overwrite, tool=TOOL, what="--out") as staging:
-        (staging / "images").mkdir(parents=True)
-        (staging / "labels").mkdir()
-        topics = [image_topic] + ([label_topic] if label_topic else [])
+        written = _Frames(staging, table, source, lut, label_topic,
+                          segmenter if selection is not None and selection.prelabel else None)
         bar = tqdm(total=total, unit="frame", file=sys.stderr,
                    disable=True if not progress else None, desc="sfnet-extract")  # None: no bar unless a terminal
         try:
             for n, bag_path in enumerate(bags):
-                pending_labels: dict[int, np.ndarray] = {}
-                last_kept: int | None = None
-                index = 0  # the frame's index in its bag (--every)
-                bag_kept = bag_labelled = 0
-                with BagReader(bag_path) as reader:
-                    for m in reader.messages(topics):
-                        if m.stamp is None:
-                            raise BagError(f"{bag_path}: {m.topic} messages have no header stamp")
-                        try:
-                            if m.topic == image_topic:
-                                bar.update(1)
-                                frame, index, seen = index, index + 1, seen + 1
-                                if keep is not None:  # the candidates were filtered by --every / --rate already
-                                    if (n, m.stamp) not in keep:
-                                        continue
-                                elif frame % every or (last_kept is not None and m.stamp - last_kept < min_gap_ns):
-                                    continue
-                                if (n, m.stamp) in kept:
-                                    duplicates += 1  # two frames with one stamp: keep the first
-                                    continue
-                                name = f"{tags[n]}_{stamp_name(m.stamp)}" if tags[n] else stamp_name(m.stamp)
-                                image = decode_image(m.msg, m.msgtype)
-                                write_png(staging / "images" / f"{name}.png", image)
-                                kept[n, m.stamp] = (name, image.shape[:2])
-                                bag_kept += 1
-                                if segmenter is not None and selection is not None and selection.prelabel:
-                                    drafts.append((name, image))
-                                    if len(drafts) == 4:  # drafted as the frames come: memory stays one batch
-                                        draft(drafts, drafted, segmenter, staging)
-                                last_kept = m.stamp
-                                label = pending_labels.pop(m.stamp, None)
-                            else:
-                                label = decode_labels(m.msg, m.msgtype, m.topic)
-                                if lut is not None:
-                                    label = lut[label]
-                                if (n, m.stamp) not in kept:
-                                    pending_labels[m.stamp] = label  # image not seen yet (or skipped)
-                                    continue
-                                name = kept[n, m.stamp][0]
-                            if label is not None:
-                                check_label(bag_path, m.stamp, label, kept[n, m.stamp][1])
-                                write_png(staging / "labels" / f"{name}.png", label)
-                                labelled.append(name)
-                                bag_labelled += 1
-                        except ImageConversionError as exc:
-                            raise BagError(f"{bag_path}: {m.topic} message at {m.timestamp} ns: {exc}") from None
-                if label_topic and bag_kept and not bag_labelled:
-                    raise BagError(f"{bag_path}: no label of {label_topic} has the header stamp of a kept image of "
-                                   f"{image_topic} (labels are paired by exact stamp)")
+                written.read_bag(n, bag_path, tags[n], image_topic, keep, every, rate_hz, bar)
         finally:
             bar.close()
-        if not kept:
+        if not written.kept:
             where = str(bags[0]) if len(bags) == 1 else f"{len(bags)} bags"
             raise BagError(f"{where}: no frame of {image_topic} was kept")
-        if drafts:
-            draft(drafts, drafted, segmenter, staging)
-        done = set(labelled)
-        for name in drafted:  # frames without a label in the bag get the model's as their draft
-            draft_file = staging / "drafts" / f"{name}.png"
-            if name in done:
-                draft_file.unlink()
-            else:
-                os.replace(draft_file, staging / "labels" / f"{name}.png")
-                labelled.append(name)
-                prelabelled += 1
-        if drafted:
-            (staging / "drafts").rmdir()
+        prelabelled = written.place_drafts()
+        kept, labelled = written.kept, written.labelled
         assignment = split_by_time([name for name, _ in kept.values()], val_fraction, split)
         for folder in ("images", "labels"):
             for split_name in {p for p in assignment.values() if p is not None}:
@@ -313,7 +233,7 @@ def extract(
     splits = sorted({p for p in assignment.values() if p is not None})
     counts = {p: sum(1 for v in assignment.values() if v == p) for p in splits}
     summary = {"out": str(out), "images": len(kept), "labels": len(labelled), "bags": len(bags),
-               "frames_in_bag": seen, "duplicate_stamps": duplicates, "splits": counts,
+               "frames_in_bag": written.seen, "duplicate_stamps": written.duplicates, "splits": counts,
                "classes": str(Path(out) / "classes.yaml")}
     if selection is not None:
         summary["prelabelled"] = prelabelled
@@ -321,6 +241,112 @@ def extract(
             "method": selection.method, "budget": selection.budget, "selected": len(chosen),
             "file": str(Path(out) / "selection.csv")}
     return summary
+
+
+class _Frames:
+    """The frames and labels written into the staging folder so far, over all the bags, and the
+    drafts of the model (``segmenter``: --prelabel) for the kept frames, made a batch at a time."""
+
+    def __init__(self, staging: Path, table: ClassTable, source: str, lut: np.ndarray | None,
+                 label_topic: str | None, segmenter: Any) -> None:
+        self.staging, self.table, self.source, self.lut = staging, table, source, lut
+        self.label_topic, self.segmenter = label_topic, segmenter
+        self.kept: dict[tuple[int, int], tuple[str, tuple[int, int]]] = {}  # (bag, stamp) -> (name, (h, w))
+        self.labelled: list[str] = []
+        self.drafts: list[tuple[str, np.ndarray]] = []  # kept frames waiting for the model (at most a batch)
+        self.drafted: list[str] = []  # names with a draft in <staging>/drafts (a bag's own label wins at the end)
+        self.seen = self.duplicates = 0
+        (staging / "images").mkdir(parents=True)
+        (staging / "labels").mkdir()
+
+    def read_bag(self, n: int, bag: str | os.PathLike, tag: str, image_topic: str, keep: set[tuple[int, int]] | None,
+                 every: int, rate_hz: float | None, bar: Any) -> None:
+        """Bag number ``n``: its kept frames (``keep``, else ``--every`` / ``--rate``) named
+        ``[<tag>_]<stamp>``, and their labels, paired by header stamp within the bag."""
+        min_gap_ns = int(1e9 / rate_hz) if rate_hz else 0
+        pending_labels: dict[int, np.ndarray] = {}  # labels whose image has not come (yet)
+        last_kept: int | None = None
+        index = kept_here = labelled_here = 0
+        topics = [image_topic] + ([self.label_topic] if self.label_topic else [])
+        with BagReader(bag) as reader:
+            for m in reader.messages(topics):
+                if m.stamp is None:
+                    raise BagError(f"{bag}: {m.topic} messages have no header stamp")
+                key = (n, m.stamp)
+                try:
+                    if m.topic == image_topic:
+                        bar.update(1)
+                        frame, index, self.seen = index, index + 1, self.seen + 1
+                        if keep is not None:  # the candidates were filtered by --every / --rate already
+                            if key not in keep:
+                                continue
+                        elif frame % every or (last_kept is not None and m.stamp - last_kept < min_gap_ns):
+                            continue
+                        if key in self.kept:
+                            self.duplicates += 1  # two frames with one stamp: keep the first
+                            continue
+                        self._add_image(key, f"{tag}_{stamp_name(m.stamp)}" if tag else stamp_name(m.stamp),
+                                        decode_image(m.msg, m.msgtype))
+                        kept_here += 1
+                        last_kept = m.stamp
+                        label = pending_labels.pop(m.stamp, None)
+                    else:
+                        label = decode_labels(m.msg, m.msgtype, m.topic)
+                        if self.lut is not None:
+                            label = self.lut[label]
+                        if key not in self.kept:
+                            pending_labels[m.stamp] = label  # image not seen yet (or skipped)
+                            continue
+                    if label is not None:
+                        self._add_label(bag, key, label)
+                        labelled_here += 1
+                except ImageConversionError as exc:
+                    raise BagError(f"{bag}: {m.topic} message at {m.timestamp} ns: {exc}") from None
+        if self.label_topic and kept_here and not labelled_here:
+            raise BagError(f"{bag}: no label of {self.label_topic} has the header stamp of a kept image of "
+                           f"{image_topic} (labels are paired by exact stamp)")
+
+    def _add_image(self, key: tuple[int, int], name: str, image: np.ndarray) -> None:
+        write_png(self.staging / "images" / f"{name}.png", image)
+        self.kept[key] = (name, image.shape[:2])
+        if self.segmenter is not None:
+            self.drafts.append((name, image))
+            if len(self.drafts) == 4:  # drafted as the frames come: memory stays one batch
+                draft(self.drafts, self.drafted, self.segmenter, self.staging)
+
+    def _add_label(self, bag: str | os.PathLike, key: tuple[int, int], label: np.ndarray) -> None:
+        name, image_shape = self.kept[key]
+        where = f"{bag}: label topic {self.label_topic} at stamp {stamp_name(key[1])}"
+        if label.shape != image_shape:
+            raise BagError(f"{where}: the label is {label.shape[1]}x{label.shape[0]} but its image is "
+                           f"{image_shape[1]}x{image_shape[0]}")
+        table = self.table
+        bad = label[(label >= table.num_classes) & (label != table.ignore_index)]
+        if bad.size:
+            values = ", ".join(str(int(v)) for v in np.unique(bad)[:8])
+            raise BagError(f"{where}: value(s) {values} are not train ids of {self.source} ({table.num_classes} "
+                           f"classes: 0..{table.num_classes - 1}, {table.ignore_index} = ignore); pass the "
+                           "class table of these labels with --classes")
+        write_png(self.staging / "labels" / f"{name}.png", label)
+        self.labelled.append(name)
+
+    def place_drafts(self) -> int:
+        """The model's drafts become the labels of the frames the bags have none for; returns how many."""
+        if self.drafts:
+            draft(self.drafts, self.drafted, self.segmenter, self.staging)
+        done = set(self.labelled)
+        placed = 0
+        for name in self.drafted:
+            draft_file = self.staging / "drafts" / f"{name}.png"
+            if name in done:
+                draft_file.unlink()
+            else:
+                os.replace(draft_file, self.staging / "labels" / f"{name}.png")
+                self.labelled.append(name)
+                placed += 1
+        if self.drafted:
+            (self.staging / "drafts").rmdir()
+        return placed
 
 
 def draft(frames: list[tuple[str, np.ndarray]], drafted: list[str], segmenter: Any, staging: Path) -> None:
