@@ -69,6 +69,10 @@ DISTRIBUTION_INDEPENDENT = {
     "test_launch_params.py": "the launch file read as a syntax tree, the node's command line",
     "test_cli_bad_input.py": "the tools' argument checks (one line, exit 2) before anything ROS starts",
     "test_signals_cli.py": "the tools' exit codes on signals (the node's are in test_node_faults.py)",
+    "test_node_loss.py": "frames lost between processes: the profile it depends on is checked on Jazzy by "
+                         "test_transport.py's segment probes",
+    "test_conversions.py": "Image <-> numpy: the same message definitions (sensor_msgs 5.x) in both",
+    "test_frame_pipeline.py": "the node's frame pipeline on message objects, no DDS",
     "test_status.py": "sfnet-status: the node's standard lifecycle, parameter and /diagnostics messages, the same "
                       "in both (the transitions on both: test_node_lifecycle.py)",
     "test_openvino.py": "the OpenVINO runtime behind the node",
