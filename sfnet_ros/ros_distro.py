@@ -17,8 +17,8 @@ What differs, and which distributions this package supports for it:
 * rclpy's event handler module and matched-endpoint counts: handled where they are used
   (``sfnet_ros.node.segmentation_node``, ``sfnet_ros.tools.bag_play``).
 
-Tested: Kilted (rclpy 9) and Jazzy (rclpy 7) by the suite (``make test`` runs the ROS-facing tests
-in both, from wheels); Humble (rclpy 3) by the mapping below only.
+Tested: Kilted (rclpy 9) by ``make test`` (CI) and Jazzy (rclpy 7) by ``make test-jazzy``, both
+from wheels; Humble (rclpy 3) by the mapping below only.
 """
 from __future__ import annotations
 

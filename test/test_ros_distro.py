@@ -1,7 +1,7 @@
 """sfnet_ros.ros_distro: the distribution from ROS_DISTRO or the installed rclpy, and what differs.
 
-The cross-check at the end runs in each environment of the suite (Kilted's wheels in ``make test``,
-Jazzy's in its second run): the distribution found must be the one whose Fast DDS is installed, or
+The cross-check runs in each environment (Kilted's wheels in ``make test``, Jazzy's in
+``make test-jazzy``): the distribution found must be the one whose Fast DDS is installed, or
 the large-frame profile goes under a variable that Fast DDS never reads (frames lost, silently)."""
 from __future__ import annotations
 
@@ -64,17 +64,11 @@ def test_localhost_discovery_per_distribution() -> None:
 
 
 # Test files that start a node or a ROS tool but test nothing a distribution changes: they run in
-# the Kilted suite only (make test runs JAZZY_TESTS of the Makefile in .venv-jazzy as well).
+# the Kilted suite only (make test-jazzy runs JAZZY_TESTS of the Makefile in .venv-jazzy).
 DISTRIBUTION_INDEPENDENT = {
     "test_launch_params.py": "the launch file read as a syntax tree, the node's command line",
     "test_cli_bad_input.py": "the tools' argument checks (one line, exit 2) before anything ROS starts",
     "test_signals_cli.py": "the tools' exit codes on signals (the node's are in test_node_faults.py)",
-    "test_node_loss.py": "frames lost between processes: the profile it depends on is checked on Jazzy by "
-                         "test_transport.py's segment probes",
-    "test_conversions.py": "Image <-> numpy: the same message definitions (sensor_msgs 5.x) in both",
-    "test_frame_pipeline.py": "the node's frame pipeline on message objects, no DDS",
-    "test_status.py": "sfnet-status: the node's standard lifecycle, parameter and /diagnostics messages, the same "
-                      "in both (the transitions on both: test_node_lifecycle.py)",
     "test_openvino.py": "the OpenVINO runtime behind the node",
     "test_threads.py": "the CPU thread settings",
     "test_custom_data.py": "docs/custom-data.md run as written (its node and tools: the files above)",
