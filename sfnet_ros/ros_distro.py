@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 #: rclpy's major version -> the distribution that ships it.
 RCLPY_MAJOR_TO_DISTRO = {3: "humble", 4: "iron", 7: "jazzy", 9: "kilted"}
@@ -69,7 +69,7 @@ def localhost_discovery(distro: str | None) -> dict[str, str]:
     return {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
 
 
-def apply_localhost_discovery(environ: dict[str, str] | os._Environ[str], distro: str | None = None) -> None:
+def apply_localhost_discovery(environ: MutableMapping[str, str], distro: str | None = None) -> None:
     """Set ``localhost_discovery`` in ``environ`` (for child processes or this one, before
     ``rclpy.init``) and drop ``ROS_LOCALHOST_ONLY`` where the range replaces it: a value inherited
     from the shell would make Jazzy and later warn on every start and ignore the range."""
