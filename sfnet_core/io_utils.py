@@ -34,8 +34,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -43,7 +45,7 @@ from pathlib import Path
 from sfnet_core.errors import SFNetError
 
 __all__ = ["OutputError", "MANIFEST", "atomic_write", "check_output", "check_writable_parent", "staging_path",
-           "rename_noreplace", "write_manifest", "foreign_files", "os_error_message", "file_sha256"]
+           "rename_noreplace", "write_manifest", "foreign_files", "os_error_message", "file_sha256", "signals_held"]
 
 MANIFEST = ".sfnet-manifest.json"  # what a tool wrote into its output folder (see the module docstring)
 _PROBE_BYTES = 4096  # one block: an empty file can still be created on a full disk
@@ -282,6 +284,21 @@ def foreign_files(folder: str | os.PathLike, tool: str) -> list[str] | None:
 
 
 # ----------------------------------------------------------------------------- publishing
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (pending) inside the block and are delivered after it: for a few
+    steps that must all happen or none (renaming a set of staged files into place), so Ctrl-C
+    cannot leave half of them. A no-op off the main thread (signals only reach that one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def staging_path(path: str | os.PathLike, suffix: str = "tmp") -> Path:
     """A fresh hidden sibling of ``path`` (``.<name>.<random>.<suffix>``): same folder, so a
     rename onto ``path`` is atomic. It does not exist yet. A long name is shortened so that the

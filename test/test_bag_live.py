@@ -53,6 +53,7 @@ def _finish(proc: subprocess.Popen, timeout: float = TIMEOUT) -> tuple[int, str]
     return proc.returncode, out.decode()
 
 
+@pytest.mark.ros_api
 def test_play_node_record_then_live_eval(node: NodeProcess, env: dict[str, str], tmp_path: Path) -> None:
     bag, _, truth = write_synthetic_bag(tmp_path / "drive.mcap", N, H, W, seed=2)
     out = tmp_path / "recorded.mcap"

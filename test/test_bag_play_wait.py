@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from node_harness import REPO_ROOT, RosClient, reliable_qos, wait_until
 from sensor_msgs.msg import Image
 
@@ -21,6 +22,7 @@ def _play(env: dict[str, str], *args: object) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.ros_api
 def test_wait_names_its_topics_and_waits_only_on_the_chosen_ones(ros_domain, tmp_path):
     bag, _, _ = write_synthetic_bag(tmp_path / "drive.mcap", 2, 32, 64, seed=1)
     with RosClient() as ros:

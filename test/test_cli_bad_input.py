@@ -159,6 +159,7 @@ CASES = [
     C("labels-import-missing", "sfnet-labels", "import {d}/none --format label-studio --into {d}/existing_dir",
       "{d}/none: no such file or folder"),
     C("labels-bad-format", "sfnet-labels", "export {d}/existing_dir --format coco --out {d}/x", "invalid choice"),
+    C("labels-merge-not-a-dataset", "sfnet-labels", "merge {d}/existing_dir --into {d}/x", "no classes.yaml"),
     # sfnet-fleet-eval / sfnet-fleet-merge
     C("fleet-no-camera", "sfnet-fleet-eval", "--bag {d}/drive.mcap " + CK + " --out {d}/f", "no camera"),
     C("fleet-camera-not-a-topic", "sfnet-fleet-eval", "--bag {d}/drive.mcap --camera /front//image " + CK +

@@ -25,6 +25,8 @@ from sfnet_ros.conversions import (
     rgb_to_compressed,
 )
 
+pytestmark = pytest.mark.ros_api  # ROS messages and rclpy: run on every distribution CI tests
+
 TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 BagImage = TYPESTORE.types["sensor_msgs/msg/Image"]
 BagCompressed = TYPESTORE.types["sensor_msgs/msg/CompressedImage"]

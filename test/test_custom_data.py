@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import yaml
 from doc_commands import (
@@ -212,6 +213,21 @@ def test_walkthrough_runs_as_written(tmp_path: Path, ros_domain: dict[str, str])
     assert ClassTable.from_yaml(folder / "to_label" / "classes.yaml").names == expected.names
     assert "vehicle:0,0,142::" in (folder / "to_label_cvat" / "labelmap.txt").read_text()
     assert len(json.loads((folder / "to_label_ls" / "tasks.json").read_text())) == 4
+    # Step 11: the labelled frames merged into the training set in the new table, the model
+    # fine-tuned on both, the two compared on a drive neither saw
+    merged = folder / "my_data7"
+    assert ClassTable.from_yaml(merged / "classes.yaml").names == expected.names
+    assert len(list((merged / "labels" / "train").glob("*.png"))) == 30 + 4
+    assert len(list((merged / "images" / "train").glob("*.png"))) == 30 + 4
+    values = {int(v) for p in (merged / "labels").rglob("*.png") for v in np.unique(cv2.imread(str(p), -1))}
+    assert values <= set(range(7)) | {255} and 13 not in values, values  # mapped: no Cityscapes "car" (13) left
+    tuned = load_checkpoint(folder / "runs" / "my_run2" / "best.pt")
+    assert tuned.classes.names == expected.names
+    assert re.search(r"model\.init_from \S+/runs/my_run/best\.pt: loaded \d+ tensors",
+                     (folder / "runs" / "my_run2" / "train.log").read_text())
+    compared = json.loads((folder / "compare" / "summary.json").read_text())
+    assert compared["compare"]["delta_miou"] is not None and compared["overall"]["frames"] == 8, compared
+    assert list(compared["overall"]["per_class_iou"]) == list(expected.names)
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no staging left over
     print(f"\ncustom-data walkthrough: {elapsed:.0f} s; mIoU {val['miou']:.3f} on the validation split, "
           f"{drive2['miou']:.3f} on the unseen drive; node published {len(node_labels)} of 16 frames")

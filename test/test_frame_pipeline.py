@@ -18,6 +18,8 @@ from sfnet_ros.node.model_setup import LoadedModel
 from sfnet_ros.node.params import config_from_values
 from sfnet_ros.node.worker import Frame
 
+pytestmark = pytest.mark.ros_api  # ROS messages and rclpy: run on every distribution CI tests
+
 HEIGHT, WIDTH = 24, 32
 DRAW = DrawOptions(publish_color=True, color_overlay=True, overlay_alpha=0.5, publish_confidence=True,
                    publish_timing=True)

@@ -213,3 +213,82 @@ def test_bad_files_are_one_line_exit_2_and_nothing_written(dataset: tuple, tmp_p
         assert "Traceback" not in err
         assert {k: v.tobytes() for k, v in _read_labels(root).items()} == before, source  # nothing written
     assert not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_merge_adds_labelled_frames_and_refuses_what_would_change_meaning(
+        dataset: tuple, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root, labels, table = dataset
+    from sfnet_ros.tools.extract import class_template
+
+    new = tmp_path / "to_label"  # two labelled frames, as sfnet-extract --split train writes them
+    for i in (7, 8):
+        image, label = _scene(i)
+        (new / "images" / "train").mkdir(parents=True, exist_ok=True)
+        (new / "labels" / "train").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(new / "images" / "train" / f"n{i}.png"), image)
+        cv2.imwrite(str(new / "labels" / "train" / f"n{i}.png"), label)
+    (new / "classes.yaml").write_text(class_template(table, "test"))
+    before = _tree(root)
+
+    # refused, nothing written: another class table, a frame without its label, a clash, itself
+    other = tmp_path / "other_table"
+    shutil.copytree(new, other)
+    (other / "classes.yaml").write_text(class_template(ClassTable(names=("road", "car"), colors=((1, 1, 1), (2, 2, 2))),
+                                                       "test"))
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(new, unlabelled)
+    (unlabelled / "labels" / "train" / "n8.png").unlink()
+    bad_value = tmp_path / "bad_value"
+    shutil.copytree(new, bad_value)
+    cv2.imwrite(str(bad_value / "labels" / "train" / "n7.png"), np.full((H, W), 40, np.uint8))
+    clash = tmp_path / "clash"
+    shutil.copytree(new, clash)
+    shutil.copy(root / "images" / "train" / "frame0.png", clash / "images" / "train" / "frame0.png")
+    shutil.copy(root / "labels" / "train" / "frame0.png", clash / "labels" / "train" / "frame0.png")
+    cases = [
+        (other, [], "are different class tables (classes road, car vs road, sidewalk"),
+        (unlabelled, [], "n8.png: has no label PNG"),
+        (bad_value, [], "value(s) 40 are not train ids"),
+        (clash, [], "1 frame(s) of"),  # and it suggests --prefix
+        (root, [], "are the same folder or one holds the other"),
+        (new, ["--split", "../x"], "is not a split folder name"),
+        (new, ["--prefix", "a/"], "cannot start a file name"),
+        (tmp_path / "missing", [], "no classes.yaml"),
+    ]
+    for source, extra, expected in cases:
+        code, err = _labels(capsys, "merge", source, "--into", root, *extra)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("sfnet-labels: error: "), (source, err)
+        assert expected in lines[0], (expected, lines[0])
+        assert _tree(root) == before, source
+    with pytest.raises(SystemExit) as usage:
+        _labels(capsys, "merge", new, "--into", root, "--format", "cvat")
+    assert usage.value.code == 2 and "merge takes no --format" in capsys.readouterr().err
+
+    # merged: the frames under their split, bytes unchanged; the source untouched
+    code, err = _labels(capsys, "merge", new, "--into", root)
+    assert code == 0, err
+    after = _tree(root)
+    assert {k: v for k, v in after.items() if k not in before} == {
+        f"{kind}/train/n{i}.png": (new / kind / "train" / f"n{i}.png").read_bytes()
+        for kind in ("images", "labels") for i in (7, 8)}
+    assert all(after[k] == v for k, v in before.items())
+    assert not [p for p in root.rglob(".*") if p.name != "classes.yaml"]  # no staging left
+    # --split puts them elsewhere; a clash is replaced only with --overwrite, every byte the source's
+    code, err = _labels(capsys, "merge", new, "--into", root, "--split", "val")
+    assert code == 0 and (root / "labels" / "val" / "n7.png").is_file(), err
+    code, err = _labels(capsys, "merge", clash, "--into", root, "--prefix", "b-")  # both kept
+    assert code == 0 and "(0 replaced)" in err and (root / "images" / "train" / "b-frame0.png").is_file(), err
+    code, err = _labels(capsys, "merge", clash, "--into", root, "--overwrite")
+    assert code == 0 and "3 frames" in err and "(3 replaced)" in err, err
+
+
+def _scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sfnet_core.data.synthetic_scenes.render import render_scene
+
+    image, label = render_scene(seed=seed, height=H, width=W)
+    return image[..., ::-1], label

@@ -116,6 +116,7 @@ def _all_outputs_arrive(outputs: Outputs) -> bool:
     return True
 
 
+@pytest.mark.ros_api
 def test_outputs_match_segmenter(io, segmenter):
     rgb = sample_image(H, W, seed=MASK_IMAGE_SEED)
     stamp = io.send(make_image(rgb, "rgb8", 0, frame_id="front_camera_optical"))
@@ -186,6 +187,7 @@ def test_input_encodings(io, segmenter, encoding):
     np.testing.assert_array_equal(image_array(labels_msg), expected)
 
 
+@pytest.mark.ros_api
 def test_classes_topic_reaches_late_joiner(io, ros, segmenter):
     late = ros.collect(String, f"{NS}/segmentation/classes", reliable_qos(depth=1, transient_local=True))
     payload = json.loads(late.wait_for().data)
@@ -238,6 +240,7 @@ def test_bad_inputs_are_dropped_counted_and_followed_by_good_frames(io, node, se
     assert node.running()
 
 
+@pytest.mark.ros_api
 def test_diagnostics_report_rates_latency_and_device(io):
     # A frame's arrival and its publication can fall into two windows; with a frame every poll,
     # some window holds both.
@@ -269,6 +272,7 @@ def test_declared_parameters_have_descriptions(node, ros):
         assert descriptor.read_only == spec_.read_only
 
 
+@pytest.mark.ros_api
 def test_parameters_at_runtime(io, node, ros, segmenter):
     # Configure-time parameters are refused while active ...
     (result,) = ros.set_parameters(node.fqn, {"checkpoint": "/elsewhere.pt"})
@@ -286,6 +290,7 @@ def test_parameters_at_runtime(io, node, ros, segmenter):
         ros.set_parameters(node.fqn, {"color_overlay": False})
 
 
+@pytest.mark.ros_api
 def test_sigint_stops_cleanly(node, io):
     # Runs last in this module: the node is busy (a frame in flight) when the signal arrives.
     io.send(make_image(sample_image(H, W, 6), "rgb8", 0))

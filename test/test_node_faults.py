@@ -284,6 +284,7 @@ def test_input_timeout_levels_and_too_large_frames(ros_domain, checkpoint, tmp_p
 # -- incompatible QoS ----------------------------------------------------------------------------
 
 
+@pytest.mark.ros_api
 def test_incompatible_qos_is_reported_with_both_policies(ros_domain, checkpoint, tmp_path):
     """Two nodes: /be publishes best effort (default), /rel subscribes reliable."""
     env = _env(ros_domain)

@@ -191,6 +191,7 @@ def _assert_info(msg: CameraInfo, policy: str, stamp: int, fx: float = FX) -> No
 # -- camera_info -----------------------------------------------------------------------------------
 
 
+@pytest.mark.ros_api
 def test_outputs_flow_without_camera_info(rig, node):
     # No camera_info was ever sent: the labels come, no segmentation/camera_info, counted.
     msg = rig.served(sample_image(H, W, 1))
@@ -200,6 +201,7 @@ def test_outputs_flow_without_camera_info(rig, node):
     assert values["camera_info_published_total"] == "0"
 
 
+@pytest.mark.ros_api
 def test_camera_info_is_matched_by_stamp_and_scaled(rig, node, checkpoint):
     """Stretch to the network size: K and P scaled by (1/2, 3/4), the frame's header; the info
     with the frame's stamp is used although a newer one has arrived; a frame without one gets the

@@ -42,6 +42,7 @@ def _transition(ros: RosClient, node: NodeProcess, transition: int) -> bool:
     return ros.change_state(node.fqn, transition)
 
 
+@pytest.mark.ros_api
 def test_lifecycle_transitions_and_configure_retries(env, ros, checkpoint, tmp_path):
     missing = tmp_path / "not_there.pt"
     process = NodeProcess(env, tmp_path, namespace=NS, parameters={

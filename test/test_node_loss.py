@@ -160,6 +160,7 @@ def _counts(values: dict[str, str]) -> tuple[int, int, int]:
 # -- (1) camera-sized frames reach a node started without the launch file -------------------------
 
 
+@pytest.mark.ros_api
 def test_direct_start_delivers_camera_sized_frames(node, ros, env, tmp_path, record_property):
     topic = f"{NS}/big/image"
     log = node.wait_for_log("large-frame Fast DDS profile")
@@ -243,6 +244,7 @@ def test_header_stamp_gaps_are_counted_and_warned(node, ros):
     ros.node.destroy_publisher(publisher)
 
 
+@pytest.mark.ros_api
 def test_matched_publisher_without_frames_is_reported(node, ros):
     topic = f"{NS}/silent/image"
     nobody = _wait(ros, topic, lambda v: int(v["_level"]) == WARN, "silent: WARN")

@@ -17,6 +17,8 @@ from sensor_msgs.msg import CameraInfo, RegionOfInterest
 from sfnet_core.inference.geometry import plan_geometry
 from sfnet_ros.node import outputs, params
 
+pytestmark = pytest.mark.ros_api  # ROS messages and rclpy: run on every distribution CI tests
+
 K = [500.0, 0.0, 300.0, 0.0, 520.0, 140.0, 0.0, 0.0, 1.0]
 P = [500.0, 0.0, 300.0, -25.0, 0.0, 520.0, 140.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 

@@ -75,6 +75,7 @@ def _wait_served(rig, camera: str, stamp_ns: int) -> Image:
     return wait_until(attempt, 120, f"the node to serve {camera}")
 
 
+@pytest.mark.ros_api
 def test_two_cameras_png_input(rig, segmenter):
     ros, inputs, labels, _ = rig
     for camera in CAMERAS:
@@ -111,6 +112,7 @@ def test_corrupt_jpeg_dropped_then_next_frame_processed(rig, node, segmenter):
     assert "corrupt compressed image" in node.log()
 
 
+@pytest.mark.ros_api
 def test_sigterm_stops_cleanly(node):
     code = node.stop(signal.SIGTERM, timeout=30)
     assert code == 0, node.log()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from node_harness import NodeProcess, RosClient, make_image, sample_image
 from sensor_msgs.msg import Image
 
@@ -54,6 +55,7 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
+@pytest.mark.ros_api
 def test_status_client_drives_a_real_node(ros_domain, checkpoint, tmp_path):
     env = ros_domain
     refused(status(env, "--once", "--node", "/nobody_here", timeout=1), "/nobody_here", "no /diagnostics")
@@ -133,6 +135,7 @@ def test_status_client_drives_a_real_node(ros_domain, checkpoint, tmp_path):
         assert node.wait(30) == 0  # lifecycle shutdown ends the process (exit_on_shutdown)
 
 
+@pytest.mark.ros_api
 def test_status_usage_errors_are_one_line(ros_domain):
     for args in (["get"], ["activate", "extra"], ["dance"]):
         result = status(ros_domain, *args)

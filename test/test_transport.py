@@ -77,6 +77,7 @@ _SEGMENT_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.ros_api
 @pytest.mark.parametrize("with_profile", [True, False], ids=["profile", "default"])
 def test_fast_dds_loads_the_profile(ros_domain, with_profile):
     """A process started as the launch file starts the node maps a shared-memory segment of the
@@ -102,6 +103,7 @@ _INIT_PROBE = _SEGMENT_PROBE.replace("import rclpy\nrclpy.init()", "import rclpy
                                      "init_rclpy('sfnet_profile_probe', [])")
 
 
+@pytest.mark.ros_api
 def test_the_shared_init_applies_the_profile_keeps_the_users_and_can_be_switched_off(ros_domain, tmp_path):
     """Three tool processes started from a shell without any profile variable: the package's profile
     (64 MiB segment); the user's own exported profile (an 8 MiB segment here), kept and named on

@@ -40,7 +40,7 @@ from sfnet_core.cli import entry
 from sfnet_core.cli.entry import Terminated
 from sfnet_core.device_spec import DEVICE_SPEC
 from sfnet_core.errors import ConfigError, SFNetError, require_file
-from sfnet_core.io_utils import os_error_message
+from sfnet_core.io_utils import os_error_message, signals_held
 from sfnet_core.yaml_config import apply_overrides, load_yaml
 
 __all__ = ["HelpFormatter", "ArgumentParser", "make_parser", "run_command", "Terminated", "add_overwrite",
@@ -165,20 +165,6 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str = "the output") -> 
                         help=f"replace {what} if it exists (without it an existing output is refused)")
 
 
-@contextlib.contextmanager
-def _signals_held() -> Any:
-    """SIGINT and SIGTERM wait (pending) while the streams are rearranged: a signal in the middle
-    would leave fd 2 pointing at the hold file, and the one error line would be lost."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
 def _quiet_streams(verbose: bool) -> Callable[[bool], None]:
     """Hold what reaches file descriptor 2 behind the tool's back while the body runs, unless
     ``verbose``: native code (libpng, OpenCV, ONNX Runtime, rcl), Python warnings, log records of
@@ -217,7 +203,7 @@ def _quiet_streams(verbose: bool) -> Callable[[bool], None]:
     def release(replay: bool) -> None:
         if done:
             return
-        with _signals_held():
+        with signals_held():
             done.append(True)
             _restore(replay)
 
@@ -276,7 +262,7 @@ def run_command(
         previous = entry.raising_handlers()
     try:
         try:
-            with _signals_held():
+            with signals_held():  # a signal half way would leave fd 2 on the hold file: the error line lost
                 release = _quiet_streams(verbose)
             status = body()
             ok = status == 0

@@ -2,6 +2,7 @@
 
     sfnet-labels export my_data --format cvat --out my_data_cvat
     sfnet-labels import my_data_cvat --format cvat --into my_data --overwrite
+    sfnet-labels merge to_label --into my_data --split train
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 from sfnet_core.cli.common import ArgumentParser, add_overwrite, make_parser, run_command
 from sfnet_core.data.exchange import cvat, label_studio
 from sfnet_core.data.exchange.layout import frames, label_png, read_classes, read_label
+from sfnet_core.data.exchange.merge import merge_labelled
 from sfnet_core.errors import DataError, SFNetError
 from sfnet_core.io_utils import OutputError, atomic_write, check_output
 
@@ -24,26 +26,37 @@ train-id PNGs, classes.yaml) to and from the labelling tools teams use:
   sfnet-labels export my_data --format cvat --out my_data_cvat
   sfnet-labels export my_data --format label-studio --out my_data_ls --url-prefix my_data/
   sfnet-labels import corrected_cvat --format cvat --into my_data --overwrite
+  sfnet-labels merge to_label --into training_set --split train
 
 cvat: CVAT's "Segmentation mask 1.1" (labelmap.txt, palette PNGs in SegmentationClass/, the
 images in JPEGImages/): a folder to zip and import into a CVAT task, or what CVAT exports.
 label-studio: tasks.json (each image with its labels as a prediction, brush labels with RLE
 masks) and label_config.xml (the labelling interface); import reads Label Studio's JSON export.
 An import checks every file (names, sizes, class names and colours) before it writes anything;
-replacing existing label PNGs (e.g. the drafts of sfnet-extract --prelabel) needs --overwrite."""
+replacing existing label PNGs (e.g. the drafts of sfnet-extract --prelabel) needs --overwrite.
+merge: every frame of a labelled dataset folder (images and labels) joins another one with the
+same class table (--split: all into that split, --prefix: before every name); all or nothing,
+existing names need --overwrite."""
 
 
 def build_parser() -> ArgumentParser:
     p = make_parser(PROG, DESCRIPTION)
-    p.add_argument("action", choices=("export", "import"), help="export the dataset's labels, or import corrected ones")
-    p.add_argument("source", help="export: the dataset folder; import: the tool's folder (or tasks JSON file)")
-    p.add_argument("--format", required=True, choices=("cvat", "label-studio"), help="the labelling tool's format")
+    p.add_argument("action", choices=("export", "import", "merge"),
+                   help="export the dataset's labels, import corrected ones, or merge a labelled dataset into another")
+    p.add_argument("source", help="export, merge: the dataset folder; import: the tool's folder (or tasks JSON file)")
+    p.add_argument("--format", choices=("cvat", "label-studio"), help="export, import: the labelling tool's format")
     p.add_argument("--out", help="export: the new folder to write")
-    p.add_argument("--into", help="import: the dataset folder whose labels/ receives the labels")
+    p.add_argument("--into", help="import: the dataset folder whose labels/ receives the labels; merge: the dataset "
+                                  "folder that receives the frames")
+    p.add_argument("--split", help="merge: put every frame into this split folder (e.g. train) instead of the "
+                                   "source's own")
+    p.add_argument("--prefix", default="", help="merge: put this before every file name (e.g. drive2-: two drives "
+                                                "may share header stamps, hence names)")
     p.add_argument("--url-prefix", default="",
                    help="label-studio export: prefix of the image paths in the tasks, relative to Label Studio's "
                         "local-files root (LOCAL_FILES_DOCUMENT_ROOT), e.g. my_data/")
-    add_overwrite(p, "an existing --out folder (export) or existing label PNGs (import)")
+    add_overwrite(p, "an existing --out folder (export), existing label PNGs (import) or frames of the same "
+                     "name (merge)")
     return p
 
 
@@ -110,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.action == "export" and (not args.out or args.into):
-        parser.error("export writes --out (a new folder); --into is for import")
-    if args.action == "import" and (not args.into or args.out):
-        parser.error("import writes into --into (the dataset folder); --out is for export")
+        parser.error("export writes --out (a new folder); --into is for import and merge")
+    if args.action in ("import", "merge") and (not args.into or args.out):
+        parser.error(f"{args.action} writes into --into (the dataset folder); --out is for export")
+    if (args.format is None) != (args.action == "merge"):
+        parser.error("merge takes no --format" if args.action == "merge" else f"{args.action} needs --format")
+    if (args.split is not None or args.prefix) and args.action != "merge":
+        parser.error("--split and --prefix are for merge")
 
     def run() -> int:
         import json
@@ -120,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "export":
             summary = export_labels(Path(args.source), args.format, Path(args.out), args.url_prefix, args.overwrite)
             print(f"{PROG}: exported {summary['labelled']} of {summary['images']} images' labels to {args.out}",
+                  file=sys.stderr)
+        elif args.action == "merge":
+            summary = merge_labelled(Path(args.source), Path(args.into), args.split, args.overwrite,
+                                     args.prefix)
+            print(f"{PROG}: merged {summary['frames']} frames into {args.into} ({summary['replaced']} replaced)",
                   file=sys.stderr)
         else:
             source, dataset = Path(args.source), Path(args.into)
