@@ -254,3 +254,36 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path, models: Pa
             assert "Traceback" not in proc.stderr and "libpng" not in proc.stderr, proc.stderr[-2000:]
             _one_line(proc, tool, "no space left on device")
             assert sorted(os.listdir(d)) == ["filler"], (tool, os.listdir(d))
+
+
+@pytest.mark.parametrize("leave", [0, 64 * 1024], ids=["full", "fills-up"])
+def test_a_merge_on_a_full_disk_is_one_line_and_changes_nothing(small_disk: Path, tmp_path: Path, leave: int,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """sfnet-labels merge into a dataset on a full disk: one line naming the dataset, exit 2, the
+    dataset as it was (no frame of the source, no staging folder)."""
+    import cv2
+
+    from sfnet_core.cli import labels_command
+    from sfnet_core.data.classes import ClassTable
+    from sfnet_core.data.synthetic_scenes.render import render_scene
+    from sfnet_ros.tools.extract import class_template
+
+    def dataset(root: Path, seeds: range) -> None:
+        for folder in ("images", "labels"):
+            (root / folder / "train").mkdir(parents=True)
+        for seed in seeds:
+            image, label = render_scene(seed=seed, height=128, width=256)
+            cv2.imwrite(str(root / "images" / "train" / f"f{seed}.png"), image[..., ::-1])
+            cv2.imwrite(str(root / "labels" / "train" / f"f{seed}.png"), label)
+        (root / "classes.yaml").write_text(class_template(ClassTable.cityscapes(), "test"))
+
+    dataset(tmp_path / "src", range(1, 9))
+    dest = small_disk / f"dest_{leave}"
+    dataset(dest, range(1))
+    before = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*"))
+    with _filled(small_disk, leave):
+        code = labels_command.main(["merge", str(tmp_path / "src"), "--into", str(dest)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == f"sfnet-labels: error: --into: cannot write into {dest}: no space left on device", lines
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == before

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.data.exchange.layout import Frame, frames, read_classes, read_label
 from sfnet_core.errors import DataError
-from sfnet_core.io_utils import OutputError, signals_held, staging_path
+from sfnet_core.io_utils import OutputError, os_error_message, signals_held, staging_path
 
 
 def _same_table(source: ClassTable, dest: ClassTable, source_path: Path, dest_path: Path) -> None:
@@ -83,13 +83,16 @@ def merge_labelled(source: Path, dest: Path, split: str | None = None, overwrite
     staging = staging_path(dest / "merge")
     moves: list[tuple[Path, Path]] = []
     try:
-        for key, frame in plan.items():
-            for path, target in ((frame.image, dest / "images" / f"{key}{frame.image.suffix}"),
-                                 (frame.label, dest / "labels" / f"{key}.png")):
-                staged = staging / path.relative_to(source)
-                staged.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, staged)
-                moves.append((staged, target))
+        try:
+            for key, frame in plan.items():
+                for path, target in ((frame.image, dest / "images" / f"{key}{frame.image.suffix}"),
+                                     (frame.label, dest / "labels" / f"{key}.png")):
+                    staged = staging / path.relative_to(source)
+                    staged.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, staged)
+                    moves.append((staged, target))
+        except OSError as exc:  # a full disk names the dataset written to, not the file read
+            raise OutputError(f"--into: cannot write into {dest}: {os_error_message(exc)}") from None
         old_images = [existing[key].image for key in clash if key in existing
                       and existing[key].image.suffix != plan[key].image.suffix]
         with signals_held():
