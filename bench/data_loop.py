@@ -13,7 +13,7 @@ streets show least: its pixel share is printed too); over the seeds, mean and sp
 every class's IoU for the seed model, stride, uncertainty and focus; and each choice's difference
 to stride per seed. The result is what it is: stated as measured, whichever way it goes.
 
-    .venv/bin/python bench/data_loop.py --iterations 300     # 3 seeds, 64x128, about 25 minutes on 2 cores
+    .venv/bin/python bench/data_loop.py                      # 3 seeds, 64x128, about 25 minutes on 2 cores
     .venv/bin/python bench/data_loop.py --seeds 1 --iterations 20 --finetune 10   # a smoke run
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--size", default="64x128", help="HEIGHTxWIDTH of the drives")
-    parser.add_argument("--iterations", type=int, default=150, help="seed model's training iterations")
+    parser.add_argument("--iterations", type=int, default=300, help="seed model's training iterations")
     parser.add_argument("--finetune", type=int, default=100, help="fine-tuning iterations (both choices)")
     parser.add_argument("--budget", type=int, default=10, help="frames chosen from the pool")
     parser.add_argument("--rare", default="person", help="the rare class reported apart")

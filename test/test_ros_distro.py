@@ -100,7 +100,6 @@ def test_every_ros_facing_test_file_also_runs_on_jazzy() -> None:
     missing = sorted(ros_facing - jazzy - set(DISTRIBUTION_INDEPENDENT))
     assert not missing, f"start a node or a ROS tool: add to JAZZY_TESTS (Makefile) or to the list above: {missing}"
     assert set(DISTRIBUTION_INDEPENDENT) <= ros_facing, "the list above names only files that use ROS"
-    # make test runs the ros_api tests of each of those files on Jazzy: every group has some
+    # make test-jazzy JAZZY_SELECT="-m ros_api" runs the ros_api tests of those files: every group has some
     unmarked = sorted(name for name in jazzy if "pytest.mark.ros_api" not in (repo / "test" / name).read_text())
     assert not unmarked, f"mark the tests of these files that go through distribution-dependent code: {unmarked}"
-    assert "$(JAZZY_PYTEST) -m ros_api" in makefile
