@@ -7,11 +7,14 @@ byte-for-byte as it was, with no file added (no partial output, no staging folde
 The cases run concurrently (a few at a time) from one module fixture; each case is still its own
 test so that a failure names it. A case whose answer needs no model, GPU or ROS graph (all but the
 ``heavy`` ones) runs with importing torch, ONNX and rclpy made to fail (``test_startup.GUARD``):
-the refusal must come before those seconds of imports, and the table stays fast.
+the refusal must come before those seconds of imports, and the table stays fast. Those cases run
+in forks of one process per tool (``test_startup.FORK_SERVER``: the tool loaded once, a fresh fork
+a case, its own stdout, stderr and exit status); the heavy ones as console scripts.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -25,7 +28,7 @@ import numpy as np
 import pytest
 import yaml
 from node_harness import write_test_checkpoint
-from test_startup import guarded
+from test_startup import fork_server
 
 BIN = Path(sys.executable).parent
 H, W = 64, 128
@@ -491,23 +494,55 @@ def _command(tool: str) -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", MODULES[tool]]
 
 
+def _args(case: Case, d: Path) -> list[str]:
+    return [a.replace("{d}", str(d)).replace("{long}", LONG_NAME) for a in case.args]
+
+
 def _run(case: Case, d: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    args = [a.replace("{d}", str(d)).replace("{long}", LONG_NAME) for a in case.args]
-    # an answer that needs no model, no GPU and no ROS graph comes before torch and rclpy are
-    # imported: under the guard, importing them fails (test_startup.py)
-    command = _command(case.tool) if case.heavy else guarded(case.tool)
-    return subprocess.run(command + args, env=env, cwd=d, capture_output=True, text=True,
+    """A heavy case: the console script as a process of its own."""
+    return subprocess.run(_command(case.tool) + _args(case, d), env=env, cwd=d, capture_output=True, text=True,
                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
 
 
+def _run_light(tool: str, cases: list[Case], d: Path, env: dict[str, str],
+               logs: Path) -> dict[str, subprocess.CompletedProcess]:
+    """The light cases of ``tool``, each in a fork of one guarded process (test_startup.FORK_SERVER):
+    an answer that needs no model, no GPU and no ROS graph comes before torch and rclpy are
+    imported, and under the guard importing them fails."""
+    done = {}
+    with subprocess.Popen(fork_server(tool, MODULES[tool]), env=env, cwd=d, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as server:
+        assert server.stdin is not None and server.stdout is not None
+        for case in cases:
+            out, err = logs / f"{case.id}.out", logs / f"{case.id}.err"
+            server.stdin.write(json.dumps({"args": _args(case, d), "cwd": str(d), "out": str(out),
+                                           "err": str(err)}) + "\n")
+            server.stdin.flush()
+            answer = server.stdout.readline()
+            assert answer, f"{tool}'s fork server ended: {server.stderr.read()[-3000:] if server.stderr else ''}"
+            done[case.id] = subprocess.CompletedProcess(case.id, json.loads(answer)["code"], out.read_text(),
+                                                        err.read_text())
+        server.stdin.close()
+    return done
+
+
 @pytest.fixture(scope="module")
-def results(tree: Path, ros_domain_module: dict[str, str]) -> dict[str, tuple[subprocess.CompletedProcess, dict]]:
+def results(tree: Path, ros_domain_module: dict[str, str],
+            tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subprocess.CompletedProcess, dict]]:
     """Run every case (a few at a time); return id -> (process, files changed in the tree)."""
     env = dict(ros_domain_module, OMP_NUM_THREADS="1", SFNET_CACHE=str(tree / "cache_that_must_not_appear"))
     before = _checksums(tree)
+    logs = tmp_path_factory.mktemp("bad_input_logs")  # outside the tree, which must not change
+    light: dict[str, list[Case]] = {}
+    for case in CASES:
+        if not case.heavy:
+            light.setdefault(case.tool, []).append(case)
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {case.id: pool.submit(_run, case, tree, env) for case in CASES}
-        done = {key: future.result() for key, future in futures.items()}
+        heavy = {case.id: pool.submit(_run, case, tree, env) for case in CASES if case.heavy}
+        servers = [pool.submit(_run_light, tool, cases, tree, env, logs) for tool, cases in light.items()]
+        done = {key: future.result() for key, future in heavy.items()}
+        for future in servers:
+            done.update(future.result())
     after = _checksums(tree)
     changed = {k: "changed" for k in before if k in after and before[k] != after[k]}
     changed.update({k: "removed" for k in before if k not in after})
