@@ -85,8 +85,9 @@ test-jazzy: setup-jazzy
 # The type check runs beside the tests (its half minute fits in the workers' waits on processes
 # and DDS), with its cache in the user's cache folder, so a fresh clone's check is incremental
 # (28 s -> 1 s here); make test fails if either fails, and prints mypy's report after the tests.
-# Jazzy is not part of it yet: its ros_api tests beside the suite took make test to 15 min 42 s
-# (measured from a fresh clone on the 2-core machine; the Kilted suite alone: 13-14 min).
+# Jazzy is not part of it yet: its ros_api tests beside the suite (venv and tests at nice 10) took
+# make test to 15 min 42 s in an hour when the Kilted suite alone took 15 min 12 s - 15 min 29 s
+# on the 2-core machine (13 min 33 s - 14 min 38 s in other hours): the suite has no room yet.
 MYPY_CACHE ?= $${XDG_CACHE_HOME:-$$HOME/.cache}/sfnet_ros/mypy
 test: setup
 	$(VENV)/bin/ruff check .
