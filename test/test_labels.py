@@ -286,6 +286,24 @@ def test_merge_adds_labelled_frames_and_refuses_what_would_change_meaning(
     code, err = _labels(capsys, "merge", clash, "--into", root, "--overwrite")
     assert code == 0 and "3 frames" in err and "(3 replaced)" in err, err
 
+    # a file that appears at a target while the frames are staged is never replaced: nothing merged
+    from sfnet_core.data.exchange import merge
+
+    real_copy, appeared = merge.shutil.copyfile, root / "labels" / "train" / "c-n8.png"
+
+    def copy_then_appear(src, dst):
+        appeared.write_bytes(b"a person's file")
+        return real_copy(src, dst)
+
+    before = _tree(root)
+    merge.shutil.copyfile = copy_then_appear
+    try:
+        code, err = _labels(capsys, "merge", new, "--into", root, "--prefix", "c-")
+    finally:
+        merge.shutil.copyfile = real_copy
+    assert code == 2 and "c-n8.png appeared while the frames were being merged" in err, err
+    assert _tree(root) == {**before, "labels/train/c-n8.png": b"a person's file"}
+
 
 def _scene(seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sfnet_core.data.synthetic_scenes.render import render_scene

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.data.exchange.layout import Frame, frames, read_classes, read_label
 from sfnet_core.errors import DataError
-from sfnet_core.io_utils import OutputError, os_error_message, signals_held, staging_path
+from sfnet_core.io_utils import OutputError, os_error_message, rename_noreplace, signals_held, staging_path
 
 
 def _same_table(source: ClassTable, dest: ClassTable, source_path: Path, dest_path: Path) -> None:
@@ -98,9 +98,20 @@ def merge_labelled(source: Path, dest: Path, split: str | None = None, overwrite
         with signals_held():
             for path in old_images:  # the same frame in another image format: replaced, not kept twice
                 path.unlink()
+            placed: list[Path] = []
             for staged, target in moves:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, target)
+                if overwrite:
+                    os.replace(staged, target)
+                    continue
+                try:  # never over a file that appeared since the check (another tool, a person)
+                    rename_noreplace(staged, target)
+                except FileExistsError:
+                    for path in placed:  # all or none: the frames placed so far were new, so they go
+                        path.unlink()
+                    raise OutputError(f"--into: {target} appeared while the frames were being merged; nothing "
+                                      "was merged (pass --overwrite to replace it)") from None
+                placed.append(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"frames": len(plan), "replaced": len(clash)}
