@@ -36,16 +36,17 @@ import os
 import shutil
 import signal
 import stat
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from sfnet_core.errors import SFNetError
 
 __all__ = ["OutputError", "MANIFEST", "atomic_write", "check_output", "check_writable_parent", "staging_path",
-           "rename_noreplace", "write_manifest", "foreign_files", "os_error_message", "file_sha256", "signals_held"]
+           "rename_noreplace", "write_manifest", "foreign_files", "os_error_message", "file_sha256", "signals_held",
+           "remove_staging"]
 
 MANIFEST = ".sfnet-manifest.json"  # what a tool wrote into its output folder (see the module docstring)
 _PROBE_BYTES = 4096  # one block: an empty file can still be created on a full disk
@@ -122,9 +123,10 @@ def check_writable_parent(path: str | os.PathLike, what: str = "--out") -> Path:
                               f"at most {limit} here)")
     if len(os.fsencode(str(target))) >= 4096:
         raise OutputError(f"{what}: {path}: path too long")
-    probe = None
+    # named before it exists, so that the finally removes it whenever a signal lands
+    probe = ancestor / f".sfnet-probe-{uuid.uuid4().hex[:8]}"
     try:
-        handle, probe = tempfile.mkstemp(prefix=".sfnet-probe-", dir=ancestor)
+        handle = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(handle, b"\0" * _PROBE_BYTES)
             os.fsync(handle)
@@ -133,9 +135,7 @@ def check_writable_parent(path: str | os.PathLike, what: str = "--out") -> Path:
     except OSError as exc:
         raise OutputError(f"{what}: cannot write {path}: {os_error_message(exc)} in {ancestor}") from None
     finally:
-        if probe is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(probe)
+        remove_staging(probe)
     return target
 
 
@@ -286,17 +286,29 @@ def foreign_files(folder: str | os.PathLike, tool: str) -> list[str] | None:
 # ----------------------------------------------------------------------------- publishing
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait (pending) inside the block and are delivered after it: for a few
-    steps that must all happen or none (renaming a set of staged files into place), so Ctrl-C
-    cannot leave half of them. A no-op off the main thread (signals only reach that one)."""
+    """SIGINT and SIGTERM wait inside the block and are delivered after it (to the handlers in
+    place before it): for a few steps that must all happen or none (renaming staged files into
+    place, removing a staging folder), so Ctrl-C cannot leave half of them. A no-op off the main
+    thread (Python runs signal handlers in that one only).
+
+    The handlers are swapped for one that notes the signal, rather than blocking it with the
+    signal mask: a signal sent to the process reaches any thread that does not block it (one of
+    OpenMP's, a DDS thread), and Python then runs the handler in the main thread all the same."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    noted: list[int] = []
+    previous: dict[int, Any] = {}
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda number, frame: noted.append(number))
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for signum, handler in previous.items():
+            # None: a handler installed outside Python, which cannot be put back; the default instead
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(noted):  # each once, in the order they came
+            signal.raise_signal(signum)
 
 
 def staging_path(path: str | os.PathLike, suffix: str = "tmp") -> Path:
@@ -361,12 +373,17 @@ def rename_noreplace(source: str | os.PathLike, target: str | os.PathLike) -> No
     os.unlink(src)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif _lexists(path):
-        with contextlib.suppress(OSError):
-            path.unlink()
+def remove_staging(path: str | os.PathLike) -> None:
+    """Remove a staging file or folder (or nothing, where it does not exist) with SIGINT and
+    SIGTERM held: a signal meanwhile is delivered after it, so Ctrl-C during the cleanup (of an
+    error, of a signal, or of a success) cannot leave half of the staging folder behind."""
+    path = Path(path)
+    with signals_held():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif _lexists(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _appeared(shown: str | os.PathLike, what: str | None) -> OutputError:
@@ -404,14 +421,15 @@ def _publish(tmp: Path, target: Path, overwrite: bool, replace_dir: bool, tool: 
             elif not replace_dir:
                 raise OutputError(f"{prefix}{shown}: is a folder; refusing to replace it")
         old = staging_path(target, "old")
-        os.rename(target, old)
-        try:
-            rename_noreplace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.rename(old, target)  # put the previous output back
-            raise
-        _remove(old)
+        with signals_held():  # the new output in place and the previous one gone, or neither
+            os.rename(target, old)
+            try:
+                rename_noreplace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.rename(old, target)  # put the previous output back
+                raise
+            remove_staging(old)
         return
     if info is not None and tmp.is_dir():
         raise OutputError(f"{prefix}{shown} is a file; refusing to replace it by a folder")
@@ -466,7 +484,7 @@ def atomic_write(path: str | os.PathLike, replace_dir: bool = False, *, overwrit
         prefix = f"{what}: " if what else ""
         raise OutputError(f"{prefix}cannot write {target}: no space left on device") from exc
     finally:
-        _remove(tmp)
+        remove_staging(tmp)
         if not published:
             remove_empty_folders(created)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -180,3 +181,144 @@ def test_folders_made_for_a_failed_output_are_removed(tmp_path: Path) -> None:
         raise RuntimeError("the work failed")
     assert not (tmp_path / "a" / "other" / "deeper").exists()
     assert (tmp_path / "a" / "other" / "notes.txt").exists()
+
+
+# -- a signal during publishing and cleaning up (found by test_signals_cli: sfnet-synthetic-bag left
+# its staging folder when Ctrl-C came while the folder was being removed after success) ----------
+
+def _run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter: the main thread and Python's default signal handlers."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, check=False)
+
+
+def test_signals_held_defers_a_signal_that_another_thread_receives() -> None:
+    """A signal sent to the process may land on any thread that does not block it (OpenMP's, DDS's);
+    Python still runs the handler in the main thread: the hold must not depend on the signal mask."""
+    run = _run_python("""
+        import signal, threading, time
+        from sfnet_core.io_utils import signals_held
+        parked = threading.Event()
+        other = threading.Thread(target=parked.wait, daemon=True)
+        other.start()
+        steps = []
+        try:
+            with signals_held():
+                signal.pthread_kill(other.ident, signal.SIGINT)
+                time.sleep(0.2)
+                steps.append("after the signal")
+                time.sleep(0.01)
+                steps.append("end of the block")
+        except KeyboardInterrupt:
+            steps.append("KeyboardInterrupt after the block")
+        print(steps)
+    """)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "['after the signal', 'end of the block', 'KeyboardInterrupt after the block']"
+
+
+# Each scenario publishes one output into the empty folder ``d`` (an earlier output there first
+# where it replaces one) and prints the target's state; a SIGINT is sent to the process just before
+# the k-th file-system call (rename, replace, unlink, rmdir, mkdir, renameat2), for every k.
+_PUBLISH_SCENARIOS = """
+import json, os, signal, sys
+from pathlib import Path
+import sfnet_core.io_utils as io_utils
+from sfnet_ros.tools import bag_io
+
+countdown = [0]  # > 0: armed, the signal comes before the call that takes it to 0
+
+def armed(function):
+    def call(*args, **kwargs):
+        if countdown[0] > 0:
+            countdown[0] -= 1
+            if countdown[0] == 0:
+                os.kill(os.getpid(), signal.SIGINT)  # raised at the next bytecode, unless held
+        return function(*args, **kwargs)
+    return call
+
+for name in ("rename", "replace", "unlink", "rmdir", "mkdir"):
+    setattr(os, name, armed(getattr(os, name)))
+io_utils.rename_noreplace = bag_io.rename_noreplace = armed(io_utils.rename_noreplace)
+
+def file_new(d):
+    with io_utils.atomic_write(d / "out.txt", overwrite=False) as tmp:
+        tmp.write_text("new")
+    return (d / "out.txt").read_text() if (d / "out.txt").exists() else None
+
+def file_replaced(d):
+    with io_utils.atomic_write(d / "out.txt") as tmp:
+        tmp.write_text("new")
+
+def folder_replaced(d):
+    with io_utils.atomic_write(d / "out", replace_dir=True) as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("new")
+
+def bag(d, overwrite=False):
+    with bag_io.BagWriter(d / "drive.mcap", overwrite=overwrite) as writer:
+        writer.write_raw("/t", "std_msgs/msg/String", 1, bytes([0, 1, 0, 0, 4, 0, 0, 0]) + b"new" + bytes(1))
+
+def probe(d):
+    io_utils.check_output(d / "sub" / "out.json")
+
+def state(d, scenario):
+    if scenario.startswith("bag"):
+        path = d / "drive.mcap"
+        if not path.exists():
+            return "absent"
+        with bag_io.BagReader(path) as reader:
+            return f"bag of {sum(1 for _ in reader.messages(['/t']))} message(s)"
+    for path in (d / "out.txt", d / "out" / "a.txt"):
+        if path.exists():
+            return path.read_text()
+    return "absent"
+
+SCENARIOS = {"file_new": (file_new, None), "file_replaced": (file_replaced, "out.txt"),
+             "folder_replaced": (folder_replaced, "out/a.txt"), "bag_new": (bag, None),
+             "bag_replaced": (lambda d: bag(d, overwrite=True), "drive.mcap"), "probe": (probe, None)}
+root = Path(sys.argv[1])
+for scenario, (publish, previous) in SCENARIOS.items():
+    k = 1
+    while True:
+        d = root / f"{scenario}-{k}"
+        d.mkdir()
+        if previous == "drive.mcap":
+            bag(d)
+        elif previous:
+            (d / previous).parent.mkdir(exist_ok=True)
+            (d / previous).write_text("old")
+        countdown[0] = k
+        outcome = "done"
+        try:
+            publish(d)
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+        left = sorted(p.name for p in d.rglob("*") if p.name.startswith("."))
+        print(json.dumps([scenario, k, outcome, state(d, scenario), left]), flush=True)
+        if countdown[0] > 0:  # fewer calls than k: every step has had its signal
+            countdown[0] = 0
+            break
+        k += 1
+"""
+
+
+def test_a_signal_at_any_step_of_publishing_leaves_no_staging_and_a_whole_output(tmp_path: Path) -> None:
+    script = tmp_path / "scenarios.py"
+    script.write_text(_PUBLISH_SCENARIOS)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=300,
+                         cwd=REPO, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    whole = {"file_new": {"absent", "new"}, "file_replaced": {"old", "new"}, "folder_replaced": {"old", "new"},
+             "bag_new": {"absent", "bag of 1 message(s)"}, "bag_replaced": {"bag of 1 message(s)"},
+             "probe": {"absent"}}
+    outcomes: dict[str, set[str]] = {name: set() for name in whole}
+    for line in run.stdout.splitlines():
+        scenario, k, outcome, state, left = json.loads(line)
+        assert not left, f"{scenario}, a signal before file-system call {k}: staging left: {left}"
+        assert state in whole[scenario], f"{scenario}, a signal before file-system call {k}: output {state!r}"
+        outcomes[scenario].add(outcome)
+    # each was interrupted at some steps, and completed once the signal came after its last call
+    assert all(seen == {"interrupted", "done"} for seen in outcomes.values()), outcomes

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sfnet_core.checkpoint import Checkpoint
-from sfnet_core.io_utils import atomic_write, staging_path
+from sfnet_core.io_utils import atomic_write, remove_staging, staging_path
 from sfnet_core.onnx.digest import stamp_digest, verify_digest
 from sfnet_core.onnx.export import DEFAULT_OPSET, ExportError, export_onnx
 from sfnet_core.onnx.metadata import write_metadata
@@ -104,35 +102,38 @@ def quantize_int8(
     bar = _progress(calibration, progress)
     reader = _Calibration(calibration, source.graph.input[0].name, bar)
     log.info("int8 calibration on %s", calibration_source or "the given batches")
+    # named before it exists: removed in the finally whenever an error or a signal lands
+    work = staging_path(onnx_path, "work")
     try:
-        with tempfile.TemporaryDirectory(prefix=".sfnet-quant-", dir=onnx_path.parent) as work:
-            prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-                except Exception as exc:
-                    log.warning("quantisation pre-processing skipped: %s", exc)
-                    prepared = fp32_path
-                quantize_static(
-                    str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-                )
-            if reader.frames == 0:
-                raise ExportError(f"{onnx_path}: no calibration frames ({calibration_source or 'empty iterator'})")
-            proto = onnx.load(str(quantized))
-            meta.update({"sfnet.precision": "int8", "sfnet.quantization": json.dumps({
-                "format": "QDQ", "per_channel": per_channel, "reduce_range": reduce_range, "weights": "int8",
-                "activations": "uint8", "method": "MinMax", "calibration": calibration_source,
-                "frames": reader.frames}, sort_keys=True)})
-            del proto.metadata_props[:]
-            write_metadata(proto, meta)
-            stamp_digest(proto)
-            with atomic_write(onnx_path) as tmp:
-                onnx.save(proto, str(tmp))
+        work.mkdir()
+        prepared, quantized = work / "prepared.onnx", work / "int8.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            except Exception as exc:
+                log.warning("quantisation pre-processing skipped: %s", exc)
+                prepared = fp32_path
+            quantize_static(
+                str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+        if reader.frames == 0:
+            raise ExportError(f"{onnx_path}: no calibration frames ({calibration_source or 'empty iterator'})")
+        proto = onnx.load(str(quantized))
+        meta.update({"sfnet.precision": "int8", "sfnet.quantization": json.dumps({
+            "format": "QDQ", "per_channel": per_channel, "reduce_range": reduce_range, "weights": "int8",
+            "activations": "uint8", "method": "MinMax", "calibration": calibration_source,
+            "frames": reader.frames}, sort_keys=True)})
+        del proto.metadata_props[:]
+        write_metadata(proto, meta)
+        stamp_digest(proto)
+        with atomic_write(onnx_path) as tmp:
+            onnx.save(proto, str(tmp))
     finally:
+        remove_staging(work)
         bar.close()  # also on errors: tqdm's monitor thread must not outlive the call
     log.info("wrote %s (int8, calibrated on %d frame(s) in %.1f s)", onnx_path, reader.frames,
              time.perf_counter() - started)
@@ -171,4 +172,4 @@ def export_int8(
         except Exception as exc:  # the quantiser raises many unrelated types
             raise ExportError(f"{onnx_path}: int8 quantisation failed: {type(exc).__name__}: {exc}") from None
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_staging(work)

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import errno
 import os
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,15 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, TypesysError, get_types_from_idl, get_types_from_msg, get_typestore
 
 from sfnet_core.errors import SFNetError
-from sfnet_core.io_utils import check_output, missing_ancestors, remove_empty_folders, rename_noreplace, staging_path
+from sfnet_core.io_utils import (
+    check_output,
+    missing_ancestors,
+    remove_empty_folders,
+    remove_staging,
+    rename_noreplace,
+    signals_held,
+    staging_path,
+)
 from sfnet_ros.conversions import ImageConversionError, compressed_to_rgb, image_to_numpy, image_to_rgb
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -379,7 +386,11 @@ class BagWriter:
         self.counts: dict[str, int] = {}
 
     def __enter__(self) -> BagWriter:
-        self.open()
+        try:
+            self.open()
+        except BaseException:  # also a signal raised right after open() returned: __exit__ will not run
+            self.abort()
+            raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -445,25 +456,35 @@ class BagWriter:
     def close(self) -> Path:
         """Finalise the bag and move it into place; returns the final path."""
         assert self._writer is not None and self._staging is not None, "BagWriter is not open"
+        try:
+            self._writer.close()  # a signal meanwhile: the finally below drops the staging folder
+            self._writer = None
+            with signals_held():  # the bag in place and the staging folder gone, or neither
+                self._publish()
+        except OSError as exc:
+            raise BagError(f"{self.path}: cannot write bag: {exc.strerror or exc}") from None
+        finally:
+            self.abort()  # removes the staging folder (and the writer if close failed)
+        return self.path
+
+    def _publish(self) -> None:
+        source = next(self._bag_dir.glob("*.mcap")) if self.single_file else self._bag_dir
+        self._check_target()  # again: something may have appeared there while we recorded
+        if not self.overwrite:
+            try:  # and nothing that appears from now on is replaced either (no check-then-replace)
+                rename_noreplace(source, self.path)
+            except (FileExistsError, IsADirectoryError, NotADirectoryError):
+                raise BagError(f"{self.path}: appeared while the bag was being written; it was not replaced "
+                               "(pass --overwrite to replace it, or choose another path)") from None
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+                raise BagError(f"{self.path}: appeared while the bag was being written; it was not replaced "
+                               "(pass --overwrite to replace it, or choose another path)") from None
+            self._created = []
+            return
         old: Path | None = None
         try:
-            self._writer.close()
-            self._writer = None
-            source = next(self._bag_dir.glob("*.mcap")) if self.single_file else self._bag_dir
-            self._check_target()  # again: something may have appeared there while we recorded
-            if not self.overwrite:
-                try:  # and nothing that appears from now on is replaced either (no check-then-replace)
-                    rename_noreplace(source, self.path)
-                except (FileExistsError, IsADirectoryError, NotADirectoryError):
-                    raise BagError(f"{self.path}: appeared while the bag was being written; it was not replaced "
-                                   "(pass --overwrite to replace it, or choose another path)") from None
-                except OSError as exc:
-                    if exc.errno != errno.ENOTEMPTY:
-                        raise
-                    raise BagError(f"{self.path}: appeared while the bag was being written; it was not replaced "
-                                   "(pass --overwrite to replace it, or choose another path)") from None
-                self._created = []
-                return self.path
             if self.path.exists() or self.path.is_symlink():
                 # os.replace cannot put a folder onto a file or a non-empty folder: move the
                 # previous output aside first, remove it once the new one is in place
@@ -471,16 +492,12 @@ class BagWriter:
                 os.replace(self.path, old)
             os.replace(source, self.path)
             self._created = []
-        except OSError as exc:
-            raise BagError(f"{self.path}: cannot write bag: {exc.strerror or exc}") from None
         finally:
             if old is not None:
                 if self.path.exists():
-                    shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+                    remove_staging(old)
                 else:  # the rename in failed: put the previous output back
                     os.replace(old, self.path)
-            self.abort()  # removes the staging folder (and the writer if close failed)
-        return self.path
 
     def abort(self) -> None:
         """Drop everything written so far (no output appears)."""
@@ -489,7 +506,7 @@ class BagWriter:
             with contextlib.suppress(Exception):  # already failing; the staging folder goes below regardless
                 writer.abort()
         if self._staging is not None:
-            shutil.rmtree(self._staging, ignore_errors=True)
+            remove_staging(self._staging)
             self._staging = None
         remove_empty_folders(self._created)
         self._created = []

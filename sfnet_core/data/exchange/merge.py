@@ -17,7 +17,14 @@ from pathlib import Path, PurePosixPath
 from sfnet_core.data.classes import ClassTable
 from sfnet_core.data.exchange.layout import Frame, frames, read_classes, read_label
 from sfnet_core.errors import DataError
-from sfnet_core.io_utils import OutputError, os_error_message, rename_noreplace, signals_held, staging_path
+from sfnet_core.io_utils import (
+    OutputError,
+    os_error_message,
+    remove_staging,
+    rename_noreplace,
+    signals_held,
+    staging_path,
+)
 
 
 def _same_table(source: ClassTable, dest: ClassTable, source_path: Path, dest_path: Path) -> None:
@@ -113,7 +120,7 @@ def merge_labelled(source: Path, dest: Path, split: str | None = None, overwrite
                                       "was merged (pass --overwrite to replace it)") from None
                 placed.append(target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_staging(staging)
     return {"frames": len(plan), "replaced": len(clash)}
 
 
