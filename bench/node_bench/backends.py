@@ -102,11 +102,12 @@ class BackendClient:
         self.timings: dict[tuple[str, int], dict[str, str]] = {}  # (backend, stamp) -> timing values
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.publishers = {name: self.node.create_publisher(Image, f"/bench_{_ns(name)}/image", qos) for name in names}
-        for name in names:
+        self.subscriptions = {name: (
             self.node.create_subscription(Image, f"/bench_{_ns(name)}/segmentation/labels",
-                                          lambda msg, name=name: self._on_labels(name, msg), qos)
+                                          lambda msg, name=name: self._on_labels(name, msg), qos),
             self.node.create_subscription(DiagnosticArray, f"/bench_{_ns(name)}/segmentation/timing",
-                                          lambda msg, name=name: self._on_timing(name, msg), qos)
+                                          lambda msg, name=name: self._on_timing(name, msg), qos))
+            for name in names}
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         threading.Thread(target=self._spin, daemon=True).start()
@@ -126,6 +127,11 @@ class BackendClient:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.lock:
             self.timings[(name, stamp)] = {kv.key: kv.value for kv in msg.status[0].values}
+
+    def matched(self, name: str) -> bool:
+        """Whether ``name``'s node has matched our image publisher and we its labels and timing."""
+        return self.publishers[name].get_subscription_count() >= 1 and all(
+            sub.get_publisher_count() >= 1 for sub in self.subscriptions[name])
 
     def serve(self, name: str, msg, timeout: float) -> tuple[float, np.ndarray, dict[str, str]] | None:
         """Publish ``msg`` to ``name``'s node now; (publish -> labels arrival ms, labels, the node's
@@ -187,7 +193,10 @@ def run_backends(args: argparse.Namespace) -> int:
                 described[name] = line.split(", backend ", 1)[1].split(", input size")[0]
             client = BackendClient(names)
             messages = [numpy_to_image(frame, "rgb8") for frame in frames]
-            for name in names:  # discovery of our labels subscription: retry until served
+            for name in names:
+                # discovery first (a frame sent before the labels' publisher matched our subscription
+                # would wait out the timeout), then retry until served
+                wait_for(lambda name=name: client.matched(name), 300, f"discovery of {name}'s topics")
                 wait_for(lambda name=name: client.serve(name, messages[0], 30) is not None, 300,
                          f"{name}'s first labels")
             latencies: dict[str, list[float]] = {name: [] for name in names}

@@ -112,10 +112,12 @@ class OutputsClient:
         self.timings: dict[int, dict[str, str]] = {}
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.publisher = self.node.create_publisher(Image, f"{namespace}/image", qos)
-        for topic in self.topics:
+        self.subscriptions = [
             self.node.create_subscription(Image, f"{namespace}/segmentation/{topic}",
                                           lambda raw, topic=topic: self._on_output(topic, raw), qos, raw=True)
-        self.node.create_subscription(DiagnosticArray, f"{namespace}/segmentation/timing", self._on_timing, qos)
+            for topic in self.topics]
+        self.subscriptions.append(
+            self.node.create_subscription(DiagnosticArray, f"{namespace}/segmentation/timing", self._on_timing, qos))
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         spin_in_thread(self.executor)
@@ -134,6 +136,11 @@ class OutputsClient:
         with self.lock:
             self.timings[stamp] = {kv.key: kv.value for kv in msg.status[0].values}
             self.arrived.notify_all()
+
+    def matched(self) -> bool:
+        """Whether the node's image subscription and every output's publisher are matched with ours."""
+        return self.publisher.get_subscription_count() >= 1 and all(
+            sub.get_publisher_count() >= 1 for sub in self.subscriptions)
 
     def publish(self, msg: Any) -> int:
         stamp = self.clock.now()
@@ -232,7 +239,10 @@ def run_overhead(args: argparse.Namespace) -> int:
             messages = [numpy_to_image(frame, "rgb8") for frame in frames]
             bare_ms0 = bare.run(frames[0])[0]
             timeout = 30 + 10 * bare_ms0 / 1e3
-            # Discovery of our subscriptions: retry until a frame comes back complete.
+            # Discovery first: a frame published before every output's publisher matched our
+            # subscription would wait the whole timeout for an output that never comes. Then retry
+            # until a frame comes back complete (the rare frame lost to a match seen on one side only).
+            wait_for(client.matched, 300, "discovery of the node's topics")
             wait_for(lambda: _served(client, messages[0], timeout) is not None, 300, "the node's first outputs")
             rows = _interleaved(client, bare, frames, messages, timeout)
             if not rows:
