@@ -246,3 +246,16 @@ def test_node_latency_overhead_quick_reports_node_against_segmenter() -> None:
                  "colour + masks road,car,person subscribed", "camera at 1.5x its rate", "render", "of which send",
                  "target <= 1.05x", "node stopped with exit code 0"):
         assert text in run.stdout, f"{text!r} missing:\n{report}"
+
+
+def test_discovery_bench_reports_both_profiles() -> None:
+    """The documented discovery comparison, one process per profile (no timing asserted)."""
+    command = ".venv/bin/python bench/discovery.py"
+    assert command in (REPO / "docs" / "transport.md").read_text(), "docs/transport.md shows the command this test runs"
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "discovery.py"), "--trials", "1"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(result["profiles"]) == {"shipped (1 s)", "Fast DDS default (3 s)"} and result["range"] == "LOCALHOST"
+    assert all(0 < row["median_s"] <= row["max_s"] < 30 for row in result["profiles"].values())
+    assert "median default / shipped:" in run.stdout
