@@ -1,6 +1,7 @@
 # One setup path on a fresh machine (no ROS install needed): a virtual environment with pinned
 # PyTorch, ROS 2 (kilted) from PyPI wheels, and this project in editable mode.
-#   make test   set up, lint (ruff), then the whole test suite with the type check (mypy) beside it
+#   make test   set up, lint (ruff), then the whole test suite with the type check (mypy) and the
+#               ROS-facing tests on Jazzy (the ros_api selection) beside it
 #   make test-jazzy  the ROS-facing tests again on a second distribution (Jazzy, .venv-jazzy)
 #   make lint   ruff, then mypy (mypy.ini) over sfnet_core and sfnet_ros
 #   make demo   set up, then run the end-to-end demo (synthetic bag -> train -> node -> metrics)
@@ -84,10 +85,13 @@ test-jazzy: setup-jazzy
 
 # The type check runs beside the tests (its half minute fits in the workers' waits on processes
 # and DDS), with its cache in the user's cache folder, so a fresh clone's check is incremental
-# (28 s -> 1 s here); make test fails if either fails, and prints mypy's report after the tests.
-# Jazzy is not part of it yet: its ros_api tests beside the suite (venv and tests at nice 10) took
-# make test to 15 min 42 s in an hour when the Kilted suite alone took 15 min 12 s - 15 min 29 s
-# on the 2-core machine (13 min 33 s - 14 min 38 s in other hours): the suite has no room yet.
+# (28 s -> 1 s here). Jazzy runs beside them too: .venv-jazzy is built and the tests marked
+# ros_api (pytest.ini: what differs between distributions, and one end-to-end test per group) run
+# in one process at nice 10, on their own ROS domains, so they take the cores the Kilted workers
+# leave idle while they wait on nodes. make test fails if any of the three fails, and prints the
+# Jazzy and mypy summaries after the Kilted report; make test-jazzy runs every ROS-facing test there.
+# The Jazzy process is started with a literal `make` (not $(MAKE)): a sub-make of its own, so that
+# its output goes to its log and not through this make's job server.
 MYPY_CACHE ?= $${XDG_CACHE_HOME:-$$HOME/.cache}/sfnet_ros/mypy
 test: setup
 	$(VENV)/bin/ruff check .
@@ -97,11 +101,17 @@ test: setup
 	@# Byte-compiled once here: where PYTHONDONTWRITEBYTECODE is set (CI), each of the suite's
 	@# hundreds of tool and node processes would otherwise compile our sources again (0.1-0.3 s each).
 	$(PY) -m compileall -q sfnet_core sfnet_ros bench
-	@typed_log=$$(mktemp); $(VENV)/bin/mypy --cache-dir "$(MYPY_CACHE)" > $$typed_log 2>&1 & typed=$$!; \
-	$(PY) -m pytest test -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25; tests=$$?; \
+	@typed_log=$$(mktemp); jazzy_log=$$(mktemp); \
+	$(VENV)/bin/mypy --cache-dir "$(MYPY_CACHE)" > $$typed_log 2>&1 & typed=$$!; \
+	{ nice -n 10 make --no-print-directory setup-jazzy && \
+	  SFNET_TEST_DOMAINS=67-100 nice -n 10 $(JAZZY_PYTEST) -m ros_api -q; } > $$jazzy_log 2>&1 & jazzy=$$!; \
+	SFNET_TEST_DOMAINS=1-66 $(PY) -m pytest test -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	    --durations=25; tests=$$?; \
+	wait $$jazzy; jazzy_tests=$$?; echo "Jazzy (make test-jazzy runs all): $$(tail -n 1 $$jazzy_log)"; \
+	if [ $$jazzy_tests -ne 0 ]; then cat $$jazzy_log; fi; rm -f $$jazzy_log; \
 	wait $$typed; types=$$?; echo "mypy: $$(tail -n 1 $$typed_log)"; \
 	if [ $$types -ne 0 ]; then cat $$typed_log; fi; rm -f $$typed_log; \
-	test $$tests -eq 0 -a $$types -eq 0
+	test $$tests -eq 0 -a $$jazzy_tests -eq 0 -a $$types -eq 0
 
 demo: setup
 	$(VENV)/bin/sfnet-demo --overwrite
