@@ -298,17 +298,17 @@ def signals_held() -> Iterator[None]:
         yield
         return
     noted: list[int] = []
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda number, frame: noted.append(number))
+        for held in (signal.SIGINT, signal.SIGTERM):
+            previous[held] = signal.signal(held, lambda number, frame: noted.append(number))
         yield
     finally:
-        for signum, handler in previous.items():
+        for held, handler in previous.items():
             # None: a handler installed outside Python, which cannot be put back; the default instead
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        for signum in dict.fromkeys(noted):  # each once, in the order they came
-            signal.raise_signal(signum)
+            signal.signal(held, signal.SIG_DFL if handler is None else handler)
+        for number in dict.fromkeys(noted):  # each once, in the order they came
+            signal.raise_signal(number)
 
 
 def staging_path(path: str | os.PathLike, suffix: str = "tmp") -> Path:
