@@ -473,11 +473,9 @@ class BagWriter:
         if not self.overwrite:
             try:  # and nothing that appears from now on is replaced either (no check-then-replace)
                 rename_noreplace(source, self.path)
-            except (FileExistsError, IsADirectoryError, NotADirectoryError):
-                raise BagError(f"{self.path}: appeared while the bag was being written; it was not replaced "
-                               "(pass --overwrite to replace it, or choose another path)") from None
             except OSError as exc:
-                if exc.errno != errno.ENOTEMPTY:
+                appeared = (FileExistsError, IsADirectoryError, NotADirectoryError)
+                if not isinstance(exc, appeared) and exc.errno != errno.ENOTEMPTY:
                     raise
                 raise BagError(f"{self.path}: appeared while the bag was being written; it was not replaced "
                                "(pass --overwrite to replace it, or choose another path)") from None
