@@ -199,3 +199,26 @@ def test_stamp_names_sort_in_time() -> None:
     names = [stamp_name(s) for s in (9 * 10**9 + 5, 10 * 10**9, 10 * 10**9 + 1)]
     assert names == sorted(names)
     assert names[0] == "0000000009_000000005"
+
+
+@pytest.mark.parametrize("when", ["before the last check", "after the last check"])
+def test_a_bag_path_that_appears_while_recording_is_never_replaced(tmp_path: Path, when: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Something written at the bag's path by another process meanwhile (a file, a folder with
+    files) stays as it was, whether it came before close()'s check or between the check and the
+    rename (the rename itself refuses); one message, no staging folder left."""
+    from sfnet_ros.tools.bag_io import BagError, BagWriter
+
+    message = "exists; pass --overwrite" if when == "before the last check" else "appeared while the bag was being"
+    for name, make in (("drive.mcap", lambda p: p.write_text("somebody's file")),
+                       ("drive_dir", lambda p: (p.mkdir(), (p / "keep.txt").write_text("data")))):
+        target = tmp_path / name
+        writer = BagWriter(target)
+        with pytest.raises(BagError, match=f"{name}: {message}"), writer:
+            writer.write_raw("/t", "std_msgs/msg/String", 1, bytes([0, 1, 0, 0, 2, 0, 0, 0]) + b"x\0")
+            make(target)
+            if when == "after the last check":
+                monkeypatch.setattr(writer, "_check_target", lambda: None)
+        kept = target.read_text() if target.is_file() else (target / "keep.txt").read_text()
+        assert kept in ("somebody's file", "data")
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
