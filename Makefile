@@ -93,11 +93,13 @@ test-jazzy: setup-jazzy
 # The Jazzy process is started with a literal `make` (not $(MAKE)): a sub-make of its own, so that
 # its output goes to its log and not through this make's job server.
 MYPY_CACHE ?= $${XDG_CACHE_HOME:-$$HOME/.cache}/sfnet_ros/mypy
-test: setup
-	$(VENV)/bin/ruff check .
+test:
 	@# the fleet report's browser test needs Chromium: Debian's headless shell, installed as root (26 s
-	@# once); elsewhere that test skips and says why
-	bash .ci/install_browser.sh
+	@# once, on a fresh machine), beside the venv's set-up (apt and uv both wait mostly on the network
+	@# and the disk); elsewhere that test skips and says why
+	@bash .ci/install_browser.sh & browser=$$!; $(MAKE) --no-print-directory setup; set_up=$$?; \
+	wait $$browser; exit $$set_up
+	$(VENV)/bin/ruff check .
 	@# Byte-compiled once here: where PYTHONDONTWRITEBYTECODE is set (CI), each of the suite's
 	@# hundreds of tool and node processes would otherwise compile our sources again (0.1-0.3 s each).
 	$(PY) -m compileall -q sfnet_core sfnet_ros bench
