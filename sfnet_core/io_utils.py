@@ -378,6 +378,8 @@ def remove_staging(path: str | os.PathLike) -> None:
     SIGTERM held: a signal meanwhile is delivered after it, so Ctrl-C during the cleanup (of an
     error, of a signal, or of a success) cannot leave half of the staging folder behind."""
     path = Path(path)
+    if not _lexists(path):  # the usual end of a success: published, nothing left (no handlers swapped)
+        return
     with signals_held():
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

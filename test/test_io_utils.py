@@ -196,18 +196,22 @@ def test_signals_held_defers_a_signal_that_another_thread_receives() -> None:
     """A signal sent to the process may land on any thread that does not block it (OpenMP's, DDS's);
     Python still runs the handler in the main thread: the hold must not depend on the signal mask."""
     run = _run_python("""
-        import signal, threading, time
+        import os, select, signal, threading
         from sfnet_core.io_utils import signals_held
         parked = threading.Event()
         other = threading.Thread(target=parked.wait, daemon=True)
         other.start()
+        # the C-level handler writes the signal's number here, in whichever thread it runs
+        arrived, wakeup = os.pipe()
+        os.set_blocking(wakeup, False)
+        signal.set_wakeup_fd(wakeup)
         steps = []
         try:
             with signals_held():
                 signal.pthread_kill(other.ident, signal.SIGINT)
-                time.sleep(0.2)
+                assert select.select([arrived], [], [], 60)[0], "the signal never arrived"
+                # Python runs the handler in the main thread at the next bytecode: here
                 steps.append("after the signal")
-                time.sleep(0.01)
                 steps.append("end of the block")
         except KeyboardInterrupt:
             steps.append("KeyboardInterrupt after the block")
