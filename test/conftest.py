@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +139,19 @@ def segmenter(checkpoint: Path):
     from sfnet_core.inference import Segmenter
 
     return Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32", warmup=False)
+
+
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A 2 MiB tmpfs (needs root and mount permission; skipped with the reason otherwise)."""
+    where = tmp_path_factory.mktemp("small_disk")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mount -t tmpfs not permitted here: {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -4,7 +4,9 @@ through the same Segmenter, its compiled-model cache under the export cache, its
 PyTorch, real OpenVINO (CPU plugin), real ONNX Runtime (for the int8 quantisation)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.errors import CheckpointError, ConfigError
 from sfnet_core.inference import Segmenter
 from sfnet_core.inference.loader import choose_backend, open_model
-from sfnet_core.inference.openvino_backend import native_bf16
+from sfnet_core.inference.openvino_backend import OpenVinoBackend, native_bf16, openvino_error
 from sfnet_core.onnx.export import export_onnx
 from sfnet_core.onnx.metadata import read_onnx_info
 
@@ -133,6 +135,111 @@ def test_compiled_model_cache(dynamic_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=str(edited.name)):
         open_model(edited, backend="openvino", device="cpu", cache_dir=root)
     assert ov_files(root / "openvino") == files and info.digest is not None
+
+
+def _entry(root: Path) -> Path:
+    """The one compiled-model entry under ``root``'s OpenVINO cache."""
+    entries = [f for f in ov_files(root / "openvino") if f.suffix == ".bin"]
+    assert len(entries) == 1, ov_files(root / "openvino")
+    return entries[0]
+
+
+def _reload(onnx: Path, root: Path, caplog: pytest.LogCaptureFixture) -> tuple[torch.Tensor, list[str]]:
+    """Open ``onnx`` in OpenVINO through ``root``: its scores on a fixed input, and the cache's warnings."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sfnet_core.inference.cache"):
+        model = open_model(onnx, backend="openvino", device="cpu", precision="fp32", cache_dir=root)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    return model.backend(x).clone(), [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_damaged_compiled_entry_is_compiled_again(dynamic_onnx: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """OpenVINO imports a damaged blob and runs it with wrong weights (zeroed bytes changed the
+    scores): every entry carries its SHA-256, and one that fails it (or that OpenVINO refuses) is
+    named in one warning and compiled again, never run."""
+    root = tmp_path / "cache"
+    expected, warnings = _reload(dynamic_onnx, root, caplog)
+    assert warnings == []
+    entry = _entry(root)
+    header, _, payload = entry.read_bytes().partition(b"\n")
+    assert json.loads(header)["sha256"] == hashlib.sha256(payload).hexdigest()
+    damaged = bytearray(entry.read_bytes())
+    start = len(header) + 1 + len(payload) // 3
+    damaged[start:start + 4096] = bytes(4096)  # the size is kept: only the digest can tell
+    entry.write_bytes(bytes(damaged))
+    scores, warnings = _reload(dynamic_onnx, root, caplog)
+    assert len(warnings) == 1 and entry.name in warnings[0] and "damaged" in warnings[0], warnings
+    torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+    written, _, again = _entry(root).read_bytes().partition(b"\n")  # written again, whole
+    assert json.loads(written)["sha256"] == hashlib.sha256(again).hexdigest()
+    # an entry whose digest holds but whose blob OpenVINO cannot import: refused, compiled again
+    garbage = b"not a compiled model"
+    record = {**json.loads(header), "bytes": len(garbage), "sha256": hashlib.sha256(garbage).hexdigest()}
+    entry.write_bytes(json.dumps(record).encode() + b"\n" + garbage)
+    scores, warnings = _reload(dynamic_onnx, root, caplog)
+    assert len(warnings) == 1 and "refused by the runtime" in warnings[0], warnings
+    torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+    for text in (b"", b"{not json\n" + payload, json.dumps([1]).encode() + b"\n" + payload):
+        entry.write_bytes(text)  # emptied, a header that is not JSON, one that is not an object
+        scores, warnings = _reload(dynamic_onnx, root, caplog)
+        assert len(warnings) == 1 and "fails its check" in warnings[0], (text[:20], warnings)
+        torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+
+
+_OPEN_AND_PRINT = """
+import hashlib, logging, sys, torch
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+from sfnet_core.inference.loader import open_model
+torch.set_num_threads(1)
+model = open_model(sys.argv[1], backend="openvino", device="cpu", precision="fp32", cache_dir=sys.argv[2])
+x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+print(hashlib.sha256(model.backend(x).numpy().tobytes()).hexdigest())
+"""
+
+
+def test_processes_starting_together_compile_once(dynamic_onnx: Path, tmp_path: Path) -> None:
+    """Three processes opening one model on an empty cache at once (nodes started together, the
+    tools of a test run): one compiles, the others wait and import its whole entry; the same
+    scores everywhere. OpenVINO's own cache let one read a blob another was writing."""
+    root = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_PRINT, str(dynamic_onnx), str(root)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [proc.communicate(timeout=240) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    assert len({out.strip() for out, _ in outputs}) == 1
+    logs = "".join(err for _, err in outputs)
+    assert logs.count("compiled-model cache miss") == 1 and logs.count("compiled-model cache hit") == 2, logs[-3000:]
+    assert "fails its check" not in logs and "refused" not in logs
+    assert [f.suffix for f in ov_files(root / "openvino")] == [".bin", ".lock"]  # no staging file left
+
+
+def test_a_full_disk_costs_the_cache_not_the_model(dynamic_onnx: Path, small_disk: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The compiled model does not fit the cache's disk: one warning naming the entry, the model
+    runs, and no staging file is left on the disk."""
+    root = small_disk / "cache"
+    scores, warnings = _reload(dynamic_onnx, root, caplog)
+    assert len(warnings) == 1 and "compiled-model cache" in warnings[0] and "no space left" in warnings[0], warnings
+    assert "the next start compiles again" in warnings[0]
+    assert [f.suffix for f in ov_files(root / "openvino")] == [".lock"]
+    uncached = OpenVinoBackend(read_onnx_info(dynamic_onnx), torch.device("cpu"), precision="fp32", cache=False)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(scores, uncached(x), rtol=0, atol=0)
+
+
+def test_openvino_errors_give_the_reason_not_the_source_lines(tmp_path: Path) -> None:
+    """OpenVINO stacks ``Exception from src/...cpp:132:`` lines before its reason; the one line a
+    tool prints (``OpenVINO cannot load the model: ...``) is the reason."""
+    import openvino as ov
+
+    with pytest.raises(Exception) as caught:
+        ov.Core().compile_model(str(tmp_path / "missing.onnx"), "CPU")
+    assert str(caught.value).startswith("Exception from ")
+    reason = openvino_error(caught.value)
+    assert "missing.onnx" in reason and "Could not open the file" in reason and "Exception from" not in reason
+    assert openvino_error(RuntimeError("")) == "RuntimeError"
 
 
 def test_pt_through_the_export_cache(checkpoint: Path, tmp_path: Path) -> None:

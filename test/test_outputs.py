@@ -186,22 +186,6 @@ def test_two_exports_to_one_new_path_one_wins(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- a full disk
-@pytest.fixture(scope="module")
-def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A 2 MiB tmpfs (needs root and mount permission; skipped with the reason otherwise)."""
-    where = tmp_path_factory.mktemp("small_disk")
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"mount -t tmpfs not permitted here: {proc.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 @contextlib.contextmanager
 def _filled(disk: Path, leave: int) -> Iterator[None]:
     """Fill ``disk`` up to ``leave`` bytes of free space for the block."""

@@ -17,10 +17,17 @@ same checkpoint hash. Anything else (damaged, edited, truncated, without a diges
 checkpoint) is logged as a warning and exported again; a fresh export is checked once more
 before it is used.
 
-OpenVINO keeps its compiled models beside them, under ``<cache>/openvino/<model>-<content key>``
+OpenVINO's compiled models live beside them, under ``<cache>/openvino/<model>-<content key>``
 (``openvino_cache_dir``): the key hashes the file's verified ``sfnet.digest`` (its content), so
 a different model written to the same path never meets another's compiled blob, and a file that
-fails its digest is refused before OpenVINO or its cache sees it.
+fails its digest is refused before OpenVINO sees it. Inside, ``cached_compilation`` keeps one
+``compiled-<key>.bin`` per runtime, device and compile options: a JSON header line (what it was
+compiled for, the payload's SHA-256 and size) then the runtime's exported blob, written
+atomically under the same kind of lock. OpenVINO's own ``CACHE_DIR`` is not used: it writes its
+blobs in place (a second process can read one half written) and checks nothing but a header,
+so a damaged blob ran with wrong weights and no error (measured: zeroed bytes inside it changed
+the scores). An entry that fails its check, or that the runtime refuses, is logged as a warning
+and compiled again.
 """
 from __future__ import annotations
 
@@ -30,21 +37,24 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from sfnet_core.checkpoint import load_checkpoint
 from sfnet_core.errors import CheckpointError, ConfigError
-from sfnet_core.io_utils import file_sha256
+from sfnet_core.io_utils import OutputError, atomic_write, file_sha256
 from sfnet_core.onnx.export import DEFAULT_OPSET, export_onnx
 from sfnet_core.onnx.metadata import OnnxModelInfo, read_onnx_info
 
 __all__ = ["CACHE_ENV", "cache_root", "cache_folder", "cached_onnx", "cached_onnx_model", "cache_key",
-           "openvino_cache_dir"]
+           "openvino_cache_dir", "cached_compilation"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CACHE_ENV = "SFNET_ROS_CACHE"
 
@@ -109,6 +119,15 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or written: checked again under the lock only then."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
 def _reusable(path: Path, sha: str) -> OnnxModelInfo | None:
     """The entry's (verified) description when it may be reused, else None (with a warning)."""
     if not path.is_file():
@@ -143,12 +162,14 @@ def cached_onnx_model(
     sha = file_sha256(checkpoint)
     name = cache_key(sha, checkpoint.stem, canvas, precision, DEFAULT_OPSET)
     target = folder / f"{name}.onnx"
+    seen = _signature(target)
     info = _reusable(target, sha)
     if info is not None:
         log.info("export cache hit: %s", target)
         return target, info
     with _locked(folder / f"{name}.lock"):
-        info = _reusable(target, sha)  # another process exported it while we waited
+        # another process exported it while we waited (read again only if it changed: one warning)
+        info = _reusable(target, sha) if _signature(target) != seen else None
         if info is not None:
             log.info("export cache hit: %s", target)
             return target, info
@@ -173,3 +194,78 @@ def cached_onnx(
     dynamic batch) or, with ``canvas=None``, dynamic axes; exported on first use, exported again
     when the entry fails its digest check (see the module docstring)."""
     return cached_onnx_model(checkpoint, canvas, precision, root)[0]
+
+
+def _verified_payload(path: Path, description: Mapping[str, Any]) -> bytes | None:
+    """The payload of the compiled-model entry at ``path`` when its header describes the same
+    compilation and its bytes match the recorded SHA-256, else None (with a warning, unless absent)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("compiled-model cache: cannot read %s (%s), compiling again", path, exc.strerror)
+        return None
+    header, _, payload = data.partition(b"\n")
+    try:
+        recorded = json.loads(header)
+        problem = None if isinstance(recorded, dict) else "its header is not an object"
+    except ValueError:
+        recorded, problem = {}, "its header is not JSON"
+    if problem is None and recorded.get("describes") != json.loads(json.dumps(description)):
+        problem = "it was compiled for something else"
+    elif problem is None and (recorded.get("bytes") != len(payload) or
+                              recorded.get("sha256") != hashlib.sha256(payload).hexdigest()):
+        problem = f"its {len(payload)} bytes do not match the SHA-256 recorded when it was written (damaged)"
+    if problem is not None:
+        log.warning("compiled-model cache: %s fails its check, compiling again: %s", path.name, problem)
+        return None
+    return payload
+
+
+def cached_compilation(folder: Path, description: Mapping[str, Any], compile_model: Callable[[], tuple[T, bytes]],
+                       import_model: Callable[[bytes], T]) -> T:
+    """A compiled model from ``folder``'s verified entry for ``description`` (JSON: runtime version,
+    device, compile options), else ``compile_model()`` (the model and its exported bytes), stored
+    atomically for the next start (module docstring). Concurrent processes compile once: the
+    others wait on the entry's lock, then import it. A cache that cannot be written (a full disk)
+    costs the next start its compilation, never this one its model."""
+    name = "compiled-" + hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+    path = folder / f"{name}.bin"
+    seen: tuple[int, int, int] | None = (-1, -1, -1)  # nothing read yet
+
+    def reuse() -> T | None:
+        nonlocal seen
+        if _signature(path) == seen:  # read already (absent or failing): one warning
+            return None
+        seen = _signature(path)
+        payload = _verified_payload(path, description)
+        if payload is None:
+            return None
+        try:
+            model = import_model(payload)
+        except Exception as exc:  # the runtime's own refusal (another CPU, another version): compile
+            reason = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+            log.warning("compiled-model cache: %s is refused by the runtime, compiling again: %s", path.name,
+                        reason[0][:300])
+            return None
+        log.info("compiled-model cache hit: %s", path)
+        return model
+
+    model = reuse()
+    if model is not None:
+        return model
+    with _locked(folder / f"{name}.lock"):
+        model = reuse()  # another process compiled it while we waited
+        if model is not None:
+            return model
+        log.info("compiled-model cache miss: compiling into %s (once)", path)
+        model, payload = compile_model()
+        header = {"describes": description, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+        try:
+            with atomic_write(path) as staging, open(staging, "wb") as handle:
+                handle.write(json.dumps(header, sort_keys=True).encode() + b"\n")
+                handle.write(payload)
+        except OutputError as exc:
+            log.warning("compiled-model cache: %s; the next start compiles again", exc)
+    return model

@@ -19,8 +19,10 @@ int8      ``auto`` / ``int8``  int8 convolutions, the rest in fp32
 any       ``fp16``            refused: on the CPU use fp32, bf16 or an int8 model
 ========  ==================  ==================================================================
 
-Compiled models are cached (OpenVINO's ``CACHE_DIR``) under the export cache,
-``sfnet_core.inference.cache.openvino_cache_dir``: a second start skips the compilation.
+Compiled models are cached under the export cache (``openvino_cache_dir``), one verified entry
+per OpenVINO version, CPU and compile options (``sfnet_core.inference.cache.cached_compilation``,
+not OpenVINO's ``CACHE_DIR``, whose blobs are unchecked): a second start imports it instead of
+compiling.
 ``openvino`` is imported on first use only, so ``import sfnet_core.inference`` stays light.
 """
 from __future__ import annotations
@@ -35,11 +37,11 @@ import torch
 
 from sfnet_core.errors import ConfigError
 from sfnet_core.inference.backends import OnnxFileBackend
-from sfnet_core.inference.cache import openvino_cache_dir
+from sfnet_core.inference.cache import cached_compilation, openvino_cache_dir
 from sfnet_core.onnx.metadata import OnnxModelInfo
 
 __all__ = ["OpenVinoBackend", "openvino_available", "native_bf16", "openvino_precision", "openvino_config",
-           "OPENVINO_PRECISIONS"]
+           "openvino_error", "OPENVINO_PRECISIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +102,40 @@ def openvino_precision(info: OnnxModelInfo, requested: str) -> str:
     return requested
 
 
-def openvino_config(precision: str, threads: int, cache_dir: Path | None) -> dict[str, Any]:
+def openvino_config(precision: str, threads: int) -> dict[str, Any]:
     """The CPU plugin's compile options, in one place: one stream at the lowest latency (one
     request at a time, as the Segmenter calls it), ``threads`` inference threads, the precision
-    asked for explicitly (never OpenVINO's default, which is bf16 on AMX), the compiled-model cache."""
-    config: dict[str, Any] = {
+    asked for explicitly (never OpenVINO's default, which is bf16 on AMX)."""
+    return {
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
         "INFERENCE_NUM_THREADS": int(threads),
         "INFERENCE_PRECISION_HINT": _HINTS[precision],
     }
-    if cache_dir is not None:
-        config["CACHE_DIR"] = str(cache_dir)
-    return config
+
+
+def openvino_error(exc: BaseException) -> str:
+    """OpenVINO's reason, without the ``Exception from <source>:<line>:`` lines it stacks before it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return ((reasons or lines)[-1] if lines else type(exc).__name__)[:300]
+
+
+def _compiled(core: Any, info: OnnxModelInfo, config: dict[str, Any], folder: Path | None) -> Any:
+    """``info``'s model compiled with ``config``; through the compiled-model cache in ``folder``."""
+    if folder is None:
+        return core.compile_model(str(info.path), "CPU", config)
+
+    def compile_model() -> tuple[Any, bytes]:
+        compiled = core.compile_model(str(info.path), "CPU", config)
+        blob = compiled.export_model()  # bytes, or a BytesIO in newer releases
+        return compiled, blob.getvalue() if hasattr(blob, "getvalue") else bytes(blob)
+
+    import openvino as ov  # lazy, as in _core
+
+    description = {"runtime": f"openvino {ov.get_version()}", "device": core.get_property("CPU", "FULL_DEVICE_NAME"),
+                   "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")), "config": config}
+    return cached_compilation(folder, description, compile_model, lambda blob: core.import_model(blob, "CPU", config))
 
 
 class OpenVinoBackend(OnnxFileBackend):
@@ -134,13 +157,11 @@ class OpenVinoBackend(OnnxFileBackend):
         self.precision = openvino_precision(info, precision)
         self.threads = int(threads or torch.get_num_threads())
         folder = openvino_cache_dir(info, cache_dir) if cache else None
-        config = openvino_config(self.precision, self.threads, folder)
         try:
-            self.compiled_model = _core().compile_model(str(info.path), "CPU", config)
+            self.compiled_model = _compiled(_core(), info, openvino_config(self.precision, self.threads), folder)
             self.request = self.compiled_model.create_infer_request()
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"{info.path}: OpenVINO cannot load the model: {reason}") from None
+            raise ConfigError(f"{info.path}: OpenVINO cannot load the model: {openvino_error(exc)}") from None
         self._bound: torch.Tensor | None = None  # the output buffer the request writes into
         log.info("OpenVINO: %s compiled for the CPU (%s, %d threads, cache %s)", info.path, self.precision,
                  self.threads, folder or "off")
