@@ -38,7 +38,7 @@ from typing import Protocol
 import numpy as np
 
 from sfnet_core.errors import DataError
-from sfnet_core.io_utils import atomic_write
+from sfnet_core.io_utils import OutputError, atomic_write
 
 __all__ = ["CentroidIndex", "IndexedDataset", "image_centroids", "load_or_build_index", "epoch_plan",
            "default_cache_dir"]
@@ -176,9 +176,9 @@ def load_or_build_index(dataset: IndexedDataset, num_classes: int, tile: int,
         try:
             folder.mkdir(parents=True, exist_ok=True)
             index.save(path, key)
-        except OSError as exc:  # a read-only cache costs time, not correctness
-            log.warning("class-uniform index not cached (%s: %s); it will be rebuilt next run",
-                        folder, exc.strerror or exc)
+        except (OSError, OutputError) as exc:  # a read-only or full cache costs time, not correctness
+            reason = f"{folder}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            log.warning("class-uniform index not cached (%s); it will be rebuilt next run", reason)
         log.info("class-uniform index: %d centroids of %d classes from %d labels in %.1f s (%s)",
                  len(index.cls), len(index.classes_present), index.num_images, time.perf_counter() - start, path)
     return index, path, built
