@@ -163,8 +163,8 @@ class OpenVinoBackend(OnnxFileBackend):
         except Exception as exc:
             raise ConfigError(f"{info.path}: OpenVINO cannot load the model: {openvino_error(exc)}") from None
         self._bound: torch.Tensor | None = None  # the output buffer the request writes into
-        log.info("OpenVINO: %s compiled for the CPU (%s, %d threads, cache %s)", info.path, self.precision,
-                 self.threads, folder or "off")
+        log.info("OpenVINO: %s ready on the CPU (%s, %d threads, compiled-model cache %s)", info.path,
+                 self.precision, self.threads, folder or "off")
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """Zero copies: the request reads the canvas in place and writes into the reused buffer."""
