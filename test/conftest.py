@@ -1,10 +1,12 @@
 """Shared fixtures: DDS isolation for every test that talks ROS, and the small test checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,23 @@ def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture(scope="module")
+def fill_small_disk(small_disk: Path) -> Callable[[int], AbstractContextManager[None]]:
+    """``with fill_small_disk(leave):`` fills ``small_disk`` up to ``leave`` bytes of free space
+    for the block (a disk full from the start, or one that fills up while a tool writes)."""
+
+    @contextlib.contextmanager
+    def filled(leave: int) -> Iterator[None]:
+        filler = small_disk / "filler"
+        with open(filler, "wb") as f:
+            free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+            if free > leave:
+                f.write(b"\0" * (free - leave))
+        try:
+            yield
+        finally:
+            filler.unlink()
+
+    return filled

@@ -126,22 +126,16 @@ def test_a_damaged_or_edited_cache_file_is_rebuilt_with_a_warning(tmp_path, capl
     assert built and np.array_equal(rebuilt.xy, index.xy) and "does not match the digest" in caplog.text
 
 
-def test_a_cache_that_cannot_be_written_costs_time_not_the_run(tmp_path, small_disk, caplog):
+def test_a_cache_that_cannot_be_written_costs_time_not_the_run(tmp_path, small_disk, fill_small_disk, caplog):
     """The index does not fit the cache's disk (filled up): one warning, the index is used, and no
     staging file is left on the disk."""
     ds = _dataset(tmp_path / "data", n=4)
     expected, _, _ = load_or_build_index(ds, 5, 64, tmp_path / "cache")
-    filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # leave less than the index needs
-        f.write(bytes(max(0, os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize - 512)))
-    try:
-        with caplog.at_level("WARNING"):
-            index, path, built = load_or_build_index(ds, 5, 64, small_disk / "cache")
-        assert built and np.array_equal(index.xy, expected.xy) and np.array_equal(index.cls, expected.cls)
-        assert "class-uniform index not cached" in caplog.text and "rebuilt next run" in caplog.text, caplog.text
-        assert not path.exists() and list((small_disk / "cache").iterdir()) == []
-    finally:
-        filler.unlink()
+    with fill_small_disk(512), caplog.at_level("WARNING"):  # less than the index needs
+        index, path, built = load_or_build_index(ds, 5, 64, small_disk / "cache")
+    assert built and np.array_equal(index.xy, expected.xy) and np.array_equal(index.cls, expected.cls)
+    assert "class-uniform index not cached" in caplog.text and "rebuilt next run" in caplog.text, caplog.text
+    assert not path.exists() and list((small_disk / "cache").iterdir()) == []
 
 
 def test_index_refuses_labels_without_any_class(tmp_path):

@@ -206,7 +206,13 @@ def test_processes_starting_together_compile_once(dynamic_onnx: Path, tmp_path: 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_PRINT, str(dynamic_onnx), str(root)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    outputs = [proc.communicate(timeout=240) for proc in procs]
+    try:
+        outputs = [proc.communicate(timeout=240) for proc in procs]
+    finally:  # none left behind, also when one hangs
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
     assert len({out.strip() for out, _ in outputs}) == 1
     logs = "".join(err for _, err in outputs)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -186,20 +186,6 @@ def test_two_exports_to_one_new_path_one_wins(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- a full disk
-@contextlib.contextmanager
-def _filled(disk: Path, leave: int) -> Iterator[None]:
-    """Fill ``disk`` up to ``leave`` bytes of free space for the block."""
-    filler = disk / "filler"
-    with open(filler, "wb") as f:
-        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-        if free > leave:
-            f.write(b"\0" * (free - leave))
-    try:
-        yield
-    finally:
-        filler.unlink()
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
@@ -219,7 +205,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("leave", [0, 256 * 1024], ids=["full", "fills-up"])
-def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path, models: Path, leave: int) -> None:
+def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path, fill_small_disk: Callable, models: Path,
+                                                    leave: int) -> None:
     """Each tool on a disk that is full from the start (refused before the work) or fills up while
     it writes: one line, exit 2, nothing left but the filler."""
     d = small_disk
@@ -232,7 +219,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path, models: Pa
     if leave == 0:  # the report is small: only a disk full from the start stops it
         runs["sfnet-eval"] = ("sfnet-eval", "--pred-dir", str(models / "pred"), "--gt-dir", str(models / "gt"),
                               "--json", str(d / "report.json"))
-    with _filled(d, leave):
+    with fill_small_disk(leave):
         for tool, args in runs.items():
             proc = _run(*args, cwd=models)
             assert "Traceback" not in proc.stderr and "libpng" not in proc.stderr, proc.stderr[-2000:]
@@ -241,7 +228,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path, models: Pa
 
 
 @pytest.mark.parametrize("leave", [0, 64 * 1024], ids=["full", "fills-up"])
-def test_a_merge_on_a_full_disk_is_one_line_and_changes_nothing(small_disk: Path, tmp_path: Path, leave: int,
+def test_a_merge_on_a_full_disk_is_one_line_and_changes_nothing(small_disk: Path, fill_small_disk: Callable,
+                                                                 tmp_path: Path, leave: int,
                                                                  capsys: pytest.CaptureFixture) -> None:
     """sfnet-labels merge into a dataset on a full disk: one line naming the dataset, exit 2, the
     dataset as it was (no frame of the source, no staging folder)."""
@@ -265,7 +253,7 @@ def test_a_merge_on_a_full_disk_is_one_line_and_changes_nothing(small_disk: Path
     dest = small_disk / f"dest_{leave}"
     dataset(dest, range(1))
     before = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*"))
-    with _filled(small_disk, leave):
+    with fill_small_disk(leave):
         code = labels_command.main(["merge", str(tmp_path / "src"), "--into", str(dest)])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines

@@ -236,9 +236,10 @@ def cached_compilation(folder: Path, description: Mapping[str, Any], compile_mod
 
     def reuse() -> T | None:
         nonlocal seen
-        if _signature(path) == seen:  # read already (absent or failing): one warning
+        now = _signature(path)
+        if now == seen:  # read already (absent or failing): one warning
             return None
-        seen = _signature(path)
+        seen = now
         payload = _verified_payload(path, description)
         if payload is None:
             return None
